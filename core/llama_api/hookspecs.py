@@ -1,0 +1,76 @@
+"""The hooks a backend plugin implements.
+
+Discovery hooks run in the server process, so a plugin's entry module must stay
+import-light. The backend hooks (load, unload, generate, embed) run only in the
+worker process that serves one model, where heavy libraries may be imported.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("llama_api")
+hookimpl = pluggy.HookimplMarker("llama_api")
+
+
+@hookspec
+def register_backends():
+    """Return the backends this plugin provides, as a list of `llama_api.types.BackendInfo`."""
+
+
+@hookspec
+def discover_models(models_dir):
+    """Return the models this plugin can serve from a folder, as a list of `ModelSpec`.
+
+    :param models_dir: a `pathlib.Path` (it may not exist). Packaged default models
+        (weights that a Python package ships) may be returned too.
+    """
+
+
+@hookspec(firstresult=True)
+def load_model(spec, context):
+    """Load a model whose `spec.backend` is one of yours and return it; else return None.
+
+    Stops at the first non-None result. The returned object may carry `slots` (how many
+    requests it runs at once, default 1) and `info` (a dict shown in `/v1/models`).
+    Raise `llama_api.errors.ModelLoadError` with a clear message when the model can't load.
+
+    :param spec: the `llama_api.types.ModelSpec` to load.
+    :param context: a `llama_api.types.LoadContext` (thread budget, progress callback).
+    """
+
+
+@hookspec(firstresult=True)
+def unload_model(model):
+    """Free what `load_model` returned. Return True when handled.
+
+    The worker process ends right after, so this is a courtesy for clean shutdown.
+
+    :param model: the object `load_model` returned.
+    """
+
+
+@hookspec(firstresult=True)
+def generate(model, request, cancelled):
+    """Return an iterator of `llama_api.types.Delta` for one completion or chat request.
+
+    Stops at the first non-None result. Deltas carry text as it is generated; the last one
+    carries `finish_reason` and `usage`. Raise `llama_api.errors.BadRequest` for bad input
+    (prompt too long, no chat template) and `NotSupported` for what the backend can't do.
+
+    :param model: the object `load_model` returned.
+    :param request: a `llama_api.types.GenerateRequest` (one prompt, one choice).
+    :param cancelled: a `threading.Event` set when the client went away: stop before the next token.
+    """
+
+
+@hookspec(firstresult=True)
+def embed(model, request):
+    """Return a `llama_api.types.EmbedResult` for a `llama_api.types.EmbedRequest`.
+
+    Stops at the first non-None result. May be called from several threads at once when
+    the model has more than one slot (that is how a backend batches across requests).
+
+    :param model: the object `load_model` returned.
+    :param request: a `llama_api.types.EmbedRequest`.
+    """

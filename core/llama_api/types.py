@@ -1,0 +1,127 @@
+"""Plain data passed between the core and its backends (and over the worker pipe)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import msgspec
+
+
+class BackendInfo(msgspec.Struct, kw_only=True):
+    """A backend a plugin provides."""
+
+    name: str
+    description: str = ""
+
+
+class ModelSpec(msgspec.Struct, kw_only=True):
+    """One servable model: what to load, with which backend, and how to serve it."""
+
+    id: str
+    backend: str
+    path: str = ""
+    aliases: list[str] = []
+    # Backend load options (n_ctx, n_gpu_layers, pooling, ...), passed through unchanged.
+    options: dict[str, Any] = {}
+    # Serving options; None means "use the server default".
+    idle_timeout: float | None = None
+    slots: int | None = None
+    # What discovery learned about the model (architecture, context length, ...).
+    meta: dict[str, Any] = {}
+    # The entry point name of the plugin that serves it (filled by the core).
+    plugin: str = ""
+
+
+class LoadContext(msgspec.Struct, kw_only=True):
+    """What the core tells a backend when it loads a model."""
+
+    # Threads this worker may use, so that all workers together don't oversubscribe cores.
+    n_threads: int = 1
+    # progress(message, fraction or None): reported in the server log while loading.
+    progress: Callable[[str, float | None], None] | None = None
+
+    def report(self, message: str, fraction: float | None = None) -> None:
+        if self.progress is not None:
+            self.progress(message, fraction)
+
+
+class GenerateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One completion (`prompt`) or chat (`messages`) request, for one choice.
+
+    The core fans out list prompts and `n` > 1 into several of these.
+    `None` means "the backend's default".
+    """
+
+    prompt: str | list[int] | None = None
+    messages: list[dict[str, Any]] | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    stop: list[str] = []
+    seed: int | None = None
+    logit_bias: dict[str, float] | None = None
+    # Completions: number of top alternatives per token. Chat: top_logprobs (0 = chosen only).
+    logprobs: int | None = None
+    echo: bool = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    # Extra backend-specific sampling fields the client sent (mirostat, grammar, ...).
+    extra: dict[str, Any] = {}
+
+
+class TopLogprob(msgspec.Struct, array_like=True):
+    token: str
+    logprob: float
+
+
+class TokenLogprob(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The chosen token, its log probability and the top alternatives."""
+
+    token: str
+    logprob: float
+    top: list[TopLogprob] = []
+    bytes: list[int] | None = None
+
+
+class ToolCallDelta(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A tool call or a piece of one; pieces with the same index are concatenated."""
+
+    index: int = 0
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Delta(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A piece of generated output. The last delta of a request has `finish_reason` and `usage`."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] | None = None
+    tool_calls: list[ToolCallDelta] | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+class EmbedRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Texts (or token id lists) to embed."""
+
+    input: list[str] | list[list[int]]
+    dimensions: int | None = None
+
+
+class EmbedResult(msgspec.Struct, kw_only=True):
+    """One vector per input (lists of floats or a 2-D numpy array), and the tokens read."""
+
+    embeddings: Any
+    prompt_tokens: int = 0

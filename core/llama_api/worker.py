@@ -1,0 +1,260 @@
+"""The worker process: loads one model through one plugin and serves it over a pipe.
+
+Run as `python -m llama_api.worker PLUGIN`. Frames come in on stdin and go out on a
+duplicate of the original stdout; fd 1 itself is pointed at stderr before any backend
+is imported, so C libraries that print can't corrupt the channel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from array import array
+from concurrent.futures import ThreadPoolExecutor
+
+from llama_api import errors, protocol
+from llama_api.types import Delta, LoadContext
+
+log = logging.getLogger("llama_api.worker")
+
+# Coalesce deltas into one frame per this many seconds: one frame per token costs
+# the compute threads a few percent (see shared/MODELS.md).
+FLUSH_INTERVAL = 0.025
+
+
+class Channel:
+    """Reads frames from a file descriptor and writes frames to another, thread-safely."""
+
+    def __init__(self, read_fd: int, write_fd: int):
+        self._reader = os.fdopen(read_fd, "rb", buffering=0)
+        self._write_fd = write_fd
+        self._lock = threading.Lock()
+
+    def send(self, message) -> None:
+        frame = protocol.encode(message)
+        with self._lock:
+            view = memoryview(frame)
+            while view:
+                written = os.write(self._write_fd, view)
+                view = view[written:]
+
+    def _read_exactly(self, size: int) -> bytes | None:
+        chunks = []
+        while size:
+            chunk = self._reader.read(size)
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    def receive(self):
+        header = self._read_exactly(protocol.HEADER.size)
+        if header is None:
+            return None
+        (length,) = protocol.HEADER.unpack(header)
+        body = self._read_exactly(length)
+        if body is None:
+            return None
+        return protocol.to_worker_decoder.decode(body)
+
+
+def failure(request_id: int, exc: BaseException) -> protocol.Failed:
+    if isinstance(exc, errors.LlamaApiError):
+        kind = type(exc).__name__ if type(exc).__name__ in errors.ERROR_KINDS else "LlamaApiError"
+        for cls in type(exc).__mro__:  # plugin subclasses travel as their nearest core class
+            if cls.__name__ in errors.ERROR_KINDS:
+                kind = cls.__name__
+                break
+        return protocol.Failed(
+            id=request_id, kind=kind, message=exc.message, param=exc.param, code=exc.code
+        )
+    log.exception("request %s failed", request_id)
+    return protocol.Failed(id=request_id, message=f"{type(exc).__name__}: {exc}")
+
+
+def merge(deltas: list[Delta]) -> list[Delta]:
+    """Join consecutive text-only deltas so a frame carries few, larger pieces."""
+    merged: list[Delta] = []
+    for delta in deltas:
+        last = merged[-1] if merged else None
+        if (
+            last is not None
+            and last.finish_reason is None
+            and last.tool_calls is None
+            and delta.tool_calls is None
+            and (last.logprobs is None) == (delta.logprobs is None)
+        ):
+            last.text += delta.text
+            if delta.logprobs is not None:
+                last.logprobs.extend(delta.logprobs)
+            last.finish_reason = delta.finish_reason
+            last.usage = delta.usage
+        else:
+            merged.append(Delta(
+                text=delta.text,
+                logprobs=list(delta.logprobs) if delta.logprobs is not None else None,
+                tool_calls=delta.tool_calls,
+                finish_reason=delta.finish_reason,
+                usage=delta.usage,
+            ))
+    return merged
+
+
+def vectors_to_bytes(embeddings) -> tuple[bytes, int, int]:
+    """Rows of floats (lists or a numpy array) as little-endian float32 bytes."""
+    if hasattr(embeddings, "astype"):  # numpy, without importing it here
+        matrix = embeddings.astype("<f4")
+        if matrix.ndim != 2:
+            raise errors.LlamaApiError(f"backend returned a {matrix.ndim}-D embedding array")
+        return matrix.tobytes(), matrix.shape[0], matrix.shape[1]
+    rows = [list(map(float, row)) for row in embeddings]
+    dims = len(rows[0]) if rows else 0
+    data = array("f")
+    for row in rows:
+        if len(row) != dims:
+            raise errors.LlamaApiError("backend returned vectors of different lengths")
+        data.extend(row)
+    if sys.byteorder != "little":
+        data.byteswap()
+    return data.tobytes(), len(rows), dims
+
+
+class Worker:
+    def __init__(self, plugin_name: str, channel: Channel):
+        from llama_api.plugins import Plugins
+
+        self.plugins = Plugins(only=plugin_name)
+        if plugin_name in self.plugins.broken:
+            raise errors.ModelLoadError(
+                f"plugin {plugin_name} failed to import: {self.plugins.broken[plugin_name]}"
+            )
+        self.channel = channel
+        self.model = None
+        self.cancels: dict[int, threading.Event] = {}
+        self.pool: ThreadPoolExecutor | None = None
+
+    def load(self, message: protocol.Load) -> None:
+        context = LoadContext(
+            n_threads=message.n_threads,
+            progress=lambda text, fraction=None: self.channel.send(
+                protocol.Progress(message=text, fraction=fraction)
+            ),
+        )
+        started = time.perf_counter()
+        try:
+            model = self.plugins.hook.load_model(spec=message.spec, context=context)
+        except Exception as exc:
+            self.channel.send(failure(0, exc))
+            return
+        if model is None:
+            self.channel.send(failure(0, errors.ModelLoadError(
+                f"no installed plugin loads backend {message.spec.backend!r}"
+            )))
+            return
+        self.model = model
+        slots = max(1, int(message.spec.slots or getattr(model, "slots", 1) or 1))
+        self.pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="request")
+        info = dict(getattr(model, "info", {}) or {})
+        info.setdefault("load_seconds", round(time.perf_counter() - started, 3))
+        self.channel.send(protocol.Loaded(slots=slots, info=info, pid=os.getpid()))
+
+    def run_generate(self, message: protocol.Generate) -> None:
+        cancelled = self.cancels[message.id]
+        try:
+            stream = self.plugins.hook.generate(
+                model=self.model, request=message.request, cancelled=cancelled
+            )
+            if stream is None:
+                raise errors.NotSupported("this model does not generate text")
+            pending: list[Delta] = []
+            last_flush = 0.0
+            for delta in stream:
+                if cancelled.is_set():
+                    close = getattr(stream, "close", None)
+                    if close is not None:
+                        close()
+                    break
+                pending.append(delta)
+                now = time.monotonic()
+                if now - last_flush >= FLUSH_INTERVAL:
+                    self.channel.send(protocol.Deltas(id=message.id, deltas=merge(pending)))
+                    pending = []
+                    last_flush = now
+            self.channel.send(protocol.Deltas(id=message.id, deltas=merge(pending), done=True))
+        except Exception as exc:
+            self.channel.send(failure(message.id, exc))
+        finally:
+            self.cancels.pop(message.id, None)
+
+    def run_embed(self, message: protocol.Embed) -> None:
+        try:
+            result = self.plugins.hook.embed(model=self.model, request=message.request)
+            if result is None:
+                raise errors.NotSupported("this model does not make embeddings")
+            data, count, dims = vectors_to_bytes(result.embeddings)
+            self.channel.send(protocol.Embedded(
+                id=message.id,
+                data=data,
+                count=count,
+                dims=dims,
+                prompt_tokens=result.prompt_tokens,
+                batch_size=getattr(result, "batch_size", 0) or 0,
+            ))
+        except Exception as exc:
+            self.channel.send(failure(message.id, exc))
+
+    def serve(self) -> None:
+        while True:
+            message = self.channel.receive()
+            match message:
+                case None | protocol.Shutdown():
+                    break
+                case protocol.Load():
+                    self.load(message)
+                case protocol.Generate():
+                    self.cancels[message.id] = threading.Event()
+                    self.pool.submit(self.run_generate, message)
+                case protocol.Embed():
+                    self.pool.submit(self.run_embed, message)
+                case protocol.Cancel():
+                    event = self.cancels.get(message.id)
+                    if event is not None:
+                        event.set()
+        if self.pool is not None:
+            for event in list(self.cancels.values()):
+                event.set()
+            self.pool.shutdown(wait=True)
+        if self.model is not None:
+            try:
+                self.plugins.hook.unload_model(model=self.model)
+            except Exception:
+                log.exception("unload failed")
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    plugin_name = argv[0]
+    # Keep the protocol on a private copy of stdout; anything printed goes to stderr.
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    logging.basicConfig(
+        level=os.environ.get("LLAMA_API_WORKER_LOG_LEVEL", "INFO"),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    channel = Channel(read_fd=0, write_fd=protocol_fd)
+    try:
+        worker = Worker(plugin_name, channel)
+    except errors.LlamaApiError as exc:
+        channel.send(failure(0, exc))
+        return
+    worker.serve()
+
+
+if __name__ == "__main__":
+    main()
