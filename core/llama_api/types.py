@@ -116,7 +116,7 @@ class Delta(msgspec.Struct, kw_only=True, omit_defaults=True):
 class EmbedRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Texts (or token id lists) to embed."""
 
-    input: list[str] | list[list[int]]
+    input: list[str | list[int]]  # all strings, or all token-id lists
     dimensions: int | None = None
 
 

@@ -1,0 +1,144 @@
+"""The completions and chat completions endpoints: run the backend requests, shape the output."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import msgspec
+from litestar import Response
+from litestar.response import Stream
+
+from llama_api import errors
+from llama_api import openai_format as fmt
+from llama_api.schemas import ChatCompletionRequest, CompletionRequest
+from llama_api.types import Delta, GenerateRequest
+
+log = logging.getLogger("llama_api.generation")
+
+DONE = b"data: [DONE]\n\n"
+
+
+def event(body: dict) -> bytes:
+    return b"data: " + msgspec.json.encode(body) + b"\n\n"
+
+
+def error_event(exc: errors.LlamaApiError) -> bytes:
+    return event({"error": {"message": exc.message, "type": exc.type,
+                            "param": exc.param, "code": exc.code}})
+
+
+async def run(state, model: str, requests: list[GenerateRequest]) -> AsyncIterator[tuple[int, Delta]]:
+    """Hold one slot of the model's worker and stream (choice index, delta) pairs."""
+    spec = state.registry.resolve(model)
+    async with state.scheduler.lease(spec) as worker:
+        for index, request in enumerate(requests):
+            async for delta in worker.generate(request):
+                yield index, delta
+
+
+async def collect(deltas: AsyncIterator[tuple[int, Delta]], count: int) -> list[fmt.Choice]:
+    choices = [fmt.Choice(i) for i in range(count)]
+    async for index, delta in deltas:
+        choices[index].add(delta)
+    return choices
+
+
+async def primed(deltas: AsyncIterator[tuple[int, Delta]]):
+    """Wait for the first delta before answering, so that load failures and bad prompts
+    get a real HTTP status instead of an error inside a 200 stream."""
+    try:
+        first = await deltas.__anext__()
+    except StopAsyncIteration:
+        first = None
+    return first
+
+
+def sse(events: AsyncIterator[bytes]) -> Stream:
+    return Stream(events, media_type="text/event-stream",
+                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def json_response(body: dict) -> Response:
+    return Response(msgspec.json.encode(body), media_type="application/json")
+
+
+async def stream_events(first, deltas, render, finish) -> AsyncIterator[bytes]:
+    """Render each delta as SSE; an error mid-stream becomes an error event, then the end."""
+    try:
+        if first is not None:
+            for chunk in render(*first):
+                yield chunk
+            async for index, delta in deltas:
+                for chunk in render(index, delta):
+                    yield chunk
+        for chunk in finish():
+            yield chunk
+        yield DONE
+    except errors.LlamaApiError as exc:
+        log.warning("stream failed: %s", exc.message)
+        yield error_event(exc)
+    finally:
+        await deltas.aclose()
+
+
+async def chat_completion(state, body: ChatCompletionRequest) -> Response | Stream:
+    requests = fmt.chat_requests(body)
+    state.registry.resolve(body.model)  # 404 before any work
+    response_id = fmt.new_id("chatcmpl")
+    deltas = run(state, body.model, requests)
+    if not body.stream:
+        choices = await collect(deltas, len(requests))
+        usage = fmt.total_usage(choices, prompts=1)
+        return json_response(fmt.chat_response(response_id, body.model, choices, usage))
+
+    first = await primed(deltas)
+    created = int(time.time())
+    choices = [fmt.Choice(i) for i in range(len(requests))]
+    started: set[int] = set()
+
+    def render(index: int, delta: Delta):
+        choices[index].add(delta)
+        if index not in started:
+            started.add(index)
+            yield event(fmt.chat_chunk(response_id, body.model, created, index, None, first=True))
+        yield event(fmt.chat_chunk(response_id, body.model, created, index, delta))
+
+    def finish():
+        if body.stream_options and body.stream_options.include_usage:
+            usage = fmt.total_usage(choices, prompts=1)
+            yield event(fmt.usage_chunk(response_id, body.model, created,
+                                        "chat.completion.chunk", usage))
+
+    return sse(stream_events(first, deltas, render, finish))
+
+
+async def completion(state, body: CompletionRequest) -> Response | Stream:
+    requests = fmt.completion_requests(body)
+    state.registry.resolve(body.model)
+    prompts = len(requests) // (body.n or 1)
+    response_id = fmt.new_id("cmpl")
+    deltas = run(state, body.model, requests)
+    if not body.stream:
+        choices = await collect(deltas, len(requests))
+        usage = fmt.total_usage(choices, prompts=prompts)
+        return json_response(fmt.completion_response(response_id, body.model, choices, usage))
+
+    first = await primed(deltas)
+    created = int(time.time())
+    choices = [fmt.Choice(i) for i in range(len(requests))]
+    offsets = [0] * len(requests)
+
+    def render(index: int, delta: Delta):
+        choices[index].add(delta)
+        yield event(fmt.completion_chunk(response_id, body.model, created, index, delta,
+                                         offsets[index]))
+        offsets[index] += len(delta.text)
+
+    def finish():
+        if body.stream_options and body.stream_options.include_usage:
+            usage = fmt.total_usage(choices, prompts=prompts)
+            yield event(fmt.usage_chunk(response_id, body.model, created, "text_completion", usage))
+
+    return sse(stream_events(first, deltas, render, finish))

@@ -1,0 +1,95 @@
+"""`llama-api install PLUGIN`: pip-install a backend and its heavy dependencies with the right flags."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# The torch release whose CPU build pip can install without pulling CUDA libraries.
+TORCH_PIN = "torch==2.13.0"
+
+
+@dataclass
+class Backend:
+    distribution: str
+    needs_torch: bool = False
+    needs_cuda: bool = False
+    extras: tuple[str, ...] = ()
+    # Environment for building from source (llama-cpp-python compiles llama.cpp).
+    build_env: dict[str, str] = field(default_factory=dict)
+    cuda_build_env: dict[str, str] = field(default_factory=dict)
+
+
+BACKENDS = {
+    "llamacpp": Backend(
+        "llama-api-llamacpp",
+        build_env={"CMAKE_ARGS": "-DLLAVA_BUILD=OFF"},
+        cuda_build_env={"CMAKE_ARGS": "-DLLAVA_BUILD=OFF -DGGML_CUDA=on"},
+    ),
+    "embeddings": Backend("llama-api-embeddings", needs_torch=True),
+    "tfhub": Backend("llama-api-embeddings", extras=("tfhub",)),
+    "exllama": Backend("llama-api-exllama", needs_torch=True, needs_cuda=True,
+                       extras=("v2", "v3")),
+}
+
+
+@dataclass
+class Step:
+    args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        return (prefix + " " if prefix else "") + shlex.join(self.args)
+
+
+def local_source(distribution: str) -> Path | None:
+    """In a checkout of this repository, install plugins from their folders."""
+    root = Path(__file__).resolve().parents[2]
+    folder = root / "plugins" / distribution.removeprefix("llama-api-")
+    return folder if (folder / "pyproject.toml").exists() else None
+
+
+def plan(name: str, *, force_cuda: bool = False, skip_torch_install: bool = False,
+         torch_index_url: str | None = None, upgrade: bool = False) -> list[Step]:
+    """The pip commands that install a backend, in order (torch first, pinned)."""
+    if name not in BACKENDS:
+        raise KeyError(name)
+    backend = BACKENDS[name]
+    pip = [sys.executable, "-m", "pip", "install"]
+    steps = []
+    if backend.needs_torch and not skip_torch_install:
+        torch_args = pip + ([TORCH_PIN] if not (force_cuda or backend.needs_cuda) else ["torch"])
+        if torch_index_url:
+            torch_args += ["--index-url", torch_index_url]
+        steps.append(Step(torch_args))
+    source = local_source(backend.distribution)
+    target = str(source) if source else backend.distribution
+    if backend.extras:
+        target += "[" + ",".join(backend.extras) + "]"
+    args = pip + (["--upgrade"] if upgrade else []) + [target]
+    env = dict(backend.cuda_build_env if force_cuda else backend.build_env)
+    if force_cuda and backend.cuda_build_env:
+        # Rebuild llama-cpp-python with CUDA even when a CPU wheel is cached.
+        steps.append(Step(args, env))
+        steps.append(Step(pip + ["--force-reinstall", "--no-cache-dir", "--no-deps",
+                                 "llama-cpp-python"], env))
+    else:
+        steps.append(Step(args, env))
+    return steps
+
+
+def run(steps: list[Step], dry_run: bool = False) -> int:
+    for number, step in enumerate(steps, 1):
+        print(f"[{number}/{len(steps)}] {step}", flush=True)
+        if dry_run:
+            continue
+        result = subprocess.run(step.args, env={**os.environ, **step.env})
+        if result.returncode != 0:
+            print(f"step {number} failed with exit code {result.returncode}", file=sys.stderr)
+            return result.returncode
+    return 0

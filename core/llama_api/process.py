@@ -1,0 +1,231 @@
+"""The server's side of a worker: start the process, talk to it, stop it for good."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from llama_api import errors, protocol
+from llama_api.types import Delta, EmbedRequest, GenerateRequest, ModelSpec
+
+log = logging.getLogger("llama_api.process")
+
+
+def error_from(failed: protocol.Failed) -> errors.LlamaApiError:
+    cls = errors.ERROR_KINDS.get(failed.kind, errors.LlamaApiError)
+    return cls(failed.message, param=failed.param, code=failed.code)
+
+
+class WorkerProcess:
+    """One model in one subprocess. Requests are multiplexed over its pipes by id."""
+
+    def __init__(self, spec: ModelSpec, n_threads: int, on_exit: Callable[["WorkerProcess"], None]):
+        self.spec = spec
+        self.n_threads = n_threads
+        self.on_exit = on_exit
+        self.slots = 1
+        self.info: dict = {}
+        self.pid: int | None = None
+        self.alive = False
+        self._process: anyio.abc.Process | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, anyio.abc.ObjectSendStream] = {}
+        self._send_lock = anyio.Lock()
+        self._loaded = anyio.Event()
+        self._load_error: errors.LlamaApiError | None = None
+        self._exited = anyio.Event()
+        self.log = logging.getLogger(f"llama_api.worker.{spec.id}")
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self, task_group: TaskGroup) -> None:
+        """Start the process and load the model; raises ModelLoadError on failure."""
+        env = dict(os.environ)
+        # One thread budget for every threading library the backend may use.
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env.setdefault(name, str(self.n_threads))
+        env["PYTHONUNBUFFERED"] = "1"
+        self._process = await anyio.open_process(
+            [sys.executable, "-m", "llama_api.worker", self.spec.plugin],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        self.pid = self._process.pid
+        self.alive = True
+        task_group.start_soon(self._read_frames)
+        task_group.start_soon(self._drain_stderr)
+        self.log.info("started worker pid=%s threads=%s", self.pid, self.n_threads)
+        try:
+            await self._send(protocol.Load(spec=self.spec, n_threads=self.n_threads))
+        except errors.WorkerCrashed:
+            pass  # the process died before reading; _read_frames reports why
+        await self._loaded.wait()
+        if self._load_error is not None:
+            await self.stop()
+            raise self._load_error
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Ask the worker to exit, then terminate, then kill; always reap it."""
+        process = self._process
+        if process is None:
+            return
+        with anyio.CancelScope(shield=True):
+            if process.returncode is None:
+                try:
+                    await self._send(protocol.Shutdown())
+                    await process.stdin.aclose()
+                except Exception:
+                    pass
+                for action in (None, process.terminate, process.kill):
+                    if action is not None and process.returncode is None:
+                        try:
+                            action()
+                        except ProcessLookupError:
+                            pass
+                    with anyio.move_on_after(grace if action is None else 2.0):
+                        await process.wait()
+                    if process.returncode is not None:
+                        break
+            await process.wait()
+            await self._exited.wait()
+        self.log.info("worker pid=%s exited with %s", self.pid, process.returncode)
+
+    # -- requests --------------------------------------------------------------------
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
+        """Stream deltas; leaving early (client gone) cancels the request in the worker."""
+        request_id, receive = self._open()
+        finished = False
+        try:
+            await self._send(protocol.Generate(id=request_id, request=request))
+            async for message in receive:
+                if isinstance(message, protocol.Failed):
+                    finished = True
+                    raise error_from(message)
+                for delta in message.deltas:
+                    yield delta
+                if message.done:
+                    finished = True
+                    return
+            finished = True
+            raise errors.WorkerCrashed(self._crash_message())
+        finally:
+            self._pending.pop(request_id, None)
+            if not finished and self.alive:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self._send(protocol.Cancel(id=request_id))
+                    except errors.LlamaApiError:
+                        pass
+
+    async def embed(self, request: EmbedRequest) -> protocol.Embedded:
+        request_id, receive = self._open()
+        try:
+            await self._send(protocol.Embed(id=request_id, request=request))
+            async for message in receive:
+                if isinstance(message, protocol.Failed):
+                    raise error_from(message)
+                return message
+            raise errors.WorkerCrashed(self._crash_message())
+        finally:
+            self._pending.pop(request_id, None)
+
+    # -- plumbing --------------------------------------------------------------------
+
+    def _open(self):
+        if not self.alive:
+            raise errors.WorkerCrashed(self._crash_message())
+        request_id = next(self._ids)
+        send, receive = anyio.create_memory_object_stream(math.inf)
+        self._pending[request_id] = send
+        return request_id, receive
+
+    def _crash_message(self) -> str:
+        code = self._process.returncode if self._process else None
+        how = f"exit code {code}" if code is None or code >= 0 else f"signal {-code}"
+        return f"the worker for model {self.spec.id!r} stopped unexpectedly ({how})"
+
+    async def _send(self, message) -> None:
+        frame = protocol.encode(message)
+        async with self._send_lock:
+            try:
+                await self._process.stdin.send(frame)
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+                raise errors.WorkerCrashed(self._crash_message()) from exc
+
+    async def _read_frames(self) -> None:
+        stream = BufferedByteReceiveStream(self._process.stdout)
+        try:
+            while True:
+                header = await stream.receive_exactly(protocol.HEADER.size)
+                (length,) = protocol.HEADER.unpack(header)
+                message = protocol.from_worker_decoder.decode(await stream.receive_exactly(length))
+                self._dispatch(message)
+        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
+                anyio.ClosedResourceError):
+            pass
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._process.wait()
+            self._on_process_gone()
+
+    def _dispatch(self, message: protocol.FromWorker) -> None:
+        match message:
+            case protocol.Progress():
+                fraction = "" if message.fraction is None else f" ({message.fraction:.0%})"
+                self.log.info("%s%s", message.message, fraction)
+            case protocol.Loaded():
+                self.slots = message.slots
+                self.info = message.info
+                self._loaded.set()
+            case protocol.Failed(id=0):
+                self._load_error = error_from(message)
+                if not isinstance(self._load_error, errors.BackendUnavailable):
+                    self._load_error = errors.ModelLoadError(message.message)
+                self._loaded.set()
+            case _:
+                send = self._pending.get(message.id)
+                if send is not None:
+                    send.send_nowait(message)
+
+    def _on_process_gone(self) -> None:
+        was_loaded = self._loaded.is_set() and self._load_error is None
+        self.alive = False
+        if not self._loaded.is_set():
+            self._load_error = errors.ModelLoadError(
+                f"the worker for model {self.spec.id!r} exited while loading "
+                f"({self._crash_message().split('(')[-1]}; see the server log"
+            )
+            self._loaded.set()
+        for send in self._pending.values():
+            send.close()  # each waiting request sees the end and reports the crash
+        self._pending.clear()
+        self._exited.set()
+        if was_loaded:
+            self.on_exit(self)
+
+    async def _drain_stderr(self) -> None:
+        """Everything the worker prints goes to the server log, line by line."""
+        buffer = b""
+        try:
+            async for chunk in self._process.stderr:
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        self.log.info("%s", line.decode(errors="replace").rstrip())
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
+        if buffer.strip():
+            self.log.info("%s", buffer.decode(errors="replace").rstrip())

@@ -1,0 +1,221 @@
+"""Which models are loaded, in which worker, and who may use them now.
+
+- A request for a model that isn't loaded starts its worker; concurrent first requests
+  share that one load.
+- At most `max_workers` processes: at the bound the least recently used idle worker is
+  unloaded; if every worker is busy the request waits, at most `max_queue` of them.
+- Requests for one model take its slots in FIFO order.
+- Idle workers are unloaded after their idle timeout.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskGroup
+
+from llama_api import errors
+from llama_api.process import WorkerProcess
+from llama_api.types import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass
+class Settings:
+    max_workers: int = 1
+    max_queue: int = 64
+    idle_timeout: float = 0.0  # seconds; 0 = never
+    # Threads per worker; None = the machine's cores shared among max_workers.
+    threads_per_worker: int | None = None
+
+
+@dataclass(eq=False)
+class Entry:
+    """A model that is loading or loaded."""
+
+    spec: ModelSpec
+    worker: WorkerProcess | None = None
+    ready: anyio.Event = field(default_factory=anyio.Event)
+    error: errors.LlamaApiError | None = None
+    slots: anyio.Semaphore | None = None
+    users: int = 0  # requests that hold or wait for this model's slots
+    last_used: float = field(default_factory=time.monotonic)
+
+    def idle_timeout(self, default: float) -> float:
+        return default if self.spec.idle_timeout is None else self.spec.idle_timeout
+
+
+class Scheduler:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.entries: dict[str, Entry] = {}
+        self._stopping = 0  # workers being unloaded still count against max_workers
+        self._waiting = 0
+        self._changed = anyio.Event()
+        self._task_group: TaskGroup | None = None
+
+    @property
+    def threads_per_worker(self) -> int:
+        if self.settings.threads_per_worker:
+            return self.settings.threads_per_worker
+        return max(1, available_cores() // max(1, self.settings.max_workers))
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self):
+        """Run the scheduler's background work; unload everything on exit."""
+        async with anyio.create_task_group() as task_group:
+            self._task_group = task_group
+            task_group.start_soon(self._unload_idle_models)
+            try:
+                yield self
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self.unload_all()
+                task_group.cancel_scope.cancel()
+
+    async def unload_all(self) -> None:
+        async with anyio.create_task_group() as task_group:
+            for entry in list(self.entries.values()):
+                task_group.start_soon(self._unload, entry)
+
+    # -- leasing ---------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def lease(self, spec: ModelSpec):
+        """Hold one slot of a loaded worker for `spec` for the duration of a request."""
+        entry = await self._claim(spec)
+        try:
+            await entry.ready.wait()
+            if entry.error is not None:
+                raise entry.error
+            if entry.slots.value == 0:
+                await self._wait(entry.slots.acquire)
+            else:
+                await entry.slots.acquire()
+            try:
+                yield entry.worker
+            finally:
+                entry.last_used = time.monotonic()
+                entry.slots.release()
+        finally:
+            entry.users -= 1
+            entry.last_used = time.monotonic()
+            self._notify()
+
+    async def _claim(self, spec: ModelSpec) -> Entry:
+        """Find or start the entry for a model and count this request as its user."""
+        while True:
+            entry = self.entries.get(spec.id)
+            if entry is not None:
+                entry.users += 1
+                return entry
+            if len(self.entries) + self._stopping < self.settings.max_workers:
+                entry = Entry(spec=spec, users=1)
+                self.entries[spec.id] = entry
+                self._task_group.start_soon(self._load, entry)
+                return entry
+            victim = self._least_recently_used_idle()
+            if victim is not None:
+                log.info("unloading %s to make room for %s", victim.spec.id, spec.id)
+                await self._unload(victim)
+                continue
+            await self._wait(self._changed.wait)
+
+    async def _wait(self, wait) -> None:
+        """Wait in the bounded queue; past its bound the request is refused with 429."""
+        if self._waiting >= self.settings.max_queue:
+            raise errors.Overloaded(
+                f"The server is busy: {self._waiting} requests are already waiting. Retry shortly.",
+                retry_after=1,
+            )
+        self._waiting += 1
+        try:
+            await wait()
+        finally:
+            self._waiting -= 1
+
+    def _least_recently_used_idle(self) -> Entry | None:
+        idle = [e for e in self.entries.values() if e.users == 0 and e.ready.is_set()]
+        return min(idle, key=lambda e: e.last_used, default=None)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    # -- loading and unloading -------------------------------------------------------
+
+    async def _load(self, entry: Entry) -> None:
+        started = time.perf_counter()
+        log.info("loading model %s (backend %s)", entry.spec.id, entry.spec.backend)
+        worker = WorkerProcess(entry.spec, self.threads_per_worker, on_exit=self._worker_exited)
+        try:
+            await worker.start(self._task_group)
+        except errors.LlamaApiError as exc:
+            log.error("model %s failed to load: %s", entry.spec.id, exc.message)
+            entry.error = exc
+        except Exception as exc:  # e.g. the interpreter could not be started
+            log.exception("model %s failed to load", entry.spec.id)
+            entry.error = errors.ModelLoadError(f"model {entry.spec.id!r} failed to load: {exc}")
+        else:
+            entry.worker = worker
+            entry.slots = anyio.Semaphore(worker.slots)
+            log.info(
+                "model %s loaded in %.2fs (pid %s, %s slot(s))",
+                entry.spec.id, time.perf_counter() - started, worker.pid, worker.slots,
+            )
+        if entry.error is not None and self.entries.get(entry.spec.id) is entry:
+            del self.entries[entry.spec.id]  # the next request tries again
+        entry.ready.set()
+        self._notify()
+
+    async def _unload(self, entry: Entry) -> None:
+        if self.entries.get(entry.spec.id) is entry:
+            del self.entries[entry.spec.id]
+        if entry.worker is None:
+            return
+        self._stopping += 1
+        try:
+            await entry.worker.stop()
+        finally:
+            self._stopping -= 1
+            self._notify()
+        log.info("unloaded model %s", entry.spec.id)
+
+    def _worker_exited(self, worker: WorkerProcess) -> None:
+        entry = self.entries.get(worker.spec.id)
+        if entry is not None and entry.worker is worker:
+            log.error("worker for %s (pid %s) died; it will be reloaded on the next request",
+                      worker.spec.id, worker.pid)
+            del self.entries[worker.spec.id]
+            self._notify()
+
+    async def _unload_idle_models(self) -> None:
+        while True:
+            await anyio.sleep(0.25)
+            now = time.monotonic()
+            for entry in list(self.entries.values()):
+                timeout = entry.idle_timeout(self.settings.idle_timeout)
+                if (timeout > 0 and entry.users == 0 and entry.ready.is_set()
+                        and now - entry.last_used >= timeout):
+                    log.info("model %s idle for %.0fs: unloading", entry.spec.id, timeout)
+                    await self._unload(entry)
+
+    # -- status ----------------------------------------------------------------------
+
+    def loaded(self) -> dict[str, Entry]:
+        return {model_id: e for model_id, e in self.entries.items() if e.worker is not None}

@@ -1,0 +1,185 @@
+"""The backend conformance suite: one contract for our backends and third parties'.
+
+Subclass `BackendConformance` in a plugin's tests and provide the fixtures:
+
+    class TestMyBackend(BackendConformance):
+        generates = True
+        embeds = False
+
+        @pytest.fixture
+        def model_spec(self, tmp_path): return ModelSpec(id="m", backend="mine", path=..., plugin="mine")
+
+        @pytest.fixture
+        def bad_model_spec(self, tmp_path): ...  # a corrupt model file
+
+Every test runs the model in a real worker subprocess, as the server does.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import asynccontextmanager
+
+import anyio
+import pytest
+
+from llama_api import errors
+from llama_api.process import WorkerProcess
+from llama_api.types import EmbedRequest, GenerateRequest, ModelSpec
+
+
+@asynccontextmanager
+async def running_worker(spec: ModelSpec, n_threads: int = 1):
+    """A loaded worker for the duration of the block; stopped (and reaped) after."""
+    async with anyio.create_task_group() as task_group:
+        worker = WorkerProcess(spec, n_threads, on_exit=lambda _: None)
+        await worker.start(task_group)
+        try:
+            yield worker
+        finally:
+            await worker.stop()
+        task_group.cancel_scope.cancel()
+
+
+async def generate_all(worker: WorkerProcess, request: GenerateRequest):
+    deltas = [delta async for delta in worker.generate(request)]
+    return "".join(d.text for d in deltas), deltas
+
+
+def pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class BackendConformance:
+    """What every backend must do. Override the class attributes to fit the backend."""
+
+    generates = True
+    embeds = False
+    prompt = "Once upon a time"
+    # Enough tokens that a generation is still running when the test cancels it.
+    long_max_tokens = 512
+
+    @pytest.fixture
+    def model_spec(self) -> ModelSpec:
+        raise NotImplementedError("subclasses provide a `model_spec` fixture")
+
+    @pytest.fixture
+    def bad_model_spec(self) -> ModelSpec:
+        raise NotImplementedError("subclasses provide a `bad_model_spec` fixture")
+
+    def greedy(self, **fields) -> GenerateRequest:
+        return GenerateRequest(prompt=self.prompt, temperature=0.0, seed=1, **fields)
+
+    # -- load and unload -------------------------------------------------------------
+
+    def test_load_reports_slots_and_unload_ends_the_process(self, model_spec):
+        async def main():
+            async with running_worker(model_spec) as worker:
+                assert worker.slots >= 1
+                assert pid_exists(worker.pid)
+                pid = worker.pid
+            return pid
+
+        pid = anyio.run(main)
+        assert not pid_exists(pid), "the worker process outlived its unload"
+
+    def test_bad_model_file_is_a_clear_load_error(self, bad_model_spec):
+        async def main():
+            async with running_worker(bad_model_spec):
+                pass
+
+        with pytest.raises(errors.ModelLoadError) as info:
+            anyio.run(main)
+        name = os.path.basename(bad_model_spec.path.rstrip("/"))
+        assert name in info.value.message
+
+    # -- generation ------------------------------------------------------------------
+
+    def test_generate_ends_with_finish_reason_and_usage(self, model_spec):
+        if not self.generates:
+            pytest.skip("backend does not generate")
+
+        async def main():
+            async with running_worker(model_spec) as worker:
+                return await generate_all(worker, self.greedy(max_tokens=8))
+
+        text, deltas = anyio.run(main)
+        last = deltas[-1]
+        assert last.finish_reason in ("stop", "length")
+        assert last.usage is not None and last.usage.prompt_tokens > 0
+        assert 1 <= last.usage.completion_tokens <= 8
+        if last.finish_reason == "length":
+            assert last.usage.completion_tokens == 8
+
+    def test_greedy_generation_is_deterministic(self, model_spec):
+        if not self.generates:
+            pytest.skip("backend does not generate")
+
+        async def main():
+            async with running_worker(model_spec) as worker:
+                first, _ = await generate_all(worker, self.greedy(max_tokens=16))
+                second, _ = await generate_all(worker, self.greedy(max_tokens=16))
+                return first, second
+
+        first, second = anyio.run(main)
+        assert first == second
+
+    def test_stop_string_is_not_sent_and_ends_generation(self, model_spec):
+        if not self.generates:
+            pytest.skip("backend does not generate")
+
+        async def main():
+            async with running_worker(model_spec) as worker:
+                full, _ = await generate_all(worker, self.greedy(max_tokens=24))
+                stripped = full.strip()
+                if len(stripped) < 6:
+                    pytest.skip("output too short to pick a stop string from")
+                middle = full.index(stripped) + len(stripped) // 2
+                stop = full[middle:middle + 2]
+                text, deltas = await generate_all(worker, self.greedy(max_tokens=24, stop=[stop]))
+                return full, stop, text, deltas
+
+        full, stop, text, deltas = anyio.run(main)
+        assert stop not in text
+        assert full.startswith(text)
+        assert deltas[-1].finish_reason == "stop"
+
+    def test_cancel_stops_generation_and_the_worker_stays_usable(self, model_spec):
+        if not self.generates:
+            pytest.skip("backend does not generate")
+
+        async def main():
+            async with running_worker(model_spec) as worker:
+                stream = worker.generate(self.greedy(max_tokens=self.long_max_tokens))
+                async for _ in stream:
+                    break  # the client went away after the first piece
+                await stream.aclose()
+                with anyio.fail_after(60):
+                    text, deltas = await generate_all(worker, self.greedy(max_tokens=4))
+                return deltas
+
+        deltas = anyio.run(main)
+        assert deltas[-1].finish_reason in ("stop", "length")
+
+    # -- embeddings ------------------------------------------------------------------
+
+    def test_embed(self, model_spec):
+        inputs = ["hello world", "a second, longer sentence to embed"]
+
+        async def main():
+            async with running_worker(model_spec) as worker:
+                return await worker.embed(EmbedRequest(input=inputs))
+
+        if not self.embeds:
+            with pytest.raises(errors.BadRequest):
+                anyio.run(main)
+            return
+        result = anyio.run(main)
+        assert result.count == len(inputs)
+        assert result.dims > 0
+        assert len(result.data) == result.count * result.dims * 4
+        assert result.prompt_tokens >= len(inputs)

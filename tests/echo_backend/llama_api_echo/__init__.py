@@ -1,0 +1,137 @@
+"""A deterministic test backend, installed through a real entry point.
+
+A model is a `*.echo` file holding JSON options:
+  delay        seconds per generated token (default 0)
+  slots        requests run at once (default 1)
+  load_delay   seconds spent loading (default 0)
+  fail_load    a load error message to raise
+Generation repeats the prompt's words ("w0 w1 ...") cyclically, one word per token.
+Set LLAMA_API_ECHO_EVENTS to a file path to have the worker append one JSON line per
+event (start, end, cancelled) with its model, pid and time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from llama_api import errors, hookimpl
+from llama_api.types import BackendInfo, Delta, EmbedResult, ModelSpec, Usage
+
+
+def record(event: str, model: "EchoModel", **fields) -> None:
+    path = os.environ.get("LLAMA_API_ECHO_EVENTS")
+    if path:
+        line = json.dumps({"event": event, "model": model.id, "pid": os.getpid(),
+                           "time": time.time(), **fields})
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
+class EchoModel:
+    def __init__(self, spec: ModelSpec, options: dict):
+        self.id = spec.id
+        self.delay = float(options.get("delay", 0))
+        self.slots = int(options.get("slots", 1))
+        self.info = {"delay": self.delay}
+
+
+@hookimpl
+def register_backends():
+    return [BackendInfo(name="echo", description="deterministic test backend")]
+
+
+@hookimpl
+def discover_models(models_dir):
+    return [
+        ModelSpec(id=path.stem, backend="echo", path=str(path))
+        for path in sorted(Path(models_dir).glob("*.echo"))
+    ]
+
+
+@hookimpl
+def load_model(spec, context):
+    if spec.backend != "echo":
+        return None
+    try:
+        options = {**json.loads(Path(spec.path).read_text() or "{}"), **spec.options}
+    except (OSError, ValueError) as exc:
+        raise errors.ModelLoadError(f"cannot read echo model {spec.path}: {exc}") from None
+    if options.get("fail_load"):
+        raise errors.ModelLoadError(f"{Path(spec.path).name}: {options['fail_load']}")
+    load_delay = float(options.get("load_delay", 0))
+    for step in range(4):
+        context.report(f"loading {spec.id}", step / 4)
+        time.sleep(load_delay / 4)
+    return EchoModel(spec, options)
+
+
+def prompt_words(request) -> list[str]:
+    if request.messages is not None:
+        text = " ".join(str(m.get("content") or "") for m in request.messages)
+    elif isinstance(request.prompt, list):
+        text = " ".join(f"t{token}" for token in request.prompt)
+    else:
+        text = request.prompt or ""
+    return text.split() or ["empty"]
+
+
+@hookimpl
+def generate(model, request, cancelled):
+    if not isinstance(model, EchoModel):
+        return None
+    words = prompt_words(request)
+    if len(words) > 1000:
+        raise errors.ContextLengthExceeded(
+            f"prompt has {len(words)} tokens, more than the context of 1000 tokens", param="messages")
+    return echo_tokens(model, request, words, cancelled)
+
+
+def echo_tokens(model, request, words, cancelled):
+    max_tokens = request.max_tokens or 16
+    record("start", model)
+    text = ""
+    produced = 0
+    finish = "length"
+    for i in range(max_tokens):
+        if cancelled.is_set():
+            record("cancelled", model, produced=produced)
+            return
+        if model.delay:
+            time.sleep(model.delay)
+        piece = ("" if i == 0 else " ") + words[i % len(words)]
+        text += piece
+        produced += 1
+        hit = next((s for s in request.stop if s in text), None)
+        if hit is not None:
+            finish = "stop"
+            kept = text[:text.index(hit)]
+            piece = kept[len(text) - len(piece):] if len(kept) > len(text) - len(piece) else ""
+            yield Delta(text=piece)
+            break
+        yield Delta(text=piece)
+    record("end", model, produced=produced)
+    yield Delta(finish_reason=finish,
+                usage=Usage(prompt_tokens=len(words), completion_tokens=produced))
+
+
+@hookimpl
+def embed(model, request):
+    if not isinstance(model, EchoModel):
+        return None
+    dims = request.dimensions or 8
+    vectors, tokens = [], 0
+    for item in request.input:
+        text = item if isinstance(item, str) else " ".join(map(str, item))
+        tokens += len(text.split())
+        digest = hashlib.sha256(text.encode()).digest()
+        vectors.append([b / 255.0 for b in digest[:dims]])
+    return EmbedResult(embeddings=vectors, prompt_tokens=tokens)
+
+
+@hookimpl
+def unload_model(model):
+    return isinstance(model, EchoModel) or None
