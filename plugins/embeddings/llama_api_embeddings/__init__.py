@@ -1,0 +1,75 @@
+"""llama-api plugin: sentence embeddings with transformers (PyTorch) and TensorFlow Hub.
+
+This entry module is imported by the server to discover models, so it stays light:
+torch, transformers, numpy and tensorflow are imported only inside `load_model`, in the
+worker process that serves one model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llama_api import hookimpl
+from llama_api.types import BackendInfo, ModelSpec
+
+from llama_api_embeddings.common import BatchedEmbedResult
+
+__all__ = ["BatchedEmbedResult"]
+__version__ = "0.1.0"
+
+BACKENDS = ("transformers", "tfhub")
+
+
+def _ours(model) -> bool:
+    return getattr(model, "backend", None) in BACKENDS and hasattr(model, "batcher")
+
+
+@hookimpl
+def register_backends():
+    return [
+        BackendInfo(
+            name="transformers",
+            description="Sentence embeddings with PyTorch + transformers (BERT, MPNet, "
+            "XLM-RoBERTa, e5, bge, ...), pooled as sentence-transformers configures.",
+        ),
+        BackendInfo(
+            name="tfhub",
+            description="TensorFlow Hub / SavedModel sentence encoders such as "
+            "universal-sentence-encoder (extra: llama-api-embeddings[tfhub]).",
+        ),
+    ]
+
+
+@hookimpl
+def discover_models(models_dir):
+    from llama_api_embeddings import discovery
+
+    return [ModelSpec(**found) for found in discovery.discover(Path(models_dir))]
+
+
+@hookimpl
+def load_model(spec, context):
+    if spec.backend == "transformers":
+        from llama_api_embeddings.transformers_backend import TransformersEmbedder
+
+        return TransformersEmbedder(spec, context)
+    if spec.backend == "tfhub":
+        from llama_api_embeddings.tfhub_backend import TFHubEmbedder
+
+        return TFHubEmbedder(spec, context)
+    return None
+
+
+@hookimpl
+def embed(model, request):
+    if not _ours(model):
+        return None
+    return model.embed(request)
+
+
+@hookimpl
+def unload_model(model):
+    if not _ours(model):
+        return None
+    model.close()
+    return True

@@ -1,0 +1,395 @@
+"""The `transformers` backend: PyTorch + transformers encoders, pooled like sentence-transformers.
+
+Imported only in the worker process (it imports torch and transformers).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from llama_api import errors
+
+from llama_api_embeddings import discovery
+from llama_api_embeddings.batching import Batcher
+from llama_api_embeddings.common import (
+    BatchedEmbedResult,
+    as_bool,
+    check_dimensions,
+    check_input,
+    option,
+    shorten,
+)
+
+log = logging.getLogger(__name__)
+
+POOLINGS = ("mean", "cls", "max", "mean_sqrt_len", "last")
+KNOWN_OPTIONS = {
+    "pooling", "normalize", "max_length", "prefix", "query_prefix", "passage_prefix",
+    "input_type", "device", "dtype", "trust_remote_code", "local_files_only",
+    "allow_download", "n_threads", "max_batch_size", "max_batch_tokens", "batch_wait_ms",
+    "max_inputs", "slots", "revision",
+}
+
+
+def resolve_folder(spec) -> Path:
+    """A local folder for spec.path: a folder, or a Hugging Face id found in the local cache."""
+    path = spec.path or spec.id
+    if Path(path).expanduser().is_dir():
+        return Path(path).expanduser()
+    allow_download = as_bool(option(spec, "allow_download", False)) or not as_bool(
+        option(spec, "local_files_only", True)
+    )
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(
+            repo_id=path,
+            revision=option(spec, "revision"),
+            local_files_only=not allow_download,
+        )
+    except Exception as exc:
+        hint = "" if allow_download else (
+            " (only the local Hugging Face cache is searched; set the model option "
+            "allow_download: true to fetch it)"
+        )
+        raise errors.ModelLoadError(
+            f"model {spec.id!r}: {path!r} is not a folder and not in the Hugging Face "
+            f"cache{hint}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return Path(folder)
+
+
+class TransformersEmbedder:
+    """A loaded encoder, its tokenizer, and the batcher that runs it."""
+
+    backend = "transformers"
+
+    def __init__(self, spec, context):
+        unknown = set(spec.options or {}) - KNOWN_OPTIONS
+        if unknown:
+            log.warning("model %s: unknown options ignored: %s", spec.id, sorted(unknown))
+        self.spec = spec
+        allow_download = as_bool(option(spec, "allow_download", False)) or not as_bool(
+            option(spec, "local_files_only", True)
+        )
+        if not allow_download:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        self.n_threads = max(1, int(option(spec, "n_threads", context.n_threads) or 1))
+
+        import torch
+        import transformers
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        transformers.utils.logging.disable_progress_bar()
+
+        self.torch = torch
+        torch.set_num_threads(self.n_threads)
+        folder = resolve_folder(spec)
+        self.folder = folder
+        settings = discovery.sentence_transformers_settings(folder)
+        trust = as_bool(option(spec, "trust_remote_code", False))
+
+        context.report(f"loading tokenizer from {folder}")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                str(folder), local_files_only=True, trust_remote_code=trust
+            )
+            config = AutoConfig.from_pretrained(
+                str(folder), local_files_only=True, trust_remote_code=trust
+            )
+            context.report("loading weights", 0.3)
+            model_class = AutoModel
+            if getattr(config, "model_type", "") in {"t5", "mt5"}:
+                from transformers import T5EncoderModel
+
+                model_class = T5EncoderModel
+            dtype = self._dtype(option(spec, "dtype"))
+            kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust}
+            if dtype is not None:
+                kwargs["dtype"] = dtype
+            self.model = model_class.from_pretrained(str(folder), **kwargs)
+        except errors.LlamaApiError:
+            raise
+        except Exception as exc:
+            raise errors.ModelLoadError(
+                f"model {spec.id!r}: cannot load {folder}: {type(exc).__name__}: {exc}"
+            ) from exc
+        self.model.eval()
+        self.device = self._device(option(spec, "device", "cpu"))
+        self.model.to(self.device)
+
+        # Pooling and normalization: options, else what sentence-transformers' config says.
+        self.pooling = str(option(spec, "pooling", settings.get("pooling", "mean"))).lower()
+        if self.pooling not in POOLINGS:
+            raise errors.ModelLoadError(
+                f"model {spec.id!r}: pooling {self.pooling!r} is not one of {POOLINGS}"
+            )
+        self.normalize = as_bool(option(spec, "normalize", settings.get("normalize", False)))
+        self.dense = [self._load_dense(Path(sub)) for sub in settings.get("dense", [])]
+
+        limit = self._model_max_length(config)
+        self.max_length = int(option(spec, "max_length", settings.get("max_length", limit)))
+        self.max_length = max(2, min(self.max_length, limit))
+
+        # Token layout: the special tokens wrapped around one text.
+        self.head, self.tail = self._special_tokens()
+        self.vocab_size = int(self.model.get_input_embeddings().num_embeddings)
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id or 0
+        self.uses_token_types = "token_type_ids" in getattr(
+            self.tokenizer, "model_input_names", []
+        )
+        self.prefix, self.known_prefixes = self._prefixes(spec, settings)
+        self.prefix_ids = (
+            self.tokenizer(self.prefix, add_special_tokens=False)["input_ids"]
+            if self.prefix else []
+        )
+        self.tokenizer_lock = threading.Lock()
+
+        self.max_inputs = int(option(spec, "max_inputs", 2048))
+        self.max_batch_tokens = int(option(spec, "max_batch_tokens", 8192))
+        self.batcher = Batcher(
+            self._compute,
+            max_batch=int(option(spec, "max_batch_size", 64)),
+            max_wait=float(option(spec, "batch_wait_ms", 5)) / 1000.0,
+            setup=lambda: torch.set_num_threads(self.n_threads),
+            name=f"embed-{spec.id}",
+        )
+        self.slots = int(spec.slots or option(spec, "slots", 64))
+
+        context.report("warming up", 0.9)
+        warm = self._compute(self.encode(["warm up"], token_ids=False))
+        self.dims = int(warm.shape[1])
+        self.info = {
+            "backend": self.backend,
+            "path": str(folder),
+            "dims": self.dims,
+            "max_length": self.max_length,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "prefix": self.prefix,
+            "device": str(self.device),
+            "n_threads": self.n_threads,
+            "max_batch_size": self.batcher.max_batch,
+        }
+
+    # Loading helpers -----------------------------------------------------------
+
+    def _dtype(self, name):
+        if not name:
+            return None
+        value = getattr(self.torch, str(name), None)
+        if not isinstance(value, self.torch.dtype):
+            raise errors.ModelLoadError(f"model {self.spec.id!r}: unknown dtype {name!r}")
+        return value
+
+    def _device(self, name: str):
+        name = str(name or "cpu")
+        if name == "auto":
+            name = "cuda" if self.torch.cuda.is_available() else "cpu"
+        try:
+            return self.torch.device(name)
+        except Exception as exc:
+            raise errors.ModelLoadError(f"model {self.spec.id!r}: bad device {name!r}") from exc
+
+    def _model_max_length(self, config) -> int:
+        limit = getattr(self.tokenizer, "model_max_length", None) or 0
+        if not limit or limit > 1_000_000:  # transformers' "unset" sentinel is huge
+            limit = getattr(config, "max_position_embeddings", 0) or 512
+            if getattr(config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"}:
+                limit -= 2  # their position ids start after the padding index
+        return int(limit)
+
+    def _special_tokens(self) -> tuple[list[int], list[int]]:
+        """The special token ids the tokenizer puts before and after one text ([CLS], [SEP])."""
+        sample = "hello world"
+        wrapped = list(self.tokenizer(sample, add_special_tokens=True)["input_ids"])
+        body = list(self.tokenizer(sample, add_special_tokens=False)["input_ids"])
+        for at in range(len(wrapped) - len(body) + 1):
+            if wrapped[at:at + len(body)] == body:
+                return wrapped[:at], wrapped[at + len(body):]
+        log.warning("model %s: can't tell its special tokens; token id input is read as is",
+                    self.spec.id)
+        return [], []
+
+    def _prefixes(self, spec, settings) -> tuple[str, tuple[str, ...]]:
+        """The prefix put before each text (e5: "query: "), and those a client may send itself."""
+        query = option(spec, "query_prefix", settings.get("query_prefix", ""))
+        passage = option(spec, "passage_prefix", settings.get("passage_prefix", ""))
+        known = tuple(p for p in (query, passage) if p)
+        prefix = option(spec, "prefix")
+        if prefix is None:
+            input_type = option(spec, "input_type")
+            if input_type in (None, ""):
+                prefix = ""
+            elif input_type == "query":
+                prefix = query
+            elif input_type in ("passage", "document"):
+                prefix = passage
+            else:
+                raise errors.ModelLoadError(
+                    f"model {spec.id!r}: input_type must be 'query' or 'passage'"
+                )
+        return str(prefix), known
+
+    def _load_dense(self, folder: Path):
+        """A sentence-transformers Dense module (a linear layer and an activation)."""
+        torch = self.torch
+        config = discovery.read_json(folder / "config.json") or {}
+        if (folder / "model.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(str(folder / "model.safetensors"))
+        else:
+            state = torch.load(str(folder / "pytorch_model.bin"), map_location="cpu",
+                               weights_only=True)
+        weight = state["linear.weight"].to(self.device)
+        bias = state.get("linear.bias")
+        bias = bias.to(self.device) if bias is not None else None
+        activation = str(config.get("activation_function", "")).rsplit(".", 1)[-1]
+        functions = {
+            "Tanh": torch.tanh, "ReLU": torch.relu, "GELU": torch.nn.functional.gelu,
+            "Sigmoid": torch.sigmoid, "Identity": None, "": None,
+        }
+        if activation not in functions:
+            raise errors.ModelLoadError(f"Dense activation {activation!r} is not supported")
+        act = functions[activation]
+
+        def apply(x):
+            y = torch.nn.functional.linear(x, weight.to(x.dtype),
+                                           None if bias is None else bias.to(x.dtype))
+            return y if act is None else act(y)
+
+        return apply
+
+    # Requests ------------------------------------------------------------------
+
+    def encode(self, items: list, token_ids: bool) -> list[list[int]]:
+        """Each input as the token ids the model reads: special tokens added, truncated."""
+        body_limit = self.max_length - len(self.head) - len(self.tail)
+        if token_ids:
+            rows = []
+            for item in items:
+                ids = [int(t) for t in item]
+                if any(t < 0 or t >= self.vocab_size for t in ids):
+                    raise errors.BadRequest(
+                        f"token ids must be in [0, {self.vocab_size})", param="input"
+                    )
+                # Already wrapped in the model's special tokens: unwrap, then wrap again.
+                if (self.head or self.tail) and ids[:len(self.head)] == self.head and (
+                    not self.tail or ids[-len(self.tail):] == self.tail
+                ) and len(ids) >= len(self.head) + len(self.tail):
+                    ids = ids[len(self.head):len(ids) - len(self.tail)]
+                if self.prefix_ids and ids[:len(self.prefix_ids)] != self.prefix_ids:
+                    ids = self.prefix_ids + ids
+                rows.append(self.head + ids[:body_limit] + self.tail)
+            return rows
+        texts = [self._with_prefix(text) for text in items]
+        with self.tokenizer_lock:  # HF fast tokenizers are not safe to share across threads
+            encoded = self.tokenizer(
+                texts,
+                add_special_tokens=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )["input_ids"]
+        return [list(ids) for ids in encoded]
+
+    def _with_prefix(self, text: str) -> str:
+        if not self.prefix or text.startswith(self.known_prefixes + (self.prefix,)):
+            return text
+        return self.prefix + text
+
+    def embed(self, request) -> BatchedEmbedResult:
+        token_ids = check_input(request, self.max_inputs)
+        check_dimensions(request.dimensions, self.dims)
+        self.batcher.announce()
+        try:
+            rows = self.encode(request.input, token_ids)
+        except BaseException:
+            self.batcher.withdraw()
+            raise
+        vectors, job = self.batcher.run(rows, announced=True)
+        return BatchedEmbedResult(
+            embeddings=shorten(vectors, request.dimensions),
+            prompt_tokens=sum(len(row) for row in rows),
+            batch_size=job.batch_size,
+            batch_requests=job.batch_requests,
+        )
+
+    # Compute thread --------------------------------------------------------------
+
+    def _compute(self, rows: list[list[int]]):
+        """Pooled vectors for token id rows: sorted by length, run in padded micro-batches."""
+        import numpy as np
+
+        torch = self.torch
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        out = None
+        start = 0
+        with torch.inference_mode():
+            while start < len(order):
+                end = start + 1
+                while end < len(order) and (end - start + 1) * len(rows[order[end]]) <= max(
+                    self.max_batch_tokens, len(rows[order[end]])
+                ):
+                    end += 1
+                chunk = order[start:end]
+                vectors = self._forward([rows[i] for i in chunk]).float().cpu().numpy()
+                if out is None:
+                    out = np.empty((len(rows), vectors.shape[1]), dtype=np.float32)
+                out[chunk] = vectors
+                start = end
+        return out
+
+    def _forward(self, rows: list[list[int]]):
+        torch = self.torch
+        width = max(len(row) for row in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+            mask[i, :len(row)] = 1
+        inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+        if self.uses_token_types:
+            inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+        hidden = self.model(**inputs)[0]
+        vectors = self._pool(hidden, inputs["attention_mask"])
+        for dense in self.dense:
+            vectors = dense(vectors)
+        if self.normalize:
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+        return vectors
+
+    def _pool(self, hidden, mask):
+        torch = self.torch
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        if self.pooling == "last":
+            last = mask.sum(dim=1) - 1
+            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        expanded = mask.unsqueeze(-1).to(hidden.dtype)
+        if self.pooling == "max":
+            return hidden.masked_fill(expanded == 0, -1e9).max(dim=1).values
+        summed = (hidden * expanded).sum(dim=1)
+        counts = expanded.sum(dim=1).clamp(min=1e-9)
+        if self.pooling == "mean_sqrt_len":
+            return summed / counts.sqrt()
+        return summed / counts
+
+    def close(self) -> None:
+        self.batcher.close()
+        self.model = None
+        self.tokenizer = None
+        self.dense = []
+        gc.collect()
+        if self.device.type == "cuda":
+            self.torch.cuda.empty_cache()
