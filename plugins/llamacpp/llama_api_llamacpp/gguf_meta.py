@@ -1,0 +1,141 @@
+"""Read a GGUF file's metadata (its key/value header) without loading the weights.
+
+Pure Python on an mmap: no numpy, no llama.cpp, so discovery stays instant. Big arrays
+(the vocabulary, merges) are skipped, only their length is kept.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from pathlib import Path
+
+MAGIC = b"GGUF"
+
+# value type -> struct format (fixed-size scalars)
+_SCALARS = {
+    0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
+    10: "<Q", 11: "<q", 12: "<d",
+}
+_STRING, _ARRAY = 8, 9
+# Arrays longer than this are summarised as their length.
+_MAX_ARRAY = 64
+
+POOLING = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+# Architectures that only make embeddings (no causal language-model head).
+EMBEDDING_ARCHS = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3",
+                   "neo-bert", "modern-bert", "t5encoder"}
+
+
+class GGUFError(ValueError):
+    """The file is not a GGUF file this parser understands."""
+
+
+class _Reader:
+    def __init__(self, buf):
+        self.buf = buf
+        self.pos = 0
+
+    def take(self, fmt: str):
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.buf):
+            raise GGUFError("truncated header")
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += size
+        return value
+
+    def string(self) -> str:
+        length = self.take("<Q")
+        if self.pos + length > len(self.buf):
+            raise GGUFError("truncated string")
+        raw = self.buf[self.pos:self.pos + length]
+        self.pos += length
+        return bytes(raw).decode("utf-8", errors="replace")
+
+    def skip_string(self) -> None:
+        length = self.take("<Q")
+        self.pos += length
+        if self.pos > len(self.buf):
+            raise GGUFError("truncated string")
+
+    def value(self, vtype: int):
+        if vtype in _SCALARS:
+            return self.take(_SCALARS[vtype])
+        if vtype == _STRING:
+            return self.string()
+        if vtype == _ARRAY:
+            etype = self.take("<I")
+            count = self.take("<Q")
+            if count <= _MAX_ARRAY:
+                return [self.value(etype) for _ in range(count)]
+            if etype in _SCALARS:
+                self.pos += struct.calcsize(_SCALARS[etype]) * count
+                if self.pos > len(self.buf):
+                    raise GGUFError("truncated array")
+            elif etype == _STRING:
+                for _ in range(count):
+                    self.skip_string()
+            else:
+                for _ in range(count):
+                    self.value(etype)
+            return {"array_length": count}
+        raise GGUFError(f"unknown value type {vtype}")
+
+
+def read_kv(path: str | Path) -> dict:
+    """The file's key/value metadata (large arrays as `{"array_length": n}`)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if head != MAGIC:
+            raise GGUFError(f"not a GGUF file (magic {head!r})")
+        if path.stat().st_size < 24:
+            raise GGUFError("truncated header")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            reader = _Reader(buf)
+            reader.pos = 4
+            version = reader.take("<I")
+            if version not in (2, 3):
+                raise GGUFError(f"unsupported GGUF version {version}")
+            reader.take("<Q")  # tensor count
+            n_kv = reader.take("<Q")
+            if n_kv > 1_000_000:
+                raise GGUFError("implausible key count")
+            kv = {"GGUF.version": version}
+            for _ in range(n_kv):
+                key = reader.string()
+                kv[key] = reader.value(reader.take("<I"))
+            return kv
+
+
+def summarize(kv: dict) -> dict:
+    """What `/v1/models` shows about a GGUF model."""
+    arch = kv.get("general.architecture", "")
+    meta: dict = {"format": "gguf", "architecture": arch}
+    if kv.get("general.name"):
+        meta["name"] = kv["general.name"]
+    for field, key in (("context_length", "context_length"),
+                       ("embedding_length", "embedding_length"),
+                       ("block_count", "block_count")):
+        value = kv.get(f"{arch}.{key}")
+        if isinstance(value, int):
+            meta[field] = value
+    templates = [k for k in kv if k.startswith("tokenizer.chat_template")]
+    meta["chat_template"] = bool(templates)
+    pooling = kv.get(f"{arch}.pooling_type")
+    if isinstance(pooling, int):
+        meta["pooling"] = POOLING.get(pooling, str(pooling))
+    causal = kv.get(f"{arch}.attention.causal")
+    embedding_only = arch in EMBEDDING_ARCHS or causal is False
+    meta["embedding"] = embedding_only
+    meta["kind"] = "embedding" if embedding_only else ("chat" if templates else "completion")
+    return meta
+
+
+def read_meta(path: str | Path) -> dict:
+    meta = summarize(read_kv(path))
+    try:
+        meta["size_bytes"] = Path(path).stat().st_size
+    except OSError:
+        pass
+    return meta

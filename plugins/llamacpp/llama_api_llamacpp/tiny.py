@@ -1,0 +1,112 @@
+"""Write a tiny random-weight llama GGUF (~0.5 MB) for fast tests.
+
+Usable by any test suite: `write_tiny_gguf(tmp_path / "tiny.gguf")`. It needs the `gguf`
+and `numpy` packages (imported here, not by the plugin's entry module).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+# SentencePiece pieces besides the 256 byte tokens: words, letters, and multi-byte
+# characters (some whole, some only reachable through byte tokens).
+WORDS = ["▁the", "▁a", "▁hello", "▁world", "▁yes", "▁no", "▁cat", "▁dog", "▁is", "▁and",
+         "▁name", "▁answer", "▁tool", "▁call", "▁weather", "▁Paris", "▁stop", "▁STOP",
+         "é", "ü", "€", "▁café", "日本", "▁", "{", "}", "\"", ":", ",", "[", "]", "<", ">",
+         "|", "end", "user", "assistant", "system", "<|", "|>", "\n"]
+LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)] + \
+          [chr(c) for c in range(ord("A"), ord("Z") + 1)] + \
+          [str(d) for d in range(10)]
+
+
+def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
+    """(tokens, scores, token types) of the tiny SentencePiece vocabulary."""
+    tokens = ["<unk>", "<s>", "</s>"]
+    types = [2, 3, 3]  # unknown, control, control
+    for b in range(256):
+        tokens.append(f"<0x{b:02X}>")
+        types.append(6)  # byte
+    for piece in WORDS + LETTERS:
+        if piece not in tokens:
+            tokens.append(piece)
+            types.append(1)  # normal
+    scores = [0.0] * 3 + [0.0] * 256 + [-float(i) for i in range(len(tokens) - 259)]
+    return tokens, scores, types
+
+
+def write_tiny_gguf(
+    path,
+    chat_template: str | None = CHATML_TEMPLATE,
+    embedding: bool = False,
+    n_embd: int = 64,
+    n_layer: int = 2,
+    n_ctx: int = 256,
+    seed: int = 0,
+) -> Path:
+    """A random-weight llama model; `embedding=True` marks it mean-pooling (embedding)."""
+    import gguf
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tokens, scores, types = tiny_vocab()
+    n_vocab = len(tokens)
+    n_head, n_head_kv, n_ff = 4, 2, 2 * n_embd
+    head_dim = n_embd // n_head
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny-random-llama")
+    writer.add_context_length(n_ctx)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(n_head_kv)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(0)  # all f32
+    writer.add_vocab_size(n_vocab)
+    if embedding:
+        writer.add_pooling_type(gguf.PoolingType.MEAN)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    if chat_template:
+        writer.add_chat_template(chat_template)
+
+    def weight(*shape, scale=0.2):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    writer.add_tensor("token_embd.weight", weight(n_vocab, n_embd, scale=1.0))
+    for i in range(n_layer):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.attn_q.weight", weight(n_embd, n_embd))
+        writer.add_tensor(f"blk.{i}.attn_k.weight", weight(n_head_kv * head_dim, n_embd))
+        writer.add_tensor(f"blk.{i}.attn_v.weight", weight(n_head_kv * head_dim, n_embd))
+        writer.add_tensor(f"blk.{i}.attn_output.weight", weight(n_embd, n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(n_embd, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weight(n_ff, n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(n_ff, n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(n_embd, n_ff))
+    writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
+    writer.add_tensor("output.weight", weight(n_vocab, n_embd, scale=1.0))
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
