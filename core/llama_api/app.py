@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -56,7 +57,14 @@ def validation_error_handler(_: Request, exc: ValidationException) -> Response:
     first = problems[0] if problems and isinstance(problems[0], dict) else {}
     param = first.get("key") or None
     detail = first.get("message") or exc.detail
-    if param:
+    missing = re.search(r"missing required field `([^`]+)`", detail or "")
+    if missing:
+        param = missing.group(1)
+        message = f"`{param}` is required."
+    elif param == "data":  # the body as a whole: not a JSON object
+        param = None
+        message = f"Invalid request body: {detail}"
+    elif param:
         message = f"Invalid value for `{param}`: {detail}"
     else:
         message = f"Invalid request body: {detail}"

@@ -47,7 +47,7 @@ PASSTHROUGH = {
 }
 # Options this backend handles itself.
 OWN = {"n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers", "embedding", "pooling",
-       "normalize", "chat_template", "chat_format", "verbose", "sampling"}
+       "normalize", "chat_template", "chat_format", "verbose", "sampling", "max_tokens"}
 # Extra sampling fields a client may send (request.extra).
 EXTRA_SAMPLING = {"typical_p", "mirostat_mode", "mirostat_tau", "mirostat_eta", "tfs_z"}
 
@@ -137,6 +137,7 @@ class LlamaCppModel:
         self.add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self.sampling = {**SAMPLING_DEFAULTS, **(opts.get("sampling") or {})}
         self.default_seed = opts.get("seed")
+        self.completion_max_tokens = int(opts.get("max_tokens", 16))
         self._pieces: dict[int, bytes] = {}
         self._piece_buf = ctypes.create_string_buffer(256)
         self.bos_text = self._token_text(llama_cpp.llama_vocab_bos(self.vocab))
@@ -258,7 +259,7 @@ class LlamaCppModel:
         from llama_cpp.llama_grammar import json_schema_to_gbnf
 
         try:
-            gbnf = json_schema_to_gbnf(json.dumps(schema))
+            gbnf = json_schema_to_gbnf(json.dumps(bounded_integers(schema)))
         except Exception as exc:
             raise errors.BadRequest(f"unsupported JSON schema for {what}: {exc}",
                                     param=what) from exc
@@ -356,7 +357,10 @@ class LlamaCppModel:
                 param="messages" if request.messages is not None else "prompt",
             )
         room = self.n_ctx - n_prompt
-        limit = room if request.max_tokens is None else max(0, min(request.max_tokens, room))
+        max_tokens = request.max_tokens
+        if max_tokens is None:  # OpenAI's defaults: 16 for completions, the context for chat
+            max_tokens = room if request.messages is not None else self.completion_max_tokens
+        limit = max(0, min(max_tokens, room))
 
         sampling = dict(self.sampling)
         for key in SAMPLING_DEFAULTS:
@@ -475,23 +479,27 @@ class LlamaCppModel:
                 f"model {self.spec.id} was not loaded for embeddings; set the model option "
                 "`embedding: true` (or use an embedding GGUF)")
         inputs = request.input
-        if inputs and not isinstance(inputs[0], str):
-            texts = [self.llm.detokenize(list(tokens)).decode("utf-8", errors="replace")
-                     for tokens in inputs]
-        else:
-            texts = list(inputs)
+        token_lists = []
+        for i, item in enumerate(inputs):
+            if isinstance(item, str):
+                tokens = self.tokenize(item, add_bos=self.add_bos, special=False)
+            else:
+                tokens = [int(t) for t in item]
+                if any(not 0 <= t < self.n_vocab for t in tokens):
+                    raise errors.BadRequest(f"input {i} has token ids out of range",
+                                            param="input")
+            if not tokens:
+                raise errors.BadRequest(f"input {i} is empty", param="input")
+            token_lists.append(tokens)
         limit = min(self.n_ctx, self.llm.n_batch)
-        for i, text in enumerate(texts):
-            n = len(self.tokenize(text, add_bos=self.add_bos, special=False))
-            if n > limit:
+        for i, tokens in enumerate(token_lists):
+            if len(tokens) > limit:
                 raise errors.ContextLengthExceeded(
-                    f"input {i} has {n} tokens, but this model reads at most {limit} tokens "
-                    "per input", param="input")
+                    f"input {i} has {len(tokens)} tokens, but this model reads at most {limit} "
+                    "tokens per input", param="input")
+        count = sum(len(tokens) for tokens in token_lists)
         with self.lock:
-            vectors, count = self.llm.embed(texts, normalize=False, return_count=True)
-        if vectors and vectors[0] and isinstance(vectors[0][0], list):
-            raise errors.NotSupported(f"model {self.spec.id} has no pooling; load it with the "
-                                      "option `pooling: mean`")
+            vectors = self._embed_tokens(token_lists)
         import numpy as np
 
         matrix = np.asarray(vectors, dtype=np.float32)
@@ -501,6 +509,76 @@ class LlamaCppModel:
             norms = np.linalg.norm(matrix, axis=1, keepdims=True)
             matrix = matrix / np.maximum(norms, 1e-12)
         return EmbedResult(embeddings=matrix, prompt_tokens=count)
+
+    def _embed_tokens(self, token_lists):
+        """Pooled vectors, several sequences per llama.cpp batch (mean-pools models without
+        pooling). Like Llama.embed, but on token ids."""
+        import numpy as np
+
+        llm, lib = self.llm, self.lib
+        n_embd = llm.n_embd()
+        n_batch = llm.n_batch
+        n_seq_max = max(1, int(llm.context_params.n_seq_max))
+        pooled = llm.pooling_type() != lib.LLAMA_POOLING_TYPE_NONE
+        batch = llm._batch
+        out = []
+
+        def flush(sizes):
+            llm._ctx.kv_cache_clear()
+            llm._ctx.decode(batch)
+            batch.reset()
+            if pooled:
+                for i in range(len(sizes)):
+                    ptr = lib.llama_get_embeddings_seq(self.ctx, i)
+                    out.append(np.ctypeslib.as_array(ptr, shape=(n_embd,)).copy())
+            else:
+                ptr = lib.llama_get_embeddings(self.ctx)
+                rows = np.ctypeslib.as_array(ptr, shape=(sum(sizes), n_embd))
+                pos = 0
+                for size in sizes:
+                    out.append(rows[pos:pos + size].mean(axis=0))
+                    pos += size
+
+        batch.reset()
+        sizes: list[int] = []
+        total = 0
+        try:
+            for tokens in token_lists:
+                if sizes and (total + len(tokens) > n_batch or len(sizes) >= n_seq_max):
+                    flush(sizes)
+                    sizes, total = [], 0
+                batch.add_sequence(tokens, len(sizes), True)
+                sizes.append(len(tokens))
+                total += len(tokens)
+            if sizes:
+                flush(sizes)
+        finally:
+            batch.reset()
+            llm._ctx.kv_cache_clear()
+            llm.reset()
+        return np.stack(out)
+
+
+def bounded_integers(schema):
+    """llama-cpp-python's schema converter ignores integer bounds: spell small ranges out."""
+    if isinstance(schema, list):
+        return [bounded_integers(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: bounded_integers(value) for key, value in schema.items()}
+    if out.get("type") == "integer" and "enum" not in out:
+        low = out.get("minimum")
+        high = out.get("maximum")
+        if isinstance(out.get("exclusiveMinimum"), (int, float)):
+            low = out["exclusiveMinimum"] + 1
+        if isinstance(out.get("exclusiveMaximum"), (int, float)):
+            high = out["exclusiveMaximum"] - 1
+        if isinstance(low, (int, float)) and isinstance(high, (int, float)) \
+                and 0 <= high - low <= 1000:
+            import math
+
+            out["enum"] = list(range(math.ceil(low), math.floor(high) + 1))
+    return out
 
 
 class Run:

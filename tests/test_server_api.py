@@ -1,0 +1,101 @@
+"""The OpenAI HTTP API over real worker processes, through httpx and the openai client."""
+
+from __future__ import annotations
+
+import base64
+import struct
+
+import httpx
+import openai
+import pytest
+
+
+def test_models_lists_every_discovered_model_and_whether_it_is_loaded(server):
+    data = httpx.get(server.v1 + "/models").json()["data"]
+    by_id = {m["id"]: m for m in data}
+    assert {"fast", "slow", "wide", "broken"} <= set(by_id)
+    assert by_id["fast"]["owned_by"] == "echo"
+    assert not by_id["fast"]["loaded"]
+
+
+def test_first_request_loads_the_model_on_demand(server):
+    assert server.health()["loaded"] == []
+    client = openai.OpenAI(base_url=server.v1, api_key="unused")
+    reply = client.chat.completions.create(
+        model="fast", messages=[{"role": "user", "content": "red green blue"}], max_tokens=4)
+    assert reply.choices[0].message.content == "red green blue red"
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 4 and reply.usage.prompt_tokens == 3
+    health = server.health()
+    assert health["loaded"] == ["fast"]
+    card = httpx.get(server.v1 + "/models/fast").json()
+    assert card["loaded"] and card["worker"]["pid"] == health["workers"]["fast"]
+
+
+def test_openai_client_streams_chat_with_usage(server):
+    client = openai.OpenAI(base_url=server.v1, api_key="unused")
+    stream = client.chat.completions.create(
+        model="slow", messages=[{"role": "user", "content": "one two three"}], max_tokens=6,
+        stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "one two three one two three"
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finishes == ["length"]
+    assert chunks[-1].usage.completion_tokens == 6
+
+
+def test_completions_with_list_prompt_and_n_give_one_choice_each(server):
+    client = openai.OpenAI(base_url=server.v1, api_key="unused")
+    reply = client.completions.create(model="fast", prompt=["a b", "c d e"], n=2, max_tokens=3)
+    assert [c.index for c in reply.choices] == [0, 1, 2, 3]
+    assert [c.text for c in reply.choices] == ["a b a", "a b a", "c d e", "c d e"]
+    assert reply.usage.prompt_tokens == 2 + 3
+    assert reply.usage.completion_tokens == 12
+
+
+def test_stop_string_ends_the_completion(server):
+    client = openai.OpenAI(base_url=server.v1, api_key="unused")
+    reply = client.completions.create(model="fast", prompt="alpha beta gamma", max_tokens=10,
+                                      stop=["gam"])
+    assert reply.choices[0].text == "alpha beta "
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_embeddings_float_and_base64_agree(server):
+    client = openai.OpenAI(base_url=server.v1, api_key="unused")
+    default = client.embeddings.create(model="fast", input=["hello there", "general"])
+    floats = client.embeddings.create(model="fast", input=["hello there", "general"],
+                                      encoding_format="float")
+    assert [d.index for d in default.data] == [0, 1]
+    for a, b in zip(default.data, floats.data):
+        assert a.embedding == pytest.approx(b.embedding)
+    raw = httpx.post(server.v1 + "/embeddings", json={
+        "model": "fast", "input": "hello there", "encoding_format": "base64"}).json()
+    decoded = struct.unpack("<8f", base64.b64decode(raw["data"][0]["embedding"]))
+    assert list(decoded) == pytest.approx(floats.data[0].embedding)
+    assert floats.usage.prompt_tokens == 3
+
+
+def test_unknown_fields_are_ignored_and_nulls_count_as_absent(server):
+    body = {"model": "fast", "messages": [{"role": "user", "content": "x y"}],
+            "max_tokens": None, "temperature": None, "stop": None, "n": None,
+            "some_future_field": {"a": 1}, "stream": None}
+    reply = httpx.post(server.v1 + "/chat/completions", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["completion_tokens"] == 16  # the backend's default
+
+
+def test_openapi_schema_is_served(server):
+    schema = httpx.get(server.url + "/schema/openapi.json").json()
+    assert "/v1/chat/completions" in schema["paths"]
+
+
+def test_noisy_backend_output_does_not_corrupt_the_channel(server):
+    reply = httpx.post(server.v1 + "/completions",
+                       json={"model": "noisy", "prompt": "p q", "max_tokens": 3})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["choices"][0]["text"] == "p q p"
+    assert "noise on stdout while generating" in server.log()
