@@ -32,7 +32,7 @@ KNOWN_OPTIONS = {
     "pooling", "normalize", "max_length", "prefix", "query_prefix", "passage_prefix",
     "input_type", "device", "dtype", "trust_remote_code", "local_files_only",
     "allow_download", "n_threads", "max_batch_size", "max_batch_tokens", "batch_wait_ms",
-    "max_inputs", "slots", "revision",
+    "max_inputs", "slots", "revision", "cache_dir",
 }
 
 
@@ -50,6 +50,7 @@ def resolve_folder(spec) -> Path:
         folder = snapshot_download(
             repo_id=path,
             revision=option(spec, "revision"),
+            cache_dir=option(spec, "cache_dir"),
             local_files_only=not allow_download,
         )
     except Exception as exc:
@@ -154,7 +155,10 @@ class TransformersEmbedder:
         self.tokenizer_lock = threading.Lock()
 
         self.max_inputs = int(option(spec, "max_inputs", 2048))
-        self.max_batch_tokens = int(option(spec, "max_batch_tokens", 8192))
+        # Rows are sorted by length and run in micro-batches of at most this many tokens
+        # (padding included): on CPU, small batches of similar lengths waste the least.
+        default_tokens = 1024 if self.device.type == "cpu" else 16384
+        self.max_batch_tokens = int(option(spec, "max_batch_tokens", default_tokens))
         self.batcher = Batcher(
             self._compute,
             max_batch=int(option(spec, "max_batch_size", 64)),

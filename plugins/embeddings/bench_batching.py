@@ -1,0 +1,124 @@
+"""Benchmark: does batching across requests pay, and does it cost a lone request anything?
+
+Runs in-process, calling the plugin's hooks from threads as the worker does.
+
+    python plugins/embeddings/bench_batching.py [--threads 2] [--rounds 5] [--model PATH]
+
+Prints:
+- one request carrying N texts (the best case for throughput),
+- N concurrent one-text requests (should reach >= 0.8x of the above),
+- N one-text requests one after another (what no batching at all gives),
+- one-text latency through the batcher vs the same work done directly (unbatched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import threading
+import time
+
+WORDS = (
+    "the a model server request vector text batch thread token embedding sentence quick brown "
+    "fox jumps over lazy dog cat sits on mat machine learning small fast slow large data "
+    "language search query passage document answer question river mountain city night day"
+).split()
+
+
+def make_texts(count: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 24))) for _ in range(count)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (n_threads)")
+    parser.add_argument("--texts", type=int, default=64, help="texts per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--model", default=None, help="model folder (default: packaged MiniLM)")
+    args = parser.parse_args()
+
+    import llama_api_embeddings as plugin
+    from llama_api.types import EmbedRequest, LoadContext, ModelSpec
+
+    if args.model:
+        spec = ModelSpec(id="bench", backend="transformers", path=args.model)
+    else:
+        spec = next(s for s in plugin.discover_models("/nonexistent") if s.id == "all-MiniLM-L6-v2")
+    model = plugin.load_model(spec=spec, context=LoadContext(n_threads=args.threads))
+    texts = make_texts(args.texts)
+
+    def one_request() -> float:
+        started = time.perf_counter()
+        plugin.embed(model=model, request=EmbedRequest(input=texts))
+        return time.perf_counter() - started
+
+    def concurrent() -> tuple[float, list[int]]:
+        barrier = threading.Barrier(len(texts) + 1)
+        sizes = [0] * len(texts)
+
+        def call(i):
+            barrier.wait()
+            result = plugin.embed(model=model, request=EmbedRequest(input=[texts[i]]))
+            sizes[i] = result.batch_size
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(texts))]
+        for thread in threads:
+            thread.start()
+        barrier.wait()
+        started = time.perf_counter()
+        for thread in threads:
+            thread.join()
+        return time.perf_counter() - started, sizes
+
+    def sequential() -> float:
+        started = time.perf_counter()
+        for text in texts:
+            plugin.embed(model=model, request=EmbedRequest(input=[text]))
+        return time.perf_counter() - started
+
+    def latency_batched(text: str) -> float:
+        started = time.perf_counter()
+        plugin.embed(model=model, request=EmbedRequest(input=[text]))
+        return time.perf_counter() - started
+
+    def latency_direct(text: str) -> float:
+        # The same work without the batcher: tokenize and run the model in this thread.
+        started = time.perf_counter()
+        model._compute(model.encode([text], token_ids=False))
+        return time.perf_counter() - started
+
+    one_request(), concurrent(), sequential()  # warm up
+    single, together, alone, batch_sizes = [], [], [], []
+    for _ in range(args.rounds):
+        single.append(one_request())
+        elapsed, sizes = concurrent()
+        together.append(elapsed)
+        batch_sizes.extend(sizes)
+        alone.append(sequential())
+    n = len(texts)
+    best = n / statistics.median(single)
+    conc = n / statistics.median(together)
+    seq = n / statistics.median(alone)
+    print(f"model={spec.id} threads={args.threads} texts={n} rounds={args.rounds}")
+    print(f"one request x {n} texts      : {best:7.1f} texts/s")
+    print(f"{n} concurrent 1-text requests: {conc:7.1f} texts/s  ({conc / best:.2f}x of one "
+          f"request; mean batch {statistics.mean(batch_sizes):.1f}, max {max(batch_sizes)})")
+    print(f"{n} sequential 1-text requests: {seq:7.1f} texts/s  ({seq / best:.2f}x)")
+
+    batched, direct = [], []
+    probe = texts[:16]
+    for _ in range(args.rounds):
+        for text in probe:  # interleaved so that drift hits both alike
+            batched.append(latency_batched(text))
+            direct.append(latency_direct(text))
+    b, d = statistics.median(batched) * 1000, statistics.median(direct) * 1000
+    print(f"1-text latency, median: batched {b:.2f} ms, unbatched {d:.2f} ms "
+          f"({(b / d - 1) * 100:+.1f}%)")
+    print("batcher stats:", model.batcher.stats.as_dict())
+    plugin.unload_model(model=model)
+
+
+if __name__ == "__main__":
+    main()
