@@ -1,0 +1,51 @@
+"""Stop strings on streamed text: never emit any part of a stop string."""
+
+from __future__ import annotations
+
+
+class StopHoldback:
+    """Feed text pieces; get back what is safe to emit now.
+
+    Text that could be the start of a stop string is held until the next pieces decide it.
+    Once a stop string appears, `feed` returns the text before it and `stopped` turns True.
+    """
+
+    def __init__(self, stops: list[str] | None):
+        self.stops = [s for s in dict.fromkeys(stops or []) if s]
+        self.held = ""
+        self.stopped = False
+        self.matched: str | None = None
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        if not self.stops:
+            return text
+        buffer = self.held + text
+        first = -1
+        for stop in self.stops:
+            index = buffer.find(stop)
+            if index != -1 and (first == -1 or index < first):
+                first, self.matched = index, stop
+        if first != -1:
+            self.stopped = True
+            self.held = ""
+            return buffer[:first]
+        keep = self._partial_suffix(buffer)
+        self.held = buffer[len(buffer) - keep:] if keep else ""
+        return buffer[: len(buffer) - keep]
+
+    def _partial_suffix(self, buffer: str) -> int:
+        """Length of the longest end of buffer that is a proper start of some stop string."""
+        longest = 0
+        for stop in self.stops:
+            for size in range(min(len(stop) - 1, len(buffer)), longest, -1):
+                if buffer.endswith(stop[:size]):
+                    longest = size
+                    break
+        return longest
+
+    def flush(self) -> str:
+        """The held text, at the end of generation (it never became a stop string)."""
+        text, self.held = ("" if self.stopped else self.held), ""
+        return text

@@ -1,0 +1,104 @@
+"""Chat templates (tokenizer_config.json, chat_template.jinja, overrides) and prompt token ids."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llama_api import errors
+from llama_api_exllama.prompt import ChatTemplate, PromptBuilder, find_chat_template
+
+MESSAGES = [{"role": "system", "content": "hi"}, {"role": "user", "content": "hello world"}]
+CHATML_TEXT = ("<|im_start|>system\nhi<|im_end|>\n<|im_start|>user\nhello world<|im_end|>\n"
+               "<|im_start|>assistant\n")
+
+
+def test_renders_the_tokenizer_config_template(model_writer):
+    builder = PromptBuilder(model_writer("m"))
+    assert builder.render_chat(MESSAGES) == CHATML_TEXT
+    # The template text carries its own special tokens: no BOS added on top.
+    ids = builder.chat_ids(MESSAGES)
+    vocab = builder.tokenizer.get_vocab()
+    assert ids[0] == vocab["<|im_start|>"]
+    assert builder.tokenizer.decode(ids, skip_special_tokens=False).count("<|im_start|>") == 3
+
+
+def test_completion_ids_get_bos_from_the_post_processor(model_writer):
+    builder = PromptBuilder(model_writer("m"))
+    vocab = builder.tokenizer.get_vocab()
+    assert builder.completion_ids("the cat sat") == [vocab["<s>"], vocab["the"], vocab["cat"], vocab["sat"]]
+    assert builder.completion_ids([5, 6]) == [5, 6]
+    with pytest.raises(errors.BadRequest, match="out of range"):
+        builder.completion_ids([5, 10_000])
+
+
+def test_bos_eos_variables_raise_exception_and_tojson(model_writer):
+    template = ("{{ bos_token }}{% for m in messages %}{% if m.role == 'assistant' and loop.first %}"
+                "{{ raise_exception('must start with user') }}{% endif %}{{ m.content | tojson }}"
+                "{{ eos_token }}{% endfor %}")
+    builder = PromptBuilder(model_writer("m", chat_template=template))
+    assert builder.render_chat([{"role": "user", "content": "héllo"}]) == '<s>"héllo"</s>'
+    with pytest.raises(errors.BadRequest, match="must start with user"):
+        builder.render_chat([{"role": "assistant", "content": "x"}])
+
+
+def test_content_parts_are_joined_and_images_refused(model_writer):
+    builder = PromptBuilder(model_writer("m"))
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "world"}]}]
+    assert "user\nhello world<|im_end|>" in builder.render_chat(parts)
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    with pytest.raises(errors.NotSupported, match="image_url"):
+        builder.render_chat(image)
+
+
+def test_no_template_is_a_clear_bad_request(model_writer):
+    builder = PromptBuilder(model_writer("base", chat_template=None))
+    with pytest.raises(errors.BadRequest, match="no chat template") as info:
+        builder.chat_ids(MESSAGES)
+    assert info.value.status == 400
+    assert builder.completion_ids("hi")  # completions still work
+
+
+def test_template_sources_in_order(model_writer, tmp_path):
+    folder = model_writer("m", chat_template=None)
+    assert find_chat_template(folder) is None
+    (folder / "chat_template.json").write_text(json.dumps({"chat_template": "json {{ messages|length }}"}))
+    assert find_chat_template(folder) == "json {{ messages|length }}"
+    (folder / "chat_template.jinja").write_text("jinja {{ messages|length }}")
+    assert find_chat_template(folder) == "jinja {{ messages|length }}"
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["chat_template"] = [{"name": "tool_use", "template": "tools"}, {"name": "default", "template": "named"}]
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    assert find_chat_template(folder) == "named"
+    # Overrides: template text, or a file path.
+    assert find_chat_template(folder, "{{ 'inline' }}") == "{{ 'inline' }}"
+    path = tmp_path / "t.jinja"
+    path.write_text("from file")
+    assert find_chat_template(folder, str(path)) == "from file"
+    with pytest.raises(errors.ModelLoadError, match="not found"):
+        find_chat_template(folder, str(tmp_path / "missing.jinja"))
+
+
+def test_override_replaces_the_model_template(model_writer):
+    builder = PromptBuilder(model_writer("m"), "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}")
+    assert builder.render_chat(MESSAGES) == "[system] hi\n[user] hello world\n"
+
+
+def test_bad_template_fails_at_load(model_writer):
+    with pytest.raises(errors.ModelLoadError, match="does not compile"):
+        ChatTemplate("{% for %}")
+
+
+def test_stop_token_ids_from_config_generation_config_and_tokenizer(model_writer):
+    folder = model_writer("m", extra_files={"generation_config.json": json.dumps({"eos_token_id": [2, 4]})})
+    builder = PromptBuilder(folder)
+    assert builder.stop_token_ids == [2, 4]  # config 2, generation_config 2 and 4 (<|im_end|>), "</s>" is 2
+
+
+def test_missing_tokenizer_json_fails_at_load(model_writer):
+    folder = model_writer("m")
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer.model").write_bytes(b"spm")
+    with pytest.raises(errors.ModelLoadError, match="no tokenizer.json"):
+        PromptBuilder(folder)
