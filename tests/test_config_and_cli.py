@@ -139,3 +139,14 @@ def test_install_refuses_an_unknown_plugin():
     result = llama_api("install", "nonsense")
     assert result.returncode != 0
     assert "invalid choice" in result.stderr
+
+
+def test_json_logs_are_one_object_per_line(start_server):
+    import json
+
+    with start_server("--log-format", "json") as server:
+        httpx.post(server.v1 + "/completions", json={"model": "fast", "prompt": "a", "max_tokens": 1})
+        lines = [line for line in server.log().splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in lines]
+    assert any(r["logger"] == "llama_api.scheduler" and "loaded" in r["message"] for r in records)
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)

@@ -202,3 +202,19 @@ def test_shutdown_ends_every_worker(start_server):
         chat(server, "slow", 1)
         pids = list(server.health()["workers"].values())
     assert all(wait_for(lambda p=p: not pid_alive(p)) for p in pids)
+
+
+def test_a_crash_fails_only_the_request_it_was_serving(server):
+    chat(server, "slow", 1)
+    pid = server.health()["workers"]["slow"]
+    with ThreadPoolExecutor(2) as pool:
+        serving = pool.submit(chat, server, "slow", 100)  # ~5 s
+        time.sleep(0.5)
+        queued = pool.submit(chat, server, "slow", 3)  # waits for the slot
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGKILL)
+        failed, succeeded = serving.result(), queued.result()
+    assert failed.status_code == 503
+    assert failed.json()["error"]["code"] == "worker_crashed"
+    assert succeeded.status_code == 200, succeeded.text
+    assert server.health()["workers"]["slow"] != pid

@@ -12,6 +12,19 @@ from llama_api import __version__
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        entry = {"time": self.formatTime(record), "level": record.levelname,
+                 "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llama-api",
@@ -39,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="require `Authorization: Bearer KEY`; repeat for several keys")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"], help="(default: %(default)s)")
+    serve.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="text lines, or one JSON object per line (default: %(default)s)")
 
     models = commands.add_parser("models", help="list the models that would be served",
                                  description="List models, their backends, and installed plugins.")
@@ -152,10 +167,12 @@ def install(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = getattr(args, "log_level", "info").upper()
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
-    handler = {"serve": serve, "models": list_models, "install": install}[args.command]
-    return handler(args)
+    handler = logging.StreamHandler(sys.stderr)
+    json_logs = getattr(args, "log_format", "text") == "json"
+    handler.setFormatter(JsonFormatter() if json_logs else logging.Formatter(LOG_FORMAT))
+    logging.basicConfig(level=getattr(args, "log_level", "info").upper(), handlers=[handler])
+    command = {"serve": serve, "models": list_models, "install": install}[args.command]
+    return command(args)
 
 
 if __name__ == "__main__":

@@ -98,24 +98,28 @@ class Scheduler:
     @asynccontextmanager
     async def lease(self, spec: ModelSpec):
         """Hold one slot of a loaded worker for `spec` for the duration of a request."""
-        entry = await self._claim(spec)
-        try:
-            await entry.ready.wait()
-            if entry.error is not None:
-                raise entry.error
-            if entry.slots.value == 0:
-                await self._wait(entry.slots.acquire)
-            else:
-                await entry.slots.acquire()
+        for attempt in range(3):
+            entry = await self._claim(spec)
             try:
-                yield entry.worker
+                await entry.ready.wait()
+                if entry.error is not None:
+                    raise entry.error
+                if entry.slots.value == 0:
+                    await self._wait(entry.slots.acquire)
+                else:
+                    await entry.slots.acquire()
+                try:
+                    if not entry.worker.alive and attempt < 2:
+                        continue  # it died while we queued: this request never reached it
+                    yield entry.worker
+                    return
+                finally:
+                    entry.last_used = time.monotonic()
+                    entry.slots.release()
             finally:
+                entry.users -= 1
                 entry.last_used = time.monotonic()
-                entry.slots.release()
-        finally:
-            entry.users -= 1
-            entry.last_used = time.monotonic()
-            self._notify()
+                self._notify()
 
     async def _claim(self, spec: ModelSpec) -> Entry:
         """Find or start the entry for a model and count this request as its user."""
