@@ -82,6 +82,15 @@ def test_backend_bad_request_is_400_in_a_stream_too(server):
     assert error["code"] == "context_length_exceeded"
 
 
+def test_backend_exception_is_503_naming_it_and_the_worker_survives(server):
+    body = {"model": "fast", "messages": [{"role": "user", "content": "please RAISE"}]}
+    error = assert_openai_error(httpx.post(server.v1 + CHAT, json=body), 503)
+    assert "RuntimeError" in error["message"] and error["code"] == "backend_error"
+    pid = server.health()["workers"]["fast"]
+    ok = httpx.post(server.v1 + CHAT, json={"model": "fast", "messages": USER, "max_tokens": 2})
+    assert ok.status_code == 200 and server.health()["workers"]["fast"] == pid
+
+
 def test_body_too_large_is_413(server):
     body = b'{"model": "fast", "input": "' + b"x" * (11 * 1024 * 1024) + b'"}'
     assert_openai_error(httpx.post(server.v1 + "/embeddings", content=body), 413)

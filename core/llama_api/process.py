@@ -190,9 +190,10 @@ class WorkerProcess:
                 self.info = message.info
                 self._loaded.set()
             case protocol.Failed(id=0):
-                self._load_error = error_from(message)
-                if not isinstance(self._load_error, errors.BackendUnavailable):
-                    self._load_error = errors.ModelLoadError(message.message)
+                text = message.message
+                if message.kind != "ModelLoadError":  # an unexpected exception in the backend
+                    text = f"model {self.spec.id!r} ({self.spec.path}) failed to load: {text}"
+                self._load_error = errors.ModelLoadError(text)
                 self._loaded.set()
             case _:
                 send = self._pending.get(message.id)

@@ -64,7 +64,7 @@ class Channel:
 
 def failure(request_id: int, exc: BaseException) -> protocol.Failed:
     if isinstance(exc, errors.LlamaApiError):
-        kind = type(exc).__name__ if type(exc).__name__ in errors.ERROR_KINDS else "LlamaApiError"
+        kind = "LlamaApiError"
         for cls in type(exc).__mro__:  # plugin subclasses travel as their nearest core class
             if cls.__name__ in errors.ERROR_KINDS:
                 kind = cls.__name__
@@ -73,7 +73,9 @@ def failure(request_id: int, exc: BaseException) -> protocol.Failed:
             id=request_id, kind=kind, message=exc.message, param=exc.param, code=exc.code
         )
     log.exception("request %s failed", request_id)
-    return protocol.Failed(id=request_id, message=f"{type(exc).__name__}: {exc}")
+    # A backend bug is the backend failing (503), not the server (500).
+    return protocol.Failed(id=request_id, kind="BackendUnavailable", code="backend_error",
+                           message=f"the backend failed: {type(exc).__name__}: {exc}")
 
 
 def merge(deltas: list[Delta]) -> list[Delta]:
