@@ -1,0 +1,39 @@
+"""The README documents every hook and every serve option (as datasette's docs tests do)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+from llama_api import hookspecs
+from llama_api.cli import build_parser
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
+         if hasattr(fn, "llama_api_spec")]
+
+
+def test_there_are_hooks():
+    assert {"load_model", "unload_model", "generate", "embed", "discover_models",
+            "register_backends"} <= set(HOOKS)
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_every_hook_is_documented(hook):
+    assert f"`{hook}(" in README
+    assert getattr(hookspecs, hook).__doc__.strip()
+
+
+def serve_options() -> list[str]:
+    parser = build_parser()
+    serve = parser._subparsers._group_actions[0].choices["serve"]
+    return [opt for action in serve._actions for opt in action.option_strings
+            if opt.startswith("--") and opt != "--help"]
+
+
+@pytest.mark.parametrize("option", serve_options())
+def test_every_serve_option_is_documented(option):
+    assert option in README
