@@ -43,7 +43,8 @@ def load(spec, context):
         found = read_model_folder(folder)
     except NotAModel as exc:
         raise errors.ModelLoadError(f"model {spec.id}: {exc}") from exc
-    if found.backend != spec.backend:
+    # Unquantized folders load in both libraries (discovery picks exllamav3 for them).
+    if found.quantization != "none" and found.backend != spec.backend:
         raise errors.ModelLoadError(
             f"model {spec.id} is {found.quantization}, which {spec.backend} does not load "
             f"(use backend {found.backend})"

@@ -29,7 +29,8 @@ def expected_no_gpu_message():
 
 @no_cuda
 @pytest.mark.parametrize("quant,backend", [("gptq", "exllamav2"), ("exl2", "exllamav2"),
-                                           ("exl3", "exllamav3"), (None, "exllamav3")])
+                                           ("exl3", "exllamav3"), (None, "exllamav3"),
+                                           (None, "exllamav2")])
 def test_no_gpu_path_load_model_raises_no_cuda_device(model_writer, quant, backend):
     qcfg = {"quant_method": quant, "bits": 4} if quant else None
     folder = model_writer(f"m-{quant}", quantization_config=qcfg)
@@ -117,6 +118,9 @@ def test_checks_that_come_before_cuda(model_writer, tmp_path):
     gptq = model_writer("g", quantization_config={"quant_method": "gptq", "bits": 4})
     with pytest.raises(errors.ModelLoadError, match="is gptq, which exllamav3 does not load"):
         plugin.load_model(spec=spec_for(gptq, "exllamav3"), context=LoadContext())
+    exl3 = model_writer("e", quantization_config={"quant_method": "exl3", "bits": 4})
+    with pytest.raises(errors.ModelLoadError, match="is exl3, which exllamav2 does not load"):
+        plugin.load_model(spec=spec_for(exl3, "exllamav2"), context=LoadContext())
     with pytest.raises(errors.ModelLoadError, match="unknown exllama option"):
         plugin.load_model(spec=spec_for(gptq, "exllamav2", n_ctx=4096), context=LoadContext())
     with pytest.raises(errors.ModelLoadError, match="no readable config.json"):
