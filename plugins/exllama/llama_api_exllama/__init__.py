@@ -38,7 +38,9 @@ def load(spec, context):
     from llama_api_exllama.options import parse_options
     from llama_api_exllama.prompt import PromptBuilder
 
-    folder = Path(spec.path)
+    if not spec.path:
+        raise errors.ModelLoadError(f"model {spec.id}: no path to a model folder")
+    folder = Path(spec.path).expanduser()
     try:
         found = read_model_folder(folder)
     except NotAModel as exc:

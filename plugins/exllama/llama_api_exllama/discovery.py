@@ -193,7 +193,13 @@ def find_model_folders(models_dir: Path) -> list[ModelFolder]:
     if not models_dir.is_dir():
         return []
     found: list[ModelFolder] = []
+    visited: set[str] = set()
     for root, dirs, files in os.walk(models_dir, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:  # a symlink loop, or the same folder linked twice
+            dirs[:] = []
+            continue
+        visited.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         if "config.json" not in files:
             continue

@@ -8,7 +8,7 @@ import pytest
 
 from llama_api.plugins import Plugins
 from llama_api_exllama import discovery
-from llama_api_exllama.discovery import discover, read_model_folder, safetensors_keys
+from llama_api_exllama.discovery import discover, safetensors_keys
 
 
 def by_id(specs):
@@ -117,6 +117,12 @@ def test_duplicate_names_get_their_relative_path(model_writer):
     model_writer("a/same")
     model_writer("b/same")
     assert sorted(s.id for s in discover(model_writer.root)) == ["b/same", "same"]
+
+
+def test_symlink_loops_are_walked_once(model_writer):
+    model_writer("real/m")
+    (model_writer.root / "real" / "loop").symlink_to(model_writer.root)
+    assert [s.id for s in discover(model_writer.root)] == ["m"]
 
 
 def test_missing_models_dir(tmp_path):
