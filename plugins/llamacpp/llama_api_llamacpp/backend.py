@@ -20,7 +20,7 @@ from llama_api.types import (
 )
 
 from llama_api_llamacpp import chat
-from llama_api_llamacpp.gguf_meta import POOLING, GGUFError, read_kv, summarize
+from llama_api_llamacpp.gguf_meta import EMBEDDING_ARCHS, POOLING, GGUFError, read_kv, summarize
 from llama_api_llamacpp.textstream import TextStream
 
 log = logging.getLogger("llama_api_llamacpp")
@@ -129,6 +129,8 @@ class LlamaCppModel:
         self.spec = spec
         self.lock = threading.Lock()
         self.embedding = embedding
+        # Encoder architectures (BERT...) have no language-model head: embeddings only.
+        self.embedding_only = meta.get("architecture") in EMBEDDING_ARCHS
         self.normalize = bool(opts.get("normalize", True))
         self.n_ctx = llm.n_ctx()
         self.n_vocab = llm.n_vocab()
@@ -148,7 +150,10 @@ class LlamaCppModel:
         self.template_source = None
         self.chat_formatter = None
         if opts.get("chat_template"):
-            self.template_source = opts["chat_template"]
+            source = str(opts["chat_template"])
+            if "{" not in source and Path(source).expanduser().is_file():  # a template file
+                source = Path(source).expanduser().read_text(encoding="utf-8")
+            self.template_source = source
         elif opts.get("chat_format"):
             self.chat_formatter = self._named_format(opts["chat_format"])
         else:
@@ -164,6 +169,7 @@ class LlamaCppModel:
             "n_threads": llm.context_params.n_threads,
             "embedding": embedding,
             "chat_template": bool(self.template or self.chat_formatter),
+            "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
         }
 
     # -- helpers ---------------------------------------------------------------------------
@@ -268,8 +274,10 @@ class LlamaCppModel:
     # -- generation ------------------------------------------------------------------------
 
     def generate(self, request, cancelled):
-        if self.embedding and request.messages is None and request.prompt is None:
-            raise errors.BadRequest("nothing to generate from: no prompt and no messages")
+        if self.embedding_only:
+            raise errors.NotSupported(
+                f"model {self.spec.id} is an embedding model ({self.info['architecture']}); "
+                "use /v1/embeddings")
         extra = dict(request.extra or {})
         grammar = None
         tool_mode = None

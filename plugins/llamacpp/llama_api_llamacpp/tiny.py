@@ -110,3 +110,85 @@ def write_tiny_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+BERT_WORDS = ["hello", "world", "the", "cat", "dog", "a", "is", "and", "sat", "##s", "##ing",
+              "on", "mat", "sentence", "second", "longer", "to", "embed", ",", ".", "!", "?"]
+
+
+def write_tiny_bert_gguf(path, n_embd: int = 32, n_layer: int = 2, n_ctx: int = 512,
+                         pooling: str = "mean", seed: int = 0) -> Path:
+    """A random-weight BERT (encoder, WordPiece vocabulary): an embedding-only GGUF."""
+    import gguf
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    types = [3, 2, 3, 3, 3]
+    for word in BERT_WORDS + [chr(c) for c in range(ord("a"), ord("z") + 1)] + \
+            ["##" + chr(c) for c in range(ord("a"), ord("z") + 1)]:
+        # llama.cpp's WordPiece spelling: "##x" -> "x", a word start "w" -> "\u2581w"
+        piece = word[2:] if word.startswith("##") else "\u2581" + word
+        if piece not in tokens:
+            tokens.append(piece)
+            types.append(1)
+    n_vocab = len(tokens)
+    n_head, n_ff = 4, 2 * n_embd
+
+    writer = gguf.GGUFWriter(str(path), "bert")
+    writer.add_name("tiny-random-bert")
+    writer.add_context_length(n_ctx)
+    writer.add_embedding_length(n_embd)
+    writer.add_block_count(n_layer)
+    writer.add_feed_forward_length(n_ff)
+    writer.add_head_count(n_head)
+    writer.add_layer_norm_eps(1e-12)
+    writer.add_causal_attention(False)
+    writer.add_pooling_type({"mean": gguf.PoolingType.MEAN, "cls": gguf.PoolingType.CLS}[pooling])
+    writer.add_file_type(0)
+    writer.add_token_type_count(2)
+    writer.add_tokenizer_model("bert")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_bos_token_id(2)  # [CLS]
+    writer.add_sep_token_id(3)
+    writer.add_unk_token_id(1)
+    writer.add_pad_token_id(0)
+    writer.add_mask_token_id(4)
+    writer.add_add_bos_token(True)
+    writer.add_add_sep_token(True)
+
+    def weight(*shape, scale=0.2):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    def ones():
+        return np.ones(n_embd, dtype=np.float32)
+
+    def zeros(n=n_embd):
+        return np.zeros(n, dtype=np.float32)
+
+    writer.add_tensor("token_embd.weight", weight(n_vocab, n_embd, scale=1.0))
+    writer.add_tensor("token_types.weight", weight(2, n_embd))
+    writer.add_tensor("position_embd.weight", weight(n_ctx, n_embd))
+    writer.add_tensor("token_embd_norm.weight", ones())
+    writer.add_tensor("token_embd_norm.bias", zeros())
+    for i in range(n_layer):
+        for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
+            writer.add_tensor(f"blk.{i}.{name}.weight", weight(n_embd, n_embd))
+            writer.add_tensor(f"blk.{i}.{name}.bias", zeros())
+        writer.add_tensor(f"blk.{i}.attn_output_norm.weight", ones())
+        writer.add_tensor(f"blk.{i}.attn_output_norm.bias", zeros())
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(n_ff, n_embd))
+        writer.add_tensor(f"blk.{i}.ffn_up.bias", zeros(n_ff))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", weight(n_embd, n_ff))
+        writer.add_tensor(f"blk.{i}.ffn_down.bias", zeros())
+        writer.add_tensor(f"blk.{i}.layer_output_norm.weight", ones())
+        writer.add_tensor(f"blk.{i}.layer_output_norm.bias", zeros())
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

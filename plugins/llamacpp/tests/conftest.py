@@ -9,7 +9,7 @@ import pytest
 from llama_api.types import GenerateRequest, LoadContext, ModelSpec
 
 import llama_api_llamacpp as plugin
-from llama_api_llamacpp.tiny import write_tiny_gguf
+from llama_api_llamacpp.tiny import write_tiny_bert_gguf, write_tiny_gguf
 
 # Tests share two cores with other suites: one thread is far steadier than two.
 THREADS = 1
@@ -25,6 +25,7 @@ def tiny_dir(tmp_path_factory):
     write_tiny_gguf(folder / "tiny.gguf")
     write_tiny_gguf(folder / "plain" / "tiny-base.gguf", chat_template=None, seed=1)
     write_tiny_gguf(folder / "tiny-embed.gguf", chat_template=None, embedding=True, seed=2)
+    write_tiny_bert_gguf(folder / "encoders" / "tiny-bert.gguf")
     return folder
 
 

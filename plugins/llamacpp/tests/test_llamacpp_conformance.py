@@ -55,3 +55,18 @@ class TestSmolLM2(BackendConformance):
     @pytest.fixture
     def bad_model_spec(self, corrupt_spec):
         return corrupt_spec
+
+
+class TestTinyBertGGUF(BackendConformance):
+    generates = False
+    embeds = True
+
+    @pytest.fixture
+    def model_spec(self, tiny_dir):
+        return ModelSpec(id="tiny-bert", backend="llamacpp",
+                         path=str(tiny_dir / "encoders" / "tiny-bert.gguf"),
+                         options={"embedding": True}, plugin="llamacpp")
+
+    @pytest.fixture
+    def bad_model_spec(self, corrupt_spec):
+        return corrupt_spec

@@ -156,6 +156,10 @@ def test_second_model_and_errors(client):
     assert "context" in str(info.value)
     vectors = client.embeddings.create(model="tiny-embed", input=["a b", "c"])
     assert len(vectors.data) == 2 and len(vectors.data[0].embedding) == 64
+    vectors = client.embeddings.create(model="tiny-bert", input="the cat sat")
+    assert len(vectors.data[0].embedding) == 32 and vectors.usage.prompt_tokens == 5
+    with pytest.raises(openai.BadRequestError, match="embedding model"):
+        client.completions.create(model="tiny-bert", prompt="hello", max_tokens=3)
 
 
 def test_gemma_served_alongside_smollm2(client, models_dir):

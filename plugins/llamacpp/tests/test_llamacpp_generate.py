@@ -426,3 +426,32 @@ def test_generative_model_with_embedding_option(tiny_path, collect):
         assert np.asarray(result.embeddings).shape == (2, 64)
     finally:
         plugin.unload_model(model=model)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_encoder_gguf_is_an_embedding_model(tmp_path, collect, pooling):
+    import numpy as np
+
+    from llama_api_llamacpp.tiny import write_tiny_bert_gguf
+
+    write_tiny_bert_gguf(tmp_path / "bert.gguf", pooling=pooling)
+    (spec,) = plugin.discover_models(models_dir=tmp_path)[:1]
+    assert spec.meta["kind"] == "embedding" and spec.meta["pooling"] == pooling
+    assert spec.options == {"embedding": True}
+    model = plugin.load_model(spec=spec,
+                              context=__import__("llama_api").types.LoadContext(n_threads=1))
+    try:
+        texts = ["the cat sat on the mat", "hello world", "the cat sat on the mat"]
+        result = plugin.embed(model=model, request=EmbedRequest(input=texts))
+        vectors = np.asarray(result.embeddings)
+        assert vectors.shape == (3, 32)
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+        assert np.allclose(vectors[0], vectors[2], atol=1e-5)
+        # [CLS] and [SEP] are counted
+        assert result.prompt_tokens == (6 + 2) * 2 + (2 + 2)
+        with pytest.raises(errors.NotSupported, match="embedding model"):
+            collect(model, prompt="hello")
+        with pytest.raises(errors.ContextLengthExceeded):
+            plugin.embed(model=model, request=EmbedRequest(input=["cat " * 600]))
+    finally:
+        plugin.unload_model(model=model)
