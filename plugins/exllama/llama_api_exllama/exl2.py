@@ -43,6 +43,8 @@ class Exl2Adapter:
         started = time.perf_counter()
 
         config = ExLlamaV2Config(str(folder))  # reads config.json and maps the tensors
+        # Turns flash-attn off for architectures it can't run (softcap, sliding window, ...).
+        config.arch_compat_overrides(quiet=True)
         config.max_seq_len = opts.max_seq_len
         if opts.rope_scale is not None:
             config.scale_pos_emb = opts.rope_scale

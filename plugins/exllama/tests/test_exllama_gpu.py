@@ -226,7 +226,9 @@ def test_gpu_in_process_load_generate_stream_cancel_unload(tiny_llama, library):
         "device_used_bytes": {"before_load": dev_before, "after_load": dev_loaded, "after_unload": dev_after},
     })
     assert mem_loaded > mem_before
-    assert mem_after <= mem_before + 1024 * 1024, "tensors left on the GPU after unload"
+    # In-process, a library may keep small global buffers; the worker-process test below is the
+    # strict one (the process ends, so everything must come back).
+    assert mem_after <= mem_before + 64 * 1024 * 1024, "model tensors left on the GPU after unload"
 
 
 @pytest.mark.parametrize("library", LIBRARIES)
