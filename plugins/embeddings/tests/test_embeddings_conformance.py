@@ -1,0 +1,80 @@
+"""The core's conformance suite, and batching seen through a real worker subprocess."""
+
+from __future__ import annotations
+
+import anyio
+import numpy as np
+import pytest
+
+from llama_api.testing import BackendConformance
+from llama_api.testing.conformance import running_worker
+from llama_api.types import EmbedRequest, ModelSpec
+
+
+class TestMiniLMConformance(BackendConformance):
+    generates = False
+    embeds = True
+
+    @pytest.fixture
+    def model_spec(self, minilm_spec):
+        return minilm_spec
+
+    @pytest.fixture
+    def bad_model_spec(self, tmp_path):
+        folder = tmp_path / "corrupt-encoder"
+        folder.mkdir()
+        (folder / "config.json").write_text('{"architectures": ["BertModel"]')
+        (folder / "model.safetensors").write_bytes(b"not weights")
+        return ModelSpec(id="corrupt", backend="transformers", path=str(folder),
+                         plugin="embeddings")
+
+
+class TestTFHubConformance(BackendConformance):
+    generates = False
+    embeds = True
+
+    @pytest.fixture
+    def model_spec(self, tmp_path):
+        pytest.importorskip("tensorflow_hub")
+        tf = pytest.importorskip("tensorflow")
+
+        class Encoder(tf.Module):
+            @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+            def __call__(self, texts):
+                return tf.one_hot(tf.strings.to_hash_bucket_fast(texts, 8), 8)
+
+        tf.saved_model.save(Encoder(), str(tmp_path / "tiny-use"))
+        return ModelSpec(id="tiny-use", backend="tfhub", path=str(tmp_path / "tiny-use"),
+                         plugin="embeddings")
+
+    @pytest.fixture
+    def bad_model_spec(self, tmp_path):
+        pytest.importorskip("tensorflow_hub")
+        folder = tmp_path / "corrupt-saved-model"
+        folder.mkdir()
+        (folder / "saved_model.pb").write_bytes(b"garbage")
+        return ModelSpec(id="corrupt", backend="tfhub", path=str(folder), plugin="embeddings")
+
+
+def test_worker_batches_concurrent_requests_and_answers_each_in_order(minilm_spec, minilm):
+    texts = [f"text {i} about {'rivers' if i % 2 else 'mountains'}" for i in range(24)]
+    expected = minilm.embed(EmbedRequest(input=texts)).embeddings
+    results = [None] * len(texts)
+
+    async def main():
+        async with running_worker(minilm_spec, n_threads=1) as worker:
+            assert worker.slots >= 16
+
+            async def one(i):
+                results[i] = await worker.embed(EmbedRequest(input=[texts[i]]))
+
+            async with anyio.create_task_group() as group:
+                for i in range(len(texts)):
+                    group.start_soon(one, i)
+
+    anyio.run(main)
+    for i, result in enumerate(results):
+        vector = np.frombuffer(result.data, dtype="<f4").reshape(result.count, result.dims)
+        assert result.count == 1 and result.dims == 384
+        assert float(vector[0] @ expected[i]) > 0.9999
+    assert max(r.batch_size for r in results) > 1

@@ -1,0 +1,107 @@
+"""The tfhub backend on a tiny SavedModel the tests build (TensorFlow is optional)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from llama_api import errors
+from llama_api.types import EmbedRequest, ModelSpec
+
+import llama_api_embeddings as plugin
+
+DIMS = 6
+
+
+def build_saved_model(folder):
+    """A string-batch encoder: a 4-way hash one-hot, the length, and the word count."""
+    tf = pytest.importorskip("tensorflow")
+
+    class Encoder(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+        def __call__(self, texts):
+            buckets = tf.one_hot(tf.strings.to_hash_bucket_fast(texts, 4), 4)
+            length = tf.cast(tf.strings.length(texts), tf.float32)[:, None]
+            words = tf.cast(tf.strings.split(texts).row_lengths(), tf.float32)[:, None]
+            return tf.concat([buckets, length, words], axis=1)
+
+    tf.saved_model.save(Encoder(), str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    pytest.importorskip("tensorflow_hub")
+    return build_saved_model(tmp_path_factory.mktemp("tfhub") / "tiny-use")
+
+
+@pytest.fixture(scope="module")
+def tfhub_model(saved_model, helpers):
+    model = helpers.load(ModelSpec(id="tiny-use", backend="tfhub", path=str(saved_model)),
+                         n_threads=1)
+    yield model
+    assert plugin.unload_model(model=model) is True
+
+
+def test_discovered_as_tfhub(saved_model):
+    found = {s.id: s for s in plugin.discover_models(models_dir=saved_model.parent)}
+    assert found["tiny-use"].backend == "tfhub"
+
+
+def test_load_embed_unload(tfhub_model):
+    assert tfhub_model.info["dims"] == DIMS
+    texts = ["hello world", "one two three four", "x"]
+    result = plugin.embed(model=tfhub_model, request=EmbedRequest(input=texts))
+    assert result.embeddings.dtype == np.float32 and result.embeddings.shape == (3, DIMS)
+    assert result.embeddings[:, 4].tolist() == [11.0, 18.0, 1.0]  # lengths, in order
+    assert result.embeddings[:, 5].tolist() == [2.0, 4.0, 1.0]
+    assert result.prompt_tokens == 2 + 4 + 1  # whitespace-separated words
+    assert result.batch_size == 3
+
+
+def test_dimensions_and_errors(tfhub_model):
+    short = plugin.embed(model=tfhub_model, request=EmbedRequest(input=["a b"], dimensions=2))
+    assert short.embeddings.shape == (1, 2)
+    assert np.isclose(np.linalg.norm(short.embeddings), 1.0)
+    with pytest.raises(errors.BadRequest) as info:
+        plugin.embed(model=tfhub_model, request=EmbedRequest(input=["a"], dimensions=DIMS + 1))
+    assert info.value.param == "dimensions"
+    with pytest.raises(errors.BadRequest) as info:
+        plugin.embed(model=tfhub_model, request=EmbedRequest(input=[""]))
+    assert info.value.param == "input"
+    with pytest.raises(errors.NotSupported):
+        plugin.embed(model=tfhub_model, request=EmbedRequest(input=[[1, 2, 3]]))
+
+
+def test_handle_is_resolved_in_the_tfhub_cache(saved_model, tmp_path, helpers):
+    handle = "https://tfhub.dev/google/universal-sentence-encoder/4"
+    shutil.copytree(saved_model, tmp_path / hashlib.sha1(handle.encode()).hexdigest())
+    model = helpers.load(ModelSpec(id="use", backend="tfhub", path=handle,
+                                   options={"cache_dir": str(tmp_path)}), n_threads=1)
+    try:
+        result = plugin.embed(model=model, request=EmbedRequest(input=["cached model"]))
+        assert result.embeddings.shape == (1, DIMS)
+    finally:
+        plugin.unload_model(model=model)
+
+
+def test_a_handle_missing_from_the_cache_is_a_load_error(tmp_path, helpers):
+    pytest.importorskip("tensorflow_hub")
+    spec = ModelSpec(id="use", backend="tfhub", path="https://tfhub.dev/google/nothing/1",
+                     options={"cache_dir": str(tmp_path)})
+    with pytest.raises(errors.ModelLoadError) as info:
+        helpers.load(spec)
+    assert "allow_download" in info.value.message
+
+
+def test_without_tensorflow_the_error_says_what_to_install(monkeypatch, tmp_path, helpers):
+    # Runs whether or not TensorFlow is installed: hide it.
+    monkeypatch.setitem(sys.modules, "tensorflow", None)
+    monkeypatch.setitem(sys.modules, "tensorflow_hub", None)
+    with pytest.raises(errors.ModelLoadError) as info:
+        helpers.load(ModelSpec(id="use", backend="tfhub", path=str(tmp_path)))
+    assert "pip install 'llama-api-embeddings[tfhub]'" in info.value.message
