@@ -7,6 +7,8 @@ import pytest
 from llama_api.testing import BackendConformance
 from llama_api.types import ModelSpec
 
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+
 
 @pytest.fixture
 def corrupt_spec(tmp_path):

@@ -109,3 +109,19 @@ def test_truncated_weights_are_a_load_error_naming_the_file(tmp_path, tiny_path)
     spec = ModelSpec(id="cut", backend="llamacpp", path=str(cut))
     with pytest.raises(errors.ModelLoadError, match="cut-short.gguf"):
         plugin.load_model(spec=spec, context=LoadContext())
+
+
+def test_missing_llama_cpp_is_a_clear_load_error(tiny_path):
+    code = (
+        "import sys; sys.modules['llama_cpp'] = None\n"
+        "import llama_api_llamacpp as p\n"
+        "from llama_api.types import ModelSpec, LoadContext\n"
+        "from llama_api.errors import ModelLoadError\n"
+        f"spec = ModelSpec(id='t', backend='llamacpp', path={str(tiny_path)!r})\n"
+        "try:\n"
+        "    p.load_model(spec=spec, context=LoadContext())\n"
+        "except ModelLoadError as exc:\n"
+        "    print(exc.message)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "pip install llama-cpp-python" in result.stdout, result.stdout + result.stderr

@@ -8,6 +8,8 @@ import pytest
 
 openai = pytest.importorskip("openai")
 
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+
 from llama_api.testing import serve  # noqa: E402
 
 import llama_api_llamacpp as plugin  # noqa: E402
@@ -76,10 +78,10 @@ def test_chat_answer(client):
 
 def test_chat_stream_equals_the_plain_answer(client):
     messages = [{"role": "user", "content": "What is 2+2?"}]
-    plain = client.chat.completions.create(model=MODEL, messages=messages, temperature=0,
+    plain = client.chat.completions.create(model=MODEL, messages=messages, temperature=0.9,
                                            max_tokens=30, seed=3)
     pieces, finish = [], None
-    for chunk in client.chat.completions.create(model=MODEL, messages=messages, temperature=0,
+    for chunk in client.chat.completions.create(model=MODEL, messages=messages, temperature=0.9,
                                                 max_tokens=30, seed=3, stream=True):
         if chunk.choices:
             pieces.append(chunk.choices[0].delta.content or "")

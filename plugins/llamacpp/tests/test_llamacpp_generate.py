@@ -10,6 +10,8 @@ import pytest
 from llama_api import errors
 from llama_api.types import EmbedRequest, GenerateRequest, ModelSpec
 
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+
 import llama_api_llamacpp as plugin
 from llama_api_llamacpp.tiny import write_tiny_gguf
 

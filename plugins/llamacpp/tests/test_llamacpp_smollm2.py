@@ -20,6 +20,8 @@ TOOLS = [{
     },
 }]
 
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+
 
 def ask(collect, model, question, **fields):
     return collect(model, messages=[{"role": "user", "content": question}],
