@@ -1,4 +1,6 @@
-"""llama-api backend plugin for ExLlama: GPTQ/EXL2 through exllamav2, EXL3/unquantized through exllamav3.
+"""llama-api backend plugin for ExLlama.
+
+GPTQ/EXL2 folders run on exllamav2, EXL3 and unquantized folders on exllamav3.
 
 This entry module stays import-light (no torch, no exllama): discovery runs in the server
 process. The GPU libraries are imported inside `load_model`, in the worker process.
@@ -22,7 +24,9 @@ BACKENDS = (EXLLAMAV2, EXLLAMAV3)
 def register_backends():
     return [
         BackendInfo(name=EXLLAMAV2, description="GPTQ and EXL2 models on NVIDIA GPUs (exllamav2)"),
-        BackendInfo(name=EXLLAMAV3, description="EXL3 and unquantized models on NVIDIA GPUs (exllamav3)"),
+        BackendInfo(
+            name=EXLLAMAV3, description="EXL3 and unquantized models on NVIDIA GPUs (exllamav3)"
+        ),
     ]
 
 
@@ -61,8 +65,14 @@ def load(spec, context):
         from llama_api_exllama import exl3 as library
     adapter = library.load(folder, opts, context)
     info = {"quantization": found.quantization, "bits": found.bits, **adapter.info}
-    return ExllamaModel(adapter, prompt, max_seq_len=opts.max_seq_len, slots=adapter.slots,
-                        backend=spec.backend, info=info)
+    return ExllamaModel(
+        adapter,
+        prompt,
+        max_seq_len=opts.max_seq_len,
+        slots=adapter.slots,
+        backend=spec.backend,
+        info=info,
+    )
 
 
 @hookimpl
@@ -96,5 +106,5 @@ def generate(model, request, cancelled):
 @hookimpl
 def embed(model, request):
     if not _ours(model):
-        return None
+        return
     raise errors.NotSupported("exllama models don't make embeddings; use an embedding model")

@@ -109,7 +109,9 @@ def _number(value: Any) -> float | None:
     return value
 
 
-def detect_quantization(folder: Path, config: dict[str, Any], weights: list[str]) -> tuple[str, float | None, dict]:
+def detect_quantization(
+    folder: Path, config: dict[str, Any], weights: list[str]
+) -> tuple[str, float | None, dict]:
     """(quantization, bits, extra meta) for a model folder; raises NotAModel for foreign formats."""
     qcfg = config.get("quantization_config")
     qcfg = qcfg if isinstance(qcfg, dict) else {}
@@ -150,7 +152,9 @@ def detect_quantization(folder: Path, config: dict[str, Any], weights: list[str]
         return "gptq", None, extra
     if any(k.endswith(".trellis") for k in keys):
         return "exl3", None, extra
-    dtype = str(text_config_value(config, "torch_dtype") or text_config_value(config, "dtype") or "")
+    dtype = str(
+        text_config_value(config, "torch_dtype") or text_config_value(config, "dtype") or ""
+    )
     return "none", 32.0 if dtype == "float32" else 16.0, extra
 
 
@@ -221,10 +225,12 @@ def discover(models_dir: Path) -> list[ModelSpec]:
         if model_id in seen:  # two folders with one name: the later one gets its relative path
             model_id = folder.path.relative_to(models_dir).as_posix()
         seen.add(model_id)
-        specs.append(ModelSpec(
-            id=model_id,
-            backend=folder.backend,
-            path=str(folder.path),
-            meta=folder.meta(),
-        ))
+        specs.append(
+            ModelSpec(
+                id=model_id,
+                backend=folder.backend,
+                path=str(folder.path),
+                meta=folder.meta(),
+            )
+        )
     return specs

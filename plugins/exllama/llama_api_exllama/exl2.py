@@ -23,8 +23,8 @@ def gpu_memory() -> list[int]:
 
 class Exl2Adapter:
     def __init__(self, folder: Path, opts: LoadOptions, context: LoadContext):
-        import torch
         import exllamav2
+        import torch
         from exllamav2 import (
             ExLlamaV2,
             ExLlamaV2Cache,
@@ -35,7 +35,11 @@ class Exl2Adapter:
             ExLlamaV2Tokenizer,
         )
         from exllamav2 import attn as exl2_attn
-        from exllamav2.generator import ExLlamaV2DynamicGenerator, ExLlamaV2DynamicJob, ExLlamaV2Sampler
+        from exllamav2.generator import (
+            ExLlamaV2DynamicGenerator,
+            ExLlamaV2DynamicJob,
+            ExLlamaV2Sampler,
+        )
 
         self._torch = torch
         self._Job = ExLlamaV2DynamicJob
@@ -52,7 +56,7 @@ class Exl2Adapter:
             config.scale_alpha_value = opts.rope_alpha
         if opts.max_chunk_size is not None:
             config.max_input_len = opts.max_chunk_size
-            config.max_attention_size = opts.max_chunk_size ** 2
+            config.max_attention_size = opts.max_chunk_size**2
         # Paged attention (continuous batching) needs flash-attn >= 2.5.7; without it the
         # dynamic generator runs one sequence at a time.
         self.paged = bool(exl2_attn.has_flash_attn_with_paged) and not config.no_flash_attn
@@ -61,14 +65,20 @@ class Exl2Adapter:
         while batch * 8 > config.max_batch_size * config.max_input_len:
             config.max_batch_size += 1
 
-        cache_class = {"fp16": ExLlamaV2Cache, "q8": ExLlamaV2Cache_Q8,
-                       "q6": ExLlamaV2Cache_Q6, "q4": ExLlamaV2Cache_Q4}[opts.cache_type]
+        cache_class = {
+            "fp16": ExLlamaV2Cache,
+            "q8": ExLlamaV2Cache_Q8,
+            "q6": ExLlamaV2Cache_Q6,
+            "q4": ExLlamaV2Cache_Q4,
+        }[opts.cache_type]
         model = ExLlamaV2(config)
         self.model = model
-        progress = lambda done, total: context.report(f"loading layers {done}/{total}", done / max(total, 1))
+        progress = lambda done, total: context.report(
+            f"loading layers {done}/{total}", done / max(total, 1)
+        )
         if opts.autosplit:
             cache = cache_class(model, max_seq_len=opts.cache_size, lazy=True)
-            reserve = [int(gb * 1024 ** 3) for gb in opts.reserve_vram] if opts.reserve_vram else None
+            reserve = [int(gb * 1024**3) for gb in opts.reserve_vram] if opts.reserve_vram else None
             model.load_autosplit(cache, reserve_vram=reserve, callback=progress)
         else:
             model.load(gpu_split=opts.gpu_split, callback=progress)
@@ -125,8 +135,14 @@ class Exl2Adapter:
             settings.token_bias = bias
         return settings
 
-    def make_job(self, input_ids: list[int], max_new_tokens: int, sampling: Sampling,
-                 stop_token_ids: list[int], identifier):
+    def make_job(
+        self,
+        input_ids: list[int],
+        max_new_tokens: int,
+        sampling: Sampling,
+        stop_token_ids: list[int],
+        identifier,
+    ):
         ids = self._torch.tensor([input_ids], dtype=self._torch.long)
         return self._Job(
             input_ids=ids,
@@ -157,4 +173,6 @@ def load(folder: Path, opts: LoadOptions, context: LoadContext) -> Exl2Adapter:
         raise
     except Exception as exc:
         kind = "out of GPU memory" if "out of memory" in str(exc).lower() else type(exc).__name__
-        raise errors.ModelLoadError(f"exllamav2 could not load {folder.name}: {kind}: {exc}") from exc
+        raise errors.ModelLoadError(
+            f"exllamav2 could not load {folder.name}: {kind}: {exc}"
+        ) from exc

@@ -26,7 +26,16 @@ def _version() -> str:
 class Exl3Adapter:
     def __init__(self, folder: Path, opts: LoadOptions, context: LoadContext):
         import torch
-        from exllamav3 import Cache, CacheLayer_fp16, CacheLayer_quant, Config, Generator, Job, Model, Tokenizer
+        from exllamav3 import (
+            Cache,
+            CacheLayer_fp16,
+            CacheLayer_quant,
+            Config,
+            Generator,
+            Job,
+            Model,
+            Tokenizer,
+        )
         from exllamav3.generator.sampler import ComboSampler
 
         self._torch = torch
@@ -39,17 +48,28 @@ class Exl3Adapter:
         self.model = model
         # The cache must exist before model.load(): loading allocates its tensors.
         if opts.cache_type == "fp16":
-            cache = Cache(model, max_num_tokens=opts.cache_size, layer_type=CacheLayer_fp16,
-                          max_batch_size=opts.max_batch_size)
+            cache = Cache(
+                model,
+                max_num_tokens=opts.cache_size,
+                layer_type=CacheLayer_fp16,
+                max_batch_size=opts.max_batch_size,
+            )
         else:
             bits = int(opts.cache_type[1:])
-            cache = Cache(model, max_num_tokens=opts.cache_size, layer_type=CacheLayer_quant,
-                          max_batch_size=opts.max_batch_size, k_bits=bits, v_bits=bits)
+            cache = Cache(
+                model,
+                max_num_tokens=opts.cache_size,
+                layer_type=CacheLayer_quant,
+                max_batch_size=opts.max_batch_size,
+                k_bits=bits,
+                v_bits=bits,
+            )
         self.cache = cache
         load_args = dict(
             progressbar=False,
-            callback=lambda done, total: context.report(f"loading modules {done}/{total}",
-                                                        done / max(total, 1)),
+            callback=lambda done, total: context.report(
+                f"loading modules {done}/{total}", done / max(total, 1)
+            ),
             max_batch_size=opts.max_batch_size,
         )
         if opts.max_chunk_size is not None:
@@ -61,7 +81,9 @@ class Exl3Adapter:
         model.load(**load_args)
         self.tokenizer = Tokenizer.from_config(config)
         self.vocab_size = config.vocab_size
-        gen_args = dict(model=model, cache=cache, tokenizer=self.tokenizer, max_batch_size=opts.max_batch_size)
+        gen_args = dict(
+            model=model, cache=cache, tokenizer=self.tokenizer, max_batch_size=opts.max_batch_size
+        )
         if opts.max_chunk_size is not None:
             gen_args["max_chunk_size"] = opts.max_chunk_size
         self.generator = Generator(**gen_args)
@@ -75,7 +97,9 @@ class Exl3Adapter:
             "cache_size": opts.cache_size,
             "max_seq_len": opts.max_seq_len,
             "max_batch_size": opts.max_batch_size,
-            "gpu_memory_bytes": [torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count())],
+            "gpu_memory_bytes": [
+                torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count())
+            ],
             "load_library_seconds": round(time.perf_counter() - started, 3),
         }
 
@@ -91,8 +115,14 @@ class Exl3Adapter:
             logit_bias=dict(s.logit_bias) if s.logit_bias else None,
         )
 
-    def make_job(self, input_ids: list[int], max_new_tokens: int, sampling: Sampling,
-                 stop_token_ids: list[int], identifier):
+    def make_job(
+        self,
+        input_ids: list[int],
+        max_new_tokens: int,
+        sampling: Sampling,
+        stop_token_ids: list[int],
+        identifier,
+    ):
         ids = self._torch.tensor([input_ids], dtype=self._torch.long)
         return self._Job(
             input_ids=ids,
@@ -128,4 +158,6 @@ def load(folder: Path, opts: LoadOptions, context: LoadContext) -> Exl3Adapter:
         raise
     except Exception as exc:
         kind = "out of GPU memory" if "out of memory" in str(exc).lower() else type(exc).__name__
-        raise errors.ModelLoadError(f"exllamav3 could not load {folder.name}: {kind}: {exc}") from exc
+        raise errors.ModelLoadError(
+            f"exllamav3 could not load {folder.name}: {kind}: {exc}"
+        ) from exc

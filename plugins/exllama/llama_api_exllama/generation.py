@@ -13,8 +13,9 @@ import itertools
 import logging
 import queue
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from llama_api import errors
 from llama_api.types import Delta, GenerateRequest, Usage
@@ -50,7 +51,9 @@ def _check(name: str, value, low=None, high=None, low_open=False):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise errors.BadRequest(f"{name} must be a number", param=name)
     if low is not None and (value < low or (low_open and value == low)):
-        raise errors.BadRequest(f"{name} must be {'>' if low_open else '>='} {low}, got {value}", param=name)
+        raise errors.BadRequest(
+            f"{name} must be {'>' if low_open else '>='} {low}, got {value}", param=name
+        )
     if high is not None and value > high:
         raise errors.BadRequest(f"{name} must be <= {high}, got {value}", param=name)
     return value
@@ -61,15 +64,22 @@ def sampling_defaults(generation_config: dict[str, Any] | None) -> Sampling:
     config = generation_config or {}
     base = Sampling()
     if config.get("do_sample") is True:
-        for key, attr in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
-                          ("min_p", "min_p"), ("repetition_penalty", "repetition_penalty")):
+        for key, attr in (
+            ("temperature", "temperature"),
+            ("top_p", "top_p"),
+            ("top_k", "top_k"),
+            ("min_p", "min_p"),
+            ("repetition_penalty", "repetition_penalty"),
+        ):
             value = config.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 setattr(base, attr, type(getattr(base, attr))(value))
     return base
 
 
-def sampling_from_request(request: GenerateRequest, defaults: Sampling, vocab_size: int) -> Sampling:
+def sampling_from_request(
+    request: GenerateRequest, defaults: Sampling, vocab_size: int
+) -> Sampling:
     s = Sampling(**vars(defaults))
     if request.temperature is not None:
         s.temperature = float(_check("temperature", request.temperature, 0, 100))
@@ -80,7 +90,9 @@ def sampling_from_request(request: GenerateRequest, defaults: Sampling, vocab_si
     if request.min_p is not None:
         s.min_p = float(_check("min_p", request.min_p, 0, 1))
     if request.repeat_penalty is not None:
-        s.repetition_penalty = float(_check("repeat_penalty", request.repeat_penalty, 0, low_open=True))
+        s.repetition_penalty = float(
+            _check("repeat_penalty", request.repeat_penalty, 0, low_open=True)
+        )
     if request.presence_penalty is not None:
         s.presence_penalty = float(_check("presence_penalty", request.presence_penalty, -2, 2))
     if request.frequency_penalty is not None:
@@ -93,10 +105,13 @@ def sampling_from_request(request: GenerateRequest, defaults: Sampling, vocab_si
             try:
                 token = int(key)
             except (TypeError, ValueError):
-                raise errors.BadRequest(f"logit_bias keys must be token ids, got {key!r}",
-                                        param="logit_bias") from None
+                raise errors.BadRequest(
+                    f"logit_bias keys must be token ids, got {key!r}", param="logit_bias"
+                ) from None
             if not 0 <= token < vocab_size:
-                raise errors.BadRequest(f"logit_bias token {token} is out of range", param="logit_bias")
+                raise errors.BadRequest(
+                    f"logit_bias token {token} is out of range", param="logit_bias"
+                )
             bias[token] = float(_check("logit_bias", value, -100, 100))
         s.logit_bias = bias
     return s
@@ -118,8 +133,15 @@ def finish_reason(eos_reason: str | None) -> str:
 class ExllamaModel:
     """What `load_model` returns: the adapter, its driver, the prompt builder, the limits."""
 
-    def __init__(self, adapter, prompt: PromptBuilder, max_seq_len: int, slots: int,
-                 backend: str, info: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        adapter,
+        prompt: PromptBuilder,
+        max_seq_len: int,
+        slots: int,
+        backend: str,
+        info: dict[str, Any] | None = None,
+    ):
         self.adapter = adapter
         self.prompt = prompt
         self.max_seq_len = max_seq_len
@@ -142,17 +164,25 @@ class ExllamaModel:
 
     def check_request(self, request: GenerateRequest) -> None:
         if request.tools:
-            raise errors.NotSupported("tools are not supported by the exllama backend", param="tools")
+            raise errors.NotSupported(
+                "tools are not supported by the exllama backend", param="tools"
+            )
         if request.logprobs is not None:
-            raise errors.NotSupported("logprobs are not supported by the exllama backend", param="logprobs")
+            raise errors.NotSupported(
+                "logprobs are not supported by the exllama backend", param="logprobs"
+            )
         fmt = (request.response_format or {}).get("type")
         if fmt not in (None, "text"):
-            raise errors.NotSupported(f"response_format {fmt!r} is not supported by the exllama backend",
-                                      param="response_format")
+            raise errors.NotSupported(
+                f"response_format {fmt!r} is not supported by the exllama backend",
+                param="response_format",
+            )
         if request.echo:
             raise errors.NotSupported("echo is not supported by the exllama backend", param="echo")
 
-    def generate(self, request: GenerateRequest, cancelled: threading.Event | None = None) -> Iterator[Delta]:
+    def generate(
+        self, request: GenerateRequest, cancelled: threading.Event | None = None
+    ) -> Iterator[Delta]:
         """Checks the request now (errors raise before streaming), then returns the delta stream."""
         if self._unloaded:
             raise errors.BackendUnavailable("the model was unloaded")
@@ -163,7 +193,8 @@ class ExllamaModel:
         room = self.max_seq_len - len(ids)
         if room < 1:
             raise errors.ContextLengthExceeded(
-                f"the prompt has {len(ids)} tokens; this model's context is {self.max_seq_len} tokens",
+                f"the prompt has {len(ids)} tokens; this model's context is "
+                f"{self.max_seq_len} tokens",
                 param="messages" if request.messages is not None else "prompt",
             )
         max_new = room
@@ -181,8 +212,9 @@ class ExllamaModel:
             raise errors.BadRequest(f"exllama rejected the request: {exc}") from exc
         return self._stream(job, key, len(ids), request.stop or [], cancelled)
 
-    def _stream(self, job, key, prompt_tokens: int, stops: list[str],
-                cancelled: threading.Event | None) -> Iterator[Delta]:
+    def _stream(
+        self, job, key, prompt_tokens: int, stops: list[str], cancelled: threading.Event | None
+    ) -> Iterator[Delta]:
         stream = self.engine.submit(job, key, cancelled)
         holdback = StopHoldback(stops)
         seen_tokens = 0

@@ -22,7 +22,7 @@ KNOWN = {
     "max_seq_len": "context length per request (default: the model's, at most 8192)",
     "cache_size": "tokens in the shared K/V cache (default: max_seq_len), rounded up to 256",
     "cache_type": "fp16, q8, q6 or q4 (exllamav3: fp16 or q2..q8)",
-    "gpu_split": "GB of weights per GPU, e.g. [20, 24] or \"20,24\"; \"auto\" for auto-split",
+    "gpu_split": 'GB of weights per GPU, e.g. [20, 24] or "20,24"; "auto" for auto-split',
     "autosplit": "split across all GPUs automatically (default when gpu_split is not given)",
     "reserve_vram": "GB to leave free per GPU when auto-splitting, a number or a list",
     "rope_scale": "linear RoPE scaling factor (exllamav2)",
@@ -85,7 +85,16 @@ def _float(name: str, value: Any, minimum: float = 0.0) -> float:
 def _bool(name: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+    if isinstance(value, str) and value.lower() in (
+        "1",
+        "true",
+        "yes",
+        "on",
+        "0",
+        "false",
+        "no",
+        "off",
+    ):
         return value.lower() in ("1", "true", "yes", "on")
     raise _fail(name, f"expected true or false, got {value!r}")
 
@@ -139,8 +148,11 @@ def parse_options(
     if options.get("cache_size") is not None:
         cache_size = _int("cache_size", options["cache_size"], minimum=16)
         if cache_size < max_seq_len:
-            raise _fail("cache_size", f"{cache_size} is smaller than max_seq_len ({max_seq_len}): "
-                        "one full-length request must fit in the cache")
+            raise _fail(
+                "cache_size",
+                f"{cache_size} is smaller than max_seq_len ({max_seq_len}): "
+                "one full-length request must fit in the cache",
+            )
     else:
         cache_size = max_seq_len
     cache_size = round_up(cache_size)
@@ -149,7 +161,10 @@ def parse_options(
     if cache_type in ("fp16", "16", "f16", "half"):
         cache_type = "fp16"
     if cache_type not in CACHE_TYPES[backend]:
-        raise _fail("cache_type", f"{backend} supports {', '.join(CACHE_TYPES[backend])}, got {cache_type!r}")
+        raise _fail(
+            "cache_type",
+            f"{backend} supports {', '.join(CACHE_TYPES[backend])}, got {cache_type!r}",
+        )
 
     gpu_split = None
     split = options.get("gpu_split")
@@ -168,7 +183,9 @@ def parse_options(
     reserve = options.get("reserve_vram")
     reserve_vram = _floats("reserve_vram", reserve) if reserve is not None else None
     if reserve_vram is not None and gpu_split is not None:
-        raise _fail("reserve_vram", "applies to auto-split only; with gpu_split, lower the GB per GPU")
+        raise _fail(
+            "reserve_vram", "applies to auto-split only; with gpu_split, lower the GB per GPU"
+        )
 
     rope_scale = rope_alpha = None
     if options.get("rope_scale") is not None:
@@ -177,11 +194,18 @@ def parse_options(
         rope_alpha = _float("rope_alpha", options["rope_alpha"])
     if backend == EXLLAMAV3 and (rope_scale is not None or rope_alpha is not None):
         name = "rope_scale" if rope_scale is not None else "rope_alpha"
-        raise _fail(name, "exllamav3 reads RoPE scaling from the model's config.json; "
-                    "this override is an exllamav2 option")
+        raise _fail(
+            name,
+            "exllamav3 reads RoPE scaling from the model's config.json; "
+            "this override is an exllamav2 option",
+        )
 
     batch = options.get("max_batch_size", options.get("slots"))
-    if "max_batch_size" in options and "slots" in options and options["slots"] != options["max_batch_size"]:
+    if (
+        "max_batch_size" in options
+        and "slots" in options
+        and options["slots"] != options["max_batch_size"]
+    ):
         raise _fail("slots", "max_batch_size and slots disagree; give one")
     if batch is not None:
         max_batch_size = _int("max_batch_size", batch)
@@ -195,7 +219,9 @@ def parse_options(
         max_chunk_size = round_up(_int("max_chunk_size", options["max_chunk_size"]))
 
     chat_template = options.get("chat_template")
-    if chat_template is not None and (not isinstance(chat_template, str) or not chat_template.strip()):
+    if chat_template is not None and (
+        not isinstance(chat_template, str) or not chat_template.strip()
+    ):
         raise _fail("chat_template", "expected a template string or a file path")
 
     warmup = _bool("warmup", options["warmup"]) if options.get("warmup") is not None else True

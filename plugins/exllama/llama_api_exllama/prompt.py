@@ -35,7 +35,9 @@ def find_chat_template(folder: Path, override: str | None = None) -> str | None:
                     return candidate.read_text(encoding="utf-8")
             except OSError:
                 pass
-            raise errors.ModelLoadError(f"chat_template file not found: {override}", param="chat_template")
+            raise errors.ModelLoadError(
+                f"chat_template file not found: {override}", param="chat_template"
+            )
         return override
     folder = Path(folder)
     config = read_json(folder / "tokenizer_config.json") or {}
@@ -62,8 +64,9 @@ def _raise_exception(message):
 
 
 def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                      sort_keys=sort_keys)
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 def _strftime_now(fmt):
@@ -73,12 +76,19 @@ def _strftime_now(fmt):
 class ChatTemplate:
     """A compiled chat template plus the special tokens templates expect as variables."""
 
-    def __init__(self, source: str, bos_token: str | None = None, eos_token: str | None = None,
-                 extra_tokens: dict[str, str] | None = None):
+    def __init__(
+        self,
+        source: str,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        extra_tokens: dict[str, str] | None = None,
+    ):
         from jinja2.ext import loopcontrols
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+        env = ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+        )
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = _strftime_now
@@ -101,9 +111,13 @@ class ChatTemplate:
             text = token_text(config.get(name))
             if text is not None:
                 extra[name] = text
-        return cls(source, token_text(config.get("bos_token")), token_text(config.get("eos_token")), extra)
+        return cls(
+            source, token_text(config.get("bos_token")), token_text(config.get("eos_token")), extra
+        )
 
-    def render(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **kwargs) -> str:
+    def render(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **kwargs
+    ) -> str:
         from jinja2.exceptions import TemplateError
 
         try:
@@ -114,11 +128,13 @@ class ChatTemplate:
                 **kwargs,
             )
         except TemplateError as exc:
-            raise errors.BadRequest(f"the model's chat template rejected the messages: {exc}",
-                                    param="messages") from exc
+            raise errors.BadRequest(
+                f"the model's chat template rejected the messages: {exc}", param="messages"
+            ) from exc
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise errors.BadRequest(f"the model's chat template failed on these messages: {exc}",
-                                    param="messages") from exc
+            raise errors.BadRequest(
+                f"the model's chat template failed on these messages: {exc}", param="messages"
+            ) from exc
 
 
 def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -137,8 +153,11 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     texts.append(part)
                 else:
                     kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                    raise errors.NotSupported(f"message content of type {kind!r} is not supported "
-                                              "by the exllama backend (text only)", param="messages")
+                    raise errors.NotSupported(
+                        f"message content of type {kind!r} is not supported "
+                        "by the exllama backend (text only)",
+                        param="messages",
+                    )
             message = {**message, "content": "".join(texts)}
         elif content is None:
             message = {**message, "content": ""}
@@ -200,10 +219,15 @@ class PromptBuilder:
 
     def completion_ids(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, list):
-            bad = [t for t in prompt if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.vocab_size]
+            bad = [
+                t
+                for t in prompt
+                if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.vocab_size
+            ]
             if bad:
-                raise errors.BadRequest(f"token ids out of range 0..{self.vocab_size - 1}: {bad[:5]}",
-                                        param="prompt")
+                raise errors.BadRequest(
+                    f"token ids out of range 0..{self.vocab_size - 1}: {bad[:5]}", param="prompt"
+                )
             return list(prompt)
         # The tokenizer's post-processor adds BOS where the model wants one.
         return self.encode_text(prompt, add_special_tokens=True)
@@ -211,8 +235,9 @@ class PromptBuilder:
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         if self.chat_template is None:
             raise errors.BadRequest(
-                "this model has no chat template (none in tokenizer_config.json, chat_template.jinja "
-                "or chat_template.json): use /v1/completions, or give the model a chat_template option",
+                "this model has no chat template (none in tokenizer_config.json, "
+                "chat_template.jinja or chat_template.json): use /v1/completions, or give the "
+                "model a chat_template option",
                 param="messages",
             )
         return self.chat_template.render(messages, add_generation_prompt=True)

@@ -32,7 +32,7 @@ class StopHoldback:
             self.held = ""
             return buffer[:first]
         keep = self._partial_suffix(buffer)
-        self.held = buffer[len(buffer) - keep:] if keep else ""
+        self.held = buffer[len(buffer) - keep :] if keep else ""
         return buffer[: len(buffer) - keep]
 
     def _partial_suffix(self, buffer: str) -> int:

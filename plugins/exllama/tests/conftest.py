@@ -9,10 +9,24 @@ from pathlib import Path
 import pytest
 
 CHATML = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-WORDS = ["hello", "world", "the", "cat", "sat", "on", "mat", "user", "assistant", "system", "hi", "!"]
+WORDS = [
+    "hello",
+    "world",
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "mat",
+    "user",
+    "assistant",
+    "system",
+    "hi",
+    "!",
+]
 SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 
 
@@ -20,8 +34,10 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs an NVIDIA GPU with CUDA (skipped without one)")
 
 
-def write_tokenizer(folder: Path, chat_template: str | None = CHATML, config_extra: dict | None = None) -> None:
-    """A tiny word-level tokenizer.json (BOS added by its post-processor) and tokenizer_config.json."""
+def write_tokenizer(
+    folder: Path, chat_template: str | None = CHATML, config_extra: dict | None = None
+) -> None:
+    """A tiny word-level tokenizer.json (its post-processor adds BOS) and tokenizer_config.json."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
     vocab = {token: i for i, token in enumerate(SPECIALS + WORDS)}
@@ -32,7 +48,11 @@ def write_tokenizer(folder: Path, chat_template: str | None = CHATML, config_ext
         single="<s> $A", special_tokens=[("<s>", vocab["<s>"])]
     )
     tokenizer.save(str(folder / "tokenizer.json"))
-    config = {"bos_token": "<s>", "eos_token": {"content": "</s>", "special": True}, "unk_token": "<unk>"}
+    config = {
+        "bos_token": "<s>",
+        "eos_token": {"content": "</s>", "special": True},
+        "unk_token": "<unk>",
+    }
     if chat_template is not None:
         config["chat_template"] = chat_template
     config.update(config_extra or {})
@@ -40,7 +60,7 @@ def write_tokenizer(folder: Path, chat_template: str | None = CHATML, config_ext
 
 
 def write_safetensors(path: Path, names: list[str]) -> None:
-    """A valid .safetensors file of tiny zero tensors: enough for header readers, no real weights."""
+    """A valid .safetensors file of tiny zero tensors: enough for header readers, no weights."""
     header, offset = {}, 0
     for name in names:
         header[name] = {"dtype": "F16", "shape": [2, 2], "data_offsets": [offset, offset + 8]}
@@ -50,7 +70,11 @@ def write_safetensors(path: Path, names: list[str]) -> None:
     path.write_bytes(struct.pack("<Q", len(body)) + body + b"\0" * offset)
 
 
-PLAIN_TENSORS = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "lm_head.weight"]
+PLAIN_TENSORS = [
+    "model.embed_tokens.weight",
+    "model.layers.0.self_attn.q_proj.weight",
+    "lm_head.weight",
+]
 
 
 def write_model(

@@ -13,10 +13,9 @@ import sys
 import types
 from dataclasses import dataclass, field
 
-import pytest
-
-from llama_api.types import GenerateRequest, LoadContext, ModelSpec
 import llama_api_exllama as plugin
+import pytest
+from llama_api.types import GenerateRequest, LoadContext, ModelSpec
 
 torch = pytest.importorskip("torch")
 
@@ -50,8 +49,14 @@ class FakeGeneratorBase:
         self.pending = []
         for job in list(self.active):
             job.new_tokens += 1
-            r = {"job": job, "stage": "streaming", "identifier": job.identifier, "eos": False,
-                 "text": f" t{job.new_tokens}", "token_ids": torch.tensor([[5]])}
+            r = {
+                "job": job,
+                "stage": "streaming",
+                "identifier": job.identifier,
+                "eos": False,
+                "text": f" t{job.new_tokens}",
+                "token_ids": torch.tensor([[5]]),
+            }
             if job.new_tokens >= job.max_new_tokens:
                 r.update(eos=True, eos_reason="max_new_tokens", new_tokens=job.new_tokens)
                 self.active.remove(job)
@@ -72,7 +77,7 @@ def fake_exllamav2(paged: bool) -> dict[str, types.ModuleType]:
             self.max_seq_len = 2048
             self.max_batch_size = 1
             self.max_input_len = 2048
-            self.max_attention_size = 2048 ** 2
+            self.max_attention_size = 2048**2
             self.scale_pos_emb = 1.0
             self.scale_alpha_value = 1.0
             self.no_flash_attn = False
@@ -86,13 +91,28 @@ def fake_exllamav2(paged: bool) -> dict[str, types.ModuleType]:
         def __init__(self, config, lazy_load=False, archparams=None):
             self.config = config
 
-        def load(self, gpu_split=None, lazy=False, stats=False, callback=None, callback_gen=None, progress=False):
+        def load(
+            self,
+            gpu_split=None,
+            lazy=False,
+            stats=False,
+            callback=None,
+            callback_gen=None,
+            progress=False,
+        ):
             CALLS.append(("v2.load", gpu_split))
             callback(1, 2)
             callback(2, 2)
 
-        def load_autosplit(self, cache, reserve_vram=None, last_id_only=False, callback=None,
-                           callback_gen=None, progress=False):
+        def load_autosplit(
+            self,
+            cache,
+            reserve_vram=None,
+            last_id_only=False,
+            callback=None,
+            callback_gen=None,
+            progress=False,
+        ):
             assert cache.lazy, "autosplit needs a lazy cache"
             CALLS.append(("v2.load_autosplit", type(cache).__name__, reserve_vram))
             callback(2, 2)
@@ -101,10 +121,19 @@ def fake_exllamav2(paged: bool) -> dict[str, types.ModuleType]:
             CALLS.append(("v2.unload",))
 
     def cache_class(name):
-        def __init__(self, model, batch_size=1, max_seq_len=-1, copy_from=None, lazy=False,
-                     num_key_value_heads=None, fixed_device=None):
+        def __init__(
+            self,
+            model,
+            batch_size=1,
+            max_seq_len=-1,
+            copy_from=None,
+            lazy=False,
+            num_key_value_heads=None,
+            fixed_device=None,
+        ):
             self.max_seq_len, self.lazy = max_seq_len, lazy
             CALLS.append(("v2.cache", name, max_seq_len, lazy))
+
         return type(name, (), {"__init__": __init__})
 
     class ExLlamaV2Tokenizer:
@@ -128,12 +157,30 @@ def fake_exllamav2(paged: bool) -> dict[str, types.ModuleType]:
     ExLlamaV2Sampler.Settings = Settings
 
     class ExLlamaV2DynamicGenerator(FakeGeneratorBase):
-        def __init__(self, model, cache, tokenizer, max_batch_size=None, max_seq_len=None, max_chunk_size=None,
-                     max_q_size=8, draft_model=None, draft_cache=None, num_draft_tokens=4, use_ngram_draft=False,
-                     max_ngram=4, max_sampling_threads=16, min_sampling_threads=3, paged=True,
-                     filter_background_eval=True):
+        def __init__(
+            self,
+            model,
+            cache,
+            tokenizer,
+            max_batch_size=None,
+            max_seq_len=None,
+            max_chunk_size=None,
+            max_q_size=8,
+            draft_model=None,
+            draft_cache=None,
+            num_draft_tokens=4,
+            use_ngram_draft=False,
+            max_ngram=4,
+            max_sampling_threads=16,
+            min_sampling_threads=3,
+            paged=True,
+            filter_background_eval=True,
+        ):
             super().__init__()
-            assert max_batch_size * max_q_size <= model.config.max_batch_size * model.config.max_input_len
+            assert (
+                max_batch_size * max_q_size
+                <= model.config.max_batch_size * model.config.max_input_len
+            )
             assert cache.max_seq_len % 256 == 0
             CALLS.append(("v2.generator", max_batch_size, max_seq_len, max_chunk_size, paged))
 
@@ -141,21 +188,48 @@ def fake_exllamav2(paged: bool) -> dict[str, types.ModuleType]:
             CALLS.append(("v2.warmup",))
 
     class ExLlamaV2DynamicJob:
-        def __init__(self, input_ids, max_new_tokens, min_new_tokens=0, max_skips=4, gen_settings=None, seed=None,
-                     stop_conditions=None, decode_special_tokens=False, return_top_tokens=0, return_logits=False,
-                     return_probs=False, filters=None, filter_prefer_eos=False, token_healing=False,
-                     identifier=None, banned_strings=None, embeddings=None):
+        def __init__(
+            self,
+            input_ids,
+            max_new_tokens,
+            min_new_tokens=0,
+            max_skips=4,
+            gen_settings=None,
+            seed=None,
+            stop_conditions=None,
+            decode_special_tokens=False,
+            return_top_tokens=0,
+            return_logits=False,
+            return_probs=False,
+            filters=None,
+            filter_prefer_eos=False,
+            token_healing=False,
+            identifier=None,
+            banned_strings=None,
+            embeddings=None,
+        ):
             assert input_ids.dtype == torch.long and input_ids.shape[0] == 1
-            self.input_ids, self.max_new_tokens, self.gen_settings = input_ids, max_new_tokens, gen_settings
+            self.input_ids, self.max_new_tokens, self.gen_settings = (
+                input_ids,
+                max_new_tokens,
+                gen_settings,
+            )
             self.seed, self.stop_conditions, self.identifier = seed, stop_conditions, identifier
             self.new_tokens = 0
             CALLS.append(("v2.job", self))
 
-    root.ExLlamaV2Config, root.ExLlamaV2, root.ExLlamaV2Tokenizer = ExLlamaV2Config, ExLlamaV2, ExLlamaV2Tokenizer
+    root.ExLlamaV2Config, root.ExLlamaV2, root.ExLlamaV2Tokenizer = (
+        ExLlamaV2Config,
+        ExLlamaV2,
+        ExLlamaV2Tokenizer,
+    )
     for name in ("ExLlamaV2Cache", "ExLlamaV2Cache_Q4", "ExLlamaV2Cache_Q6", "ExLlamaV2Cache_Q8"):
         setattr(root, name, cache_class(name))
     root.attn, root.generator = attn, gen
-    gen.ExLlamaV2DynamicGenerator, gen.ExLlamaV2DynamicJob = ExLlamaV2DynamicGenerator, ExLlamaV2DynamicJob
+    gen.ExLlamaV2DynamicGenerator, gen.ExLlamaV2DynamicJob = (
+        ExLlamaV2DynamicGenerator,
+        ExLlamaV2DynamicJob,
+    )
     gen.ExLlamaV2Sampler = ExLlamaV2Sampler
     return {"exllamav2": root, "exllamav2.attn": attn, "exllamav2.generator": gen}
 
@@ -181,10 +255,27 @@ def fake_exllamav3() -> dict[str, types.ModuleType]:
         def from_config(config, component: str = "text"):
             return Model(config)
 
-        def load(self, device=None, tp_output_device=None, reserve_per_device=None, use_per_device=None,
-                 tensor_p=False, progressbar=False, max_chunk_size=2048, max_output_size=32, max_output_factor=1,
-                 callback=None, generator=True, tp_dev_limits=None, tp_backend="native", verbose=False,
-                 max_batch_size=1, tp_options=None, autosplit_no_forward=False, draft_model=None):
+        def load(
+            self,
+            device=None,
+            tp_output_device=None,
+            reserve_per_device=None,
+            use_per_device=None,
+            tensor_p=False,
+            progressbar=False,
+            max_chunk_size=2048,
+            max_output_size=32,
+            max_output_factor=1,
+            callback=None,
+            generator=True,
+            tp_dev_limits=None,
+            tp_backend="native",
+            verbose=False,
+            max_batch_size=1,
+            tp_options=None,
+            autosplit_no_forward=False,
+            draft_model=None,
+        ):
             assert self.cache is not None, "the cache must exist before model.load()"
             self.loaded = True
             CALLS.append(("v3.load", use_per_device, reserve_per_device, max_batch_size))
@@ -200,8 +291,17 @@ def fake_exllamav3() -> dict[str, types.ModuleType]:
         pass
 
     class Cache:
-        def __init__(self, model, max_num_tokens, layer_type=None, max_batch_size=16, max_history=0,
-                     recurrent_dtype=None, k_bits=None, v_bits=None):
+        def __init__(
+            self,
+            model,
+            max_num_tokens,
+            layer_type=None,
+            max_batch_size=16,
+            max_history=0,
+            recurrent_dtype=None,
+            k_bits=None,
+            v_bits=None,
+        ):
             assert not model.loaded
             model.cache = self
             CALLS.append(("v3.cache", max_num_tokens, layer_type.__name__, k_bits, v_bits))
@@ -227,10 +327,28 @@ def fake_exllamav3() -> dict[str, types.ModuleType]:
             CALLS.append(("v3.close",))
 
     class Job:
-        def __init__(self, input_ids, max_new_tokens=None, min_new_tokens=0, max_skips=4, sampler=None, seed=None,
-                     stop_conditions=None, decode_special_tokens=False, return_top_tokens=0, return_logits=False,
-                     return_probs=False, filters=None, token_healing=False, identifier=None, banned_strings=None,
-                     embeddings=None, max_rq_tokens=None, stop_on_loop=None, rq_state=None):
+        def __init__(
+            self,
+            input_ids,
+            max_new_tokens=None,
+            min_new_tokens=0,
+            max_skips=4,
+            sampler=None,
+            seed=None,
+            stop_conditions=None,
+            decode_special_tokens=False,
+            return_top_tokens=0,
+            return_logits=False,
+            return_probs=False,
+            filters=None,
+            token_healing=False,
+            identifier=None,
+            banned_strings=None,
+            embeddings=None,
+            max_rq_tokens=None,
+            stop_on_loop=None,
+            rq_state=None,
+        ):
             assert input_ids.dtype == torch.long and input_ids.shape[0] == 1
             self.max_new_tokens, self.sampler, self.seed = max_new_tokens, sampler, seed
             self.stop_conditions, self.identifier, self.new_tokens = stop_conditions, identifier, 0
@@ -273,7 +391,9 @@ def fake_gpu(monkeypatch):
 def load(folder, backend, **options):
     spec = ModelSpec(id=folder.name, backend=backend, path=str(folder), options=options)
     progress = []
-    model = plugin.load_model(spec=spec, context=LoadContext(progress=lambda m, f=None: progress.append(m)))
+    model = plugin.load_model(
+        spec=spec, context=LoadContext(progress=lambda m, f=None: progress.append(m))
+    )
     return model, progress
 
 
@@ -284,26 +404,51 @@ def jobs(prefix):
 def test_exllamav2_adapter_paged_autosplit(model_writer, fake_gpu):
     fake_gpu(fake_exllamav2(paged=True))
     folder = model_writer("g", quantization_config={"quant_method": "gptq", "bits": 4})
-    model, progress = load(folder, "exllamav2", max_seq_len=1000, cache_type="q4", max_batch_size=6,
-                           rope_alpha=2.0, reserve_vram=[1])
+    model, progress = load(
+        folder,
+        "exllamav2",
+        max_seq_len=1000,
+        cache_type="q4",
+        max_batch_size=6,
+        rope_alpha=2.0,
+        reserve_vram=[1],
+    )
     assert model.slots == 6
     assert ("v2.cache", "ExLlamaV2Cache_Q4", 1024, True) in CALLS
-    assert ("v2.load_autosplit", "ExLlamaV2Cache_Q4", [1024 ** 3]) in CALLS
+    assert ("v2.load_autosplit", "ExLlamaV2Cache_Q4", [1024**3]) in CALLS
     assert ("v2.generator", 6, 1000, None, True) in CALLS
     assert ("v2.warmup",) in CALLS
     assert progress[-2:] == ["loading layers 2/2", "warming up"]
     assert model.info["library"] == "exllamav2 0.3.2-fake" and model.info["quantization"] == "gptq"
 
-    text = "".join(d.text for d in model.generate(GenerateRequest(prompt="the cat", max_tokens=3, temperature=0,
-                                                                  logit_bias={"4": -100}, seed=3)))
+    text = "".join(
+        d.text
+        for d in model.generate(
+            GenerateRequest(
+                prompt="the cat", max_tokens=3, temperature=0, logit_bias={"4": -100}, seed=3
+            )
+        )
+    )
     assert text == " t1 t2 t3"
     (job,) = jobs("v2")
     s = job.gen_settings
     assert (s.temperature, s.top_k, s.top_p, s.token_repetition_penalty) == (1.0, 1, 0.0, 1.0)
     assert s.token_bias.shape == (32,) and s.token_bias[4] == -100
     assert (job.seed, job.stop_conditions, job.max_new_tokens) == (3, [2], 3)
-    list(model.generate(GenerateRequest(prompt="the cat", max_tokens=2, temperature=0.7, top_p=1.0, top_k=20,
-                                        min_p=0.1, presence_penalty=0.5, frequency_penalty=0.2)))
+    list(
+        model.generate(
+            GenerateRequest(
+                prompt="the cat",
+                max_tokens=2,
+                temperature=0.7,
+                top_p=1.0,
+                top_k=20,
+                min_p=0.1,
+                presence_penalty=0.5,
+                frequency_penalty=0.2,
+            )
+        )
+    )
     s = jobs("v2")[1].gen_settings
     assert (s.temperature, s.top_k, s.top_p, s.min_p) == (0.7, 20, 0.0, 0.1)
     assert (s.token_presence_penalty, s.token_frequency_penalty) == (0.5, 0.2)
@@ -334,18 +479,43 @@ def test_exllamav3_adapter(model_writer, fake_gpu):
     assert ("v3.generator", 3, 2048) in CALLS  # max_chunk_size: the library default
     assert ("v3.warmup", 8) in CALLS
     assert "loading modules 1/1" in progress
-    text = "".join(d.text for d in model.generate(GenerateRequest(
-        messages=[{"role": "user", "content": "hi"}], max_tokens=2, temperature=0.5, top_k=7, min_p=0.2,
-        repeat_penalty=1.2, seed=9)))
+    text = "".join(
+        d.text
+        for d in model.generate(
+            GenerateRequest(
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=2,
+                temperature=0.5,
+                top_k=7,
+                min_p=0.2,
+                repeat_penalty=1.2,
+                seed=9,
+            )
+        )
+    )
     assert text == " t1 t2"
     (job,) = jobs("v3")
-    assert job.sampler == type(job.sampler)(rep_p=1.2, freq_p=0.0, pres_p=0.0, temperature=0.5, min_p=0.2,
-                                            top_k=7, top_p=1.0, logit_bias=None)
+    assert job.sampler == type(job.sampler)(
+        rep_p=1.2,
+        freq_p=0.0,
+        pres_p=0.0,
+        temperature=0.5,
+        min_p=0.2,
+        top_k=7,
+        top_p=1.0,
+        logit_bias=None,
+    )
     assert (job.seed, job.stop_conditions) == (9, [2])
     list(model.generate(GenerateRequest(prompt="x", max_tokens=1, temperature=0)))
     assert jobs("v3")[1].sampler.temperature == 0.0
     plugin.unload_model(model=model)
-    assert [c[0] for c in CALLS[-5:]] == ["clear_queue", "v3.close", "v3.unload", "v3.detach", "empty_cache"]
+    assert [c[0] for c in CALLS[-5:]] == [
+        "clear_queue",
+        "v3.close",
+        "v3.unload",
+        "v3.detach",
+        "empty_cache",
+    ]
 
 
 def test_exllamav3_fp16_cache_and_reserve(model_writer, fake_gpu):
@@ -367,6 +537,8 @@ def test_library_load_failure_names_the_model(model_writer, fake_gpu):
     modules["exllamav3"].Config.from_directory = staticmethod(broken)
     fake_gpu(modules)
     folder = model_writer("corrupt-weights")
-    with pytest.raises(plugin.errors.ModelLoadError,
-                       match="exllamav3 could not load corrupt-weights: ValueError: no tensors"):
+    with pytest.raises(
+        plugin.errors.ModelLoadError,
+        match="exllamav3 could not load corrupt-weights: ValueError: no tensors",
+    ):
         load(folder, "exllamav3")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from llama_api import errors
 from llama_api_exllama.prompt import ChatTemplate, PromptBuilder, find_chat_template
 
 MESSAGES = [{"role": "system", "content": "hi"}, {"role": "user", "content": "hello world"}]
-CHATML_TEXT = ("<|im_start|>system\nhi<|im_end|>\n<|im_start|>user\nhello world<|im_end|>\n"
-               "<|im_start|>assistant\n")
+CHATML_TEXT = (
+    "<|im_start|>system\nhi<|im_end|>\n<|im_start|>user\nhello world<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
 
 
 def test_renders_the_tokenizer_config_template(model_writer):
@@ -27,16 +28,23 @@ def test_renders_the_tokenizer_config_template(model_writer):
 def test_completion_ids_get_bos_from_the_post_processor(model_writer):
     builder = PromptBuilder(model_writer("m"))
     vocab = builder.tokenizer.get_vocab()
-    assert builder.completion_ids("the cat sat") == [vocab["<s>"], vocab["the"], vocab["cat"], vocab["sat"]]
+    assert builder.completion_ids("the cat sat") == [
+        vocab["<s>"],
+        vocab["the"],
+        vocab["cat"],
+        vocab["sat"],
+    ]
     assert builder.completion_ids([5, 6]) == [5, 6]
     with pytest.raises(errors.BadRequest, match="out of range"):
         builder.completion_ids([5, 10_000])
 
 
 def test_bos_eos_variables_raise_exception_and_tojson(model_writer):
-    template = ("{{ bos_token }}{% for m in messages %}{% if m.role == 'assistant' and loop.first %}"
-                "{{ raise_exception('must start with user') }}{% endif %}{{ m.content | tojson }}"
-                "{{ eos_token }}{% endfor %}")
+    template = (
+        "{{ bos_token }}{% for m in messages %}{% if m.role == 'assistant' and loop.first %}"
+        "{{ raise_exception('must start with user') }}{% endif %}{{ m.content | tojson }}"
+        "{{ eos_token }}{% endfor %}"
+    )
     builder = PromptBuilder(model_writer("m", chat_template=template))
     assert builder.render_chat([{"role": "user", "content": "héllo"}]) == '<s>"héllo"</s>'
     with pytest.raises(errors.BadRequest, match="must start with user"):
@@ -45,7 +53,12 @@ def test_bos_eos_variables_raise_exception_and_tojson(model_writer):
 
 def test_content_parts_are_joined_and_images_refused(model_writer):
     builder = PromptBuilder(model_writer("m"))
-    parts = [{"role": "user", "content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "world"}]}]
+    parts = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "world"}],
+        }
+    ]
     assert "user\nhello world<|im_end|>" in builder.render_chat(parts)
     image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
     with pytest.raises(errors.NotSupported, match="image_url"):
@@ -63,12 +76,17 @@ def test_no_template_is_a_clear_bad_request(model_writer):
 def test_template_sources_in_order(model_writer, tmp_path):
     folder = model_writer("m", chat_template=None)
     assert find_chat_template(folder) is None
-    (folder / "chat_template.json").write_text(json.dumps({"chat_template": "json {{ messages|length }}"}))
+    (folder / "chat_template.json").write_text(
+        json.dumps({"chat_template": "json {{ messages|length }}"})
+    )
     assert find_chat_template(folder) == "json {{ messages|length }}"
     (folder / "chat_template.jinja").write_text("jinja {{ messages|length }}")
     assert find_chat_template(folder) == "jinja {{ messages|length }}"
     config = json.loads((folder / "tokenizer_config.json").read_text())
-    config["chat_template"] = [{"name": "tool_use", "template": "tools"}, {"name": "default", "template": "named"}]
+    config["chat_template"] = [
+        {"name": "tool_use", "template": "tools"},
+        {"name": "default", "template": "named"},
+    ]
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     assert find_chat_template(folder) == "named"
     # Overrides: template text, or a file path.
@@ -81,7 +99,9 @@ def test_template_sources_in_order(model_writer, tmp_path):
 
 
 def test_override_replaces_the_model_template(model_writer):
-    builder = PromptBuilder(model_writer("m"), "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}")
+    builder = PromptBuilder(
+        model_writer("m"), "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+    )
     assert builder.render_chat(MESSAGES) == "[system] hi\n[user] hello world\n"
 
 
@@ -91,9 +111,14 @@ def test_bad_template_fails_at_load(model_writer):
 
 
 def test_stop_token_ids_from_config_generation_config_and_tokenizer(model_writer):
-    folder = model_writer("m", extra_files={"generation_config.json": json.dumps({"eos_token_id": [2, 4]})})
+    folder = model_writer(
+        "m", extra_files={"generation_config.json": json.dumps({"eos_token_id": [2, 4]})}
+    )
     builder = PromptBuilder(folder)
-    assert builder.stop_token_ids == [2, 4]  # config 2, generation_config 2 and 4 (<|im_end|>), "</s>" is 2
+    assert builder.stop_token_ids == [
+        2,
+        4,
+    ]  # config 2, generation_config 2 and 4 (<|im_end|>), "</s>" is 2
 
 
 def test_missing_tokenizer_json_fails_at_load(model_writer):

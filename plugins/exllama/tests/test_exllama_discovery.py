@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from llama_api.plugins import Plugins
 from llama_api_exllama import discovery
 from llama_api_exllama.discovery import discover, safetensors_keys
@@ -16,36 +15,62 @@ def by_id(specs):
 
 
 def test_gptq_from_quant_method_in_original_gptq_folder(model_writer):
-    model_writer("gptq/Llama-2-7B-GPTQ", quantization_config={
-        "quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": False})
+    model_writer(
+        "gptq/Llama-2-7B-GPTQ",
+        quantization_config={
+            "quant_method": "gptq",
+            "bits": 4,
+            "group_size": 128,
+            "desc_act": False,
+        },
+    )
     (spec,) = discover(model_writer.root)
     assert spec.id == "Llama-2-7B-GPTQ"
     assert spec.backend == "exllamav2"
     assert spec.path == str(model_writer.root / "gptq" / "Llama-2-7B-GPTQ")
     assert spec.meta == {
-        "quantization": "gptq", "architecture": "LlamaForCausalLM", "max_position_embeddings": 2048,
-        "bits": 4, "format": "safetensors", "group_size": 128, "desc_act": False,
+        "quantization": "gptq",
+        "architecture": "LlamaForCausalLM",
+        "max_position_embeddings": 2048,
+        "bits": 4,
+        "format": "safetensors",
+        "group_size": 128,
+        "desc_act": False,
     }
 
 
 def test_gptq_from_autogptq_quantize_config(model_writer):
-    model_writer("old-gptq", extra_files={"quantize_config.json": json.dumps({"bits": 4, "group_size": 32})})
+    model_writer(
+        "old-gptq", extra_files={"quantize_config.json": json.dumps({"bits": 4, "group_size": 32})}
+    )
     (spec,) = discover(model_writer.root)
     assert (spec.backend, spec.meta["quantization"], spec.meta["bits"]) == ("exllamav2", "gptq", 4)
 
 
 def test_gptq_from_tensor_names(model_writer):
-    model_writer("tensors-gptq", tensors=["model.layers.0.mlp.up_proj.qweight",
-                                          "model.layers.0.mlp.up_proj.qzeros",
-                                          "model.layers.0.mlp.up_proj.scales"])
+    model_writer(
+        "tensors-gptq",
+        tensors=[
+            "model.layers.0.mlp.up_proj.qweight",
+            "model.layers.0.mlp.up_proj.qzeros",
+            "model.layers.0.mlp.up_proj.scales",
+        ],
+    )
     (spec,) = discover(model_writer.root)
     assert (spec.backend, spec.meta["quantization"]) == ("exllamav2", "gptq")
 
 
 def test_exl2_from_quant_method(model_writer):
-    model_writer("m-exl2", quantization_config={
-        "quant_method": "exl2", "version": "0.3.2", "bits": 4.65, "head_bits": 6,
-        "calibration": {"rows": 115, "length": 2048, "dataset": "(default)"}})
+    model_writer(
+        "m-exl2",
+        quantization_config={
+            "quant_method": "exl2",
+            "version": "0.3.2",
+            "bits": 4.65,
+            "head_bits": 6,
+            "calibration": {"rows": 115, "length": 2048, "dataset": "(default)"},
+        },
+    )
     (spec,) = discover(model_writer.root)
     assert spec.backend == "exllamav2"
     assert spec.meta["quantization"] == "exl2"
@@ -56,28 +81,49 @@ def test_exl2_from_quant_method(model_writer):
 def test_exl2_legacy_measurement_json(model_writer):
     model_writer("legacy-exl2", extra_files={"measurement.json": "{}"})
     (spec,) = discover(model_writer.root)
-    assert (spec.backend, spec.meta["quantization"], spec.meta["bits"]) == ("exllamav2", "exl2", None)
+    assert (spec.backend, spec.meta["quantization"], spec.meta["bits"]) == (
+        "exllamav2",
+        "exl2",
+        None,
+    )
 
 
 def test_exl2_legacy_tensor_names(model_writer):
-    model_writer("legacy-exl2-tensors", tensors=["model.layers.0.mlp.up_proj.q_weight",
-                                                 "model.layers.0.mlp.up_proj.q_invperm"])
+    model_writer(
+        "legacy-exl2-tensors",
+        tensors=["model.layers.0.mlp.up_proj.q_weight", "model.layers.0.mlp.up_proj.q_invperm"],
+    )
     (spec,) = discover(model_writer.root)
     assert (spec.backend, spec.meta["quantization"]) == ("exllamav2", "exl2")
 
 
 def test_exl3_from_quant_method(model_writer):
-    model_writer("m-exl3", quantization_config={"quant_method": "exl3", "version": "1.6.5", "bits": 3.0,
-                                                "head_bits": 6})
+    model_writer(
+        "m-exl3",
+        quantization_config={
+            "quant_method": "exl3",
+            "version": "1.6.5",
+            "bits": 3.0,
+            "head_bits": 6,
+        },
+    )
     (spec,) = discover(model_writer.root)
-    assert (spec.backend, spec.meta["quantization"], spec.meta["bits"]) == ("exllamav3", "exl3", 3.0)
+    assert (spec.backend, spec.meta["quantization"], spec.meta["bits"]) == (
+        "exllamav3",
+        "exl3",
+        3.0,
+    )
 
 
 def test_exl3_from_quantization_config_json_and_trellis(model_writer):
-    model_writer("exl3-file", extra_files={"quantization_config.json": json.dumps(
-        {"quant_method": "exl3", "bits": 4.0})})
-    model_writer("exl3-trellis", tensors=["model.layers.0.mlp.up_proj.trellis",
-                                          "model.layers.0.mlp.up_proj.suh"])
+    model_writer(
+        "exl3-file",
+        extra_files={"quantization_config.json": json.dumps({"quant_method": "exl3", "bits": 4.0})},
+    )
+    model_writer(
+        "exl3-trellis",
+        tensors=["model.layers.0.mlp.up_proj.trellis", "model.layers.0.mlp.up_proj.suh"],
+    )
     specs = by_id(discover(model_writer.root))
     assert specs["exl3-file"].meta["quantization"] == "exl3"
     assert specs["exl3-file"].meta["bits"] == 4.0
@@ -107,8 +153,13 @@ def test_foreign_and_incomplete_folders_are_skipped(model_writer):
 
 
 def test_text_config_context_length(model_writer):
-    model_writer("vl", config_extra={"max_position_embeddings": None,
-                                     "text_config": {"max_position_embeddings": 32768}})
+    model_writer(
+        "vl",
+        config_extra={
+            "max_position_embeddings": None,
+            "text_config": {"max_position_embeddings": 32768},
+        },
+    )
     (spec,) = discover(model_writer.root)
     assert spec.meta["max_position_embeddings"] == 32768
 
@@ -150,15 +201,19 @@ def test_entry_module_is_import_light():
     import subprocess
     import sys
 
-    code = ("import sys, llama_api_exllama; "
-            "print(sorted(m for m in ('torch', 'exllamav2', 'exllamav3', 'tokenizers', 'jinja2') "
-            "if m in sys.modules))")
+    code = (
+        "import sys, llama_api_exllama; "
+        "print(sorted(m for m in ('torch', 'exllamav2', 'exllamav3', 'tokenizers', 'jinja2') "
+        "if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
-@pytest.mark.parametrize("method,backend", [("gptq", "exllamav2"), ("exl2", "exllamav2"),
-                                            ("exl3", "exllamav3"), ("GPTQ", "exllamav2")])
+@pytest.mark.parametrize(
+    "method,backend",
+    [("gptq", "exllamav2"), ("exl2", "exllamav2"), ("exl3", "exllamav3"), ("GPTQ", "exllamav2")],
+)
 def test_backend_table(model_writer, method, backend):
     model_writer("m", quantization_config={"quant_method": method, "bits": 4})
     assert discovery.discover(model_writer.root)[0].backend == backend

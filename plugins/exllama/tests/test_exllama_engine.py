@@ -11,7 +11,6 @@ import threading
 import time
 
 import pytest
-
 from llama_api import errors
 from llama_api.types import GenerateRequest
 from llama_api_exllama.generation import ExllamaModel, Sampling
@@ -81,13 +80,22 @@ class FakeDynamicGenerator:
             while self.pending and len(self.active) < self.max_batch_size:
                 job = self.pending.pop(0)
                 self.active.append(job)
-                results.append({"job": job, "stage": "started", "identifier": job.identifier, "eos": False})
+                results.append(
+                    {"job": job, "stage": "started", "identifier": job.identifier, "eos": False}
+                )
             self.max_active_seen = max(self.max_active_seen, len(self.active))
             for job in list(self.active):
                 if job is self.fail_job:
                     self.active.remove(job)
-                    results.append({"job": job, "stage": "error", "identifier": job.identifier,
-                                    "eos": True, "error": RuntimeError("kernel fault")})
+                    results.append(
+                        {
+                            "job": job,
+                            "stage": "error",
+                            "identifier": job.identifier,
+                            "eos": True,
+                            "error": RuntimeError("kernel fault"),
+                        }
+                    )
                     continue
                 job.new_tokens += 1
                 r = {"job": job, "stage": "streaming", "identifier": job.identifier, "eos": False}
@@ -131,8 +139,13 @@ def make_model(model_writer):
     def make(pieces=("Hello", " there", ",", " friend"), max_seq_len=64, **kwargs):
         folder = model_writer(f"m{len(models)}")
         adapter = FakeAdapter(FakeDynamicGenerator(**kwargs), pieces)
-        model = ExllamaModel(adapter, PromptBuilder(folder), max_seq_len=max_seq_len,
-                             slots=adapter.generator.max_batch_size, backend="exllamav2")
+        model = ExllamaModel(
+            adapter,
+            PromptBuilder(folder),
+            max_seq_len=max_seq_len,
+            slots=adapter.generator.max_batch_size,
+            backend="exllamav2",
+        )
         models.append(model)
         return model
 
@@ -151,7 +164,10 @@ def test_completion_streams_text_and_exact_usage(make_model):
     text, last = collect(model.generate(GenerateRequest(prompt="the cat sat")))
     assert text == "Hello there, friend"
     assert last.finish_reason == "stop"
-    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (4, 5)  # BOS + 3; 4 pieces + EOS
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (
+        4,
+        5,
+    )  # BOS + 3; 4 pieces + EOS
     job = model.adapter.jobs[0]
     assert job.input_ids[0] == model.prompt.tokenizer.token_to_id("<s>")
     assert job.stop_token_ids == [2]
@@ -164,7 +180,9 @@ def test_chat_uses_the_template(make_model):
     text, _ = collect(model.generate(GenerateRequest(messages=[{"role": "user", "content": "hi"}])))
     assert text == "Hello there, friend"
     ids = model.adapter.jobs[0].input_ids
-    assert model.prompt.tokenizer.decode(ids, skip_special_tokens=False).startswith("<|im_start|> user")
+    assert model.prompt.tokenizer.decode(ids, skip_special_tokens=False).startswith(
+        "<|im_start|> user"
+    )
 
 
 def test_max_tokens_gives_length(make_model):
@@ -176,7 +194,9 @@ def test_max_tokens_gives_length(make_model):
 
 
 def test_stop_string_is_never_emitted_and_cancels_the_job(make_model):
-    model = make_model(pieces=["Hello", " th", "ere", " more"] + ["x"] * 10_000, max_seq_len=20_000, delay=0.001)
+    model = make_model(
+        pieces=["Hello", " th", "ere", " more"] + ["x"] * 10_000, max_seq_len=20_000, delay=0.001
+    )
     text, last = collect(model.generate(GenerateRequest(prompt="hi", stop=["there"])))
     assert text == "Hello "
     assert last.finish_reason == "stop"
@@ -264,8 +284,11 @@ def test_request_checks_before_streaming(make_model):
     with pytest.raises(errors.ContextLengthExceeded):
         model.generate(GenerateRequest(prompt=[5] * 8))
     with pytest.raises(errors.NotSupported, match="tools"):
-        model.generate(GenerateRequest(messages=[{"role": "user", "content": "hi"}],
-                                       tools=[{"type": "function"}]))
+        model.generate(
+            GenerateRequest(
+                messages=[{"role": "user", "content": "hi"}], tools=[{"type": "function"}]
+            )
+        )
     with pytest.raises(errors.NotSupported, match="logprobs"):
         model.generate(GenerateRequest(prompt="hi", logprobs=2))
     with pytest.raises(errors.BadRequest, match="temperature"):
@@ -279,13 +302,30 @@ def test_request_checks_before_streaming(make_model):
 
 def test_sampling_parameters_reach_the_job(make_model):
     model = make_model()
-    request = GenerateRequest(prompt="hi", temperature=0.5, top_p=0.9, top_k=40, min_p=0.05,
-                              repeat_penalty=1.1, presence_penalty=0.5, frequency_penalty=0.25, seed=42,
-                              logit_bias={"7": -100})
+    request = GenerateRequest(
+        prompt="hi",
+        temperature=0.5,
+        top_p=0.9,
+        top_k=40,
+        min_p=0.05,
+        repeat_penalty=1.1,
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
+        seed=42,
+        logit_bias={"7": -100},
+    )
     collect(model.generate(request))
     assert model.adapter.jobs[0].sampling == Sampling(
-        temperature=0.5, top_p=0.9, top_k=40, min_p=0.05, repetition_penalty=1.1,
-        presence_penalty=0.5, frequency_penalty=0.25, seed=42, logit_bias={7: -100.0})
+        temperature=0.5,
+        top_p=0.9,
+        top_k=40,
+        min_p=0.05,
+        repetition_penalty=1.1,
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
+        seed=42,
+        logit_bias={7: -100.0},
+    )
     collect(model.generate(GenerateRequest(prompt="hi", temperature=0)))
     assert model.adapter.jobs[1].sampling.greedy
 
@@ -306,9 +346,14 @@ def test_hooks_route_to_our_model_only(make_model):
     import llama_api_exllama as plugin
 
     model = make_model()
-    assert plugin.generate(model=object(), request=GenerateRequest(prompt="x"), cancelled=None) is None
-    text, _ = collect(plugin.generate(model=model, request=GenerateRequest(prompt="x"),
-                                      cancelled=threading.Event()))
+    assert (
+        plugin.generate(model=object(), request=GenerateRequest(prompt="x"), cancelled=None) is None
+    )
+    text, _ = collect(
+        plugin.generate(
+            model=model, request=GenerateRequest(prompt="x"), cancelled=threading.Event()
+        )
+    )
     assert text == "Hello there, friend"
     with pytest.raises(errors.NotSupported):
         plugin.embed(model=model, request=None)

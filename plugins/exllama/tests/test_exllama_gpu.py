@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from llama_api.types import GenerateRequest, LoadContext, ModelSpec
 
 torch = pytest.importorskip("torch")
@@ -31,16 +30,26 @@ def has_library(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU with CUDA")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU with CUDA"),
+]
 
 LIBRARIES = [
-    pytest.param("exllamav2", marks=pytest.mark.skipif(not has_library("exllamav2"), reason="exllamav2 not installed")),
-    pytest.param("exllamav3", marks=pytest.mark.skipif(not has_library("exllamav3"), reason="exllamav3 not installed")),
+    pytest.param(
+        "exllamav2",
+        marks=pytest.mark.skipif(not has_library("exllamav2"), reason="exllamav2 not installed"),
+    ),
+    pytest.param(
+        "exllamav3",
+        marks=pytest.mark.skipif(not has_library("exllamav3"), reason="exllamav3 not installed"),
+    ),
 ]
 VOCAB = 512
 SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 CHATML = (
-    "{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}"
+    "{{ bos_token }}{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}"
     "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 CORPUS = [
@@ -69,24 +78,45 @@ def build_tiny_llama(folder: Path) -> Path:
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB,
+        special_tokens=SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(CORPUS, trainer)
     filler = VOCAB - tokenizer.get_vocab_size()
     if filler > 0:  # the tokenizer covers the whole embedding table
         tokenizer.add_tokens([f"<extra_{i}>" for i in range(filler)])
-    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)]
+    )
     tokenizer.save(str(folder / "tokenizer.json"))
     assert tokenizer.get_vocab_size() == VOCAB
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "chat_template": CHATML, "tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": True,
-    }))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "chat_template": CHATML,
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "add_bos_token": True,
+            }
+        )
+    )
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=256, intermediate_size=768, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-        rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+        vocab_size=VOCAB,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config).to(torch.float16)
     try:
@@ -110,13 +140,15 @@ def corrupt_llama(tmp_path_factory, tiny_llama) -> Path:
     folder = tmp_path_factory.mktemp("exllama-bad") / "corrupt-weights"
     shutil.copytree(tiny_llama, folder)
     for weights in folder.glob("*.safetensors"):
-        weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{\"x\": garbage}" + b"\0" * 64)
+        weights.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"x": garbage}' + b"\0" * 64)
     return folder
 
 
 def spec(folder: Path, backend: str, **options) -> ModelSpec:
     options = {"max_seq_len": 2048, "max_batch_size": 4, **options}
-    return ModelSpec(id=folder.name, backend=backend, path=str(folder), options=options, plugin="exllama")
+    return ModelSpec(
+        id=folder.name, backend=backend, path=str(folder), options=options, plugin="exllama"
+    )
 
 
 def allocated() -> int:
@@ -166,15 +198,27 @@ def test_gpu_in_process_load_generate_stream_cancel_unload(tiny_llama, library):
         assert deltas[-1].usage.completion_tokens == 64
 
         # Chat through the model's template; sampling with a seed.
-        chat, deltas = run(model, GenerateRequest(messages=[{"role": "user", "content": "Count the stars"}],
-                                                  max_tokens=16, temperature=0.8, top_p=0.9, top_k=40,
-                                                  min_p=0.05, repeat_penalty=1.1, seed=7))
+        _, deltas = run(
+            model,
+            GenerateRequest(
+                messages=[{"role": "user", "content": "Count the stars"}],
+                max_tokens=16,
+                temperature=0.8,
+                top_p=0.9,
+                top_k=40,
+                min_p=0.05,
+                repeat_penalty=1.1,
+                seed=7,
+            ),
+        )
         assert deltas[-1].finish_reason in ("stop", "length")
 
         # Stop string taken from the greedy output.
         if len(text.strip()) > 8:
-            stop = text[len(text) // 2: len(text) // 2 + 2]
-            stopped, deltas = run(model, GenerateRequest(max_tokens=64, logit_bias=no_eos, stop=[stop], **greedy))
+            stop = text[len(text) // 2 : len(text) // 2 + 2]
+            stopped, deltas = run(
+                model, GenerateRequest(max_tokens=64, logit_bias=no_eos, stop=[stop], **greedy)
+            )
             assert stop not in stopped and text.startswith(stopped)
             assert deltas[-1].finish_reason == "stop"
 
@@ -202,7 +246,9 @@ def test_gpu_in_process_load_generate_stream_cancel_unload(tiny_llama, library):
 
         # Cancel between tokens: the job leaves the generator, the model stays usable.
         cancelled = threading.Event()
-        stream = model.generate(GenerateRequest(max_tokens=1500, logit_bias=no_eos, **greedy), cancelled)
+        stream = model.generate(
+            GenerateRequest(max_tokens=1500, logit_bias=no_eos, **greedy), cancelled
+        )
         for i, _ in enumerate(stream):
             if i == 3:
                 cancelled.set()
@@ -212,19 +258,35 @@ def test_gpu_in_process_load_generate_stream_cancel_unload(tiny_llama, library):
         while model.engine.active and time.time() < deadline:
             time.sleep(0.01)
         assert model.engine.active == 0
-        assert run(model, GenerateRequest(max_tokens=4, **greedy))[1][-1].finish_reason in ("stop", "length")
+        assert run(model, GenerateRequest(max_tokens=4, **greedy))[1][-1].finish_reason in (
+            "stop",
+            "length",
+        )
     finally:
         assert plugin.unload_model(model=model) is True
-    del model
+    model = None
     gc.collect()
     torch.cuda.empty_cache()
     mem_after, dev_after = allocated(), device_used()
-    report({
-        "test": "in-process", "library": library, "load_seconds": round(load_seconds, 3),
-        "single_stream_tok_s": round(single_tps, 1), "four_streams_aggregate_tok_s": round(batch_tps, 1),
-        "torch_allocated_bytes": {"before_load": mem_before, "after_load": mem_loaded, "after_unload": mem_after},
-        "device_used_bytes": {"before_load": dev_before, "after_load": dev_loaded, "after_unload": dev_after},
-    })
+    report(
+        {
+            "test": "in-process",
+            "library": library,
+            "load_seconds": round(load_seconds, 3),
+            "single_stream_tok_s": round(single_tps, 1),
+            "four_streams_aggregate_tok_s": round(batch_tps, 1),
+            "torch_allocated_bytes": {
+                "before_load": mem_before,
+                "after_load": mem_loaded,
+                "after_unload": mem_after,
+            },
+            "device_used_bytes": {
+                "before_load": dev_before,
+                "after_load": dev_loaded,
+                "after_unload": dev_after,
+            },
+        }
+    )
     assert mem_loaded > mem_before
     # In-process, a library may keep small global buffers; the worker-process test below is the
     # strict one (the process ends, so everything must come back).
@@ -235,7 +297,6 @@ def test_gpu_in_process_load_generate_stream_cancel_unload(tiny_llama, library):
 def test_gpu_worker_process_unload_returns_gpu_memory(tiny_llama, library):
     """Through the core's worker subprocess: GPU memory goes back to its level before the load."""
     import anyio
-
     from llama_api.testing.conformance import generate_all, running_worker
 
     torch.cuda.init()
@@ -247,8 +308,9 @@ def test_gpu_worker_process_unload_returns_gpu_memory(tiny_llama, library):
         async with running_worker(spec(tiny_llama, library)) as worker:
             numbers["load_seconds"] = round(time.perf_counter() - started, 3)
             numbers["after_load"] = device_used()
-            text, deltas = await generate_all(worker, GenerateRequest(prompt="Once upon a time", max_tokens=8,
-                                                                      temperature=0.0))
+            _, deltas = await generate_all(
+                worker, GenerateRequest(prompt="Once upon a time", max_tokens=8, temperature=0.0)
+            )
             assert deltas[-1].finish_reason in ("stop", "length")
 
     anyio.run(main)
@@ -256,8 +318,18 @@ def test_gpu_worker_process_unload_returns_gpu_memory(tiny_llama, library):
     while device_used() > before + 64 * 1024 * 1024 and time.time() < deadline:
         time.sleep(0.2)
     after = device_used()
-    report({"test": "worker-process", "library": library, "load_seconds": numbers["load_seconds"],
-            "device_used_bytes": {"before_load": before, "after_load": numbers["after_load"], "after_unload": after}})
+    report(
+        {
+            "test": "worker-process",
+            "library": library,
+            "load_seconds": numbers["load_seconds"],
+            "device_used_bytes": {
+                "before_load": before,
+                "after_load": numbers["after_load"],
+                "after_unload": after,
+            },
+        }
+    )
     assert numbers["after_load"] > before
     assert after <= before + 64 * 1024 * 1024, "GPU memory did not come back after the worker ended"
 
@@ -279,8 +351,11 @@ def _conformance_class(library: str):
         def bad_model_spec(self, corrupt_llama):
             return spec(corrupt_llama, library)
 
-    marks = [pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU with CUDA"),
-             pytest.mark.skipif(not has_library(library), reason=f"{library} not installed")]
+    marks = [
+        pytest.mark.gpu,
+        pytest.mark.skipif(not HAS_CUDA, reason="needs an NVIDIA GPU with CUDA"),
+        pytest.mark.skipif(not has_library(library), reason=f"{library} not installed"),
+    ]
     for mark in marks:
         Conformance = mark(Conformance)
     Conformance.__name__ = Conformance.__qualname__ = f"Test{library.capitalize()}Conformance"
@@ -293,16 +368,33 @@ TestExllamaV3Conformance = _conformance_class("exllamav3")
 
 @pytest.mark.skipif(not has_library("exllamav3"), reason="exllamav3 not installed")
 def test_gpu_exl3_conversion_then_discovery_and_load(tiny_llama, tmp_path):
-    """exllamav3 converts the tiny model to EXL3; discovery sees exl3; exllamav3 loads and generates."""
+    """exllamav3 converts the tiny model to EXL3; discovery sees exl3; it loads and generates."""
     import llama_api_exllama as plugin
 
     out = tmp_path / "models" / "tiny-llama-exl3"
     work = tmp_path / "work"
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "exllamav3.conversion.convert_model", "-i", str(tiny_llama), "-o", str(out),
-         "-w", str(work), "-b", "4", "-cr", "8", "-cc", "256"],
-        capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "exllamav3.conversion.convert_model",
+            "-i",
+            str(tiny_llama),
+            "-o",
+            str(out),
+            "-w",
+            str(work),
+            "-b",
+            "4",
+            "-cr",
+            "8",
+            "-cc",
+            "256",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -313,8 +405,16 @@ def test_gpu_exl3_conversion_then_discovery_and_load(tiny_llama, tmp_path):
     assert (found.backend, found.meta["quantization"]) == ("exllamav3", "exl3")
     model = plugin.load_model(spec=spec(out, "exllamav3"), context=LoadContext())
     try:
-        text, deltas = run(model, GenerateRequest(prompt="Once upon a time", max_tokens=16, temperature=0.0))
+        text, deltas = run(
+            model, GenerateRequest(prompt="Once upon a time", max_tokens=16, temperature=0.0)
+        )
         assert deltas[-1].finish_reason in ("stop", "length")
     finally:
         plugin.unload_model(model=model)
-    report({"test": "exl3-conversion", "convert_seconds": round(convert_seconds, 1), "bits": found.meta["bits"]})
+    report(
+        {
+            "test": "exl3-conversion",
+            "convert_seconds": round(convert_seconds, 1),
+            "bits": found.meta["bits"],
+        }
+    )

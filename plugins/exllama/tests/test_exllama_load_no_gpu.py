@@ -6,11 +6,10 @@ import os
 import subprocess
 import sys
 
+import llama_api_exllama as plugin
 import pytest
-
 from llama_api import errors, protocol
 from llama_api.types import LoadContext, ModelSpec
-import llama_api_exllama as plugin
 from llama_api_exllama.cuda import NO_GPU
 
 torch = pytest.importorskip("torch")
@@ -22,15 +21,25 @@ def spec_for(folder, backend, **options):
 
 
 def expected_no_gpu_message():
-    build = ("is a CPU-only build" if torch.version.cuda is None
-             else f"(CUDA {torch.version.cuda}) sees no CUDA device")
+    build = (
+        "is a CPU-only build"
+        if torch.version.cuda is None
+        else f"(CUDA {torch.version.cuda}) sees no CUDA device"
+    )
     return f"{NO_GPU} (torch {torch.__version__} {build})"
 
 
 @no_cuda
-@pytest.mark.parametrize("quant,backend", [("gptq", "exllamav2"), ("exl2", "exllamav2"),
-                                           ("exl3", "exllamav3"), (None, "exllamav3"),
-                                           (None, "exllamav2")])
+@pytest.mark.parametrize(
+    "quant,backend",
+    [
+        ("gptq", "exllamav2"),
+        ("exl2", "exllamav2"),
+        ("exl3", "exllamav3"),
+        (None, "exllamav3"),
+        (None, "exllamav2"),
+    ],
+)
 def test_no_gpu_path_load_model_raises_no_cuda_device(model_writer, quant, backend):
     qcfg = {"quant_method": quant, "bits": 4} if quant else None
     folder = model_writer(f"m-{quant}", quantization_config=qcfg)
@@ -47,8 +56,13 @@ def test_no_gpu_path_through_the_core_worker_process(model_writer):
     """The real worker subprocess answers Load with Failed(ModelLoadError) and stays up."""
     folder = model_writer("tiny")
     env = dict(os.environ, LLAMA_API_WORKER_LOG_LEVEL="WARNING")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_api.worker", "exllama"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_api.worker", "exllama"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     try:
         proc.stdin.write(protocol.encode(protocol.Load(spec=spec_for(folder, "exllamav3"))))
         proc.stdin.flush()
@@ -83,29 +97,46 @@ def fake_library(tmp_path, monkeypatch, name, body):
     monkeypatch.delitem(sys.modules, name, raising=False)
 
 
-def test_library_kernel_build_failure_is_reported(model_writer, tmp_path, monkeypatch, cuda_visible):
-    fake_library(tmp_path, monkeypatch, "exllamav2", "raise OSError('CUDA_HOME environment variable is not "
-                 "set. Please set it to your CUDA install root.')\n")
+def test_library_kernel_build_failure_is_reported(
+    model_writer, tmp_path, monkeypatch, cuda_visible
+):
+    fake_library(
+        tmp_path,
+        monkeypatch,
+        "exllamav2",
+        "raise OSError('CUDA_HOME environment variable is not "
+        "set. Please set it to your CUDA install root.')\n",
+    )
     folder = model_writer("g", quantization_config={"quant_method": "gptq", "bits": 4})
     with pytest.raises(errors.ModelLoadError) as info:
         plugin.load_model(spec=spec_for(folder, "exllamav2"), context=LoadContext())
-    assert info.value.message == ("exllamav2 failed to build its CUDA kernels: OSError: CUDA_HOME environment "
-                                  "variable is not set. Please set it to your CUDA install root.")
+    assert info.value.message == (
+        "exllamav2 failed to build its CUDA kernels: OSError: CUDA_HOME environment "
+        "variable is not set. Please set it to your CUDA install root."
+    )
 
 
 def test_library_not_installed(model_writer, monkeypatch, cuda_visible):
-    monkeypatch.setitem(sys.modules, "exllamav3", None)  # makes `import exllamav3` fail as if absent
+    monkeypatch.setitem(
+        sys.modules, "exllamav3", None
+    )  # makes `import exllamav3` fail as if absent
     folder = model_writer("u")
-    with pytest.raises(errors.ModelLoadError, match=r"exllamav3 is not installed: `pip install "
-                                                    r"'llama-api-exllama\[v3\]'`"):
+    with pytest.raises(
+        errors.ModelLoadError,
+        match=r"exllamav3 is not installed: `pip install "
+        r"'llama-api-exllama\[v3\]'`",
+    ):
         plugin.load_model(spec=spec_for(folder, "exllamav3"), context=LoadContext())
 
 
 def test_library_dependency_missing(model_writer, tmp_path, monkeypatch, cuda_visible):
     fake_library(tmp_path, monkeypatch, "exllamav3", "import llama_api_no_such_module_xyz\n")
     folder = model_writer("u")
-    with pytest.raises(errors.ModelLoadError, match="a module it needs is missing "
-                                                    r"\(llama_api_no_such_module_xyz\)"):
+    with pytest.raises(
+        errors.ModelLoadError,
+        match="a module it needs is missing "
+        r"\(llama_api_no_such_module_xyz\)",
+    ):
         plugin.load_model(spec=spec_for(folder, "exllamav3"), context=LoadContext())
 
 

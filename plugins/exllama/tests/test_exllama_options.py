@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from llama_api import errors
 from llama_api_exllama.options import DEFAULT_BATCH_SIZE, parse_options
 
@@ -25,10 +24,13 @@ def test_cache_size_rounds_up_to_pages_and_must_hold_one_request():
         parse_options({"max_seq_len": 4096, "cache_size": 2048}, "exllamav2")
 
 
-@pytest.mark.parametrize("backend,good,bad", [
-    ("exllamav2", ["fp16", "q8", "q6", "q4", "FP16"], ["q2", "q5", "fp8", "8bit"]),
-    ("exllamav3", ["fp16", "q2", "q5", "q8"], ["q9", "q1", "fp8"]),
-])
+@pytest.mark.parametrize(
+    "backend,good,bad",
+    [
+        ("exllamav2", ["fp16", "q8", "q6", "q4", "FP16"], ["q2", "q5", "fp8", "8bit"]),
+        ("exllamav3", ["fp16", "q2", "q5", "q8"], ["q9", "q1", "fp8"]),
+    ],
+)
 def test_cache_types(backend, good, bad):
     for value in good:
         assert parse_options({"cache_type": value}, backend).cache_type == value.lower()
@@ -42,10 +44,17 @@ def test_gpu_split_forms():
     assert parse_options({"gpu_split": [12, 0]}, "exllamav3").gpu_split == [12.0, 0.0]
     assert parse_options({"gpu_split": 8}, "exllamav2").gpu_split == [8.0]
     assert parse_options({"gpu_split": "auto"}, "exllamav2").autosplit
-    assert parse_options({"autosplit": True, "reserve_vram": 1.5}, "exllamav2").reserve_vram == [1.5]
-    for bad in ({"gpu_split": "a,b"}, {"gpu_split": [-1]}, {"gpu_split": [0, 0]},
-                {"gpu_split": [8], "autosplit": True}, {"autosplit": False},
-                {"gpu_split": [8], "reserve_vram": 1}):
+    assert parse_options({"autosplit": True, "reserve_vram": 1.5}, "exllamav2").reserve_vram == [
+        1.5
+    ]
+    for bad in (
+        {"gpu_split": "a,b"},
+        {"gpu_split": [-1]},
+        {"gpu_split": [0, 0]},
+        {"gpu_split": [8], "autosplit": True},
+        {"autosplit": False},
+        {"gpu_split": [8], "reserve_vram": 1},
+    ):
         with pytest.raises(errors.ModelLoadError):
             parse_options(bad, "exllamav2")
 

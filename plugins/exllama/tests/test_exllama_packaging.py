@@ -16,7 +16,9 @@ def test_pyproject_declares_entry_point_and_extras():
     assert project["optional-dependencies"]["v2"] == ["exllamav2>=0.3"]
     assert project["optional-dependencies"]["v3"] == ["exllamav3>=1.6"]
     heavy = ("torch", "exllamav2", "exllamav3", "flash-attn", "flash_attn")
-    assert not [d for d in project["dependencies"] if d.split(">")[0].split("=")[0].strip() in heavy]
+    assert not [
+        d for d in project["dependencies"] if d.split(">")[0].split("=")[0].strip() in heavy
+    ]
 
 
 def test_installed_distribution_exposes_the_entry_point():

@@ -55,7 +55,10 @@ def test_matches_a_reference_on_random_streams():
     rng = random.Random(7)
     for _ in range(500):
         text = "".join(rng.choice("ab\n:") for _ in range(rng.randint(0, 30)))
-        stops = ["".join(rng.choice("ab\n:") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 3))]
+        stops = [
+            "".join(rng.choice("ab\n:") for _ in range(rng.randint(1, 4)))
+            for _ in range(rng.randint(1, 3))
+        ]
         cuts = sorted(rng.sample(range(len(text) + 1), min(len(text) + 1, rng.randint(0, 6))))
         pieces = [text[i:j] for i, j in zip([0] + cuts, cuts + [len(text)])]
         hits = [text.find(s) for s in stops if s in text]
