@@ -47,6 +47,13 @@ class Stream:
     queue: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
 
 
+def generation_failed(exc: BaseException) -> errors.LlamaApiError:
+    """A failure while generating is the server's (500), not the request's."""
+    if isinstance(exc, errors.LlamaApiError):
+        return exc
+    return errors.LlamaApiError(f"exllama generation failed: {type(exc).__name__}: {exc}")
+
+
 class Engine:
     def __init__(self, generator, name: str = "exllama-driver"):
         self.generator = generator
@@ -128,7 +135,7 @@ class Engine:
             results = self.generator.iterate()
         except Exception as exc:
             log.exception("exllama generator failed")
-            self._fail_all(exc)
+            self._fail_all(generation_failed(exc))
             return
         self.iterations += 1
         for result in results:
@@ -139,7 +146,8 @@ class Engine:
             stage = result.get("stage")
             if stage == "error":  # exllamav3 reaps a failed job and reports it
                 del self._streams[key]
-                stream.queue.put(Failure(result.get("error") or RuntimeError("generation failed")))
+                error = result.get("error") or RuntimeError("the job failed")
+                stream.queue.put(Failure(generation_failed(error)))
             elif stage == "streaming":
                 if result.get("eos"):
                     del self._streams[key]

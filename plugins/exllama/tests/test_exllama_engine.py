@@ -262,8 +262,9 @@ def test_generator_failure_reaches_every_request_and_the_driver_survives(make_mo
     stream = model.generate(GenerateRequest(prompt="hi"))
     next(stream)
     model.adapter.generator.fail_next_iterate = RuntimeError("CUDA error: illegal memory access")
-    with pytest.raises(errors.LlamaApiError, match="illegal memory access"):
+    with pytest.raises(errors.LlamaApiError, match="illegal memory access") as info:
         list(stream)
+    assert info.value.status == 500
     model.adapter.pieces = ["ok"]
     assert collect(model.generate(GenerateRequest(prompt="hi")))[0] == "ok"
 
@@ -272,8 +273,9 @@ def test_job_error_stage_and_enqueue_rejection(make_model):
     model = make_model(pieces=["x"] * 100)
     stream = model.generate(GenerateRequest(prompt="hi"))
     model.adapter.generator.fail_job = model.adapter.jobs[0]
-    with pytest.raises(errors.LlamaApiError, match="kernel fault"):
+    with pytest.raises(errors.LlamaApiError, match="kernel fault") as info:
         list(stream)
+    assert info.value.status == 500
     long_model = make_model(max_seq_len=5000)
     with pytest.raises(errors.BadRequest, match="too long for the cache"):
         list(long_model.generate(GenerateRequest(prompt=[5] * 1500)))
