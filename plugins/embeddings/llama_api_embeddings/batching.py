@@ -1,8 +1,8 @@
 """Batching across requests: one compute thread, fed by the request threads.
 
-The worker calls the `embed` hook from up to `slots` threads at once. Each call prepares
-its rows (tokenizes) in its own thread, then hands them to the model's single compute
-thread and waits. Calls that arrive while a batch runs queue up and join the next batch,
+The worker calls the `embed` hook from up to `slots` threads at once. Each call checks
+its input in its own thread, then hands its rows to the model's single compute thread
+and waits. Calls that arrive while a batch runs queue up and join the next batch,
 up to `max_batch` rows. The compute thread waits (at most `max_wait` seconds) only when
 callers have announced themselves and are still preparing their rows: a lone request
 never waits, so its latency is that of an unbatched call.
@@ -52,6 +52,8 @@ class BatchStats:
 
 class Batcher:
     """Runs `compute(rows) -> 2-D array (one row per input row)` on batches of jobs.
+
+    `compute` may also return a tuple of arrays; each caller then gets its slice of each.
 
     `setup()` runs first on the compute thread (per-thread library settings).
     """
@@ -168,8 +170,11 @@ class Batcher:
             start = 0
             for job in batch:
                 end = start + len(job.rows)
-                if error is None:
-                    job.result = matrix[start:end]
+                if error is None:  # an array, or a tuple of arrays (one row per input row)
+                    if isinstance(matrix, tuple):
+                        job.result = tuple(part[start:end] for part in matrix)
+                    else:
+                        job.result = matrix[start:end]
                 else:
                     job.error = error
                 job.batch_size = len(rows)

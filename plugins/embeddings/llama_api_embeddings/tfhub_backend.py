@@ -124,7 +124,7 @@ class TFHubEmbedder:
             )
         check_dimensions(request.dimensions, self.dims)
         texts = list(request.input)
-        vectors, job = self.batcher.run(texts)
+        vectors, job = self.batcher.run(texts)  # one compute thread: TF runs a batch at a time
         return BatchedEmbedResult(
             embeddings=shorten(vectors, request.dimensions),
             # These models tokenize inside the graph and don't expose a count:

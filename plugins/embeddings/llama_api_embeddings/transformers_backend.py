@@ -169,7 +169,7 @@ class TransformersEmbedder:
         self.slots = int(spec.slots or option(spec, "slots", 64))
 
         context.report("warming up", 0.9)
-        warm = self._compute(self.encode(["warm up"], token_ids=False))
+        warm, _ = self._compute(["warm up"])
         self.dims = int(warm.shape[1])
         self.info = {
             "backend": self.backend,
@@ -275,30 +275,31 @@ class TransformersEmbedder:
 
     # Requests ------------------------------------------------------------------
 
-    def encode(self, items: list, token_ids: bool) -> list[list[int]]:
-        """Each input as the token ids the model reads: special tokens added, truncated."""
+    def encode_ids(self, items: list) -> list[list[int]]:
+        """Token id inputs as the ids the model reads: special tokens added, truncated."""
         body_limit = self.max_length - len(self.head) - len(self.tail)
-        if token_ids:
-            rows = []
-            for item in items:
-                ids = [int(t) for t in item]
-                if any(t < 0 or t >= self.vocab_size for t in ids):
-                    raise errors.BadRequest(
-                        f"token ids must be in [0, {self.vocab_size})", param="input"
-                    )
-                # Already wrapped in the model's special tokens: unwrap, then wrap again.
-                if (self.head or self.tail) and ids[:len(self.head)] == self.head and (
-                    not self.tail or ids[-len(self.tail):] == self.tail
-                ) and len(ids) >= len(self.head) + len(self.tail):
-                    ids = ids[len(self.head):len(ids) - len(self.tail)]
-                if self.prefix_ids and ids[:len(self.prefix_ids)] != self.prefix_ids:
-                    ids = self.prefix_ids + ids
-                rows.append(self.head + ids[:body_limit] + self.tail)
-            return rows
-        texts = [self._with_prefix(text) for text in items]
+        rows = []
+        for item in items:
+            ids = [int(t) for t in item]
+            if any(t < 0 or t >= self.vocab_size for t in ids):
+                raise errors.BadRequest(
+                    f"token ids must be in [0, {self.vocab_size})", param="input"
+                )
+            # Already wrapped in the model's special tokens: unwrap, then wrap again.
+            if (self.head or self.tail) and ids[:len(self.head)] == self.head and (
+                not self.tail or ids[-len(self.tail):] == self.tail
+            ) and len(ids) >= len(self.head) + len(self.tail):
+                ids = ids[len(self.head):len(ids) - len(self.tail)]
+            if self.prefix_ids and ids[:len(self.prefix_ids)] != self.prefix_ids:
+                ids = self.prefix_ids + ids
+            rows.append(self.head + ids[:body_limit] + self.tail)
+        return rows
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Texts as the ids the model reads (one tokenizer call for the whole batch)."""
         with self.tokenizer_lock:  # HF fast tokenizers are not safe to share across threads
             encoded = self.tokenizer(
-                texts,
+                [self._with_prefix(text) for text in texts],
                 add_special_tokens=True,
                 truncation=True,
                 max_length=self.max_length,
@@ -315,27 +316,39 @@ class TransformersEmbedder:
     def embed(self, request) -> BatchedEmbedResult:
         token_ids = check_input(request, self.max_inputs)
         check_dimensions(request.dimensions, self.dims)
+        # Texts are tokenized on the compute thread, a whole batch at once; token ids
+        # are checked here, so that a bad one fails only its own request.
         self.batcher.announce()
         try:
-            rows = self.encode(request.input, token_ids)
+            rows = self.encode_ids(request.input) if token_ids else list(request.input)
         except BaseException:
             self.batcher.withdraw()
             raise
-        vectors, job = self.batcher.run(rows, announced=True)
+        (vectors, lengths), job = self.batcher.run(rows, announced=True)
         return BatchedEmbedResult(
             embeddings=shorten(vectors, request.dimensions),
-            prompt_tokens=sum(len(row) for row in rows),
+            prompt_tokens=int(lengths.sum()),
             batch_size=job.batch_size,
             batch_requests=job.batch_requests,
         )
 
     # Compute thread --------------------------------------------------------------
 
-    def _compute(self, rows: list[list[int]]):
-        """Pooled vectors for token id rows: sorted by length, run in padded micro-batches."""
+    def _compute(self, rows: list):
+        """(pooled vectors, token counts) for rows of texts or token ids.
+
+        Texts are tokenized together; rows are sorted by length and run in padded
+        micro-batches of at most `max_batch_tokens` tokens.
+        """
         import numpy as np
 
         torch = self.torch
+        texts = [i for i, row in enumerate(rows) if isinstance(row, str)]
+        if texts:
+            rows = list(rows)
+            for i, ids in zip(texts, self.tokenize([rows[i] for i in texts])):
+                rows[i] = ids
+        lengths = np.array([len(row) for row in rows], dtype=np.int64)
         order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
         out = None
         start = 0
@@ -352,7 +365,7 @@ class TransformersEmbedder:
                     out = np.empty((len(rows), vectors.shape[1]), dtype=np.float32)
                 out[chunk] = vectors
                 start = end
-        return out
+        return out, lengths
 
     def _forward(self, rows: list[list[int]]):
         torch = self.torch
