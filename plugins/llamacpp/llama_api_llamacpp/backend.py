@@ -446,31 +446,46 @@ class LlamaCppModel:
             yield from self._calls(calls)
             yield run.final("tool_calls")
             return
-        # auto: stream text unless the answer starts like a tool call.
-        head = ""
-        decided = None
-        for text, logprobs in run:
-            if decided == "text":
-                yield Delta(text=text, logprobs=logprobs)
+        # auto: stream text, but hold back what may be a tool call: an answer starting with
+        # "{" or "[" (bare JSON calls), or a "<tool_call>" marker anywhere.
+        buf = ""
+        call_text = None
+        decided = False
+        for text, _ in run:
+            if call_text is not None:
+                call_text += text
                 continue
-            head += text
-            probe = head.lstrip()
-            if not probe:
+            buf += text
+            if not decided:
+                probe = buf.lstrip()
+                if not probe:
+                    continue
+                if probe[0] in "{[":
+                    call_text, buf = buf, ""
+                    continue
+                if len(probe) < len(chat.TOOL_OPEN) and chat.TOOL_OPEN.startswith(probe):
+                    continue
+                decided = True
+            i = buf.find(chat.TOOL_OPEN)
+            if i != -1:
+                if buf[:i].strip():
+                    yield Delta(text=buf[:i])
+                call_text, buf = buf[i:], ""
                 continue
-            if probe.startswith("{") or probe.startswith(chat.TOOL_OPEN):
-                decided = "call"
-            elif chat.TOOL_OPEN.startswith(probe):
-                continue  # could still become "<tool_call>"
-            else:
-                decided = "text"
-                yield Delta(text=head)
-        if decided == "call" or (decided is None and head):
-            calls = chat.parse_tool_calls(head, names)
+            keep = next((n for n in range(min(len(buf), len(chat.TOOL_OPEN) - 1), 0, -1)
+                         if buf.endswith(chat.TOOL_OPEN[:n])), 0)
+            send, buf = buf[:len(buf) - keep], buf[len(buf) - keep:]
+            if send:
+                yield Delta(text=send)
+        if call_text is not None:
+            calls = chat.parse_tool_calls(call_text, names)
             if calls:
                 yield from self._calls(calls)
                 yield run.final("tool_calls")
                 return
-            yield Delta(text=head)
+            buf += call_text
+        if buf:
+            yield Delta(text=buf)
         yield run.final()
 
     @staticmethod

@@ -106,17 +106,23 @@ def parse_tool_calls(text: str, tool_names: set[str]) -> list[dict] | None:
     if TOOL_OPEN in stripped:
         for chunk in stripped.split(TOOL_OPEN)[1:]:
             blobs.append(chunk.split(TOOL_CLOSE)[0].strip())
-    elif stripped.startswith("{"):
+    elif stripped.startswith(("{", "[")):
         blobs.append(stripped)
     else:
         return None
-    calls = []
+    objects = []
     decoder = json.JSONDecoder()
     for blob in blobs:
         try:
             obj, _ = decoder.raw_decode(blob)
         except ValueError:
             return None
+        # a list of calls ([TOOL_CALLS] [...] in Mistral's format)
+        objects.extend(obj if isinstance(obj, list) else [obj])
+    calls = []
+    for obj in objects:
+        if isinstance(obj, dict) and isinstance(obj.get("function"), dict):
+            obj = obj["function"]  # OpenAI's own shape
         if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
             return None
         if tool_names and obj["name"] not in tool_names:

@@ -13,7 +13,6 @@ from llama_api.types import EmbedRequest, GenerateRequest, ModelSpec
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
 import llama_api_llamacpp as plugin
-from llama_api_llamacpp.tiny import write_tiny_gguf
 
 PROMPT = "hello world"
 
@@ -457,3 +456,62 @@ def test_encoder_gguf_is_an_embedding_model(tmp_path, collect, pooling):
             plugin.embed(model=model, request=EmbedRequest(input=["cat " * 600]))
     finally:
         plugin.unload_model(model=model)
+
+
+class FakeRun:
+    """Stands in for a generation: yields fixed pieces."""
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+        self.finish = "stop"
+
+    def __iter__(self):
+        for piece in self.pieces:
+            yield piece, None
+
+    @property
+    def text(self):
+        return "".join(self.pieces)
+
+    def final(self, finish=None):
+        from llama_api.types import Delta
+
+        return Delta(finish_reason=finish or self.finish)
+
+
+def auto(pieces, names=("get_weather",)):
+    from llama_api_llamacpp.backend import LlamaCppModel
+
+    model = object.__new__(LlamaCppModel)  # no weights needed for this part
+    deltas = list(model._tool_deltas(FakeRun(pieces), "auto", None, set(names)))
+    text = "".join(d.text for d in deltas)
+    calls = [c for d in deltas for c in (d.tool_calls or [])]
+    return text, calls, deltas[-1].finish_reason, deltas
+
+
+@pytest.mark.parametrize("pieces", [
+    ["<tool", "_call>", '{"name": "get_weather", ', '"arguments": {"city": "Paris"}}', "</tool_call>"],
+    ["  {", '"name": "get_weather", "parameters": {"city": "Paris"}}'],
+    ['[{"name": "get_weather", "arguments": {"city": "Paris"}}]'],
+])
+def test_auto_mode_recognizes_tool_calls(pieces):
+    text, calls, finish, _ = auto(pieces)
+    assert text == ""
+    assert finish == "tool_calls"
+    assert calls[0].name == "get_weather" and json.loads(calls[0].arguments) == {"city": "Paris"}
+    assert calls[0].id.startswith("call_")
+
+
+def test_auto_mode_streams_plain_text_and_holds_back_a_marker():
+    pieces = ["Hello", " there", ", <", "tool", "_call>", '{"name": "get_weather", "arguments": {}}']
+    text, calls, finish, deltas = auto(pieces)
+    assert text == "Hello there, "
+    assert len([d for d in deltas if d.text]) >= 2  # streamed, not all at the end
+    assert finish == "tool_calls" and calls[0].name == "get_weather"
+
+
+def test_auto_mode_text_that_only_looks_like_a_call():
+    assert auto(["<b>bold</b> text"])[:3] == ("<b>bold</b> text", [], "stop")
+    assert auto(["{not json"])[:3] == ("{not json", [], "stop")
+    assert auto(['{"name": "other_tool"}'])[:3] == ('{"name": "other_tool"}', [], "stop")
+    assert auto(["a < b and c"])[:3] == ("a < b and c", [], "stop")
