@@ -49,7 +49,8 @@ PASSTHROUGH = {
 OWN = {"n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers", "embedding", "pooling",
        "normalize", "chat_template", "chat_format", "verbose", "sampling", "max_tokens"}
 # Extra sampling fields a client may send (request.extra).
-EXTRA_SAMPLING = {"typical_p", "mirostat_mode", "mirostat_tau", "mirostat_eta", "tfs_z"}
+EXTRA_SAMPLING = {"typical_p", "mirostat_mode", "mirostat_tau", "mirostat_eta",
+                  "xtc_probability", "xtc_threshold"}
 
 
 def _import_llama_cpp():
@@ -381,11 +382,9 @@ class LlamaCppModel:
         seed = request.seed if request.seed is not None else self.default_seed
         if seed is None:
             seed = random.getrandbits(32)
-        logits_processor = None
-        if request.logit_bias:
-            logits_processor = [self._logit_bias_processor(request.logit_bias)]
+        logit_bias = self._logit_bias(request.logit_bias) if request.logit_bias else None
 
-        run = Run(self, tokens, sampling, seed & 0xFFFFFFFF, grammar, logits_processor,
+        run = Run(self, tokens, sampling, seed & 0xFFFFFFFF, grammar, logit_bias,
                   stop if tool_mode in (None, "auto") else [], limit, request.logprobs,
                   cancelled)
         echo = text if (request.echo and request.messages is None) else None
@@ -396,10 +395,8 @@ class LlamaCppModel:
         names = {t["function"]["name"] for t in tools}
         return self._tool_deltas(run, tool_mode, forced, names)
 
-    def _logit_bias_processor(self, logit_bias: dict):
-        import numpy as np
-
-        ids, values = [], []
+    def _logit_bias(self, logit_bias: dict) -> dict[int, float]:
+        bias = {}
         for key, value in logit_bias.items():
             try:
                 token = int(key)
@@ -409,16 +406,8 @@ class LlamaCppModel:
             if not 0 <= token < self.n_vocab:
                 raise errors.BadRequest(f"logit_bias token {token} is out of range",
                                         param="logit_bias")
-            ids.append(token)
-            values.append(float(value))
-        ids_a = np.array(ids, dtype=np.intp)
-        values_a = np.array(values, dtype=np.float32)
-
-        def process(input_ids, logits):
-            logits[ids_a] += values_a
-            return logits
-
-        return process
+            bias[token] = float(value)
+        return bias
 
     def _text_deltas(self, run, echo):
         if echo:
@@ -607,14 +596,14 @@ def bounded_integers(schema):
 class Run:
     """One generation: iterate for (text, logprobs) pieces; then `final()` gives the last delta."""
 
-    def __init__(self, model, tokens, sampling, seed, grammar, logits_processor, stop, limit,
+    def __init__(self, model, tokens, sampling, seed, grammar, logit_bias, stop, limit,
                  logprobs, cancelled):
         self.model = model
         self.tokens = tokens
         self.sampling = sampling
         self.seed = seed
         self.grammar = grammar
-        self.logits_processor = logits_processor
+        self.logit_bias = logit_bias
         self.stream = TextStream(stop)
         self.limit = limit
         self.logprobs = logprobs
@@ -636,28 +625,14 @@ class Run:
         lib = model.lib
         vocab = model.vocab
         stream = self.stream
-        s = self.sampling
         want_logprobs = self.logprobs is not None
         with model.lock:
             if self.limit <= 0:
                 return
-            llm.set_seed(self.seed)
-            gen = llm.generate(
-                self.tokens,
-                top_k=int(s["top_k"]),
-                top_p=float(s["top_p"]),
-                min_p=float(s["min_p"]),
-                typical_p=float(s.get("typical_p", 1.0)),
-                temp=float(s["temperature"]),
-                repeat_penalty=float(s["repeat_penalty"]),
-                frequency_penalty=float(s["frequency_penalty"]),
-                presence_penalty=float(s["presence_penalty"]),
-                mirostat_mode=int(s.get("mirostat_mode", 0)),
-                mirostat_tau=float(s.get("mirostat_tau", 5.0)),
-                mirostat_eta=float(s.get("mirostat_eta", 0.1)),
-                logits_processor=self.logits_processor,
-                grammar=self.grammar,
-            )
+            # Our own sampler chain (native logit bias, penalties only when asked for).
+            # (generate() calls it on its first step, so it stays set until the end.)
+            llm._init_sampler = self._make_sampler
+            gen = llm.generate(self.tokens, reset=True)
             try:
                 for token in gen:
                     if lib.llama_vocab_is_eog(vocab, token):
@@ -680,9 +655,56 @@ class Run:
                         break
             finally:
                 gen.close()
+                llm.__dict__.pop("_init_sampler", None)
         rest = stream.finish()
         if rest:
             yield rest, None
+
+    def _make_sampler(self, **_ignored):
+        """The llama.cpp sampler chain for this request (replaces Llama._init_sampler)."""
+        from llama_cpp import _internals as internals
+
+        model = self.model
+        llm = model.llm
+        s = self.sampling
+        seed = self.seed
+        sampler = internals.LlamaSampler()
+        if self.logit_bias:
+            sampler.add_logit_bias(model.n_vocab, self.logit_bias)
+        repeat = float(s["repeat_penalty"])
+        freq = float(s["frequency_penalty"])
+        present = float(s["presence_penalty"])
+        if repeat != 1.0 or freq != 0.0 or present != 0.0:
+            sampler.add_penalties(n_vocab=model.n_vocab, penalty_last_n=llm.last_n_tokens_size,
+                                  penalty_repeat=repeat, penalty_freq=freq,
+                                  penalty_present=present)
+        if self.grammar is not None:
+            sampler.add_grammar(llm._model, self.grammar)
+        temp = float(s["temperature"])
+        mirostat = int(s.get("mirostat_mode", 0) or 0)
+        if temp <= 0.0:
+            sampler.add_greedy()
+        elif mirostat in (1, 2):
+            tau = float(s.get("mirostat_tau", 5.0))
+            eta = float(s.get("mirostat_eta", 0.1))
+            sampler.add_temp(temp)
+            if mirostat == 1:
+                sampler.add_mirostat(model.n_vocab, seed, tau, eta, 100)
+            else:
+                sampler.add_mirostat_v2(seed, tau, eta)
+        else:
+            sampler.add_top_k(int(s["top_k"]))
+            typical = float(s.get("typical_p", 1.0))
+            if typical < 1.0:
+                sampler.add_typical(typical, 1)
+            sampler.add_top_p(float(s["top_p"]), 1)
+            sampler.add_min_p(float(s["min_p"]), 1)
+            if s.get("xtc_probability"):
+                sampler.add_xtc(float(s["xtc_probability"]), float(s.get("xtc_threshold", 0.1)),
+                                1, seed)
+            sampler.add_temp(temp)
+            sampler.add_dist(seed)
+        return sampler
 
     def _logprobs(self, token: int, piece: bytes) -> list[TokenLogprob]:
         import numpy as np

@@ -90,6 +90,10 @@ def test_extra_sampling_fields_are_accepted(tiny, collect):
     text, deltas = collect(tiny, prompt=PROMPT, max_tokens=8, seed=1,
                            extra={"mirostat_mode": 2, "mirostat_tau": 4.0, "mirostat_eta": 0.2})
     assert deltas[-1].usage.completion_tokens == 8
+    for extra in ({"mirostat_mode": 1}, {"typical_p": 0.5},
+                  {"xtc_probability": 0.5, "xtc_threshold": 0.05}):
+        first = collect(tiny, prompt=PROMPT, max_tokens=8, seed=4, extra=extra)[0]
+        assert first == collect(tiny, prompt=PROMPT, max_tokens=8, seed=4, extra=extra)[0]
 
 
 def test_stop_string_is_not_sent_and_finishes_with_stop(tiny, collect):
