@@ -384,7 +384,10 @@ class LlamaCppModel:
             seed = random.getrandbits(32)
         logit_bias = self._logit_bias(request.logit_bias) if request.logit_bias else None
 
-        run = Run(self, tokens, sampling, seed & 0xFFFFFFFF, grammar, logit_bias,
+        seed &= 0xFFFFFFFF
+        if seed == 0xFFFFFFFF:  # llama.cpp reads this one as "pick a random seed"
+            seed -= 1
+        run = Run(self, tokens, sampling, seed, grammar, logit_bias,
                   stop if tool_mode in (None, "auto") else [], limit, request.logprobs,
                   cancelled)
         echo = text if (request.echo and request.messages is None) else None

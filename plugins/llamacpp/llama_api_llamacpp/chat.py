@@ -15,6 +15,12 @@ def _raise(message):
     raise errors.BadRequest(f"chat template error: {message}")
 
 
+def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    """Hugging Face's tojson: plain json.dumps (Jinja's own escapes "<" as "\\u003c")."""
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
 def compile_template(source: str):
     """A Jinja template compiled the way Hugging Face renders chat templates."""
     from jinja2 import TemplateError
@@ -24,8 +30,7 @@ def compile_template(source: str):
                                         extensions=["jinja2.ext.loopcontrols"])
     env.globals["raise_exception"] = _raise
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-    env.filters.setdefault("tojson", lambda v, indent=None, **kw: json.dumps(
-        v, indent=indent, ensure_ascii=False))
+    env.filters["tojson"] = _tojson
     try:
         return env.from_string(source)
     except TemplateError as exc:
@@ -73,6 +78,9 @@ def normalize_messages(messages: list[dict], template_knows_tools: bool) -> list
         if role == "developer":
             m["role"] = role = "system"
         m["content"] = text_content(m.get("content"))
+        if template_knows_tools and m.get("tool_calls"):
+            # Templates expect arguments as a mapping (Hugging Face's convention).
+            m["tool_calls"] = [_arguments_as_dict(call) for call in m["tool_calls"]]
         if not template_knows_tools:
             if role == "assistant" and m.get("tool_calls"):
                 calls = []
@@ -92,6 +100,18 @@ def normalize_messages(messages: list[dict], template_knows_tools: bool) -> list
                 m = {"role": "user", "content": f"Result of {name}: {m['content']}"}
         out.append(m)
     return out
+
+
+def _arguments_as_dict(call: dict) -> dict:
+    fn = call.get("function")
+    if isinstance(fn, dict) and isinstance(fn.get("arguments"), str):
+        try:
+            args = json.loads(fn["arguments"])
+        except ValueError:
+            return call
+        if isinstance(args, dict):
+            return {**call, "function": {**fn, "arguments": args}}
+    return call
 
 
 def call_id() -> str:

@@ -519,3 +519,36 @@ def test_auto_mode_text_that_only_looks_like_a_call():
     assert auto(["{not json"])[:3] == ("{not json", [], "stop")
     assert auto(['{"name": "other_tool"}'])[:3] == ('{"name": "other_tool"}', [], "stop")
     assert auto(["a < b and c"])[:3] == ("a < b and c", [], "stop")
+
+
+TOOL_TEMPLATE = (
+    "{% if tools %}<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>{% endif %}"
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}"
+    "{% for call in m.tool_calls or [] %}<call>{{ call.function.arguments | tojson }}</call>"
+    "{% endfor %}<|end|>{% endfor %}<|assistant|>"
+)
+
+
+def test_template_that_knows_tools_gets_them_hugging_face_style():
+    from types import SimpleNamespace
+
+    from llama_api_llamacpp.backend import LlamaCppModel
+
+    model = object.__new__(LlamaCppModel)
+    model.spec = SimpleNamespace(id="m")
+    model.template_source = TOOL_TEMPLATE
+    model.template = __import__("llama_api_llamacpp.chat").chat.compile_template(TOOL_TEMPLATE)
+    model.template_knows_tools = True
+    model.chat_formatter = None
+    model.bos_text, model.eos_text = "<s>", "</s>"
+    tools = [{"type": "function", "function": {"name": "f", "description": "a <b> c"}}]
+    request = SimpleNamespace(messages=[
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "f", "arguments": "{\"x\": 1}"}}]},
+    ])
+    prompt, stops = model.chat_prompt(request, tools, None)
+    assert '"description": "a <b> c"' in prompt  # no HTML escaping
+    assert '<call>{"x": 1}</call>' in prompt  # arguments as a mapping, not a string
+    assert "You can call these functions" not in prompt  # no system prompt injected
