@@ -70,6 +70,10 @@ class TFHubEmbedder:
             import tensorflow as tf
             import tensorflow_hub as hub
         except ImportError as exc:
+            if "pkg_resources" in str(exc):  # setuptools 81+ dropped what tensorflow_hub imports
+                raise errors.ModelLoadError(
+                    f"tensorflow_hub needs pkg_resources: pip install 'setuptools<81' ({exc})"
+                ) from exc
             raise errors.ModelLoadError(f"{INSTALL_HINT} ({exc})") from exc
         self.tf = tf
         try:  # only possible before TensorFlow runs its first op
