@@ -3,6 +3,7 @@
 Runs in-process, calling the plugin's hooks from threads as the worker does.
 
     python plugins/embeddings/bench_batching.py [--threads 2] [--rounds 5] [--model PATH]
+    python plugins/embeddings/bench_batching.py --worker   # through a real worker subprocess
 
 Prints:
 - one request carrying N texts (the best case for throughput),
@@ -37,6 +38,8 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=64, help="texts per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--model", default=None, help="model folder (default: packaged MiniLM)")
+    parser.add_argument("--worker", action="store_true",
+                        help="send requests to a worker subprocess over its pipe, as the server does")
     args = parser.parse_args()
 
     import llama_api_embeddings as plugin
@@ -46,8 +49,11 @@ def main() -> None:
         spec = ModelSpec(id="bench", backend="transformers", path=args.model)
     else:
         spec = next(s for s in plugin.discover_models("/nonexistent") if s.id == "all-MiniLM-L6-v2")
-    model = plugin.load_model(spec=spec, context=LoadContext(n_threads=args.threads))
     texts = make_texts(args.texts)
+    if args.worker:
+        spec.plugin = "embeddings"
+        return bench_worker(spec, texts, args)
+    model = plugin.load_model(spec=spec, context=LoadContext(n_threads=args.threads))
 
     def one_request() -> float:
         started = time.perf_counter()
@@ -129,6 +135,54 @@ def main() -> None:
     print(f"1-text latency, median: batched {b:.2f} ms, unbatched {d:.2f} ms "
           f"(per-block ratio {ratio:.3f})")
     plugin.unload_model(model=model)
+
+
+def bench_worker(spec, texts, args) -> None:
+    """The same throughput comparison through a worker subprocess (pipe, msgpack frames)."""
+    import anyio
+
+    from llama_api.testing.conformance import running_worker
+    from llama_api.types import EmbedRequest
+
+    async def main():
+        async with running_worker(spec, n_threads=args.threads) as worker:
+            async def one_request():
+                started = time.perf_counter()
+                await worker.embed(EmbedRequest(input=texts))
+                return time.perf_counter() - started
+
+            async def concurrent():
+                sizes = []
+
+                async def call(text):
+                    result = await worker.embed(EmbedRequest(input=[text]))
+                    sizes.append(result.batch_size)
+
+                started = time.perf_counter()
+                async with anyio.create_task_group() as group:
+                    for text in texts:
+                        group.start_soon(call, text)
+                return time.perf_counter() - started, sizes
+
+            await one_request(), await concurrent()  # warm up
+            single, together, batch_sizes = [], [], []
+            for _ in range(args.rounds):
+                single.append(await one_request())
+                elapsed, sizes = await concurrent()
+                together.append(elapsed)
+                batch_sizes.extend(sizes)
+            return single, together, batch_sizes
+
+    single, together, batch_sizes = anyio.run(main)
+    n = len(texts)
+    best = n / statistics.median(single)
+    conc = n / statistics.median(together)
+    paired = statistics.median(s / t for s, t in zip(single, together))
+    print(f"worker subprocess, model={spec.id} threads={args.threads} texts={n}")
+    print(f"one request x {n} texts      : {best:7.1f} texts/s")
+    print(f"{n} concurrent 1-text requests: {conc:7.1f} texts/s  ({conc / best:.2f}x; per-round "
+          f"median {paired:.2f}x; mean batch {statistics.mean(batch_sizes):.1f}, "
+          f"max {max(batch_sizes)})")
 
 
 if __name__ == "__main__":
