@@ -43,11 +43,12 @@ PASSTHROUGH = {
     "main_gpu", "split_mode", "tensor_split", "kv_overrides", "lora_path", "lora_base",
     "lora_scale", "last_n_tokens_size", "numa", "yarn_ext_factor", "yarn_attn_factor",
     "yarn_beta_fast", "yarn_beta_slow", "yarn_orig_ctx", "swa_full", "op_offload",
-    "attention_type", "n_seq_max",
+    "attention_type",
 }
 # Options this backend handles itself.
 OWN = {"n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers", "embedding", "pooling",
-       "normalize", "chat_template", "chat_format", "verbose", "sampling", "max_tokens"}
+       "normalize", "chat_template", "chat_format", "verbose", "sampling", "max_tokens",
+       "n_parallel"}
 # Extra sampling fields a client may send (request.extra).
 EXTRA_SAMPLING = {"typical_p", "mirostat_mode", "mirostat_tau", "mirostat_eta",
                   "xtc_probability", "xtc_threshold"}
@@ -83,6 +84,11 @@ def load(spec, context) -> "LlamaCppModel":
     n_ctx = int(opts.get("n_ctx") or min(trained, DEFAULT_MAX_CTX))
     n_threads = int(opts.get("n_threads") or context.n_threads or 1)
     embedding = bool(opts.get("embedding", meta.get("embedding", False)))
+    # Sequences decoded together (continuous batching); the config's `slots` by default.
+    n_parallel = max(1, int(opts.get("n_parallel") or spec.slots or 1))
+    if embedding and n_parallel > 1:
+        log.warning("%s: embedding models run one request at a time (n_parallel=1)", spec.id)
+        n_parallel = 1
     params = {k: opts[k] for k in PASSTHROUGH if k in opts}
     params.update(
         model_path=str(path),
@@ -106,7 +112,10 @@ def load(spec, context) -> "LlamaCppModel":
         # Non-causal models read a whole input in one micro-batch.
         params.setdefault("n_batch", n_ctx)
         params.setdefault("n_ubatch", params["n_batch"])
-    context.report(f"loading {path.name} (n_ctx={n_ctx}, threads={n_threads})", 0.0)
+    if n_parallel > 1:  # the batch engine makes its own context; keep this one small
+        params["n_ctx"] = 256
+    context.report(f"loading {path.name} (n_ctx={n_ctx}, threads={n_threads}, "
+                   f"parallel={n_parallel})", 0.0)
     try:
         llm = llama_cpp.Llama(**params)
     except Exception as exc:  # llama.cpp says only "Failed to load model from file"
@@ -114,7 +123,11 @@ def load(spec, context) -> "LlamaCppModel":
             f"llama.cpp could not load {path}: {exc} (corrupt or unsupported GGUF: "
             f"architecture {meta.get('architecture') or 'unknown'!r})"
         ) from exc
-    model = LlamaCppModel(llm, llama_cpp, spec, meta, opts, embedding)
+    try:
+        model = LlamaCppModel(llm, llama_cpp, spec, meta, opts, embedding, n_ctx, n_parallel)
+    except Exception:
+        llm.close()
+        raise
     context.report(f"loaded {path.name}", 1.0)
     return model
 
@@ -123,17 +136,19 @@ class LlamaCppModel:
     """One loaded GGUF model. llama.cpp contexts are not thread-safe: one request at a time."""
 
     slots = 1
+    engine = None
 
-    def __init__(self, llm, llama_cpp, spec, meta, opts, embedding):
+    def __init__(self, llm, llama_cpp, spec, meta, opts, embedding, n_ctx=None, n_parallel=1):
         self.llm = llm
         self.lib = llama_cpp
         self.spec = spec
         self.lock = threading.Lock()
+        self._piece_lock = threading.Lock()
         self.embedding = embedding
         # Encoder architectures (BERT...) have no language-model head: embeddings only.
         self.embedding_only = meta.get("architecture") in EMBEDDING_ARCHS
         self.normalize = bool(opts.get("normalize", True))
-        self.n_ctx = llm.n_ctx()
+        self.n_ctx = int(n_ctx or llm.n_ctx()) if n_parallel > 1 else llm.n_ctx()
         self.n_vocab = llm.n_vocab()
         self.vocab = llm._model.vocab
         self.ctx = llm._ctx.ctx
@@ -171,7 +186,13 @@ class LlamaCppModel:
             "embedding": embedding,
             "chat_template": bool(self.template or self.chat_formatter),
             "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+            "n_parallel": n_parallel,
         }
+        if n_parallel > 1:
+            from llama_api_llamacpp.batching import BatchEngine
+
+            self.engine = BatchEngine(self, n_parallel, self.n_ctx)
+            self.slots = n_parallel
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -194,8 +215,10 @@ class LlamaCppModel:
         """A token's bytes (special tokens render as nothing)."""
         cached = self._pieces.get(token)
         if cached is None:
-            n = self.lib.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0, False)
-            cached = self._piece_buf.raw[:n] if n > 0 else b""
+            with self._piece_lock:
+                n = self.lib.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0,
+                                                  False)
+                cached = self._piece_buf.raw[:n] if n > 0 else b""
             self._pieces[token] = cached
         return cached
 
@@ -203,6 +226,8 @@ class LlamaCppModel:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
 
     def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
         with self.lock:
             try:
                 self.llm.close()
@@ -629,6 +654,9 @@ class Run:
         vocab = model.vocab
         stream = self.stream
         want_logprobs = self.logprobs is not None
+        if model.engine is not None:
+            yield from self._batched()
+            return
         with model.lock:
             if self.limit <= 0:
                 return
@@ -644,7 +672,7 @@ class Run:
                     self.completion_tokens += 1
                     piece = model.piece(token)
                     text = stream.feed(piece)
-                    lps = self._logprobs(token, piece) if want_logprobs else None
+                    lps = self._logprobs(token, model.ctx, -1) if want_logprobs else None
                     if text or lps:
                         yield text, lps
                     if stream.stopped:
@@ -659,6 +687,42 @@ class Run:
             finally:
                 gen.close()
                 llm.__dict__.pop("_init_sampler", None)
+        rest = stream.finish()
+        if rest:
+            yield rest, None
+
+    def _batched(self):
+        """The same loop, on tokens that the batch engine samples."""
+        from llama_api_llamacpp.batching import BatchEngine, Sequence
+
+        model = self.model
+        stream = self.stream
+        if self.limit <= 0:
+            return
+        logprobs_fn = self._logprobs if self.logprobs is not None else None
+        seq = Sequence(list(self.tokens), self._make_sampler(), self.limit, logprobs_fn,
+                       self.cancelled)
+        model.engine.submit(seq)
+        try:
+            for token, lps in BatchEngine.tokens(seq):
+                if model.lib.llama_vocab_is_eog(model.vocab, token):
+                    self.finish = "stop"
+                    break
+                self.completion_tokens += 1
+                text = stream.feed(model.piece(token))
+                if text or lps:
+                    yield text, lps
+                if stream.stopped:
+                    self.finish = "stop"
+                    break
+                if self.completion_tokens >= self.limit:
+                    self.finish = "length"
+                    break
+                if self.cancelled is not None and self.cancelled.is_set():
+                    self.finish = "stop"
+                    break
+        finally:
+            seq.stop()
         rest = stream.finish()
         if rest:
             yield rest, None
@@ -709,11 +773,12 @@ class Run:
             sampler.add_dist(seed)
         return sampler
 
-    def _logprobs(self, token: int, piece: bytes) -> list[TokenLogprob]:
+    def _logprobs(self, token: int, ctx, index: int) -> list[TokenLogprob]:
         import numpy as np
 
         model = self.model
-        ptr = model.lib.llama_get_logits_ith(model.ctx, -1)
+        piece = model.piece(token)
+        ptr = model.lib.llama_get_logits_ith(ctx, index)
         logits = np.ctypeslib.as_array(ptr, shape=(model.n_vocab,)).astype(np.float64)
         top = logits.max()
         logsum = top + np.log(np.exp(logits - top).sum())

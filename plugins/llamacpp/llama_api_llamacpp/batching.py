@@ -1,0 +1,192 @@
+"""Continuous batching: several requests decoded together, one llama.cpp batch per step.
+
+One engine thread owns a llama.cpp context with `n_parallel` sequences. Requests join and
+leave between steps; each step decodes one new token for every running sequence (plus prompt
+chunks of sequences just admitted) in a single `llama_decode`, then samples each sequence
+with its own sampler chain. Request threads only read tokens from a queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import deque
+
+from llama_api import errors
+
+log = logging.getLogger("llama_api_llamacpp")
+
+_END = object()
+
+
+class Sequence:
+    """One request inside the engine."""
+
+    def __init__(self, tokens, sampler, limit, logprobs_fn, cancelled):
+        self.tokens = tokens  # prompt tokens still to decode
+        self.sampler = sampler  # an internals.LlamaSampler (kept alive here)
+        self.limit = limit
+        self.logprobs_fn = logprobs_fn  # (token, ctx, batch index) -> logprobs, or None
+        self.cancelled = cancelled
+        self.out: queue.SimpleQueue = queue.SimpleQueue()
+        self.seq_id = -1
+        self.n_past = 0
+        self.generated = 0
+        self.next_token = None
+        self.stopped = False  # set by the reader (stop string found, client gone)
+
+    def stop(self):
+        self.stopped = True
+
+
+class BatchEngine:
+    def __init__(self, model, n_parallel: int, n_ctx_per_seq: int):
+        lib = model.lib
+        llm = model.llm
+        from llama_cpp import _internals as internals
+
+        self.model = model
+        self.lib = lib
+        self.n_parallel = n_parallel
+        params = type(llm.context_params).from_buffer_copy(llm.context_params)
+        params.n_ctx = n_ctx_per_seq * n_parallel
+        params.n_seq_max = n_parallel
+        params.kv_unified = False
+        params.embeddings = False
+        self.n_batch = int(params.n_batch)
+        self.context = internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        self.ctx = self.context.ctx
+        self.memory = lib.llama_get_memory(self.ctx)
+        self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
+        self.incoming: deque[Sequence] = deque()
+        self.wake = threading.Condition()
+        self.closed = False
+        self.free = list(range(n_parallel - 1, -1, -1))
+        self.thread = threading.Thread(target=self._loop, name="llamacpp-batch", daemon=True)
+        self.thread.start()
+
+    # -- request side ------------------------------------------------------------------
+
+    def submit(self, seq: Sequence) -> Sequence:
+        with self.wake:
+            if self.closed:
+                raise errors.BackendUnavailable("the model is shutting down")
+            self.incoming.append(seq)
+            self.wake.notify()
+        return seq
+
+    @staticmethod
+    def tokens(seq: Sequence):
+        """Yield (token, logprobs) as the engine samples them; stop when the engine ends it."""
+        while True:
+            item = seq.out.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self):
+        with self.wake:
+            self.closed = True
+            self.wake.notify()
+        self.thread.join(timeout=30)
+        self.lib.llama_batch_free(self.batch)
+        self.context.close()
+
+    # -- engine thread -----------------------------------------------------------------
+
+    def _finish(self, seq: Sequence, item=_END):
+        if seq.seq_id >= 0:
+            self.lib.llama_memory_seq_rm(self.memory, seq.seq_id, -1, -1)
+            self.free.append(seq.seq_id)
+            seq.seq_id = -1
+        if item is not _END:
+            seq.out.put(item)
+        seq.out.put(_END)
+
+    def _loop(self):
+        lib = self.lib
+        vocab = self.model.vocab
+        active: list[Sequence] = []
+        batch = self.batch
+        while True:
+            with self.wake:
+                while not self.closed and not self.incoming and not active:
+                    self.wake.wait()
+                if self.closed:
+                    for seq in active + list(self.incoming):
+                        self._finish(seq, errors.BackendUnavailable("the model was unloaded"))
+                    return
+                while self.incoming and self.free:
+                    seq = self.incoming.popleft()
+                    seq.seq_id = self.free.pop()
+                    active.append(seq)
+            # drop what the readers gave up on
+            for seq in [s for s in active if s.stopped or s.cancelled.is_set()]:
+                active.remove(seq)
+                self._finish(seq)
+            if not active:
+                continue
+            # one token for every running sequence, then prompt chunks while there is room
+            n = 0
+            outputs: list[tuple[int, Sequence]] = []
+            for seq in active:
+                if seq.next_token is not None:
+                    self._add(batch, n, seq.next_token, seq.n_past, seq.seq_id, True)
+                    seq.n_past += 1
+                    seq.next_token = None
+                    outputs.append((n, seq))
+                    n += 1
+            for seq in active:
+                if not seq.tokens or n >= self.n_batch:
+                    continue
+                take = min(len(seq.tokens), self.n_batch - n)
+                chunk, seq.tokens = seq.tokens[:take], seq.tokens[take:]
+                for j, token in enumerate(chunk):
+                    last = j == take - 1 and not seq.tokens
+                    self._add(batch, n, token, seq.n_past, seq.seq_id, last)
+                    seq.n_past += 1
+                    if last:
+                        outputs.append((n, seq))
+                    n += 1
+            batch.n_tokens = n
+            if n == 0:
+                continue
+            status = lib.llama_decode(self.ctx, batch)
+            if status != 0:
+                error = errors.LlamaApiError(f"llama_decode failed ({status})")
+                for seq in active:
+                    self._finish(seq, error)
+                active.clear()
+                continue
+            for index, seq in outputs:
+                try:
+                    token = lib.llama_sampler_sample(seq.sampler.sampler, self.ctx, index)
+                    logprobs = seq.logprobs_fn(token, self.ctx, index) if seq.logprobs_fn else None
+                except Exception as exc:  # never let one request kill the engine
+                    active.remove(seq)
+                    self._finish(seq, exc)
+                    continue
+                if lib.llama_vocab_is_eog(vocab, token):
+                    seq.out.put((token, logprobs))
+                    active.remove(seq)
+                    self._finish(seq)
+                    continue
+                seq.out.put((token, logprobs))
+                seq.generated += 1
+                if seq.generated >= seq.limit:
+                    active.remove(seq)
+                    self._finish(seq)
+                else:
+                    seq.next_token = token
+
+    @staticmethod
+    def _add(batch, i, token, pos, seq_id, logits):
+        batch.token[i] = token
+        batch.pos[i] = pos
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = seq_id
+        batch.logits[i] = logits
+

@@ -1,0 +1,122 @@
+"""Continuous batching (`n_parallel` > 1): concurrent requests decoded in one llama.cpp batch."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from llama_api.testing import BackendConformance
+from llama_api.types import GenerateRequest, LoadContext, ModelSpec
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+
+import llama_api_llamacpp as plugin  # noqa: E402
+
+PROMPTS = ["hello world", "the cat is a dog", "yes no yes no", "Paris weather"]
+
+
+@pytest.fixture(scope="module")
+def batched(tiny_path):
+    spec = ModelSpec(id="tiny-par", backend="llamacpp", path=str(tiny_path),
+                     options={"n_parallel": 4})
+    model = plugin.load_model(spec=spec, context=LoadContext(n_threads=1))
+    yield model
+    plugin.unload_model(model=model)
+
+
+def run(model, **fields):
+    deltas = list(plugin.generate(model=model, request=GenerateRequest(**fields),
+                                  cancelled=threading.Event()))
+    return "".join(d.text for d in deltas), deltas[-1]
+
+
+def test_slots_and_info(batched):
+    assert batched.slots == 4
+    assert batched.info["n_parallel"] == 4
+    assert batched.n_ctx == 2048
+
+
+def test_concurrent_greedy_equals_one_at_a_time(tiny, batched):
+    expected = [run(tiny, prompt=p, max_tokens=40, temperature=0.0) for p in PROMPTS]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda p: run(batched, prompt=p, max_tokens=40, temperature=0.0),
+                            PROMPTS))
+    for (text_a, last_a), (text_b, last_b) in zip(expected, got):
+        assert text_a == text_b
+        assert last_a.usage == last_b.usage
+        assert last_a.finish_reason == last_b.finish_reason
+
+
+def test_more_requests_than_sequences_queue_up(batched):
+    prompts = PROMPTS * 3
+    with ThreadPoolExecutor(12) as pool:
+        got = list(pool.map(lambda p: run(batched, prompt=p, max_tokens=10, temperature=0.0),
+                            prompts))
+    assert all(last.usage.completion_tokens == 10 for _, last in got)
+    assert [text for text, _ in got[:4]] == [text for text, _ in got[4:8]]
+
+
+def test_long_prompt_is_decoded_in_chunks(tiny, batched):
+    prompt = "hello world " * 50  # more tokens than one batch (512)
+    assert len(tiny.prompt_tokens(prompt)) > 512
+    assert run(batched, prompt=prompt, max_tokens=12, temperature=0.0)[0] == \
+        run(tiny, prompt=prompt, max_tokens=12, temperature=0.0)[0]
+
+
+def test_seed_stop_logprobs_and_grammar_under_batching(batched):
+    first = run(batched, prompt=PROMPTS[0], max_tokens=30, temperature=1.0, seed=5)[0]
+    assert first == run(batched, prompt=PROMPTS[0], max_tokens=30, temperature=1.0, seed=5)[0]
+    full = run(batched, prompt=PROMPTS[1], max_tokens=30, temperature=0.0)[0]
+    stop = full[8:11]
+    text, last = run(batched, prompt=PROMPTS[1], max_tokens=30, temperature=0.0, stop=[stop])
+    assert last.finish_reason == "stop" and stop not in text and full.startswith(text)
+    deltas = list(plugin.generate(model=batched, request=GenerateRequest(
+        prompt=PROMPTS[2], max_tokens=5, temperature=0.0, logprobs=2),
+        cancelled=threading.Event()))
+    lps = [lp for d in deltas for lp in (d.logprobs or [])]
+    assert len(lps) == 5 and all(lp.logprob == pytest.approx(lp.top[0].logprob) for lp in lps)
+    text, last = run(batched, prompt=PROMPTS[3], max_tokens=30,
+                     extra={"grammar": 'root ::= "你好" "!"'})
+    assert text == "你好!" and last.finish_reason == "stop"
+
+
+def test_cancel_one_request_while_others_run(batched):
+    cancelled = threading.Event()
+    results = {}
+
+    def long_one():
+        count = 0
+        for delta in plugin.generate(model=batched, request=GenerateRequest(
+                prompt=PROMPTS[0], max_tokens=1000, temperature=1.0, seed=1),
+                cancelled=cancelled):
+            count += 1 if delta.text else 0
+            if count == 3:
+                cancelled.set()
+            last = delta
+        results["long"] = last
+
+    thread = threading.Thread(target=long_one)
+    thread.start()
+    results["other"] = run(batched, prompt=PROMPTS[1], max_tokens=50, temperature=0.0)[1]
+    thread.join(timeout=60)
+    assert results["long"].usage.completion_tokens < 20
+    assert results["other"].usage.completion_tokens == 50
+
+
+class TestBatchedTinyGGUF(BackendConformance):
+    generates = True
+    embeds = False
+
+    @pytest.fixture
+    def model_spec(self, tiny_path):
+        return ModelSpec(id="tiny-par", backend="llamacpp", path=str(tiny_path),
+                         options={"n_parallel": 2}, plugin="llamacpp")
+
+    @pytest.fixture
+    def bad_model_spec(self, tmp_path):
+        path = tmp_path / "corrupt-weights.gguf"
+        path.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 100)
+        return ModelSpec(id="corrupt", backend="llamacpp", path=str(path), plugin="llamacpp",
+                         options={"n_parallel": 2})
