@@ -82,6 +82,8 @@ class TransformersEmbedder:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         self.n_threads = max(1, int(option(spec, "n_threads", context.n_threads) or 1))
+        # The tokenizers library's thread pool follows the same budget (read on first use).
+        os.environ.setdefault("RAYON_NUM_THREADS", str(self.n_threads))
 
         import torch
         import transformers
