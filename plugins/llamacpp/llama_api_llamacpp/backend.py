@@ -693,7 +693,7 @@ class Run:
 
     def _batched(self):
         """The same loop, on tokens that the batch engine samples."""
-        from llama_api_llamacpp.batching import BatchEngine, Sequence
+        from llama_api_llamacpp.batching import Sequence
 
         model = self.model
         stream = self.stream
@@ -704,7 +704,7 @@ class Run:
                        self.cancelled)
         model.engine.submit(seq)
         try:
-            for token, lps in BatchEngine.tokens(seq):
+            for token, lps in model.engine.tokens(seq):
                 if model.lib.llama_vocab_is_eog(model.vocab, token):
                     self.finish = "stop"
                     break

@@ -76,11 +76,15 @@ class BatchEngine:
             self.wake.notify()
         return seq
 
-    @staticmethod
-    def tokens(seq: Sequence):
+    def tokens(self, seq: Sequence):
         """Yield (token, logprobs) as the engine samples them; stop when the engine ends it."""
         while True:
-            item = seq.out.get()
+            try:
+                item = seq.out.get(timeout=1.0)
+            except queue.Empty:
+                if not self.thread.is_alive():
+                    raise errors.WorkerCrashed("the batch engine stopped") from None
+                continue
             if item is _END:
                 return
             if isinstance(item, BaseException):
@@ -107,9 +111,20 @@ class BatchEngine:
         seq.out.put(_END)
 
     def _loop(self):
-        lib = self.lib
-        vocab = self.model.vocab
         active: list[Sequence] = []
+        while True:
+            try:
+                if self._run(active):
+                    return
+            except Exception as exc:  # fail the requests in flight, keep serving the rest
+                log.exception("batch engine step failed")
+                for seq in active:
+                    self._finish(seq, errors.LlamaApiError(f"generation failed: {exc}"))
+                active.clear()
+
+    def _run(self, active: list[Sequence]) -> bool:
+        """Run steps until closed (True); an exception escapes to `_loop`."""
+        vocab = self.model.vocab
         batch = self.batch
         while True:
             with self.wake:
@@ -118,7 +133,7 @@ class BatchEngine:
                 if self.closed:
                     for seq in active + list(self.incoming):
                         self._finish(seq, errors.BackendUnavailable("the model was unloaded"))
-                    return
+                    return True
                 while self.incoming and self.free:
                     seq = self.incoming.popleft()
                     seq.seq_id = self.free.pop()
@@ -129,6 +144,7 @@ class BatchEngine:
                 self._finish(seq)
             if not active:
                 continue
+            lib = self.lib
             # one token for every running sequence, then prompt chunks while there is room
             n = 0
             outputs: list[tuple[int, Sequence]] = []

@@ -105,6 +105,28 @@ def test_cancel_one_request_while_others_run(batched):
     assert results["other"].usage.completion_tokens == 50
 
 
+def test_a_failed_step_fails_the_requests_in_flight_only(batched):
+    from llama_api import errors
+
+    engine = batched.engine
+    real = engine.lib
+
+    class FailingDecode:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def llama_decode(self, ctx, batch):
+            raise RuntimeError("boom")
+
+    engine.lib = FailingDecode()
+    try:
+        with pytest.raises(errors.LlamaApiError, match="boom"):
+            run(batched, prompt=PROMPTS[0], max_tokens=5)
+    finally:
+        engine.lib = real
+    assert run(batched, prompt=PROMPTS[0], max_tokens=5)[1].usage.completion_tokens == 5
+
+
 class TestBatchedTinyGGUF(BackendConformance):
     generates = True
     embeds = False
