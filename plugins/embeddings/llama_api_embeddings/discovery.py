@@ -102,6 +102,9 @@ def sentence_transformers_settings(folder: Path) -> dict[str, Any]:
     st_config = read_json(folder / "config_sentence_transformers.json") or {}
     prompts = st_config.get("prompts") or {}
     if isinstance(prompts, dict):
+        default = st_config.get("default_prompt_name")
+        if default and prompts.get(default):
+            found["default_prefix"] = prompts[default]
         if prompts.get("query"):
             found["query_prefix"] = prompts["query"]
         for name in ("passage", "document"):

@@ -125,7 +125,12 @@ class TransformersEmbedder:
             ) from exc
         self.model.eval()
         self.device = self._device(option(spec, "device", "cpu"))
-        self.model.to(self.device)
+        try:
+            self.model.to(self.device)
+        except Exception as exc:
+            raise errors.ModelLoadError(
+                f"model {spec.id!r}: cannot move it to {self.device}: {exc}"
+            ) from exc
 
         # Pooling and normalization: options, else what sentence-transformers' config says.
         self.pooling = str(option(spec, "pooling", settings.get("pooling", "mean"))).lower()
@@ -134,7 +139,15 @@ class TransformersEmbedder:
                 f"model {spec.id!r}: pooling {self.pooling!r} is not one of {POOLINGS}"
             )
         self.normalize = as_bool(option(spec, "normalize", settings.get("normalize", False)))
-        self.dense = [self._load_dense(Path(sub)) for sub in settings.get("dense", [])]
+        try:
+            self.dense = [self._load_dense(Path(sub)) for sub in settings.get("dense", [])]
+        except errors.LlamaApiError:
+            raise
+        except Exception as exc:
+            raise errors.ModelLoadError(
+                f"model {spec.id!r}: cannot load a Dense module in {folder}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
         limit = self._model_max_length(config)
         self.max_length = int(option(spec, "max_length", settings.get("max_length", limit)))
@@ -234,7 +247,8 @@ class TransformersEmbedder:
         if prefix is None:
             input_type = option(spec, "input_type")
             if input_type in (None, ""):
-                prefix = ""
+                # sentence-transformers' own default (config's default_prompt_name), if any.
+                prefix = settings.get("default_prefix", "")
             elif input_type == "query":
                 prefix = query
             elif input_type in ("passage", "document"):

@@ -178,3 +178,43 @@ def test_corrupt_folder_is_a_load_error_naming_it(tmp_path, helpers):
     with pytest.raises(errors.ModelLoadError) as info:
         helpers.load(ModelSpec(id="b", backend="transformers", path=str(folder)))
     assert "broken-encoder" in info.value.message
+
+
+def test_dense_module_and_default_prompt_match_sentence_transformers(
+    tmp_path, minilm_path, helpers, texts
+):
+    """A Dense layer (384 -> 96, tanh) before Normalize, and a default prompt, as in LaBSE/e5."""
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    folder = helpers.copy_model(minilm_path, tmp_path / "dense-model")
+    (folder / "2_Dense").mkdir()
+    (folder / "2_Dense" / "config.json").write_text(json.dumps({
+        "in_features": 384, "out_features": 96, "bias": True,
+        "activation_function": "torch.nn.modules.activation.Tanh",
+    }))
+    generator = torch.Generator().manual_seed(0)
+    save_file({"linear.weight": torch.randn(96, 384, generator=generator) * 0.1,
+               "linear.bias": torch.randn(96, generator=generator) * 0.1},
+              str(folder / "2_Dense" / "model.safetensors"))
+    modules = json.loads((folder / "modules.json").read_text())
+    modules = modules[:2] + [
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"},
+        {"idx": 3, "name": "3", "path": "3_Normalize",
+         "type": "sentence_transformers.models.Normalize"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "config_sentence_transformers.json").write_text(json.dumps({
+        "prompts": {"query": "query: ", "passage": "passage: "},
+        "default_prompt_name": "query",
+    }))
+    model = helpers.load(ModelSpec(id="dense", backend="transformers", path=str(folder)))
+    try:
+        assert model.info["dims"] == 96 and model.info["prefix"] == "query: "
+        result = embed(model, texts)
+        reference = sentence_transformers.SentenceTransformer(str(folder), device="cpu").encode(texts)
+        assert reference.shape == (len(texts), 96)
+        assert (helpers.cosine(result.embeddings, reference) > 0.9999).all()
+    finally:
+        plugin.unload_model(model=model)
