@@ -191,7 +191,8 @@ class LlamaCppModel:
         if n_parallel > 1:
             from llama_api_llamacpp.batching import BatchEngine
 
-            self.engine = BatchEngine(self, n_parallel, self.n_ctx)
+            self.engine = BatchEngine(self, n_parallel, self.n_ctx,
+                                      n_batch=int(opts.get("n_batch") or 512))
             self.slots = n_parallel
 
     # -- helpers ---------------------------------------------------------------------------

@@ -41,7 +41,7 @@ class Sequence:
 
 
 class BatchEngine:
-    def __init__(self, model, n_parallel: int, n_ctx_per_seq: int):
+    def __init__(self, model, n_parallel: int, n_ctx_per_seq: int, n_batch: int = 512):
         lib = model.lib
         llm = model.llm
         from llama_cpp import _internals as internals
@@ -52,6 +52,8 @@ class BatchEngine:
         params = type(llm.context_params).from_buffer_copy(llm.context_params)
         params.n_ctx = n_ctx_per_seq * n_parallel
         params.n_seq_max = n_parallel
+        params.n_batch = max(n_batch, n_parallel)
+        params.n_ubatch = min(int(params.n_batch), max(int(params.n_ubatch), 512))
         params.kv_unified = False
         params.embeddings = False
         self.n_batch = int(params.n_batch)
