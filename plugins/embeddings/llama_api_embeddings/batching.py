@@ -6,6 +6,9 @@ and waits. Calls that arrive while a batch runs queue up and join the next batch
 up to `max_batch` rows. The compute thread waits (at most `max_wait` seconds) only when
 callers have announced themselves and are still preparing their rows: a lone request
 never waits, so its latency is that of an unbatched call.
+
+A request with more rows than a batch holds runs a batch-sized slice at a time and goes
+back in line after each slice, so one large request can't hold up small ones for long.
 """
 
 from __future__ import annotations
@@ -20,31 +23,60 @@ log = logging.getLogger(__name__)
 
 
 class Job:
-    __slots__ = ("rows", "done", "result", "error", "batch_size", "batch_requests")
+    """One request's rows; filled slice by slice by the compute thread."""
+
+    __slots__ = ("rows", "taken", "parts", "filled", "done", "result", "error",
+                 "batch_size", "batch_requests")
 
     def __init__(self, rows: Sequence[Any]):
         self.rows = rows
+        self.taken = 0  # rows handed to a batch so far
+        self.parts: list[tuple[int, Any]] = []  # (first row, results for a slice)
+        self.filled = 0  # rows computed so far
         self.done = threading.Event()
         self.result = None
         self.error: BaseException | None = None
+        # The largest batch (rows, requests) that served part of this job.
         self.batch_size = 0
         self.batch_requests = 0
 
+    def finish(self) -> None:
+        self.parts.sort(key=lambda part: part[0])
+        if len(self.parts) == 1:
+            self.result = self.parts[0][1]
+        else:
+            self.result = join([part for _, part in self.parts])
+        self.parts = []
+        self.done.set()
+
+
+def cut(result, start: int, end: int):
+    """Rows start:end of an array, or of each array in a tuple."""
+    if isinstance(result, tuple):
+        return tuple(part[start:end] for part in result)
+    return result[start:end]
+
+
+def join(parts: list):
+    import numpy as np
+
+    if isinstance(parts[0], tuple):
+        return tuple(np.concatenate(column) for column in zip(*parts))
+    return np.concatenate(parts)
+
 
 class BatchStats:
-    """Counters for `info` and tests: how many batches ran and how big they were."""
+    """Counters for `info`, tests and the benchmark: how many batches ran, how big."""
 
     def __init__(self):
         self.batches = 0
         self.rows = 0
-        self.requests = 0
         self.largest = 0
 
     def as_dict(self) -> dict[str, float]:
         return {
             "batches": self.batches,
             "rows": self.rows,
-            "requests": self.requests,
             "largest_batch": self.largest,
             "mean_batch": round(self.rows / self.batches, 2) if self.batches else 0.0,
         }
@@ -53,8 +85,7 @@ class BatchStats:
 class Batcher:
     """Runs `compute(rows) -> 2-D array (one row per input row)` on batches of jobs.
 
-    `compute` may also return a tuple of arrays; each caller then gets its slice of each.
-
+    `compute` may also return a tuple of arrays; each caller then gets its rows of each.
     `setup()` runs first on the compute thread (per-thread library settings).
     """
 
@@ -93,13 +124,16 @@ class Batcher:
             self._cond.notify_all()
 
     def run(self, rows: Sequence[Any], *, announced: bool = False) -> tuple[Any, Job]:
-        """Queue rows, wait for their batch, return (their result rows, the job)."""
+        """Queue rows, wait until all are computed, return (their results, the job)."""
         job = Job(rows)
         with self._cond:
-            if self._stopping:
-                raise RuntimeError("the model is unloading")
             if announced:
                 self._arriving -= 1
+            if self._stopping:
+                raise RuntimeError("the model is unloading")
+            if not rows:
+                job.done.set()
+                return job.result, job
             self._jobs.append(job)
             self._cond.notify_all()
         job.done.wait()
@@ -116,26 +150,32 @@ class Batcher:
 
     # Compute thread --------------------------------------------------------------
 
-    def _take_batch(self) -> list[Job] | None:
+    def _take_batch(self) -> list[tuple[Job, int, int]] | None:
+        """Slices (job, start, end) of queued jobs, at most max_batch rows in all."""
         with self._cond:
             while not self._jobs and not self._stopping:
                 self._cond.wait()
             if not self._jobs:
                 return None
-            batch = [self._jobs.popleft()]
-            size = len(batch[0].rows)
+            batch: list[tuple[Job, int, int]] = []
+            in_batch: set[int] = set()
+            size = 0
             deadline = None
             while size < self.max_batch:
-                if self._jobs:
-                    if size + len(self._jobs[0].rows) > self.max_batch:
-                        break
+                if self._jobs and id(self._jobs[0]) not in in_batch:
                     job = self._jobs.popleft()
-                    batch.append(job)
-                    size += len(job.rows)
+                    start = job.taken
+                    end = min(len(job.rows), start + self.max_batch - size)
+                    job.taken = end
+                    batch.append((job, start, end))
+                    in_batch.add(id(job))
+                    size += end - start
+                    if end < len(job.rows):
+                        self._jobs.append(job)  # the rest waits its turn behind the others
                     continue
-                if self._arriving <= 0 or self.max_wait <= 0 or self._stopping:
+                if self._jobs or self._arriving <= 0 or self.max_wait <= 0 or self._stopping:
                     break
-                # Someone is still tokenizing: give them a moment to join.
+                # Someone is still preparing their rows: give them a moment to join.
                 now = time.monotonic()
                 if deadline is None:
                     deadline = now + self.max_wait
@@ -155,29 +195,32 @@ class Batcher:
             if batch is None:
                 return
             rows: list[Any] = []
-            for job in batch:
-                rows.extend(job.rows)
+            for job, start, end in batch:
+                rows.extend(job.rows[start:end])
             try:
-                matrix = self.compute(rows)
+                result = self.compute(rows)
                 error = None
-            except BaseException as exc:  # every caller of the batch gets the error
-                matrix = None
+            except BaseException as exc:  # every caller in the batch gets the error
+                result = None
                 error = exc
             self.stats.batches += 1
             self.stats.rows += len(rows)
-            self.stats.requests += len(batch)
             self.stats.largest = max(self.stats.largest, len(rows))
-            start = 0
-            for job in batch:
-                end = start + len(job.rows)
-                if error is None:  # an array, or a tuple of arrays (one row per input row)
-                    if isinstance(matrix, tuple):
-                        job.result = tuple(part[start:end] for part in matrix)
-                    else:
-                        job.result = matrix[start:end]
-                else:
+            offset = 0
+            for job, start, end in batch:
+                job.batch_size = max(job.batch_size, len(rows))
+                job.batch_requests = max(job.batch_requests, len(batch))
+                if job.error is not None:
+                    pass  # an earlier slice failed: the caller already has its error
+                elif error is not None:
                     job.error = error
-                job.batch_size = len(rows)
-                job.batch_requests = len(batch)
-                start = end
-                job.done.set()
+                    with self._cond:
+                        if job in self._jobs:
+                            self._jobs.remove(job)
+                    job.done.set()
+                else:
+                    job.parts.append((start, cut(result, offset, offset + end - start)))
+                    job.filled += end - start
+                    if job.filled == len(job.rows):
+                        job.finish()
+                offset += end - start

@@ -68,8 +68,33 @@ def test_batches_are_bounded():
         assert errors == [None] * 12
         assert all(len(rows) <= 4 for rows in calls)
         assert sorted(r for rows in calls for r in rows) == list(range(12))
-        big, job = batcher.run(list(range(10)))  # a job larger than a batch runs alone
-        assert big.shape == (10, 2) and job.batch_size == 10
+        big, job = batcher.run(list(range(10)))  # a job larger than a batch runs in slices
+        assert big[:, 0].tolist() == list(range(10)) and job.batch_size == 4
+    finally:
+        batcher.close()
+
+
+def test_a_large_request_does_not_hold_up_small_ones():
+    calls = []
+    batcher = Batcher(slow_compute(calls), max_batch=4)
+    try:
+        finished = {}
+
+        def big():
+            rows, _ = batcher.run(list(range(100, 140)))  # 10 batches of 4
+            finished["big"] = time.perf_counter()
+            assert rows[:, 0].tolist() == list(range(100, 140))
+
+        thread = threading.Thread(target=big)
+        thread.start()
+        time.sleep(0.02)
+        rows, job = batcher.run([1])
+        finished["small"] = time.perf_counter()
+        thread.join(10)
+        assert rows[:, 0].tolist() == [1]
+        assert finished["small"] < finished["big"]
+        assert job.batch_requests == 2  # it shared a batch with a slice of the big one
+        assert len(calls) <= 11 and all(len(c) <= 4 for c in calls)
     finally:
         batcher.close()
 
