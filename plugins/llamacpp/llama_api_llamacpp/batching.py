@@ -32,6 +32,7 @@ class Sequence:
         self.out: queue.SimpleQueue = queue.SimpleQueue()
         self.seq_id = -1
         self.n_past = 0
+        self.decoded: list[int] = []  # what this sequence put into its KV cells, in order
         self.generated = 0
         self.next_token = None
         self.stopped = False  # set by the reader (stop string found, client gone)
@@ -65,6 +66,9 @@ class BatchEngine:
         self.wake = threading.Condition()
         self.closed = False
         self.free = list(range(n_parallel - 1, -1, -1))
+        # What each sequence slot's KV cells hold, for reusing a common prompt prefix.
+        self.cached: list[list[int]] = [[] for _ in range(n_parallel)]
+        self.reused_tokens = 0  # prompt tokens not decoded again thanks to the cache
         self.thread = threading.Thread(target=self._loop, name="llamacpp-batch", daemon=True)
         self.thread.start()
 
@@ -103,9 +107,37 @@ class BatchEngine:
 
     # -- engine thread -----------------------------------------------------------------
 
+    def _admit(self, seq: Sequence) -> None:
+        """Give a sequence the free slot whose cache shares the longest prefix with it."""
+        prompt = seq.tokens
+
+        def common(slot):
+            n = 0
+            for a, b in zip(self.cached[slot], prompt):
+                if a != b:
+                    break
+                n += 1
+            return n
+
+        slot = max(self.free, key=common)
+        self.free.remove(slot)
+        keep = min(common(slot), len(prompt) - 1)  # decode at least one token for logits
+        if keep <= 0 or not self.lib.llama_memory_seq_rm(self.memory, slot, keep, -1):
+            self.lib.llama_memory_seq_rm(self.memory, slot, -1, -1)
+            keep = 0
+        self.cached[slot] = []
+        self.reused_tokens += keep
+        seq.seq_id = slot
+        seq.n_past = keep
+        seq.decoded = list(prompt[:keep])
+        seq.tokens = prompt[keep:]
+
     def _finish(self, seq: Sequence, item=_END):
         if seq.seq_id >= 0:
-            self.lib.llama_memory_seq_rm(self.memory, seq.seq_id, -1, -1)
+            if item is _END:  # keep the KV cells for a later request with the same prefix
+                self.cached[seq.seq_id] = seq.decoded
+            else:
+                self.lib.llama_memory_seq_rm(self.memory, seq.seq_id, -1, -1)
             self.free.append(seq.seq_id)
             seq.seq_id = -1
         if item is not _END:
@@ -138,7 +170,7 @@ class BatchEngine:
                     return True
                 while self.incoming and self.free:
                     seq = self.incoming.popleft()
-                    seq.seq_id = self.free.pop()
+                    self._admit(seq)
                     active.append(seq)
             # drop what the readers gave up on
             for seq in [s for s in active if s.stopped or s.cancelled.is_set()]:
@@ -153,6 +185,7 @@ class BatchEngine:
             for seq in active:
                 if seq.next_token is not None:
                     self._add(batch, n, seq.next_token, seq.n_past, seq.seq_id, True)
+                    seq.decoded.append(seq.next_token)
                     seq.n_past += 1
                     seq.next_token = None
                     outputs.append((n, seq))
@@ -162,6 +195,7 @@ class BatchEngine:
                     continue
                 take = min(len(seq.tokens), self.n_batch - n)
                 chunk, seq.tokens = seq.tokens[:take], seq.tokens[take:]
+                seq.decoded.extend(chunk)
                 for j, token in enumerate(chunk):
                     last = j == take - 1 and not seq.tokens
                     self._add(batch, n, token, seq.n_past, seq.seq_id, last)

@@ -105,6 +105,23 @@ def test_cancel_one_request_while_others_run(batched):
     assert results["other"].usage.completion_tokens == 50
 
 
+def test_prompt_prefix_is_reused_from_a_finished_sequence(tiny, batched):
+    system = "hello world " * 20
+    first = system + "the cat"
+    second = system + "the dog"
+    run(batched, prompt=first, max_tokens=8, temperature=0.0)
+    before = batched.engine.reused_tokens
+    text, last = run(batched, prompt=second, max_tokens=8, temperature=0.0)
+    shared = len(tiny.prompt_tokens(system))
+    assert batched.engine.reused_tokens - before >= shared - 2
+    assert text == run(tiny, prompt=second, max_tokens=8, temperature=0.0)[0]
+    assert last.usage.prompt_tokens == len(tiny.prompt_tokens(second))
+    # the very same prompt again: everything but its last token is reused
+    before = batched.engine.reused_tokens
+    assert run(batched, prompt=second, max_tokens=8, temperature=0.0)[0] == text
+    assert batched.engine.reused_tokens - before == len(tiny.prompt_tokens(second)) - 1
+
+
 def test_a_failed_step_fails_the_requests_in_flight_only(batched):
     from llama_api import errors
 
