@@ -40,6 +40,7 @@ def models_dir(tiny_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     for path in tiny_dir.rglob("*.gguf"):
         (folder / path.name).symlink_to(path)
+    (folder / "broken-download.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 64)
     gemma = gemma_path()
     if gemma is not None:
         (folder / "ggml").mkdir()
@@ -209,3 +210,12 @@ def test_concurrent_chats_on_a_batched_model(client):
     assert "4" in together[0]
     assert "4" in together[1] or "four" in together[1].lower()
     assert [t.split()[:2] for t in together] == [a.split()[:2] for a in alone]
+
+
+def test_corrupt_gguf_is_a_clear_error_and_the_server_stays_up(client):
+    with pytest.raises(openai.APIStatusError) as info:
+        client.completions.create(model="broken-download", prompt="hi", max_tokens=3)
+    assert info.value.status_code == 503
+    assert "broken-download.gguf" in str(info.value)
+    reply = client.completions.create(model="tiny", prompt="hello", max_tokens=3)
+    assert reply.usage.completion_tokens == 3
