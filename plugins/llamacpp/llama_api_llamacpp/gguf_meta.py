@@ -22,6 +22,15 @@ _STRING, _ARRAY = 8, 9
 _MAX_ARRAY = 64
 
 POOLING = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+# general.file_type -> the quantization people call it by (gguf.LlamaFileType)
+FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 19: "IQ2_XXS", 20: "IQ2_XS", 21: "Q2_K_S", 22: "IQ3_XS",
+    23: "IQ3_XXS", 24: "IQ1_S", 25: "IQ4_NL", 26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S",
+    29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16", 36: "TQ1_0", 37: "TQ2_0",
+    38: "MXFP4_MOE",
+}
 # Architectures that only make embeddings (no causal language-model head).
 EMBEDDING_ARCHS = {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "jina-bert-v3",
                    "neo-bert", "modern-bert", "t5encoder"}
@@ -114,6 +123,9 @@ def summarize(kv: dict) -> dict:
     meta: dict = {"format": "gguf", "architecture": arch}
     if kv.get("general.name"):
         meta["name"] = kv["general.name"]
+    file_type = kv.get("general.file_type")
+    if isinstance(file_type, int):
+        meta["quantization"] = FILE_TYPES.get(file_type, str(file_type))
     for field, key in (("context_length", "context_length"),
                        ("embedding_length", "embedding_length"),
                        ("block_count", "block_count")):
@@ -134,10 +146,15 @@ def summarize(kv: dict) -> dict:
     return meta
 
 
+_cache: dict[tuple, dict] = {}
+
+
 def read_meta(path: str | Path) -> dict:
-    meta = summarize(read_kv(path))
-    try:
-        meta["size_bytes"] = Path(path).stat().st_size
-    except OSError:
-        pass
-    return meta
+    """`summarize(read_kv(path))` plus the file size; cached while the file is unchanged."""
+    stat = Path(path).stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _cache:
+        meta = summarize(read_kv(path))
+        meta["size_bytes"] = stat.st_size
+        _cache[key] = meta
+    return dict(_cache[key])

@@ -35,6 +35,7 @@ def test_header_meta(tiny_dir):
     assert meta["embedding_length"] == 64
     assert meta["chat_template"] is True
     assert meta["kind"] == "chat"
+    assert meta["quantization"] == "F32"
     assert meta["embedding"] is False
     assert read_meta(tiny_dir / "plain" / "tiny-base.gguf")["kind"] == "completion"
     embed_meta = read_meta(tiny_dir / "tiny-embed.gguf")
