@@ -51,7 +51,8 @@ class WorkerProcess:
         """Start the process and load the model; raises ModelLoadError on failure."""
         env = dict(os.environ)
         # One thread budget for every threading library the backend may use.
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                     "RAYON_NUM_THREADS"):
             env.setdefault(name, str(self.n_threads))
         env["PYTHONUNBUFFERED"] = "1"
         self._process = await anyio.open_process(

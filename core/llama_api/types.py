@@ -125,3 +125,5 @@ class EmbedResult(msgspec.Struct, kw_only=True):
 
     embeddings: Any
     prompt_tokens: int = 0
+    # How many texts the batch that served this request held (backends that batch say so).
+    batch_size: int = 0

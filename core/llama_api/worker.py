@@ -204,7 +204,7 @@ class Worker:
                 count=count,
                 dims=dims,
                 prompt_tokens=result.prompt_tokens,
-                batch_size=getattr(result, "batch_size", 0) or 0,
+                batch_size=result.batch_size,
             ))
         except Exception as exc:
             self.channel.send(failure(message.id, exc))

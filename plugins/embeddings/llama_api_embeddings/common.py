@@ -19,8 +19,7 @@ MAX_INPUTS = 2048
 class BatchedEmbedResult(EmbedResult, kw_only=True):
     """An EmbedResult that also says how big the batch that served it was."""
 
-    # Rows (texts) in the compute batch that served this request, across requests.
-    batch_size: int = 0
+    # (batch_size, the rows in the batch that served this request, is in EmbedResult.)
     # Requests that shared that batch.
     batch_requests: int = 0
 
