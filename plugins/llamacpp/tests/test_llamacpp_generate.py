@@ -552,3 +552,40 @@ def test_template_that_knows_tools_gets_them_hugging_face_style():
     assert '"description": "a <b> c"' in prompt  # no HTML escaping
     assert '<call>{"x": 1}</call>' in prompt  # arguments as a mapping, not a string
     assert "You can call these functions" not in prompt  # no system prompt injected
+
+
+PYDANTIC_SCHEMA = {  # what openai's client.beta.chat.completions.parse() sends for a model
+    "$defs": {
+        "Color": {"enum": ["red", "blue"], "title": "Color", "type": "string"},
+        "Pet": {
+            "properties": {
+                "kind": {"const": "cat", "title": "Kind", "type": "string"},
+                "age": {"anyOf": [{"type": "integer", "minimum": 0, "maximum": 20},
+                                  {"type": "null"}]},
+            },
+            "required": ["kind", "age"], "title": "Pet", "type": "object",
+            "additionalProperties": False,
+        },
+    },
+    "properties": {
+        "color": {"$ref": "#/$defs/Color"},
+        "pets": {"items": {"$ref": "#/$defs/Pet"}, "maxItems": 2, "type": "array"},
+        "ok": {"type": "boolean"},
+    },
+    "required": ["color", "pets", "ok"], "title": "Answer", "type": "object",
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_pydantic_style_schema_with_refs_validates(tiny, collect, seed):
+    fmt = {"type": "json_schema",
+           "json_schema": {"name": "Answer", "schema": PYDANTIC_SCHEMA, "strict": True}}
+    text, deltas = collect(tiny, prompt="hi", response_format=fmt, seed=seed, max_tokens=300)
+    data = json.loads(text)
+    assert set(data) == {"color", "pets", "ok"}
+    assert data["color"] in ("red", "blue") and isinstance(data["ok"], bool)
+    assert len(data["pets"]) <= 2
+    for pet in data["pets"]:
+        assert pet["kind"] == "cat"
+        assert pet["age"] is None or 0 <= pet["age"] <= 20
