@@ -26,6 +26,8 @@ from llama_api_llamacpp.textstream import TextStream
 log = logging.getLogger("llama_api_llamacpp")
 
 DEFAULT_MAX_CTX = 4096
+# Prompts at least this long can be cancelled while llama.cpp reads them.
+ABORTABLE_PROMPT = 64
 # Sampling defaults (llama.cpp's own), overridable per model with options["sampling"].
 SAMPLING_DEFAULTS = {
     "temperature": 0.8,
@@ -157,6 +159,11 @@ class LlamaCppModel:
         self.default_seed = opts.get("seed")
         self.completion_max_tokens = int(opts.get("max_tokens", 16))
         self._pieces: dict[int, bytes] = {}
+        # Cancel during a long prompt: llama.cpp polls this between graph nodes. It is set only
+        # while a prompt is decoded (a Python call per node would slow every token down).
+        self._abort_event: threading.Event | None = None
+        self._abort_cb = llama_cpp.ggml_abort_callback(
+            lambda _data: self._abort_event is not None and self._abort_event.is_set())
         self._piece_buf = ctypes.create_string_buffer(256)
         self.bos_text = self._token_text(llama_cpp.llama_vocab_bos(self.vocab))
         self.eos_text = self._token_text(llama_cpp.llama_vocab_eos(self.vocab))
@@ -222,6 +229,12 @@ class LlamaCppModel:
                 cached = self._piece_buf.raw[:n] if n > 0 else b""
             self._pieces[token] = cached
         return cached
+
+    def abort_on(self, event) -> None:
+        """Let llama.cpp abort the current decode when `event` is set (None: never)."""
+        self._abort_event = event
+        callback = self._abort_cb if event is not None else self.lib.ggml_abort_callback()
+        self.lib.llama_set_abort_callback(self.ctx, callback, None)
 
     def tokenize(self, text: str, add_bos: bool, special: bool) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
@@ -665,8 +678,14 @@ class Run:
             # (generate() calls it on its first step, so it stays set until the end.)
             llm._init_sampler = self._make_sampler
             gen = llm.generate(self.tokens, reset=True)
+            abortable = self.cancelled is not None and len(self.tokens) >= ABORTABLE_PROMPT
+            if abortable:
+                model.abort_on(self.cancelled)
             try:
                 for token in gen:
+                    if abortable:
+                        model.abort_on(None)
+                        abortable = False
                     if lib.llama_vocab_is_eog(vocab, token):
                         self.finish = "stop"
                         break
@@ -685,7 +704,14 @@ class Run:
                     if self.cancelled is not None and self.cancelled.is_set():
                         self.finish = "stop"
                         break
+            except RuntimeError:
+                if not (self.cancelled is not None and self.cancelled.is_set()):
+                    raise
+                self.finish = "stop"  # llama.cpp aborted the prompt: the client is gone
+                return
             finally:
+                if abortable:
+                    model.abort_on(None)
                 gen.close()
                 llm.__dict__.pop("_init_sampler", None)
         rest = stream.finish()

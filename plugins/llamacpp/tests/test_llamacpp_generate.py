@@ -589,3 +589,16 @@ def test_pydantic_style_schema_with_refs_validates(tiny, collect, seed):
     for pet in data["pets"]:
         assert pet["kind"] == "cat"
         assert pet["age"] is None or 0 <= pet["age"] <= 20
+
+
+def test_cancel_while_the_prompt_is_read_aborts_it(tiny, collect):
+    prompt = "hello world " * 40
+    assert len(tiny.prompt_tokens(prompt)) >= 64
+    expected = collect(tiny, prompt=prompt + "cat", max_tokens=10, temperature=0.0)[0]
+    cancelled = threading.Event()
+    cancelled.set()
+    text, deltas = collect(tiny, cancelled=cancelled, prompt=prompt, max_tokens=20)
+    assert text == "" and deltas[-1].usage.completion_tokens == 0  # not even one token
+    # the model is consistent afterwards (its KV cache holds no half-read prompt)
+    assert collect(tiny, prompt=PROMPT, max_tokens=5)[1][-1].usage.completion_tokens == 5
+    assert collect(tiny, prompt=prompt + "cat", max_tokens=10, temperature=0.0)[0] == expected
