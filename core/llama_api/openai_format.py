@@ -7,7 +7,12 @@ import uuid
 from typing import Any
 
 from llama_api.errors import BadRequest
-from llama_api.schemas import ChatCompletionRequest, CompletionRequest, SamplingFields
+from llama_api.schemas import (
+    EXTRA_SAMPLING_FIELDS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    SamplingFields,
+)
 from llama_api.types import Delta, GenerateRequest, TokenLogprob, Usage
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
@@ -41,7 +46,7 @@ def sampling_fields(body: SamplingFields) -> dict[str, Any]:
     stop = [s for s in stop if s]
     extra = {
         name: getattr(body, name)
-        for name in ("mirostat_mode", "mirostat_tau", "mirostat_eta", "grammar")
+        for name in EXTRA_SAMPLING_FIELDS
         if getattr(body, name) is not None
     }
     return dict(

@@ -32,11 +32,18 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: str | None = None
-    # llama.cpp extras that some clients send.
+    # llama.cpp sampling extras that some clients send; passed to the backend as `extra`.
     mirostat_mode: int | None = None
     mirostat_tau: float | None = None
     mirostat_eta: float | None = None
+    typical_p: float | None = None
+    xtc_probability: float | None = None
+    xtc_threshold: float | None = None
     grammar: str | None = None
+
+
+EXTRA_SAMPLING_FIELDS = ("mirostat_mode", "mirostat_tau", "mirostat_eta", "typical_p",
+                         "xtc_probability", "xtc_threshold", "grammar")
 
 
 class CompletionRequest(SamplingFields, kw_only=True):

@@ -81,10 +81,13 @@ class TopLogprob(msgspec.Struct, array_like=True):
 
 
 class TokenLogprob(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """The chosen token, its log probability and the top alternatives."""
+    """The chosen token, its log probability and the top alternatives.
+
+    `logprob` is None for the first token of an echoed prompt (nothing precedes it).
+    """
 
     token: str
-    logprob: float
+    logprob: float | None
     top: list[TopLogprob] = []
     bytes: list[int] | None = None
 
