@@ -124,7 +124,8 @@ def test_help_reads_well():
     ("embeddings", [], ["torch==2.13.0", "plugins/embeddings"]),
     ("embeddings", ["--skip-torch-install"], ["plugins/embeddings"]),
     ("llamacpp", ["--force-cuda"], ["GGML_CUDA=on", "plugins/llamacpp", "--force-reinstall"]),
-    ("tfhub", [], ["plugins/embeddings[tfhub]"]),
+    ("tfhub", [], ["tensorflow-cpu==2.21.0", "--no-deps tensorflow-hub==0.16.1 tf-keras==2.21.0",
+                   "plugins/embeddings"]),
 ])
 def test_install_plans_the_right_pip_commands(plugin, flags, expected):
     result = llama_api("install", plugin, "--dry-run", *flags)

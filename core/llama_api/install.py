@@ -22,6 +22,8 @@ class Backend:
     # Environment for building from source (llama-cpp-python compiles llama.cpp).
     build_env: dict[str, str] = field(default_factory=dict)
     cuda_build_env: dict[str, str] = field(default_factory=dict)
+    # pip argument lists to run before the plugin, in order.
+    before: tuple[tuple[str, ...], ...] = ()
 
 
 BACKENDS = {
@@ -31,7 +33,13 @@ BACKENDS = {
         cuda_build_env={"CMAKE_ARGS": "-DLLAVA_BUILD=OFF -DGGML_CUDA=on"},
     ),
     "embeddings": Backend("llama-api-embeddings", needs_torch=True),
-    "tfhub": Backend("llama-api-embeddings", extras=("tfhub",)),
+    # tensorflow-cpu first; then tf-hub and tf-keras without their dependencies, since
+    # tf-keras asks for the full (CUDA) tensorflow. tensorflow_hub needs pkg_resources,
+    # which setuptools 81 removed.
+    "tfhub": Backend("llama-api-embeddings", needs_torch=True, before=(
+        ("tensorflow-cpu==2.21.0", "setuptools<81"),
+        ("--no-deps", "tensorflow-hub==0.16.1", "tf-keras==2.21.0"),
+    )),
     "exllama": Backend("llama-api-exllama", needs_torch=True, needs_cuda=True,
                        extras=("v2", "v3")),
 }
@@ -67,6 +75,7 @@ def plan(name: str, *, force_cuda: bool = False, skip_torch_install: bool = Fals
         if torch_index_url:
             torch_args += ["--index-url", torch_index_url]
         steps.append(Step(torch_args))
+    steps.extend(Step(pip + list(args)) for args in backend.before)
     source = local_source(backend.distribution)
     target = str(source) if source else backend.distribution
     if backend.extras:
