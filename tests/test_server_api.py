@@ -64,6 +64,14 @@ def test_stop_string_ends_the_completion(server):
     assert reply.choices[0].finish_reason == "stop"
 
 
+def test_stop_string_across_tokens_is_never_streamed(server):
+    client = openai.OpenAI(base_url=server.v1, api_key="unused")
+    stream = client.completions.create(model="slow", prompt="alpha beta gamma", max_tokens=10,
+                                       stop=["a be"], stream=True)
+    pieces = [c.choices[0].text for c in stream if c.choices]
+    assert "".join(pieces) == "alph"
+
+
 def test_embeddings_float_and_base64_agree(server):
     client = openai.OpenAI(base_url=server.v1, api_key="unused")
     default = client.embeddings.create(model="fast", input=["hello there", "general"])

@@ -22,7 +22,7 @@ from llama_api.types import Delta, GenerateRequest, Usage
 
 from llama_api_exllama.engine import CANCELLED, Engine, Failure
 from llama_api_exllama.prompt import PromptBuilder
-from llama_api_exllama.stops import StopHoldback
+from llama_api.stops import StopHoldback
 
 log = logging.getLogger(__name__)
 

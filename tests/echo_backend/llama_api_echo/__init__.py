@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from llama_api import errors, hookimpl
+from llama_api.stops import StopHoldback
 from llama_api.types import BackendInfo, Delta, EmbedResult, ModelSpec, Usage
 
 
@@ -108,7 +109,7 @@ def generate(model, request, cancelled):
 def echo_tokens(model, request, words, cancelled):
     max_tokens = request.max_tokens or 16
     record("start", model)
-    text = ""
+    stops = StopHoldback(request.stop)
     produced = 0
     finish = "length"
     try:
@@ -119,16 +120,16 @@ def echo_tokens(model, request, words, cancelled):
                 time.sleep(model.delay)
             if model.noisy:
                 os.write(1, b"noise on stdout while generating\n")
-            piece = ("" if i == 0 else " ") + words[i % len(words)]
-            text += piece
             produced += 1
-            hit = next((s for s in request.stop if s in text), None)
-            if hit is not None:
+            text = stops.feed(("" if i == 0 else " ") + words[i % len(words)])
+            if text:
+                yield Delta(text=text)
+            if stops.stopped:
                 finish = "stop"
-                kept = text[:text.index(hit)]
-                yield Delta(text=kept[len(text) - len(piece):])
                 break
-            yield Delta(text=piece)
+        rest = stops.flush()
+        if rest:
+            yield Delta(text=rest)
     finally:
         # The worker may close this generator (GeneratorExit) or we may see the flag first.
         if cancelled.is_set():

@@ -1,4 +1,7 @@
-"""Stop strings on streamed text: never emit any part of a stop string."""
+"""Stop strings on streamed text: never emit any part of a stop string.
+
+A helper for backends whose library does not match stop strings itself.
+"""
 
 from __future__ import annotations
 
