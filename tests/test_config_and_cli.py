@@ -97,18 +97,33 @@ def test_llama_api_plugins_limits_which_plugins_load(monkeypatch):
     assert Plugins().names() == []
 
 
-def test_a_plugin_that_fails_to_import_is_listed_as_broken(tmp_path, models_dir):
-    # A real distribution on sys.path whose entry point raises on import.
-    dist = tmp_path / "site" / "llama_api_broken-1.0.dist-info"
+@pytest.fixture
+def broken_plugin_site(tmp_path):
+    """A folder holding a real distribution whose entry point raises on import."""
+    site = tmp_path / "site"
+    dist = site / "llama_api_broken-1.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: llama-api-broken\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[llama_api]\nbroken = llama_api_broken_plugin\n")
-    (tmp_path / "site" / "llama_api_broken_plugin.py").write_text("raise ImportError('needs libfoo')\n")
-    env = {"PYTHONPATH": str(tmp_path / "site"), "LLAMA_API_PLUGINS": "echo,broken"}
+    (site / "llama_api_broken_plugin.py").write_text("raise ImportError('needs libfoo')\n")
+    return site
+
+
+def test_a_plugin_that_fails_to_import_is_listed_as_broken(broken_plugin_site, models_dir):
+    env = {"PYTHONPATH": str(broken_plugin_site), "LLAMA_API_PLUGINS": "echo,broken"}
     result = llama_api("models", "--models-dir", str(models_dir), env=env)
     assert result.returncode == 0, result.stderr
     assert "broken" in result.stdout and "BROKEN" in result.stdout and "needs libfoo" in result.stdout
     assert "fast" in result.stdout and "echo" in result.stdout
+
+
+def test_server_starts_with_a_broken_plugin_and_health_lists_it(start_server, broken_plugin_site):
+    with start_server(env={"PYTHONPATH": str(broken_plugin_site), "LLAMA_API_PLUGINS": "echo,broken"}) as server:
+        health = server.health()
+        assert health["plugins"] == ["echo"]
+        assert "needs libfoo" in health["broken_plugins"]["broken"]
+        reply = httpx.post(server.v1 + "/completions", json={"model": "fast", "prompt": "a"})
+        assert reply.status_code == 200
 
 
 def test_help_reads_well():

@@ -157,9 +157,11 @@ def model_card(spec, entry) -> dict:
 
 @get("/health", opt={"public": True}, summary="Liveness, and which models are loaded")
 async def health(request: Request) -> dict:
-    loaded = request.app.state.scheduler.loaded()
+    state = request.app.state
+    loaded = state.scheduler.loaded()
     return {"status": "ok", "loaded": sorted(loaded),
-            "workers": {m: e.worker.pid for m, e in loaded.items()}}
+            "workers": {m: e.worker.pid for m, e in loaded.items()},
+            "plugins": state.plugins.names(), "broken_plugins": state.plugins.broken}
 
 
 # -- the app --------------------------------------------------------------------------

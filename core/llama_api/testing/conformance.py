@@ -18,6 +18,7 @@ Every test runs the model in a real worker subprocess, as the server does.
 from __future__ import annotations
 
 import os
+import time
 from contextlib import asynccontextmanager
 
 import anyio
@@ -119,6 +120,25 @@ class BackendConformance:
         assert 1 <= last.usage.completion_tokens <= 8
         if last.finish_reason == "length":
             assert last.usage.completion_tokens == 8
+
+    def test_stream_sends_text_as_it_is_generated(self, model_spec):
+        if not self.generates:
+            pytest.skip("backend does not generate")
+
+        async def main():
+            async with running_worker(model_spec) as worker:
+                arrivals = []
+                async for delta in worker.generate(self.greedy(max_tokens=32)):
+                    arrivals.append((time.perf_counter(), delta))
+                return arrivals
+
+        arrivals = anyio.run(main)
+        last = arrivals[-1][1]
+        if last.usage.completion_tokens < 2:
+            pytest.skip("the model stopped after one token")
+        texts = [delta for _, delta in arrivals if delta.text]
+        assert len(texts) >= 2, "all text arrived in one piece: nothing was streamed"
+        assert arrivals[0][0] < arrivals[-1][0]
 
     def test_greedy_generation_is_deterministic(self, model_spec):
         if not self.generates:
