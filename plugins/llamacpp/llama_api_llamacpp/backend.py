@@ -20,12 +20,23 @@ from llama_api.types import (
 )
 
 from llama_api_llamacpp import chat
-from llama_api_llamacpp.gguf_meta import EMBEDDING_ARCHS, POOLING, GGUFError, read_kv, summarize
+from llama_api_llamacpp.gguf_meta import (
+    EMBEDDING_ARCHS,
+    POOLING,
+    GGUFError,
+    kv_cache_bytes_per_token,
+    read_kv,
+    summarize,
+)
 from llama_api_llamacpp.textstream import TextStream
 
 log = logging.getLogger("llama_api_llamacpp")
 
 DEFAULT_MAX_CTX = 4096
+# Continuous batching by default: up to this many sequences, as long as their KV caches
+# (each n_ctx tokens) fit in `kv_cache_mb`.
+MAX_AUTO_PARALLEL = 4
+DEFAULT_KV_CACHE_MB = 1024
 # Prompts at least this long can be cancelled while llama.cpp reads them.
 ABORTABLE_PROMPT = 64
 # Sampling defaults (llama.cpp's own), overridable per model with options["sampling"].
@@ -50,7 +61,7 @@ PASSTHROUGH = {
 # Options this backend handles itself.
 OWN = {"n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers", "embedding", "pooling",
        "normalize", "chat_template", "chat_format", "verbose", "sampling", "max_tokens",
-       "n_parallel"}
+       "n_parallel", "kv_cache_mb"}
 # Extra sampling fields a client may send (request.extra).
 EXTRA_SAMPLING = {"typical_p", "mirostat_mode", "mirostat_tau", "mirostat_eta",
                   "xtc_probability", "xtc_threshold"}
@@ -86,8 +97,17 @@ def load(spec, context) -> "LlamaCppModel":
     n_ctx = int(opts.get("n_ctx") or min(trained, DEFAULT_MAX_CTX))
     n_threads = int(opts.get("n_threads") or context.n_threads or 1)
     embedding = bool(opts.get("embedding", meta.get("embedding", False)))
-    # Sequences decoded together (continuous batching); the config's `slots` by default.
-    n_parallel = max(1, int(opts.get("n_parallel") or spec.slots or 1))
+    # Sequences decoded together (continuous batching): `n_parallel`, else the config's
+    # `slots`, else as many (up to 4) as the KV cache budget holds.
+    explicit = opts.get("n_parallel") or spec.slots
+    kv_per_token = kv_cache_bytes_per_token(kv, opts.get("type_k"), opts.get("type_v"))
+    budget_mb = float(opts.get("kv_cache_mb") or DEFAULT_KV_CACHE_MB)
+    if explicit:
+        n_parallel = max(1, int(explicit))
+    elif embedding:
+        n_parallel = 1
+    else:
+        n_parallel = auto_parallel(kv_per_token, n_ctx, budget_mb)
     if embedding and n_parallel > 1:
         log.warning("%s: embedding models run one request at a time (n_parallel=1)", spec.id)
         n_parallel = 1
@@ -116,8 +136,10 @@ def load(spec, context) -> "LlamaCppModel":
         params.setdefault("n_ubatch", params["n_batch"])
     if n_parallel > 1:  # the batch engine makes its own context; keep this one small
         params["n_ctx"] = 256
+    kv_mb = (kv_per_token * n_ctx * n_parallel / 2**20) if kv_per_token is not None else None
     context.report(f"loading {path.name} (n_ctx={n_ctx}, threads={n_threads}, "
-                   f"parallel={n_parallel})", 0.0)
+                   f"parallel={n_parallel}"
+                   + (f", KV cache {kv_mb:.0f} MB" if kv_mb is not None else "") + ")", 0.0)
     try:
         llm = llama_cpp.Llama(**params)
     except Exception as exc:  # llama.cpp says only "Failed to load model from file"
@@ -130,8 +152,21 @@ def load(spec, context) -> "LlamaCppModel":
     except Exception:
         llm.close()
         raise
+    model.info["kv_cache_mb"] = round(kv_mb, 1) if kv_mb is not None else None
     context.report(f"loaded {path.name}", 1.0)
     return model
+
+
+def auto_parallel(kv_per_token: int | None, n_ctx: int, budget_mb: float) -> int:
+    """The most sequences (1..MAX_AUTO_PARALLEL) whose KV caches of n_ctx tokens each fit
+    in budget_mb; 1 when the model's KV size is unknown."""
+    if kv_per_token is None:
+        return 1
+    per_seq = kv_per_token * n_ctx
+    if per_seq <= 0:
+        return MAX_AUTO_PARALLEL
+    fits = int(budget_mb * 2**20 // per_seq)
+    return max(1, min(MAX_AUTO_PARALLEL, fits))
 
 
 class LlamaCppModel:

@@ -146,6 +146,59 @@ def summarize(kv: dict) -> dict:
     return meta
 
 
+# ggml type id -> bytes per element (the KV cache types llama.cpp accepts: type_k, type_v)
+KV_TYPE_BYTES = {0: 4.0, 1: 2.0, 30: 2.0, 8: 34 / 32, 2: 18 / 32, 3: 20 / 32, 6: 22 / 32,
+                 7: 24 / 32, 20: 18 / 32}
+
+
+def kv_cache_bytes_per_token(kv: dict, type_k: int | None = None,
+                             type_v: int | None = None) -> int | None:
+    """Bytes of KV cache one token takes in one sequence (f16 unless type_k/type_v say else).
+
+    Sums over layers: head_count_kv x (key_length + value_length). head_count and
+    head_count_kv may be per-layer arrays (0 for layers without attention). None when the
+    header lacks what is needed. Sliding-window layers are counted in full (an upper bound).
+    """
+    arch = kv.get("general.architecture")
+    if not arch:
+        return None
+    n_layer = kv.get(f"{arch}.block_count")
+    n_embd = kv.get(f"{arch}.embedding_length")
+    heads = kv.get(f"{arch}.attention.head_count")
+    heads_kv = kv.get(f"{arch}.attention.head_count_kv", heads)
+    if not isinstance(n_layer, int) or n_layer <= 0:
+        return None
+    if isinstance(heads_kv, dict):  # a long per-layer array, summarised: assume all heads
+        heads_kv = heads
+    if isinstance(heads, dict):
+        return None
+
+    def at(value, i):
+        if isinstance(value, list):
+            return value[i] if i < len(value) else 0
+        return value
+
+    k_bytes = KV_TYPE_BYTES.get(1 if type_k is None else int(type_k), 2.0)
+    v_bytes = KV_TYPE_BYTES.get(1 if type_v is None else int(type_v), 2.0)
+    key_length = kv.get(f"{arch}.attention.key_length")
+    value_length = kv.get(f"{arch}.attention.value_length")
+    total = 0.0
+    for i in range(n_layer):
+        h = at(heads, i)
+        h_kv = at(heads_kv, i)
+        if not isinstance(h_kv, int) or h_kv <= 0:
+            continue
+        if isinstance(key_length, int) and isinstance(value_length, int):
+            k, v = key_length, value_length
+        elif isinstance(n_embd, int) and isinstance(h, int) and h > 0:
+            k = key_length if isinstance(key_length, int) else n_embd // h
+            v = value_length if isinstance(value_length, int) else n_embd // h
+        else:
+            return None
+        total += h_kv * (k * k_bytes + v * v_bytes)
+    return int(total)
+
+
 _cache: dict[tuple, dict] = {}
 
 

@@ -40,10 +40,26 @@ def tiny_spec(tiny_path):
 
 
 @pytest.fixture(scope="session")
-def tiny(tiny_spec):
+def tiny_default(tiny_spec):
+    """The tiny model as a dropped-in GGUF loads: continuous batching (4 sequences)."""
     model = load(tiny_spec)
     yield model
     plugin.unload_model(model=model)
+
+
+@pytest.fixture(scope="session")
+def tiny_plain(tiny_path):
+    """The tiny model with `n_parallel: 1`: one request at a time on the high-level path."""
+    model = load(ModelSpec(id="tiny-plain", backend="llamacpp", path=str(tiny_path),
+                           plugin="llamacpp", options={"n_parallel": 1}))
+    yield model
+    plugin.unload_model(model=model)
+
+
+@pytest.fixture(params=["default", "plain"])
+def tiny(request):
+    """Both generation paths: the batch engine (the default) and the plain one."""
+    return request.getfixturevalue(f"tiny_{request.param}")
 
 
 @pytest.fixture(scope="session")

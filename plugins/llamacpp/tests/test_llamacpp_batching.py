@@ -38,8 +38,59 @@ def test_slots_and_info(batched):
     assert batched.n_ctx == 2048
 
 
-def test_concurrent_greedy_equals_one_at_a_time(tiny, batched):
-    expected = [run(tiny, prompt=p, max_tokens=40, temperature=0.0) for p in PROMPTS]
+def test_kv_cache_bytes_per_token_from_the_header():
+    from llama_api_llamacpp.gguf_meta import kv_cache_bytes_per_token
+
+    base = {"general.architecture": "llama", "llama.block_count": 30,
+            "llama.embedding_length": 576, "llama.attention.head_count": 9,
+            "llama.attention.head_count_kv": 3}
+    assert kv_cache_bytes_per_token(base) == 30 * 3 * (64 + 64) * 2  # SmolLM2-135M: 22.5 KiB
+    # per-layer head counts (0: a layer without attention), explicit key/value lengths
+    per_layer = {**base, "llama.block_count": 3, "llama.attention.head_count_kv": [2, 0, 4],
+                 "llama.attention.key_length": 128, "llama.attention.value_length": 96}
+    assert kv_cache_bytes_per_token(per_layer) == (2 + 4) * (128 + 96) * 2
+    assert kv_cache_bytes_per_token(base, type_k=8, type_v=8) == 30 * 3 * 128 * 34 // 32
+    assert kv_cache_bytes_per_token({**base, "llama.attention.head_count_kv": None,
+                                     "llama.attention.head_count": 9}) is not None
+    assert kv_cache_bytes_per_token({"general.architecture": "llama"}) is None
+
+
+def test_default_parallel_fits_the_kv_budget(tiny_path, tiny_default):
+    from llama_api_llamacpp.backend import auto_parallel
+    from llama_api_llamacpp.gguf_meta import kv_cache_bytes_per_token, read_kv
+
+    assert tiny_default.slots == 4 and tiny_default.engine is not None
+    assert auto_parallel(1000, 1000, 1.0) == 1  # 1 MB holds one 1 MB cache
+    assert auto_parallel(1000, 1000, 100.0) == 4  # never more than 4 by default
+    assert auto_parallel(None, 1000, 100.0) == 1  # unknown size: no batching
+    per_seq = kv_cache_bytes_per_token(read_kv(tiny_path)) * 2048
+    budget = 2.5 * per_seq / 2**20
+    loaded = []
+    try:
+        for options, slots, want in (({"kv_cache_mb": budget}, None, 2),
+                                     ({"kv_cache_mb": 0.5 * per_seq / 2**20}, None, 1),
+                                     ({"kv_cache_mb": budget}, 3, 3),  # `slots` wins
+                                     ({"n_parallel": 1}, 4, 1)):  # and `n_parallel` over it
+            spec = ModelSpec(id="tiny-budget", backend="llamacpp", path=str(tiny_path),
+                             options=options, slots=slots)
+            model = plugin.load_model(spec=spec, context=LoadContext(n_threads=1))
+            loaded.append(model)
+            assert model.slots == want and model.info["n_parallel"] == want
+            assert (model.engine is None) == (want == 1)
+            assert model.info["kv_cache_mb"] == pytest.approx(want * per_seq / 2**20, abs=0.1)
+    finally:
+        for model in loaded:
+            plugin.unload_model(model=model)
+
+
+def test_the_engine_keeps_the_thread_budget(tiny_default):
+    lib = tiny_default.lib
+    assert lib.llama_n_threads(tiny_default.engine.ctx) == 1
+    assert lib.llama_n_threads_batch(tiny_default.engine.ctx) == 1
+
+
+def test_concurrent_greedy_equals_one_at_a_time(tiny_plain, batched):
+    expected = [run(tiny_plain, prompt=p, max_tokens=40, temperature=0.0) for p in PROMPTS]
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda p: run(batched, prompt=p, max_tokens=40, temperature=0.0),
                             PROMPTS))
@@ -58,11 +109,11 @@ def test_more_requests_than_sequences_queue_up(batched):
     assert [text for text, _ in got[:4]] == [text for text, _ in got[4:8]]
 
 
-def test_long_prompt_is_decoded_in_chunks(tiny, batched):
+def test_long_prompt_is_decoded_in_chunks(tiny_plain, batched):
     prompt = "hello world " * 50  # more tokens than one batch (512)
-    assert len(tiny.prompt_tokens(prompt)) > 512
+    assert len(tiny_plain.prompt_tokens(prompt)) > 512
     assert run(batched, prompt=prompt, max_tokens=12, temperature=0.0)[0] == \
-        run(tiny, prompt=prompt, max_tokens=12, temperature=0.0)[0]
+        run(tiny_plain, prompt=prompt, max_tokens=12, temperature=0.0)[0]
 
 
 def test_seed_stop_logprobs_and_grammar_under_batching(batched):
@@ -105,21 +156,21 @@ def test_cancel_one_request_while_others_run(batched):
     assert results["other"].usage.completion_tokens == 50
 
 
-def test_prompt_prefix_is_reused_from_a_finished_sequence(tiny, batched):
+def test_prompt_prefix_is_reused_from_a_finished_sequence(tiny_plain, batched):
     system = "hello world " * 20
     first = system + "the cat"
     second = system + "the dog"
     run(batched, prompt=first, max_tokens=8, temperature=0.0)
     before = batched.engine.reused_tokens
     text, last = run(batched, prompt=second, max_tokens=8, temperature=0.0)
-    shared = len(tiny.prompt_tokens(system))
+    shared = len(tiny_plain.prompt_tokens(system))
     assert batched.engine.reused_tokens - before >= shared - 2
-    assert text == run(tiny, prompt=second, max_tokens=8, temperature=0.0)[0]
-    assert last.usage.prompt_tokens == len(tiny.prompt_tokens(second))
+    assert text == run(tiny_plain, prompt=second, max_tokens=8, temperature=0.0)[0]
+    assert last.usage.prompt_tokens == len(tiny_plain.prompt_tokens(second))
     # the very same prompt again: everything but its last token is reused
     before = batched.engine.reused_tokens
     assert run(batched, prompt=second, max_tokens=8, temperature=0.0)[0] == text
-    assert batched.engine.reused_tokens - before == len(tiny.prompt_tokens(second)) - 1
+    assert batched.engine.reused_tokens - before == len(tiny_plain.prompt_tokens(second)) - 1
 
 
 def test_a_failed_step_fails_the_requests_in_flight_only(batched):

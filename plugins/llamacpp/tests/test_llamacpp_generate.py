@@ -22,7 +22,8 @@ def greedy_text(collect, model, **fields):
 
 
 def test_load_info(tiny):
-    assert tiny.slots == 1
+    assert tiny.slots == (1 if tiny.spec.id == "tiny-plain" else 4)
+    assert (tiny.engine is None) == (tiny.slots == 1)
     assert tiny.info["n_ctx"] == 2048
     assert tiny.info["chat_template"] is True
     assert tiny.info["n_threads"] == 1
