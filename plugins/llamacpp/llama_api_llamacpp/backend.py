@@ -61,7 +61,7 @@ PASSTHROUGH = {
 # Options this backend handles itself.
 OWN = {"n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers", "embedding", "pooling",
        "normalize", "chat_template", "chat_format", "verbose", "sampling", "max_tokens",
-       "n_parallel", "kv_cache_mb"}
+       "n_parallel", "kv_cache_mb", "kv_unified"}
 # Extra sampling fields a client may send (request.extra).
 EXTRA_SAMPLING = {"typical_p", "mirostat_mode", "mirostat_tau", "mirostat_eta",
                   "xtc_probability", "xtc_threshold"}
@@ -234,8 +234,10 @@ class LlamaCppModel:
             from llama_api_llamacpp.batching import BatchEngine
 
             self.engine = BatchEngine(self, n_parallel, self.n_ctx,
-                                      n_batch=int(opts.get("n_batch") or 512))
+                                      n_batch=int(opts.get("n_batch") or 512),
+                                      unified=bool(opts.get("kv_unified", True)))
             self.slots = n_parallel
+            self.info["kv_unified"] = self.engine.unified
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -195,6 +195,68 @@ def test_a_failed_step_fails_the_requests_in_flight_only(batched):
     assert run(batched, prompt=PROMPTS[0], max_tokens=5)[1].usage.completion_tokens == 5
 
 
+def test_a_full_shared_kv_cache_still_gives_exact_answers(tiny_path, tiny_plain):
+    # 4 sequences of 256 tokens each fill the shared cache (4 x 256 cells) to the last cell,
+    # twice (the second round reuses and trims the cached prefixes of the first).
+    spec = ModelSpec(id="tiny-full", backend="llamacpp", path=str(tiny_path),
+                     options={"n_parallel": 4, "n_ctx": 256})
+    model = plugin.load_model(spec=spec, context=LoadContext(n_threads=1))
+    try:
+        assert model.info["kv_unified"] is True
+        lib = model.lib
+        no_end = {str(t): -100.0 for t in range(model.n_vocab)
+                  if lib.llama_vocab_is_eog(model.vocab, t)}
+        for round_ in range(2):
+            prompts = [f"{p} {round_} " * (2 + i) for i, p in enumerate(PROMPTS)]
+            sizes = [len(model.prompt_tokens(p)) for p in prompts]
+            assert all(20 < size < 200 for size in sizes), sizes
+            with ThreadPoolExecutor(4) as pool:
+                got = list(pool.map(lambda p: run(model, prompt=p, max_tokens=256,
+                                                  temperature=0.0, logit_bias=no_end),
+                                    prompts))
+            for prompt, size, (text, last) in zip(prompts, sizes, got):
+                assert last.finish_reason == "length"
+                assert last.usage.completion_tokens == 256 - size  # the whole context
+                ref = run(tiny_plain, prompt=prompt, max_tokens=256 - size, temperature=0.0,
+                          logit_bias=no_end)
+                assert text == ref[0]
+    finally:
+        plugin.unload_model(model=model)
+
+
+def test_no_room_in_the_kv_cache_is_a_clean_error(batched):
+    from llama_api import errors
+
+    engine = batched.engine
+    real = engine.lib
+    run(batched, prompt=PROMPTS[0], max_tokens=5)  # leaves a cached prefix
+    calls = []
+
+    class NoRoom:
+        def __init__(self, times):
+            self.times = times
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def llama_decode(self, ctx, batch):
+            calls.append(1)
+            if len(calls) <= self.times:
+                return 1  # llama.cpp: no KV slot for this batch
+            return real.llama_decode(ctx, batch)
+
+    engine.lib = NoRoom(1)  # once: the cached prefixes are dropped and the step retried
+    try:
+        assert run(batched, prompt=PROMPTS[1], max_tokens=5)[1].usage.completion_tokens == 5
+        calls.clear()
+        engine.lib = NoRoom(10**6)
+        with pytest.raises(errors.LlamaApiError, match="KV cache is full"):
+            run(batched, prompt=PROMPTS[2], max_tokens=5)
+    finally:
+        engine.lib = real
+    assert run(batched, prompt=PROMPTS[2], max_tokens=5)[1].usage.completion_tokens == 5
+
+
 class TestBatchedTinyGGUF(BackendConformance):
     generates = True
     embeds = False
