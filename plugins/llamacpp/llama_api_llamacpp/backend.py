@@ -463,14 +463,14 @@ class LlamaCppModel:
         seed &= 0xFFFFFFFF
         if seed == 0xFFFFFFFF:  # llama.cpp reads this one as "pick a random seed"
             seed -= 1
-        run = Run(self, tokens, sampling, seed, grammar, logit_bias,
-                  stop if tool_mode in (None, "auto") else [], limit, request.logprobs,
-                  cancelled)
         echo = text if (request.echo and request.messages is None) else None
         if echo is None and request.echo and request.messages is None:
             echo = self.llm.detokenize(tokens).decode("utf-8", errors="replace")
+        run = Run(self, tokens, sampling, seed, grammar, logit_bias,
+                  stop if tool_mode in (None, "auto") else [], limit, request.logprobs,
+                  cancelled, echo=echo)
         if tool_mode is None:
-            return self._text_deltas(run, echo)
+            return self._text_deltas(run)
         names = {t["function"]["name"] for t in tools}
         return self._tool_deltas(run, tool_mode, forced, names)
 
@@ -488,9 +488,7 @@ class LlamaCppModel:
             bias[token] = float(value)
         return bias
 
-    def _text_deltas(self, run, echo):
-        if echo:
-            yield Delta(text=echo)
+    def _text_deltas(self, run):
         for text, logprobs in run:
             yield Delta(text=text, logprobs=logprobs)
         yield run.final()
@@ -676,7 +674,7 @@ class Run:
     """One generation: iterate for (text, logprobs) pieces; then `final()` gives the last delta."""
 
     def __init__(self, model, tokens, sampling, seed, grammar, logit_bias, stop, limit,
-                 logprobs, cancelled):
+                 logprobs, cancelled, echo=None):
         self.model = model
         self.tokens = tokens
         self.sampling = sampling
@@ -689,6 +687,10 @@ class Run:
         self.cancelled = cancelled
         self.finish = "length"
         self.completion_tokens = 0
+        # `echo`: the prompt text comes first, with the prompt tokens' logprobs when
+        # logprobs are asked for (OpenAI's legacy completions: the first one has none).
+        self.echo = echo
+        self.prompt_logprobs = echo is not None and logprobs is not None
 
     @property
     def text(self) -> str:
@@ -709,6 +711,10 @@ class Run:
             yield from self._batched()
             return
         with model.lock:
+            if self.prompt_logprobs:
+                yield self.echo, self._plain_prompt_logprobs()
+            elif self.echo:
+                yield self.echo, None
             if self.limit <= 0:
                 return
             # Our own sampler chain (native logit bias, penalties only when asked for).
@@ -759,16 +765,23 @@ class Run:
         """The same loop, on tokens that the batch engine samples."""
         from llama_api_llamacpp.batching import Sequence
 
+        from llama_api_llamacpp.batching import PROMPT
+
         model = self.model
         stream = self.stream
-        if self.limit <= 0:
+        if self.echo and not self.prompt_logprobs:
+            yield self.echo, None
+        if self.limit <= 0 and not self.prompt_logprobs:
             return
         logprobs_fn = self._logprobs if self.logprobs is not None else None
         seq = Sequence(list(self.tokens), self._make_sampler(), self.limit, logprobs_fn,
-                       self.cancelled)
+                       self.cancelled, prompt_logprobs=self.prompt_logprobs)
         model.engine.submit(seq)
         try:
             for token, lps in model.engine.tokens(seq):
+                if token is PROMPT:  # the prompt's logprobs, before any token
+                    yield self.echo, [self._first_prompt_logprob()] + lps
+                    continue
                 if model.lib.llama_vocab_is_eog(model.vocab, token):
                     self.finish = "stop"
                     break
@@ -836,6 +849,38 @@ class Run:
             sampler.add_temp(temp)
             sampler.add_dist(seed)
         return sampler
+
+    def _first_prompt_logprob(self) -> TokenLogprob:
+        piece = self.model.piece(self.tokens[0])
+        return TokenLogprob(token=piece.decode("utf-8", errors="replace"), logprob=None,
+                            bytes=list(piece))
+
+    def _plain_prompt_logprobs(self) -> list[TokenLogprob]:
+        """Decode the prompt with logits at every position (holding model.lock), and leave
+        it in the KV cache so that generation decodes only its last token again."""
+        model = self.model
+        llm = model.llm
+        tokens = self.tokens
+        n = len(tokens)
+        out = [self._first_prompt_logprob()]
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+        batch = llm._batch
+        try:
+            for start in range(0, n, llm.n_batch):
+                chunk = tokens[start:start + llm.n_batch]
+                batch.set_batch(chunk, n_past=start, logits_all=True)
+                llm._ctx.decode(batch)
+                for j in range(len(chunk)):
+                    if start + j + 1 < n:
+                        out += self._logprobs(tokens[start + j + 1], model.ctx, j)
+        except Exception:
+            llm._ctx.kv_cache_clear()
+            raise
+        llm.input_ids[:n] = tokens
+        llm.n_tokens = n
+        llm._requires_eval = True  # the logits at hand are not the last token's alone
+        return out
 
     def _logprobs(self, token: int, ctx, index: int) -> list[TokenLogprob]:
         import numpy as np

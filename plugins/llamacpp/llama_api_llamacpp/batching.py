@@ -18,12 +18,14 @@ from llama_api import errors
 log = logging.getLogger("llama_api_llamacpp")
 
 _END = object()
+# Sent first, as (PROMPT, logprobs of prompt tokens 1..n-1), to a sequence that asked for them.
+PROMPT = object()
 
 
 class Sequence:
     """One request inside the engine."""
 
-    def __init__(self, tokens, sampler, limit, logprobs_fn, cancelled):
+    def __init__(self, tokens, sampler, limit, logprobs_fn, cancelled, prompt_logprobs=False):
         self.tokens = tokens  # prompt tokens still to decode
         self.sampler = sampler  # an internals.LlamaSampler (kept alive here)
         self.limit = limit
@@ -36,6 +38,10 @@ class Sequence:
         self.generated = 0
         self.next_token = None
         self.stopped = False  # set by the reader (stop string found, client gone)
+        # echo with logprobs: logits at every prompt position (no cached prefix reused)
+        self.prompt_logprobs = prompt_logprobs
+        self.prompt = list(tokens)
+        self.prompt_lps: list = []
 
     def stop(self):
         self.stopped = True
@@ -128,6 +134,8 @@ class BatchEngine:
         slot = max(self.free, key=common)
         self.free.remove(slot)
         keep = min(common(slot), len(prompt) - 1)  # decode at least one token for logits
+        if seq.prompt_logprobs:
+            keep = 0
         if keep <= 0 or not self.lib.llama_memory_seq_rm(self.memory, slot, keep, -1):
             self.lib.llama_memory_seq_rm(self.memory, slot, -1, -1)
             keep = 0
@@ -206,6 +214,7 @@ class BatchEngine:
                     seq.next_token = None
                     outputs.append((n, seq))
                     n += 1
+            scored: list[tuple[int, Sequence, int]] = []  # (batch index, seq, next token)
             for seq in active:
                 if not seq.tokens or n >= self.n_batch:
                     continue
@@ -214,7 +223,10 @@ class BatchEngine:
                 seq.decoded.extend(chunk)
                 for j, token in enumerate(chunk):
                     last = j == take - 1 and not seq.tokens
-                    self._add(batch, n, token, seq.n_past, seq.seq_id, last)
+                    if seq.prompt_logprobs and not last:
+                        scored.append((n, seq, seq.prompt[seq.n_past + 1]))
+                    self._add(batch, n, token, seq.n_past, seq.seq_id,
+                              last or seq.prompt_logprobs)
                     seq.n_past += 1
                     if last:
                         outputs.append((n, seq))
@@ -232,7 +244,22 @@ class BatchEngine:
                     self._finish(seq, error)
                 active.clear()
                 continue
+            for index, seq, token in scored:
+                if seq in active:
+                    try:
+                        seq.prompt_lps += seq.logprobs_fn(token, self.ctx, index)
+                    except Exception as exc:
+                        active.remove(seq)
+                        self._finish(seq, exc)
             for index, seq in outputs:
+                if seq not in active:
+                    continue
+                if seq.prompt_logprobs and seq.generated == 0:  # its prompt is done
+                    seq.out.put((PROMPT, seq.prompt_lps))
+                    if seq.limit <= 0:  # echo only
+                        active.remove(seq)
+                        self._finish(seq)
+                        continue
                 try:
                     token = lib.llama_sampler_sample(seq.sampler.sampler, self.ctx, index)
                     logprobs = seq.logprobs_fn(token, self.ctx, index) if seq.logprobs_fn else None

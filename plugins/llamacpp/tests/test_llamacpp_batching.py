@@ -272,3 +272,20 @@ class TestBatchedTinyGGUF(BackendConformance):
         path.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 100)
         return ModelSpec(id="corrupt", backend="llamacpp", path=str(path), plugin="llamacpp",
                          options={"n_parallel": 2})
+
+
+def test_echo_logprobs_of_a_long_prompt_across_chunks(tiny_plain, batched):
+    prompt = "hello world " * 50  # more tokens than one batch (512)
+    n = len(tiny_plain.prompt_tokens(prompt))
+    results = []
+    for model in (tiny_plain, batched):
+        deltas = list(plugin.generate(model=model, request=GenerateRequest(
+            prompt=prompt, max_tokens=2, temperature=0.0, echo=True, logprobs=0),
+            cancelled=threading.Event()))
+        results.append([lp for d in deltas for lp in (d.logprobs or [])])
+    plain, got = results
+    assert len(got) == len(plain) == n + 2
+    assert got[0].logprob is None and plain[0].logprob is None
+    for a, b in zip(plain[1:], got[1:]):
+        assert a.bytes == b.bytes
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-3)

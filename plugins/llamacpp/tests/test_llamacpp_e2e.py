@@ -154,6 +154,22 @@ def test_completion_with_stop_and_logprobs(client):
     assert choice.logprobs.token_logprobs and all(lp <= 0 for lp in choice.logprobs.token_logprobs)
 
 
+def test_echo_with_logprobs_scores_the_prompt(client):
+    prompt = "The capital of France is Paris"
+    reply = client.completions.create(model=MODEL, prompt=prompt, max_tokens=1, echo=True,
+                                      logprobs=1, temperature=0)
+    choice = reply.choices[0]
+    assert choice.text.startswith(prompt)
+    lp = choice.logprobs
+    assert "".join(lp.tokens) == choice.text
+    assert lp.token_logprobs[0] is None
+    assert all(x <= 0 for x in lp.token_logprobs[1:])
+    assert len(lp.tokens) == reply.usage.prompt_tokens + 1
+    # "Paris" after "The capital of France is" is the likely token
+    paris = lp.tokens.index(" Paris")
+    assert lp.token_logprobs[paris] > -2.0
+
+
 def test_second_model_and_errors(client):
     # The tiny GGUF is served alongside SmolLM2 (its own worker).
     reply = client.completions.create(model="tiny", prompt="hello", max_tokens=5, temperature=0)

@@ -97,6 +97,25 @@ def test_extra_sampling_fields_are_accepted(tiny, collect):
         assert first == collect(tiny, prompt=PROMPT, max_tokens=8, seed=4, extra=extra)[0]
 
 
+def test_extra_sampling_fields_reach_the_sampler(tiny, collect):
+    # Hot sampling differs from seed to seed; each extra, pushed to its limit, leaves one
+    # candidate per step: the same text for every seed.
+    greedy = greedy_text(collect, tiny, max_tokens=12)
+
+    def texts(**extra):
+        return {collect(tiny, prompt=PROMPT, max_tokens=12, temperature=1.5, min_p=0.0,
+                        seed=seed, extra=extra)[0] for seed in (1, 2, 3)}
+
+    assert len(texts()) > 1
+    assert len(texts(typical_p=1e-9)) == 1  # only the most "typical" token survives
+    # XTC with threshold 0 always removes all but the least likely candidate
+    (xtc,) = texts(xtc_probability=1.0, xtc_threshold=0.0)
+    assert xtc != greedy
+    # mirostat 2 with a target surprise of 0 keeps only the most likely token: greedy
+    assert texts(mirostat_mode=2, mirostat_tau=0.0, mirostat_eta=0.1) == {greedy}
+    assert len(texts(mirostat_mode=2, mirostat_tau=8.0)) > 1
+
+
 def test_stop_string_is_not_sent_and_finishes_with_stop(tiny, collect):
     full = greedy_text(collect, tiny, max_tokens=32)
     stop = full[10:13]
@@ -603,3 +622,42 @@ def test_cancel_while_the_prompt_is_read_aborts_it(tiny, collect):
     # the model is consistent afterwards (its KV cache holds no half-read prompt)
     assert collect(tiny, prompt=PROMPT, max_tokens=5)[1][-1].usage.completion_tokens == 5
     assert collect(tiny, prompt=prompt + "cat", max_tokens=10, temperature=0.0)[0] == expected
+
+
+def test_echo_with_logprobs_scores_the_prompt(tiny, collect):
+    ids = tiny.prompt_tokens(PROMPT)
+    text, deltas = collect(tiny, prompt=PROMPT, echo=True, logprobs=2, temperature=0.0,
+                           max_tokens=4)
+    assert text == PROMPT + greedy_text(collect, tiny, max_tokens=4)  # generation unchanged
+    assert deltas[0].text == PROMPT
+    lps = [lp for d in deltas for lp in (d.logprobs or [])]
+    assert len(lps) == len(ids) + 4
+    first, rest = lps[0], lps[1:]
+    assert first.logprob is None and first.top == []
+    assert first.bytes == list(tiny.piece(ids[0]))
+    assert all(lp.logprob <= 0.0 and len(lp.top) == 2 for lp in rest)
+    assert [bytes(lp.bytes) for lp in lps[:len(ids)]] == [tiny.piece(t) for t in ids]
+    assert deltas[-1].usage.prompt_tokens == len(ids)
+    assert deltas[-1].usage.completion_tokens == 4
+
+
+def test_echoed_prompt_logprobs_equal_the_generated_ones(tiny, collect):
+    # Token i's logprob given tokens 0..i-1 is the logprob a generation from that prefix
+    # reports for it (forced with a logit bias, which logprobs don't see).
+    ids = tiny.prompt_tokens(PROMPT)
+    _, echoed = collect(tiny, prompt=ids, echo=True, logprobs=1, max_tokens=0)
+    scored = [lp for d in echoed for lp in (d.logprobs or [])]
+    assert len(scored) == len(ids) and echoed[-1].usage.completion_tokens == 0
+    for i in range(len(ids) - 3, len(ids)):
+        _, deltas = collect(tiny, prompt=ids[:i], logprobs=1, max_tokens=1, temperature=0.0,
+                            logit_bias={str(ids[i]): 100.0})
+        (generated,) = [lp for d in deltas for lp in (d.logprobs or [])]
+        assert generated.bytes == scored[i].bytes
+        assert scored[i].logprob == pytest.approx(generated.logprob, abs=1e-3)
+        assert scored[i].top[0].logprob == pytest.approx(generated.top[0].logprob, abs=1e-3)
+
+
+def test_echo_without_logprobs_has_none(tiny, collect):
+    text, deltas = collect(tiny, prompt=PROMPT, echo=True, temperature=0.0, max_tokens=0)
+    assert text == PROMPT and all(d.logprobs is None for d in deltas)
+    assert deltas[-1].usage.completion_tokens == 0
