@@ -703,8 +703,6 @@ class Run:
     def __iter__(self):
         model = self.model
         llm = model.llm
-        lib = model.lib
-        vocab = model.vocab
         stream = self.stream
         want_logprobs = self.logprobs is not None
         if model.engine is not None:
@@ -729,23 +727,13 @@ class Run:
                     if abortable:
                         model.abort_on(None)
                         abortable = False
-                    if lib.llama_vocab_is_eog(vocab, token):
-                        self.finish = "stop"
+                    if self._is_end(token):
                         break
-                    self.completion_tokens += 1
-                    piece = model.piece(token)
-                    text = stream.feed(piece)
                     lps = self._logprobs(token, model.ctx, -1) if want_logprobs else None
+                    text, done = self._accept(token)
                     if text or lps:
                         yield text, lps
-                    if stream.stopped:
-                        self.finish = "stop"
-                        break
-                    if self.completion_tokens >= self.limit:
-                        self.finish = "length"
-                        break
-                    if self.cancelled is not None and self.cancelled.is_set():
-                        self.finish = "stop"
+                    if done:
                         break
             except RuntimeError:
                 if not (self.cancelled is not None and self.cancelled.is_set()):
@@ -760,6 +748,27 @@ class Run:
         rest = stream.finish()
         if rest:
             yield rest, None
+
+    def _is_end(self, token) -> bool:
+        """An end-of-generation token ends the choice with `stop` (it is not counted)."""
+        if self.model.lib.llama_vocab_is_eog(self.model.vocab, token):
+            self.finish = "stop"
+            return True
+        return False
+
+    def _accept(self, token) -> tuple[str, bool]:
+        """Count a sampled token; return the text now safe to send and whether to stop."""
+        self.completion_tokens += 1
+        text = self.stream.feed(self.model.piece(token))
+        if self.stream.stopped:
+            self.finish = "stop"
+        elif self.completion_tokens >= self.limit:
+            self.finish = "length"
+        elif self.cancelled is not None and self.cancelled.is_set():
+            self.finish = "stop"
+        else:
+            return text, False
+        return text, True
 
     def _batched(self):
         """The same loop, on tokens that the batch engine samples."""
@@ -782,21 +791,12 @@ class Run:
                 if token is PROMPT:  # the prompt's logprobs, before any token
                     yield self.echo, [self._first_prompt_logprob()] + lps
                     continue
-                if model.lib.llama_vocab_is_eog(model.vocab, token):
-                    self.finish = "stop"
+                if self._is_end(token):
                     break
-                self.completion_tokens += 1
-                text = stream.feed(model.piece(token))
+                text, done = self._accept(token)
                 if text or lps:
                     yield text, lps
-                if stream.stopped:
-                    self.finish = "stop"
-                    break
-                if self.completion_tokens >= self.limit:
-                    self.finish = "length"
-                    break
-                if self.cancelled is not None and self.cancelled.is_set():
-                    self.finish = "stop"
+                if done:
                     break
         finally:
             seq.stop()
