@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# More `llama-api serve` options, e.g. make serve SERVE_ARGS="--max-workers 2 --api-key sk-1"
+SERVE_ARGS ?=
 
 # torch first, pinned, with pip: an unpinned torch pulls a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
@@ -21,7 +23,7 @@ SOURCES := core/pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
 .PHONY: serve test setup setup-test clean
 
 serve: $(VENV)/.serve
-	$(VENV)/bin/llama-api serve --host $(HOST) --port $(PORT) --models-dir models
+	$(VENV)/bin/llama-api serve --host $(HOST) --port $(PORT) --models-dir models $(SERVE_ARGS)
 
 test: $(VENV)/.test
 	$(PY) -m pytest
