@@ -196,6 +196,17 @@ def test_client_disconnect_cancels_generation_in_the_worker(server, events_file)
     assert chat(server, "slow", 2).status_code == 200
 
 
+def test_client_timeout_on_a_plain_request_cancels_it_too(server, events_file):
+    chat(server, "slow", 1)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.v1 + "/chat/completions", timeout=0.5,
+                   json={"model": "slow", "messages": USER, "max_tokens": 400})
+    assert wait_for(lambda: any(e["event"] == "cancelled" for e in read_events(events_file)))
+    cancelled = next(e for e in read_events(events_file) if e["event"] == "cancelled")
+    assert cancelled["produced"] < 100
+    assert chat(server, "slow", 2).status_code == 200
+
+
 def test_shutdown_ends_every_worker(start_server):
     with start_server("--max-workers", "2") as server:
         chat(server, "fast", 1)

@@ -128,11 +128,11 @@ class OpenAIController(Controller):
 
     @post("/completions", status_code=200, summary="Text completion (OpenAI legacy API)")
     async def completions(self, request: Request, data: CompletionRequest) -> Response | Stream:
-        return await completion(request.app.state, data)
+        return await completion(request, data)
 
     @post("/chat/completions", status_code=200, summary="Chat completion")
     async def chat_completions(self, request: Request, data: ChatCompletionRequest) -> Response | Stream:
-        return await chat_completion(request.app.state, data)
+        return await chat_completion(request, data)
 
     @post("/embeddings", status_code=200, summary="Embeddings of texts or token lists")
     async def embeddings(self, request: Request, data: EmbeddingRequest) -> Response:

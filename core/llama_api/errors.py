@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 
 class LlamaApiError(Exception):
     """Base class: carries what the OpenAI error body needs."""
@@ -86,3 +88,14 @@ ERROR_KINDS: dict[str, type[LlamaApiError]] = {
         WorkerCrashed,
     )
 }
+
+
+@contextmanager
+def unwrapped():
+    """Raise the one error of a task group as itself, so the handlers above still see it."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

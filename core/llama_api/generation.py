@@ -6,8 +6,9 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+import anyio
 import msgspec
-from litestar import Response
+from litestar import Request, Response
 from litestar.response import Stream
 
 from llama_api import errors
@@ -38,11 +39,36 @@ async def run(state, model: str, requests: list[GenerateRequest]) -> AsyncIterat
                 yield index, delta
 
 
-async def collect(deltas: AsyncIterator[tuple[int, Delta]], count: int) -> list[fmt.Choice]:
+async def collect(request: Request, deltas: AsyncIterator[tuple[int, Delta]],
+                  count: int) -> list[fmt.Choice]:
+    """Gather a whole answer; if the client hangs up first, stop generating."""
     choices = [fmt.Choice(i) for i in range(count)]
-    async for index, delta in deltas:
-        choices[index].add(delta)
+
+    async def gather() -> None:
+        async for index, delta in deltas:
+            choices[index].add(delta)
+
+    await until_done_or_disconnected(request, gather)
     return choices
+
+
+async def until_done_or_disconnected(request: Request, work) -> None:
+    """Run `work()`; cancel it (and so the worker's generation) if the client goes away."""
+    with errors.unwrapped():
+        async with anyio.create_task_group() as task_group:
+
+            async def watch() -> None:
+                # The body has been read, so the next message can only be the disconnect.
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                log.info("client went away: cancelling its request")
+                task_group.cancel_scope.cancel()
+
+            task_group.start_soon(watch)
+            try:
+                await work()
+            finally:
+                task_group.cancel_scope.cancel()
 
 
 async def primed(deltas: AsyncIterator[tuple[int, Delta]]):
@@ -83,13 +109,14 @@ async def stream_events(first, deltas, render, finish) -> AsyncIterator[bytes]:
         await deltas.aclose()
 
 
-async def chat_completion(state, body: ChatCompletionRequest) -> Response | Stream:
+async def chat_completion(request: Request, body: ChatCompletionRequest) -> Response | Stream:
+    state = request.app.state
     requests = fmt.chat_requests(body)
     state.registry.resolve(body.model)  # 404 before any work
     response_id = fmt.new_id("chatcmpl")
     deltas = run(state, body.model, requests)
     if not body.stream:
-        choices = await collect(deltas, len(requests))
+        choices = await collect(request, deltas, len(requests))
         usage = fmt.total_usage(choices, prompts=1)
         return json_response(fmt.chat_response(response_id, body.model, choices, usage))
 
@@ -114,14 +141,15 @@ async def chat_completion(state, body: ChatCompletionRequest) -> Response | Stre
     return sse(stream_events(first, deltas, render, finish))
 
 
-async def completion(state, body: CompletionRequest) -> Response | Stream:
+async def completion(request: Request, body: CompletionRequest) -> Response | Stream:
+    state = request.app.state
     requests = fmt.completion_requests(body)
     state.registry.resolve(body.model)
     prompts = len(requests) // (body.n or 1)
     response_id = fmt.new_id("cmpl")
     deltas = run(state, body.model, requests)
     if not body.stream:
-        choices = await collect(deltas, len(requests))
+        choices = await collect(request, deltas, len(requests))
         usage = fmt.total_usage(choices, prompts=prompts)
         return json_response(fmt.completion_response(response_id, body.model, choices, usage))
 

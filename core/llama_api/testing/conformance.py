@@ -32,7 +32,7 @@ from llama_api.types import EmbedRequest, GenerateRequest, ModelSpec
 @asynccontextmanager
 async def running_worker(spec: ModelSpec, n_threads: int = 1):
     """A loaded worker for the duration of the block; stopped (and reaped) after."""
-    try:
+    with errors.unwrapped():  # show the test the error itself
         async with anyio.create_task_group() as task_group:
             worker = WorkerProcess(spec, n_threads, on_exit=lambda _: None)
             await worker.start(task_group)
@@ -41,10 +41,6 @@ async def running_worker(spec: ModelSpec, n_threads: int = 1):
             finally:
                 await worker.stop()
             task_group.cancel_scope.cancel()
-    except BaseExceptionGroup as group:  # show the test the error itself
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
 
 
 async def generate_all(worker: WorkerProcess, request: GenerateRequest):
