@@ -169,6 +169,9 @@ class Scheduler:
         worker = WorkerProcess(entry.spec, self.threads_per_worker, on_exit=self._worker_exited)
         try:
             await worker.start(self._task_group)
+        except anyio.get_cancelled_exc_class():
+            await worker.stop()  # shutdown while loading: end the process, don't wait on it
+            raise
         except errors.LlamaApiError as exc:
             log.error("model %s failed to load: %s", entry.spec.id, exc.message)
             entry.error = exc
