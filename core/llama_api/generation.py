@@ -71,13 +71,20 @@ async def until_done_or_disconnected(request: Request, work) -> None:
                 task_group.cancel_scope.cancel()
 
 
-async def primed(deltas: AsyncIterator[tuple[int, Delta]]):
+async def primed(request: Request, deltas: AsyncIterator[tuple[int, Delta]]):
     """Wait for the first delta before answering, so that load failures and bad prompts
-    get a real HTTP status instead of an error inside a 200 stream."""
-    try:
-        first = await deltas.__anext__()
-    except StopAsyncIteration:
-        first = None
+    get a real HTTP status instead of an error inside a 200 stream. A client that hangs
+    up meanwhile (queued, or waiting for a load) gives up its place."""
+    first = None
+
+    async def get_first() -> None:
+        nonlocal first
+        try:
+            first = await deltas.__anext__()
+        except StopAsyncIteration:
+            pass
+
+    await until_done_or_disconnected(request, get_first)
     return first
 
 
@@ -120,7 +127,7 @@ async def chat_completion(request: Request, body: ChatCompletionRequest) -> Resp
         usage = fmt.total_usage(choices, prompts=1)
         return json_response(fmt.chat_response(response_id, body.model, choices, usage))
 
-    first = await primed(deltas)
+    first = await primed(request, deltas)
     created = int(time.time())
     choices = [fmt.Choice(i) for i in range(len(requests))]
     started: set[int] = set()
@@ -153,7 +160,7 @@ async def completion(request: Request, body: CompletionRequest) -> Response | St
         usage = fmt.total_usage(choices, prompts=prompts)
         return json_response(fmt.completion_response(response_id, body.model, choices, usage))
 
-    first = await primed(deltas)
+    first = await primed(request, deltas)
     created = int(time.time())
     choices = [fmt.Choice(i) for i in range(len(requests))]
     offsets = [0] * len(requests)
