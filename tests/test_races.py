@@ -75,3 +75,62 @@ def test_streaming_client_that_hangs_up_while_queued_leaves_the_queue(start_serv
     from llama_api_echo import read_events
     starts = [e for e in read_events(events_file) if e["event"] == "start"]
     assert len(starts) == 2, "the abandoned stream still generated"
+
+
+class FakeWorker:
+    """Stands in for WorkerProcess in scheduler-only tests; `script` says how each start goes."""
+
+    script: list[str] = []
+    started: list["FakeWorker"] = []
+
+    def __init__(self, spec, n_threads, on_exit):
+        self.spec, self.on_exit = spec, on_exit
+        self.slots, self.info, self.pid, self.alive = 1, {}, 0, False
+
+    async def start(self, task_group):
+        FakeWorker.started.append(self)
+        self.pid = len(FakeWorker.started)
+        self.alive = True
+        if FakeWorker.script.pop(0) == "dies right after loading":
+            # The worker said Loaded and then died; the reader task saw both before
+            # start() resumed: on_exit ran while the entry had no worker yet.
+            self.alive = False
+            self.on_exit(self)
+
+    async def stop(self, grace: float = 5.0):
+        self.alive = False
+
+
+def run_scheduler(monkeypatch, script, body, **settings):
+    import anyio
+
+    from llama_api import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "WorkerProcess", FakeWorker)
+    FakeWorker.script, FakeWorker.started = list(script), []
+
+    async def main():
+        async with scheduler_module.Scheduler(scheduler_module.Settings(**settings)).running() as s:
+            with anyio.fail_after(5):
+                return await body(s)
+
+    return anyio.run(main)
+
+
+def test_a_worker_that_dies_right_after_loading_is_not_kept(monkeypatch):
+    from llama_api import errors
+    from llama_api.types import ModelSpec
+
+    spec = ModelSpec(id="m", backend="echo")
+
+    async def body(scheduler):
+        try:
+            async with scheduler.lease(spec):
+                pass
+        except errors.BackendUnavailable:
+            pass  # failing the request that saw the death is fine
+        async with scheduler.lease(spec) as worker:
+            return worker.alive
+
+    assert run_scheduler(monkeypatch, ["dies right after loading", "ok", "ok"], body), \
+        "a dead worker was kept as the model's worker"

@@ -179,12 +179,17 @@ class Scheduler:
             log.exception("model %s failed to load", entry.spec.id)
             entry.error = errors.ModelLoadError(f"model {entry.spec.id!r} failed to load: {exc}")
         else:
-            entry.worker = worker
-            entry.slots = anyio.Semaphore(worker.slots)
-            log.info(
-                "model %s loaded in %.2fs (pid %s, %s slot(s))",
-                entry.spec.id, time.perf_counter() - started, worker.pid, worker.slots,
-            )
+            if not worker.alive:  # died before we got here: _worker_exited found no entry
+                entry.error = errors.ModelLoadError(
+                    f"the worker for model {entry.spec.id!r} exited right after loading; "
+                    "see the server log")
+            else:
+                entry.worker = worker
+                entry.slots = anyio.Semaphore(worker.slots)
+                log.info(
+                    "model %s loaded in %.2fs (pid %s, %s slot(s))",
+                    entry.spec.id, time.perf_counter() - started, worker.pid, worker.slots,
+                )
         if entry.error is not None and self.entries.get(entry.spec.id) is entry:
             del self.entries[entry.spec.id]  # the next request tries again
         entry.ready.set()
