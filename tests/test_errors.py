@@ -33,6 +33,13 @@ BAD_REQUESTS = [
     ("/embeddings", {"model": "fast", "input": ["x"] * 5000}, 400, "input"),
     ("/embeddings", {"model": "fast", "input": "x", "encoding_format": "hex"}, 400, "encoding_format"),
     ("/embeddings", {"model": "fast", "input": "x", "dimensions": 0}, 400, "dimensions"),
+    # Integers past 64 bits can't cross the worker pipe: a 400, not a 500.
+    (CHAT, {"model": "fast", "messages": USER, "max_tokens": 10**20}, 400, None),
+    (CHAT, {"model": "fast", "messages": USER, "seed": -2**63 - 1}, 400, None),
+    ("/completions", {"model": "fast", "prompt": [1, 2**70]}, 400, None),
+    ("/embeddings", {"model": "fast", "input": [[2**70]]}, 400, None),
+    (CHAT, {"model": "fast", "messages": USER, "response_format": {"type": "json_schema",
+     "json_schema": {"schema": {"type": "integer", "maximum": 10**20}}}}, 400, None),
 ]
 
 

@@ -158,7 +158,10 @@ class WorkerProcess:
         return f"the worker for model {self.spec.id!r} stopped unexpectedly ({how})"
 
     async def _send(self, message) -> None:
-        frame = protocol.encode(message)
+        try:
+            frame = protocol.encode(message)
+        except OverflowError as exc:  # msgpack carries 64-bit integers; JSON has no bound
+            raise errors.BadRequest(f"The request holds an integer out of range ({exc}).") from None
         async with self._send_lock:
             try:
                 await self._process.stdin.send(frame)
