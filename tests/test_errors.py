@@ -62,6 +62,8 @@ def test_bad_input_names_the_field(server, path, body, status, param):
 def test_malformed_json_and_unknown_routes(server):
     assert_openai_error(httpx.post(server.v1 + CHAT, content=b"{not json"), 400)
     assert_openai_error(httpx.post(server.v1 + CHAT, content=b"[1, 2]"), 400)
+    not_utf8 = b'{"model": "fast", "messages": [{"role": "user", "content": "\xff"}]}'
+    assert_openai_error(httpx.post(server.v1 + CHAT, content=not_utf8), 400)
     assert_openai_error(httpx.get(server.v1 + "/nothing-here"), 404)
     assert_openai_error(httpx.get(server.v1 + CHAT), 405)
 

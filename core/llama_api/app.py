@@ -72,6 +72,12 @@ def validation_error_handler(_: Request, exc: ValidationException) -> Response:
                     status_code=400)
 
 
+def undecodable_body_handler(_: Request, exc: UnicodeDecodeError) -> Response:
+    # Litestar decodes the JSON body lazily and lets this through as it is.
+    return Response(error_body(f"Invalid request body: not UTF-8 ({exc.reason} at byte {exc.start}).",
+                               "invalid_request_error", None, "invalid_value"), status_code=400)
+
+
 def http_error_handler(request: Request, exc: HTTPException) -> Response:
     if exc.status_code == 404:
         message = f"No route {request.method} {request.url.path}. See /schema for the API."
@@ -190,6 +196,7 @@ def create_app(config: ServerConfig | None = None, plugins: Plugins | None = Non
         exception_handlers={
             errors.LlamaApiError: api_error_handler,
             ValidationException: validation_error_handler,
+            UnicodeDecodeError: undecodable_body_handler,
             HTTPException: http_error_handler,
             Exception: internal_error_handler,
         },
