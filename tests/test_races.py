@@ -134,3 +134,31 @@ def test_a_worker_that_dies_right_after_loading_is_not_kept(monkeypatch):
 
     assert run_scheduler(monkeypatch, ["dies right after loading", "ok", "ok"], body), \
         "a dead worker was kept as the model's worker"
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                with open(f"/proc/{stat}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(stat))
+    return found
+
+
+def test_a_spec_the_worker_pipe_cannot_carry_leaves_no_process_behind(start_server, tmp_path,
+                                                                      models_dir):
+    config = tmp_path / "models.toml"
+    config.write_text(f'[models.huge]\nbackend = "echo"\npath = "{models_dir / "fast.echo"}"\n'
+                      f'options = {{ n_ctx = {2**70} }}\n')
+    with start_server("--config", str(config)) as server:
+        for _ in range(2):
+            reply = chat(server, "huge", 1)
+            assert reply.status_code == 503, reply.text
+            assert reply.json()["error"]["code"] == "model_load_failed"
+        assert wait_for(lambda: children(server.process.pid) == [], timeout=5), \
+            f"worker processes left behind: {children(server.process.pid)}"

@@ -55,6 +55,8 @@ class WorkerProcess:
                      "RAYON_NUM_THREADS"):
             env.setdefault(name, str(self.n_threads))
         env["PYTHONUNBUFFERED"] = "1"
+        load = protocol.Load(spec=self.spec, n_threads=self.n_threads)
+        protocol.encode(load)  # a spec msgpack can't carry fails here, before any process
         self._process = await anyio.open_process(
             [sys.executable, "-m", "llama_api.worker", self.spec.plugin],
             stdin=subprocess.PIPE,
@@ -68,7 +70,7 @@ class WorkerProcess:
         task_group.start_soon(self._drain_stderr)
         self.log.info("started worker pid=%s threads=%s", self.pid, self.n_threads)
         try:
-            await self._send(protocol.Load(spec=self.spec, n_threads=self.n_threads))
+            await self._send(load)
         except errors.WorkerCrashed:
             pass  # the process died before reading; _read_frames reports why
         await self._loaded.wait()
