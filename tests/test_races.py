@@ -162,3 +162,11 @@ def test_a_spec_the_worker_pipe_cannot_carry_leaves_no_process_behind(start_serv
             assert reply.json()["error"]["code"] == "model_load_failed"
         assert wait_for(lambda: children(server.process.pid) == [], timeout=5), \
             f"worker processes left behind: {children(server.process.pid)}"
+
+
+def test_a_frame_that_does_not_decode_fails_its_request_instead_of_hanging(server):
+    reply = httpx.post(server.v1 + "/chat/completions", timeout=15,
+                       json={"model": "fast", "messages": [{"role": "user", "content": "MALFORMED"}]})
+    assert reply.status_code == 503, reply.text
+    assert reply.json()["error"]["type"] == "server_error"
+    assert chat(server, "fast", 2).status_code == 200  # the model still serves

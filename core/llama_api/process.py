@@ -11,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 
 import anyio
+import msgspec
 from anyio.abc import TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
@@ -176,8 +177,13 @@ class WorkerProcess:
             while True:
                 header = await stream.receive_exactly(protocol.HEADER.size)
                 (length,) = protocol.HEADER.unpack(header)
-                message = protocol.from_worker_decoder.decode(await stream.receive_exactly(length))
-                self._dispatch(message)
+                body = await stream.receive_exactly(length)
+                try:
+                    message = protocol.from_worker_decoder.decode(body)
+                except msgspec.DecodeError as exc:  # e.g. a backend's float where an int goes
+                    message = self._malformed(body, exc)
+                if message is not None:
+                    self._dispatch(message)
         except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
                 anyio.ClosedResourceError):
             pass
@@ -185,6 +191,22 @@ class WorkerProcess:
             with anyio.CancelScope(shield=True):
                 await self._process.wait()
             self._on_process_gone()
+
+    def _malformed(self, body: bytes, exc: Exception) -> protocol.Failed | None:
+        """A frame the protocol's types refuse: fail the request (or the load) it answers."""
+        self.log.error("the worker sent a malformed frame: %s", exc)
+        try:
+            raw = msgspec.msgpack.decode(body)
+        except msgspec.DecodeError:
+            raw = None
+        raw = raw if isinstance(raw, dict) else {}
+        request_id = raw.get("id")
+        if raw.get("type") == "Loaded" and not self._loaded.is_set():
+            request_id = 0
+        elif not isinstance(request_id, int) or request_id < 1:
+            return None
+        return protocol.Failed(id=request_id, kind="BackendUnavailable", code="backend_error",
+                               message=f"the backend sent a malformed answer: {exc}")
 
     def _dispatch(self, message: protocol.FromWorker) -> None:
         match message:

@@ -6,7 +6,9 @@ A model is a `*.echo` file holding JSON options:
   load_delay   seconds spent loading (default 0)
   fail_load    a load error message to raise
   noisy        write to fd 1 while loading and generating, as chatty C libraries do
-A prompt containing the word RAISE makes generate raise a RuntimeError (a backend bug).
+A prompt containing the word RAISE makes generate raise a RuntimeError (a backend bug);
+the word MALFORMED makes it yield a delta whose usage holds a float (a backend bug that
+encodes fine in the worker but does not decode as the protocol's types).
 Generation repeats the prompt's words ("w0 w1 ...") cyclically, one word per token.
 Set LLAMA_API_ECHO_EVENTS to a file path to have the worker append one JSON line per
 event (start, end, cancelled) with its model, pid and time.
@@ -100,6 +102,9 @@ def generate(model, request, cancelled):
     words = prompt_words(request)
     if "RAISE" in words:  # a backend bug, as a plain exception
         raise RuntimeError("echo was asked to fail")
+    if "MALFORMED" in words:
+        return iter([Delta(text="x", finish_reason="stop",
+                           usage=Usage(prompt_tokens=0.5, completion_tokens=1))])
     if len(words) > 1000:
         raise errors.ContextLengthExceeded(
             f"prompt has {len(words)} tokens, more than the context of 1000 tokens", param="messages")
