@@ -170,3 +170,21 @@ def test_a_frame_that_does_not_decode_fails_its_request_instead_of_hanging(serve
     assert reply.status_code == 503, reply.text
     assert reply.json()["error"]["type"] == "server_error"
     assert chat(server, "fast", 2).status_code == 200  # the model still serves
+
+
+def test_embeddings_client_that_hangs_up_while_queued_leaves_the_queue(start_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with start_server("--max-queue", "1") as server:
+        chat(server, "slow", 1)
+        with ThreadPoolExecutor(1) as pool:
+            busy = pool.submit(chat, server, "slow", 60)  # holds the one slot ~3 s
+            time.sleep(0.3)
+            with pytest.raises(httpx.ReadTimeout):  # queued behind it; gives up
+                httpx.post(server.v1 + "/embeddings", timeout=0.4,
+                           json={"model": "slow", "input": "hello"})
+            time.sleep(0.3)
+            assert not busy.done()
+            queued = chat(server, "slow", 1)  # the queue's one place must be free again
+            assert busy.result().status_code == 200
+        assert queued.status_code == 200, queued.text

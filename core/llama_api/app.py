@@ -19,7 +19,8 @@ from litestar.response import Stream
 
 from llama_api import errors
 from llama_api.embeddings import embeddings_response
-from llama_api.generation import chat_completion, completion, json_response
+from llama_api.generation import (chat_completion, completion, json_response,
+                                  until_done_or_disconnected)
 from llama_api.plugins import Plugins
 from llama_api.registry import Registry
 from llama_api.scheduler import Scheduler, Settings
@@ -142,7 +143,13 @@ class OpenAIController(Controller):
 
     @post("/embeddings", status_code=200, summary="Embeddings of texts or token lists")
     async def embeddings(self, request: Request, data: EmbeddingRequest) -> Response:
-        return json_response(await embeddings_response(request.app.state, data))
+        body: dict = {}
+
+        async def work() -> None:  # a client that hangs up while queued gives up its place
+            body.update(await embeddings_response(request.app.state, data))
+
+        await until_done_or_disconnected(request, work)
+        return json_response(body)
 
 
 def model_card(spec, entry) -> dict:
