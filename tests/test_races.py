@@ -188,3 +188,21 @@ def test_embeddings_client_that_hangs_up_while_queued_leaves_the_queue(start_ser
             queued = chat(server, "slow", 1)  # the queue's one place must be free again
             assert busy.result().status_code == 200
         assert queued.status_code == 200, queued.text
+
+
+def test_a_streamed_token_is_not_held_back_while_the_backend_stalls(start_server, models_dir):
+    # Two words come at once, then the backend pauses 2 s before the third.
+    (models_dir / "stalling.echo").write_text(json.dumps({"stall": 2.0, "stall_after": 2}))
+    with start_server() as server:
+        chat(server, "stalling", 1)
+        started = time.monotonic()
+        arrivals = []
+        with httpx.stream("POST", server.v1 + "/chat/completions", timeout=30,
+                          json={"model": "stalling", "messages": USER, "max_tokens": 3,
+                                "stream": True}) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    text = json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                    arrivals.extend([time.monotonic() - started] * len(text.split()))
+    assert len(arrivals) == 3
+    assert arrivals[1] < 1.0, f"the second word waited for the third: {arrivals}"

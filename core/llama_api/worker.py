@@ -166,30 +166,52 @@ class Worker:
 
     def run_generate(self, message: protocol.Generate) -> None:
         cancelled = self.cancels[message.id]
+        lock = threading.Lock()
+        pending: list[Delta] = []
+        last_flush = 0.0
+        timer: threading.Timer | None = None
+
+        def flush(done: bool = False) -> None:
+            # Also run by the timer: a held delta goes out even if the backend stalls.
+            nonlocal pending, last_flush, timer
+            with lock:
+                if timer is not None:
+                    timer.cancel()
+                    timer = None
+                if pending or done:
+                    self.channel.send(protocol.Deltas(id=message.id, deltas=merge(pending),
+                                                      done=done))
+                pending = []
+                last_flush = time.monotonic()
+
         try:
             stream = self.plugins.hook.generate(
                 model=self.model, request=message.request, cancelled=cancelled
             )
             if stream is None:
                 raise errors.NotSupported("this model does not generate text")
-            pending: list[Delta] = []
-            last_flush = 0.0
             for delta in stream:
                 if cancelled.is_set():
                     close = getattr(stream, "close", None)
                     if close is not None:
                         close()
                     break
-                pending.append(delta)
-                now = time.monotonic()
-                if now - last_flush >= FLUSH_INTERVAL:
-                    self.channel.send(protocol.Deltas(id=message.id, deltas=merge(pending)))
-                    pending = []
-                    last_flush = now
-            self.channel.send(protocol.Deltas(id=message.id, deltas=merge(pending), done=True))
+                with lock:
+                    pending.append(delta)
+                    wait = FLUSH_INTERVAL - (time.monotonic() - last_flush)
+                    if wait > 0 and timer is None:
+                        timer = threading.Timer(wait, flush)
+                        timer.daemon = True
+                        timer.start()
+                if wait <= 0:
+                    flush()
+            flush(done=True)
         except Exception as exc:
             self.channel.send(failure(message.id, exc))
         finally:
+            with lock:
+                if timer is not None:
+                    timer.cancel()
             self.cancels.pop(message.id, None)
 
     def run_embed(self, message: protocol.Embed) -> None:

@@ -6,6 +6,7 @@ A model is a `*.echo` file holding JSON options:
   load_delay   seconds spent loading (default 0)
   fail_load    a load error message to raise
   noisy        write to fd 1 while loading and generating, as chatty C libraries do
+  stall        seconds to pause before token number `stall_after` (default 0: none)
 A prompt containing the word RAISE makes generate raise a RuntimeError (a backend bug);
 the word MALFORMED makes it yield a delta whose usage holds a float (a backend bug that
 encodes fine in the worker but does not decode as the protocol's types).
@@ -50,6 +51,8 @@ class EchoModel:
         self.delay = float(options.get("delay", 0))
         self.slots = int(options.get("slots", 1))
         self.noisy = bool(options.get("noisy"))
+        self.stall = float(options.get("stall", 0))
+        self.stall_after = int(options.get("stall_after", 0))
         self.info = {"delay": self.delay}
 
 
@@ -123,6 +126,8 @@ def echo_tokens(model, request, words, cancelled):
                 return
             if model.delay:
                 time.sleep(model.delay)
+            if model.stall and i == model.stall_after:
+                time.sleep(model.stall)
             if model.noisy:
                 os.write(1, b"noise on stdout while generating\n")
             produced += 1
