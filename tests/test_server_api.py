@@ -107,3 +107,15 @@ def test_noisy_backend_output_does_not_corrupt_the_channel(server):
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["text"] == "p q p"
     assert "noise on stdout while generating" in server.log()
+
+
+def test_a_backend_that_yields_nothing_still_ends_each_streamed_choice(server):
+    client = openai.OpenAI(base_url=server.v1, api_key="unused")
+    chunks = list(client.chat.completions.create(
+        model="fast", messages=[{"role": "user", "content": "SILENT please"}], n=2, stream=True))
+    for index in (0, 1):
+        mine = [c.choices[0] for c in chunks if c.choices and c.choices[0].index == index]
+        assert mine[0].delta.role == "assistant"
+        assert [c.finish_reason for c in mine if c.finish_reason] == ["stop"]
+    completion = list(client.completions.create(model="fast", prompt="SILENT", stream=True))
+    assert [c.choices[0].finish_reason for c in completion] == ["stop"]

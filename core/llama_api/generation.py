@@ -116,6 +116,14 @@ async def stream_events(first, deltas, render, finish) -> AsyncIterator[bytes]:
         await deltas.aclose()
 
 
+def close_unfinished(choices: list[fmt.Choice], render):
+    """Every choice ends with a finish_reason chunk, even if the backend sent none
+    (clients such as LangChain fail on a stream without one)."""
+    for choice in choices:
+        if choice.finish_reason is None:
+            yield from render(choice.index, Delta(finish_reason="stop"))
+
+
 async def chat_completion(request: Request, body: ChatCompletionRequest) -> Response | Stream:
     state = request.app.state
     requests = fmt.chat_requests(body)
@@ -140,6 +148,7 @@ async def chat_completion(request: Request, body: ChatCompletionRequest) -> Resp
         yield event(fmt.chat_chunk(response_id, body.model, created, index, delta))
 
     def finish():
+        yield from close_unfinished(choices, render)
         if body.stream_options and body.stream_options.include_usage:
             usage = fmt.total_usage(choices, prompts=1)
             yield event(fmt.usage_chunk(response_id, body.model, created,
@@ -172,6 +181,7 @@ async def completion(request: Request, body: CompletionRequest) -> Response | St
         offsets[index] += len(delta.text)
 
     def finish():
+        yield from close_unfinished(choices, render)
         if body.stream_options and body.stream_options.include_usage:
             usage = fmt.total_usage(choices, prompts=prompts)
             yield event(fmt.usage_chunk(response_id, body.model, created, "text_completion", usage))

@@ -7,6 +7,7 @@ A model is a `*.echo` file holding JSON options:
   fail_load    a load error message to raise
   noisy        write to fd 1 while loading and generating, as chatty C libraries do
   stall        seconds to pause before token number `stall_after` (default 0: none)
+A prompt containing the word SILENT makes generate yield nothing at all.
 A prompt containing the word RAISE makes generate raise a RuntimeError (a backend bug);
 the word MALFORMED makes it yield a delta whose usage holds a float (a backend bug that
 encodes fine in the worker but does not decode as the protocol's types).
@@ -103,6 +104,8 @@ def generate(model, request, cancelled):
     if not isinstance(model, EchoModel):
         return None
     words = prompt_words(request)
+    if "SILENT" in words:  # a backend that yields nothing at all
+        return iter(())
     if "RAISE" in words:  # a backend bug, as a plain exception
         raise RuntimeError("echo was asked to fail")
     if "MALFORMED" in words:
