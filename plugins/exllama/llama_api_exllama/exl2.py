@@ -6,9 +6,9 @@ import logging
 import time
 from pathlib import Path
 
-from llama_api import errors
 from llama_api.types import LoadContext
 
+from llama_api_exllama.adapter import DynamicJobs, load_with
 from llama_api_exllama.generation import Sampling
 from llama_api_exllama.options import LoadOptions
 
@@ -21,7 +21,7 @@ def gpu_memory() -> list[int]:
     return [torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count())]
 
 
-class Exl2Adapter:
+class Exl2Adapter(DynamicJobs):
     def __init__(self, folder: Path, opts: LoadOptions, context: LoadContext):
         import exllamav2
         import torch
@@ -135,23 +135,8 @@ class Exl2Adapter:
             settings.token_bias = bias
         return settings
 
-    def make_job(
-        self,
-        input_ids: list[int],
-        max_new_tokens: int,
-        sampling: Sampling,
-        stop_token_ids: list[int],
-        identifier,
-    ):
-        ids = self._torch.tensor([input_ids], dtype=self._torch.long)
-        return self._Job(
-            input_ids=ids,
-            max_new_tokens=max_new_tokens,
-            gen_settings=self.settings(sampling),
-            seed=sampling.seed,
-            stop_conditions=list(stop_token_ids),
-            identifier=identifier,
-        )
+    def sampling_arguments(self, sampling: Sampling) -> dict:
+        return {"gen_settings": self.settings(sampling)}
 
     def unload(self) -> None:
         import gc
@@ -167,12 +152,4 @@ class Exl2Adapter:
 
 
 def load(folder: Path, opts: LoadOptions, context: LoadContext) -> Exl2Adapter:
-    try:
-        return Exl2Adapter(folder, opts, context)
-    except errors.LlamaApiError:
-        raise
-    except Exception as exc:
-        kind = "out of GPU memory" if "out of memory" in str(exc).lower() else type(exc).__name__
-        raise errors.ModelLoadError(
-            f"exllamav2 could not load {folder.name}: {kind}: {exc}"
-        ) from exc
+    return load_with(Exl2Adapter, "exllamav2", folder, opts, context)

@@ -7,9 +7,9 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from llama_api import errors
 from llama_api.types import LoadContext
 
+from llama_api_exllama.adapter import DynamicJobs, load_with
 from llama_api_exllama.generation import Sampling
 from llama_api_exllama.options import LoadOptions
 
@@ -23,7 +23,7 @@ def _version() -> str:
         return "?"
 
 
-class Exl3Adapter:
+class Exl3Adapter(DynamicJobs):
     def __init__(self, folder: Path, opts: LoadOptions, context: LoadContext):
         import torch
         from exllamav3 import (
@@ -115,23 +115,8 @@ class Exl3Adapter:
             logit_bias=dict(s.logit_bias) if s.logit_bias else None,
         )
 
-    def make_job(
-        self,
-        input_ids: list[int],
-        max_new_tokens: int,
-        sampling: Sampling,
-        stop_token_ids: list[int],
-        identifier,
-    ):
-        ids = self._torch.tensor([input_ids], dtype=self._torch.long)
-        return self._Job(
-            input_ids=ids,
-            max_new_tokens=max_new_tokens,
-            sampler=self.sampler(sampling),
-            seed=sampling.seed,
-            stop_conditions=list(stop_token_ids),
-            identifier=identifier,
-        )
+    def sampling_arguments(self, sampling: Sampling) -> dict:
+        return {"sampler": self.sampler(sampling)}
 
     def unload(self) -> None:
         import gc
@@ -152,12 +137,4 @@ class Exl3Adapter:
 
 
 def load(folder: Path, opts: LoadOptions, context: LoadContext) -> Exl3Adapter:
-    try:
-        return Exl3Adapter(folder, opts, context)
-    except errors.LlamaApiError:
-        raise
-    except Exception as exc:
-        kind = "out of GPU memory" if "out of memory" in str(exc).lower() else type(exc).__name__
-        raise errors.ModelLoadError(
-            f"exllamav3 could not load {folder.name}: {kind}: {exc}"
-        ) from exc
+    return load_with(Exl3Adapter, "exllamav3", folder, opts, context)
