@@ -45,6 +45,17 @@ def test_config_defines_models_with_aliases_and_options(tmp_path, models_dir):
     assert registry.resolve("gpt-3.5-turbo").id == "chat"
 
 
+def test_an_alias_never_hides_another_models_id():
+    from llama_api.types import ModelSpec
+
+    registry = Registry([
+        ModelSpec(id="chat", backend="echo", aliases=["fast", "gpt-4o"]),
+        ModelSpec(id="fast", backend="echo"),
+    ])
+    assert registry.resolve("fast").id == "fast"
+    assert registry.resolve("gpt-4o").id == "chat"
+
+
 @pytest.mark.parametrize("body,expected", [
     ('[models.a]\nbackend = "nope"\n', ["models.toml", "'a'", "backend", "nope"]),
     ('[models.b]\nbackend = "echo"\nslots = "many"\n', ["models.toml", "'b'", "slots"]),

@@ -83,9 +83,14 @@ class Registry:
             if spec.id in self.models:
                 continue
             self.models[spec.id] = spec
+        # Ids first, so an alias can't hide another model's id.
+        self._names = {model_id: model_id for model_id in self.models}
         for spec in self.models.values():
-            for name in [spec.id, *spec.aliases]:
-                self._names.setdefault(name, spec.id)
+            for alias in spec.aliases:
+                owner = self._names.setdefault(alias, spec.id)
+                if owner != spec.id:
+                    log.warning("alias %r of model %r is ignored: it already names model %r",
+                                alias, spec.id, owner)
 
     @classmethod
     def build(cls, plugins: Plugins, models_dir: Path | None, config: Path | None) -> "Registry":
