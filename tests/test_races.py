@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -10,31 +11,8 @@ import time
 import httpx
 import pytest
 
-import os
-
-USER = [{"role": "user", "content": "tick tock"}]
-
-
-def chat(server, model: str, max_tokens: int = 10, **extra) -> httpx.Response:
-    return httpx.post(server.v1 + "/chat/completions", timeout=60,
-                      json={"model": model, "messages": USER, "max_tokens": max_tokens, **extra})
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+from llama_api.testing import pid_exists, wait_for
+from llama_api_echo import USER, chat, read_events
 
 
 def test_shutdown_while_a_model_loads_ends_its_worker(start_server, models_dir):
@@ -49,7 +27,7 @@ def test_shutdown_while_a_model_loads_ends_its_worker(start_server, models_dir):
             server.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pytest.fail("the server hung on shutdown while a model was loading")
-        assert wait_for(lambda: not pid_alive(pid), timeout=5), "the loading worker outlived the server"
+        assert wait_for(lambda: not pid_exists(pid), timeout=5), "the loading worker outlived the server"
 
 
 def test_streaming_client_that_hangs_up_while_queued_leaves_the_queue(start_server, events_file):
@@ -71,8 +49,7 @@ def test_streaming_client_that_hangs_up_while_queued_leaves_the_queue(start_serv
             queued = chat(server, "slow", 1)  # the queue's one place must be free again
             assert busy.result().status_code == 200
         assert queued.status_code == 200, queued.text
-    from llama_api_echo import read_events
-    starts = [e for e in read_events(events_file) if e["event"] == "start"]
+        starts = [e for e in read_events(events_file) if e["event"] == "start"]
     assert len(starts) == 2, "the abandoned stream still generated"
 
 

@@ -12,31 +12,8 @@ import httpx
 import openai
 import pytest
 
-from llama_api_echo import read_events
-
-USER = [{"role": "user", "content": "tick tock"}]
-
-
-def chat(server, model: str, max_tokens: int = 10, **extra) -> httpx.Response:
-    return httpx.post(server.v1 + "/chat/completions", timeout=60,
-                      json={"model": model, "messages": USER, "max_tokens": max_tokens, **extra})
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+from llama_api.testing import pid_exists, wait_for
+from llama_api_echo import USER, chat, read_events
 
 
 def spans(events: list[dict]) -> dict[str, tuple[float, float]]:
@@ -74,8 +51,8 @@ def test_least_recently_used_idle_worker_is_evicted_at_max_workers(start_server)
         assert chat(server, "wide", 1).status_code == 200
         health = server.health()
         assert sorted(health["loaded"]) == ["fast", "wide"]
-        assert wait_for(lambda: not pid_alive(pids["slow"])), "evicted worker still alive"
-        assert pid_alive(pids["fast"])
+        assert wait_for(lambda: not pid_exists(pids["slow"])), "evicted worker still alive"
+        assert pid_exists(pids["fast"])
 
 
 def test_eviction_at_one_worker_ends_the_previous_process(start_server):
@@ -84,7 +61,7 @@ def test_eviction_at_one_worker_ends_the_previous_process(start_server):
         first_pid = server.health()["workers"]["fast"]
         chat(server, "slow", 1)
         assert server.health()["loaded"] == ["slow"]
-        assert not pid_alive(first_pid)
+        assert not pid_exists(first_pid)
 
 
 def test_concurrent_first_requests_share_one_load(start_server, events_file):
@@ -160,7 +137,7 @@ def test_idle_timeout_unloads_the_model(start_server):
         chat(server, "fast", 1)
         pid = server.health()["workers"]["fast"]
         assert wait_for(lambda: server.health()["loaded"] == [], timeout=10)
-        assert wait_for(lambda: not pid_alive(pid))
+        assert wait_for(lambda: not pid_exists(pid))
 
 
 def test_killed_worker_fails_its_stream_and_the_next_request_reloads(server):
@@ -212,7 +189,7 @@ def test_shutdown_ends_every_worker(start_server):
         chat(server, "fast", 1)
         chat(server, "slow", 1)
         pids = list(server.health()["workers"].values())
-    assert all(wait_for(lambda p=p: not pid_alive(p)) for p in pids)
+    assert all(wait_for(lambda p=p: not pid_exists(p)) for p in pids)
 
 
 def test_a_crash_fails_only_the_request_it_was_serving(server):

@@ -26,6 +26,7 @@ import pytest
 
 from llama_api import errors
 from llama_api.process import WorkerProcess
+from llama_api.testing.processes import pid_exists
 from llama_api.types import EmbedRequest, GenerateRequest, ModelSpec
 
 
@@ -46,14 +47,6 @@ async def running_worker(spec: ModelSpec, n_threads: int = 1):
 async def generate_all(worker: WorkerProcess, request: GenerateRequest):
     deltas = [delta async for delta in worker.generate(request)]
     return "".join(d.text for d in deltas), deltas
-
-
-def pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 class BackendConformance:

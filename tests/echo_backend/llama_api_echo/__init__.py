@@ -46,6 +46,17 @@ def read_events(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+USER = [{"role": "user", "content": "tick tock"}]
+
+
+def chat(server, model: str, max_tokens: int = 10, **extra):
+    """POST a chat request for `model` to a test server; returns the httpx response."""
+    import httpx
+
+    return httpx.post(server.v1 + "/chat/completions", timeout=60,
+                      json={"model": model, "messages": USER, "max_tokens": max_tokens, **extra})
+
+
 class EchoModel:
     def __init__(self, spec: ModelSpec, options: dict):
         self.id = spec.id
