@@ -254,6 +254,15 @@ def completion_logprobs(tokens: list[TokenLogprob], offset: int = 0) -> dict[str
 
 # -- whole responses ------------------------------------------------------------------
 
+def chat_message(choice: Choice) -> dict:
+    """The assistant message; `content` is null when the answer is only tool calls."""
+    text = "".join(choice.text)
+    message = {"role": "assistant", "content": text if text or not choice.tool_calls else None}
+    if choice.tool_calls:
+        message["tool_calls"] = [choice.tool_calls[i] for i in sorted(choice.tool_calls)]
+    return message
+
+
 def chat_response(response_id: str, model: str, choices: list[Choice], usage: Usage) -> dict:
     return {
         "id": response_id,
@@ -263,12 +272,7 @@ def chat_response(response_id: str, model: str, choices: list[Choice], usage: Us
         "choices": [
             {
                 "index": c.index,
-                "message": {
-                    "role": "assistant",
-                    "content": "".join(c.text) if (c.text and "".join(c.text)) or not c.tool_calls else None,
-                    **({"tool_calls": [c.tool_calls[i] for i in sorted(c.tool_calls)]}
-                       if c.tool_calls else {}),
-                },
+                "message": chat_message(c),
                 "logprobs": chat_logprobs(c.logprobs) if c.logprobs else None,
                 "finish_reason": c.finish_reason or "stop",
             }
