@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import msgspec
 
@@ -45,14 +45,30 @@ class LoadContext(msgspec.Struct, kw_only=True):
             self.progress(message, fraction)
 
 
+# What `tool_choice` asks of the model: "function" forces `tool_name`.
+ToolChoice = Literal["none", "auto", "required", "function"]
+
+
+class ResponseFormat(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Constrained output: any JSON object, or JSON that validates against `schema`."""
+
+    type: Literal["json_object", "json_schema"]
+    schema: dict[str, Any] | None = None
+
+
 class GenerateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One completion (`prompt`) or chat (`messages`) request, for one choice.
 
+    The core validates and normalizes every field before a backend sees it: ranges are
+    checked, `logit_bias` keys are token ids, each message's `content` is a string,
+    `tools` are function tools with a name, and `tool_choice` is one of `ToolChoice`.
+    A backend checks only what depends on its model (vocabulary, context length).
     The core fans out list prompts and `n` > 1 into several of these.
     `None` means "the backend's default".
     """
 
     prompt: str | list[int] | None = None
+    # [{"role", "content": str, "name"?, "tool_calls"?, "tool_call_id"?}, ...]
     messages: list[dict[str, Any]] | None = None
     max_tokens: int | None = None
     temperature: float | None = None
@@ -64,13 +80,15 @@ class GenerateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     frequency_penalty: float | None = None
     stop: list[str] = []
     seed: int | None = None
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[int, float] | None = None
     # Completions: number of top alternatives per token. Chat: top_logprobs (0 = chosen only).
     logprobs: int | None = None
     echo: bool = False
+    # [{"type": "function", "function": {"name", "description"?, "parameters"?}}, ...]
     tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
+    tool_choice: ToolChoice | None = None
+    tool_name: str | None = None  # the forced function when tool_choice is "function"
+    response_format: ResponseFormat | None = None
     # Extra backend-specific sampling fields the client sent (mirostat, grammar, ...).
     extra: dict[str, Any] = {}
 
