@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -74,18 +75,27 @@ def read_config(path: Path, backends: dict[str, str]) -> list[ModelSpec]:
 
 
 class Registry:
-    """Every servable model by id and alias. Configured models win over discovered ones."""
+    """Every servable model by id and alias. Configured models win over discovered ones.
 
-    def __init__(self, specs: list[ModelSpec]):
-        self.models: dict[str, ModelSpec] = {}
-        self._names: dict[str, str] = {}
+    A registry built from a models folder rescans it when the folder changes (a model
+    pulled or copied in while the server runs): on each listing and on a name it does not
+    know. The check is cheap: the modification times of the folder's directories.
+    """
+
+    def __init__(self, specs: list[ModelSpec], source: "Source | None" = None):
+        self._source = source
+        self._signature = folder_signature(source.models_dir) if source else None
+        self._index(specs)
+
+    def _index(self, specs: list[ModelSpec]) -> None:
+        self._models: dict[str, ModelSpec] = {}
         for spec in specs:
-            if spec.id in self.models:
+            if spec.id in self._models:
                 continue
-            self.models[spec.id] = spec
+            self._models[spec.id] = spec
         # Ids first, so an alias can't hide another model's id.
-        self._names = {model_id: model_id for model_id in self.models}
-        for spec in self.models.values():
+        self._names = {model_id: model_id for model_id in self._models}
+        for spec in self._models.values():
             for alias in spec.aliases:
                 owner = self._names.setdefault(alias, spec.id)
                 if owner != spec.id:
@@ -94,27 +104,87 @@ class Registry:
 
     @classmethod
     def build(cls, plugins: Plugins, models_dir: Path | None, config: Path | None) -> "Registry":
-        backends = plugins.backends()
-        specs: list[ModelSpec] = []
-        if config is not None:
-            specs.extend(read_config(config, backends))
-        for impl in plugins.hook.discover_models.get_hookimpls():
-            try:
-                found = impl.function(models_dir=Path(models_dir or "models"))
-            except Exception:
-                log.exception("plugin %s failed to discover models", impl.plugin_name)
-                continue
-            for spec in found or []:
-                spec.plugin = spec.plugin or backends.get(spec.backend, impl.plugin_name)
-                specs.append(spec)
-        return cls(specs)
+        configured = read_config(config, plugins.backends()) if config is not None else []
+        source = Source(plugins, Path(models_dir or "models"), configured)
+        return cls(source.specs(), source)
+
+    @property
+    def models(self) -> dict[str, ModelSpec]:
+        self.rescan_if_changed()
+        return self._models
+
+    def rescan_if_changed(self) -> bool:
+        """Rediscover the models folder if it changed since the last scan; True if it did."""
+        if self._source is None:
+            return False
+        signature = folder_signature(self._source.models_dir)
+        if signature == self._signature:
+            return False
+        # The signature is taken before the scan: a change during the scan shows next time.
+        self._signature = signature
+        before = set(self._models)
+        self._index(self._source.specs())
+        added, removed = set(self._models) - before, before - set(self._models)
+        if added or removed:
+            log.info("models folder changed: added %s, removed %s",
+                     sorted(added) or "none", sorted(removed) or "none")
+        return True
 
     def resolve(self, name: str) -> ModelSpec:
         model_id = self._names.get(name)
+        if model_id is None and self.rescan_if_changed():
+            model_id = self._names.get(name)
         if model_id is None:
-            available = ", ".join(sorted(self.models)) or "none (put a model in the models folder)"
+            available = ", ".join(sorted(self._models)) or "none (put a model in the models folder)"
             raise errors.ModelNotFound(
                 f"The model {name!r} does not exist. Available models: {available}.",
                 param="model",
             )
-        return self.models[model_id]
+        return self._models[model_id]
+
+
+class Source:
+    """Where a registry's models come from: models.toml entries (read once, authoritative)
+    and what the plugins discover in the models folder."""
+
+    def __init__(self, plugins: Plugins, models_dir: Path, configured: list[ModelSpec]):
+        self.plugins = plugins
+        self.models_dir = models_dir
+        self.configured = configured
+
+    def specs(self) -> list[ModelSpec]:
+        backends = self.plugins.backends()
+        specs = list(self.configured)
+        for impl in self.plugins.hook.discover_models.get_hookimpls():
+            try:
+                found = impl.function(models_dir=self.models_dir)
+            except Exception:
+                log.exception("plugin %s failed to discover models", impl.plugin_name)
+                continue
+            for spec in found or []:
+                if in_hidden_folder(spec.path, self.models_dir):
+                    continue  # e.g. a pull in progress (.pull/), or a tool's cache (.cache/)
+                spec.plugin = spec.plugin or backends.get(spec.backend, impl.plugin_name)
+                specs.append(spec)
+        return specs
+
+
+def in_hidden_folder(path: str, models_dir: Path) -> bool:
+    try:
+        relative = Path(os.path.abspath(path)).relative_to(os.path.abspath(models_dir))
+    except ValueError:
+        return False  # outside the folder (a packaged model): not ours to hide
+    return any(part.startswith(".") for part in relative.parts[:-1])
+
+
+def folder_signature(models_dir: Path) -> tuple:
+    """The modification time of every directory under `models_dir` (hidden ones left out):
+    adding, removing or renaming a file changes its directory's time."""
+    signature = []
+    for folder, subfolders, _ in os.walk(models_dir):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        try:
+            signature.append((folder, os.stat(folder).st_mtime_ns))
+        except OSError:
+            continue
+    return tuple(signature)
