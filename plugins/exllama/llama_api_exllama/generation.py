@@ -47,18 +47,6 @@ class Sampling:
         return self.temperature == 0 or self.top_k == 1
 
 
-def _check(name: str, value, low=None, high=None, low_open=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise errors.BadRequest(f"{name} must be a number", param=name)
-    if low is not None and (value < low or (low_open and value == low)):
-        raise errors.BadRequest(
-            f"{name} must be {'>' if low_open else '>='} {low}, got {value}", param=name
-        )
-    if high is not None and value > high:
-        raise errors.BadRequest(f"{name} must be <= {high}, got {value}", param=name)
-    return value
-
-
 def sampling_defaults(generation_config: dict[str, Any] | None) -> Sampling:
     """The model's own defaults (generation_config.json) when it samples; else plain sampling."""
     config = generation_config or {}
@@ -80,40 +68,34 @@ def sampling_defaults(generation_config: dict[str, Any] | None) -> Sampling:
 def sampling_from_request(
     request: GenerateRequest, defaults: Sampling, vocab_size: int
 ) -> Sampling:
+    """The request's sampling over the model's defaults.
+
+    The core has range-checked every field and made logit_bias keys token ids; only the
+    vocabulary is this model's to check.
+    """
     s = Sampling(**vars(defaults))
-    if request.temperature is not None:
-        s.temperature = float(_check("temperature", request.temperature, 0, 100))
-    if request.top_p is not None:
-        s.top_p = float(_check("top_p", request.top_p, 0, 1))
-    if request.top_k is not None:
-        s.top_k = int(_check("top_k", request.top_k, 0))
-    if request.min_p is not None:
-        s.min_p = float(_check("min_p", request.min_p, 0, 1))
-    if request.repeat_penalty is not None:
-        s.repetition_penalty = float(
-            _check("repeat_penalty", request.repeat_penalty, 0, low_open=True)
-        )
-    if request.presence_penalty is not None:
-        s.presence_penalty = float(_check("presence_penalty", request.presence_penalty, -2, 2))
-    if request.frequency_penalty is not None:
-        s.frequency_penalty = float(_check("frequency_penalty", request.frequency_penalty, -2, 2))
-    if request.seed is not None:
-        s.seed = int(request.seed)
+    for field, attr in (
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("top_k", "top_k"),
+        ("min_p", "min_p"),
+        ("repeat_penalty", "repetition_penalty"),
+        ("presence_penalty", "presence_penalty"),
+        ("frequency_penalty", "frequency_penalty"),
+        ("seed", "seed"),
+    ):
+        value = getattr(request, field)
+        if value is not None:
+            setattr(s, attr, value)
     if request.logit_bias:
-        bias = {}
-        for key, value in request.logit_bias.items():
-            try:
-                token = int(key)
-            except (TypeError, ValueError):
-                raise errors.BadRequest(
-                    f"logit_bias keys must be token ids, got {key!r}", param="logit_bias"
-                ) from None
-            if not 0 <= token < vocab_size:
-                raise errors.BadRequest(
-                    f"logit_bias token {token} is out of range", param="logit_bias"
-                )
-            bias[token] = float(_check("logit_bias", value, -100, 100))
-        s.logit_bias = bias
+        outside = [token for token in request.logit_bias if token >= vocab_size]
+        if outside:
+            raise errors.BadRequest(
+                f"logit_bias token {outside[0]} is out of range: this model's vocabulary "
+                f"has {vocab_size} tokens",
+                param="logit_bias",
+            )
+        s.logit_bias = dict(request.logit_bias)
     return s
 
 
@@ -158,12 +140,11 @@ class ExllamaModel:
     def prompt_ids(self, request: GenerateRequest) -> list[int]:
         if request.messages is not None:
             return self.prompt.chat_ids(request.messages)
-        if request.prompt is None:
-            raise errors.BadRequest("a prompt or messages is required", param="prompt")
         return self.prompt.completion_ids(request.prompt)
 
     def check_request(self, request: GenerateRequest) -> None:
-        if request.tools:
+        # tool_choice "none" asks for no tool call: the tools can be left out of the prompt.
+        if request.tools and request.tool_choice != "none":
             raise errors.NotSupported(
                 "tools are not supported by the exllama backend", param="tools"
             )
@@ -171,10 +152,10 @@ class ExllamaModel:
             raise errors.NotSupported(
                 "logprobs are not supported by the exllama backend", param="logprobs"
             )
-        fmt = (request.response_format or {}).get("type")
-        if fmt not in (None, "text"):
+        if request.response_format is not None:
             raise errors.NotSupported(
-                f"response_format {fmt!r} is not supported by the exllama backend",
+                f"response_format {request.response_format.type!r} is not supported by the "
+                "exllama backend",
                 param="response_format",
             )
         if request.echo:
@@ -197,11 +178,7 @@ class ExllamaModel:
                 f"{self.max_seq_len} tokens",
                 param="messages" if request.messages is not None else "prompt",
             )
-        max_new = room
-        if request.max_tokens is not None:
-            if request.max_tokens < 1:
-                raise errors.BadRequest("max_tokens must be at least 1", param="max_tokens")
-            max_new = min(request.max_tokens, room)
+        max_new = room if request.max_tokens is None else min(request.max_tokens, room)
         sampling = sampling_from_request(request, self.defaults, self.prompt.vocab_size)
         key = next(self._keys)
         try:

@@ -1,19 +1,18 @@
 """Turning a request into prompt token ids: chat templates (Jinja) and the model's tokenizer.json.
 
 Library-independent: the chat template comes from the model folder's tokenizer_config.json
-(or chat_template.jinja / chat_template.json), rendered here with a sandboxed Jinja
-environment the way transformers renders it; tokens come from the `tokenizers` library
+(or chat_template.jinja / chat_template.json), rendered by the core's `ChatTemplate` (the
+one sandboxed Hugging Face-style environment); tokens come from the `tokenizers` library
 reading tokenizer.json, the same file exllamav2 and exllamav3 read.
 """
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from llama_api import errors
+from llama_api.chat_template import ChatTemplate
 
 from llama_api_exllama.discovery import read_json
 
@@ -57,112 +56,18 @@ def find_chat_template(folder: Path, override: str | None = None) -> str | None:
     return None
 
 
-def _raise_exception(message):
-    from jinja2.exceptions import TemplateError
-
-    raise TemplateError(message)
-
-
-def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-    return json.dumps(
-        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-    )
-
-
-def _strftime_now(fmt):
-    return datetime.now().strftime(fmt)
-
-
-class ChatTemplate:
-    """A compiled chat template plus the special tokens templates expect as variables."""
-
-    def __init__(
-        self,
-        source: str,
-        bos_token: str | None = None,
-        eos_token: str | None = None,
-        extra_tokens: dict[str, str] | None = None,
-    ):
-        from jinja2.ext import loopcontrols
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        env = ImmutableSandboxedEnvironment(
-            trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
-        )
-        env.filters["tojson"] = _tojson
-        env.globals["raise_exception"] = _raise_exception
-        env.globals["strftime_now"] = _strftime_now
-        try:
-            self.template = env.from_string(source)
-        except Exception as exc:
-            raise errors.ModelLoadError(f"the chat template does not compile: {exc}") from exc
-        self.source = source
-        self.variables = {"bos_token": bos_token or "", "eos_token": eos_token or ""}
-        self.variables.update(extra_tokens or {})
-
-    @classmethod
-    def from_folder(cls, folder: Path, override: str | None = None) -> ChatTemplate | None:
-        source = find_chat_template(folder, override)
-        if source is None:
-            return None
-        config = read_json(Path(folder) / "tokenizer_config.json") or {}
-        extra = {}
-        for name in ("unk_token", "pad_token"):
-            text = token_text(config.get(name))
-            if text is not None:
-                extra[name] = text
-        return cls(
-            source, token_text(config.get("bos_token")), token_text(config.get("eos_token")), extra
-        )
-
-    def render(
-        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True, **kwargs
-    ) -> str:
-        from jinja2.exceptions import TemplateError
-
-        try:
-            return self.template.render(
-                messages=normalize_messages(messages),
-                add_generation_prompt=add_generation_prompt,
-                **self.variables,
-                **kwargs,
-            )
-        except TemplateError as exc:
-            raise errors.BadRequest(
-                f"the model's chat template rejected the messages: {exc}", param="messages"
-            ) from exc
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise errors.BadRequest(
-                f"the model's chat template failed on these messages: {exc}", param="messages"
-            ) from exc
-
-
-def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Text content parts joined into one string (what most templates expect); images refused."""
-    out = []
-    for message in messages:
-        if not isinstance(message, dict):
-            raise errors.BadRequest("each message must be an object", param="messages")
-        content = message.get("content")
-        if isinstance(content, list):
-            texts = []
-            for part in content:
-                if isinstance(part, dict) and part.get("type") == "text":
-                    texts.append(str(part.get("text", "")))
-                elif isinstance(part, str):
-                    texts.append(part)
-                else:
-                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                    raise errors.NotSupported(
-                        f"message content of type {kind!r} is not supported "
-                        "by the exllama backend (text only)",
-                        param="messages",
-                    )
-            message = {**message, "content": "".join(texts)}
-        elif content is None:
-            message = {**message, "content": ""}
-        out.append(message)
-    return out
+def load_chat_template(folder: Path, override: str | None = None) -> ChatTemplate | None:
+    """The model's chat template in the core's sandboxed environment, with its special tokens."""
+    source = find_chat_template(folder, override)
+    if source is None:
+        return None
+    config = read_json(Path(folder) / "tokenizer_config.json") or {}
+    variables = {}
+    for name in ("bos_token", "eos_token", "unk_token", "pad_token"):
+        text = token_text(config.get(name))
+        if text is not None:
+            variables[name] = text
+    return ChatTemplate(source, **variables)
 
 
 def _ids(value: Any) -> list[int]:
@@ -194,7 +99,7 @@ class PromptBuilder:
         except Exception as exc:
             raise errors.ModelLoadError(f"tokenizer.json does not load: {exc}") from exc
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
-        self.chat_template = ChatTemplate.from_folder(folder, chat_template_override)
+        self.chat_template = load_chat_template(folder, chat_template_override)
         self.stop_token_ids = self._stop_token_ids()
         generation_config = read_json(folder / "generation_config.json") or {}
         self.generation_defaults = generation_config
@@ -219,11 +124,8 @@ class PromptBuilder:
 
     def completion_ids(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, list):
-            bad = [
-                t
-                for t in prompt
-                if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.vocab_size
-            ]
+            # The core checked they are ids >= 0; the vocabulary is this model's.
+            bad = [t for t in prompt if t >= self.vocab_size]
             if bad:
                 raise errors.BadRequest(
                     f"token ids out of range 0..{self.vocab_size - 1}: {bad[:5]}", param="prompt"

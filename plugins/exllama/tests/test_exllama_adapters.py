@@ -425,7 +425,7 @@ def test_exllamav2_adapter_paged_autosplit(model_writer, fake_gpu):
         d.text
         for d in model.generate(
             GenerateRequest(
-                prompt="the cat", max_tokens=3, temperature=0, logit_bias={"4": -100}, seed=3
+                prompt="the cat", max_tokens=3, temperature=0, logit_bias={4: -100.0}, seed=3
             )
         )
     )

@@ -6,7 +6,8 @@ import json
 
 import pytest
 from llama_api import errors
-from llama_api_exllama.prompt import ChatTemplate, PromptBuilder, find_chat_template
+from llama_api.chat_template import ChatTemplate
+from llama_api_exllama.prompt import PromptBuilder, find_chat_template
 
 MESSAGES = [{"role": "system", "content": "hi"}, {"role": "user", "content": "hello world"}]
 CHATML_TEXT = (
@@ -51,18 +52,17 @@ def test_bos_eos_variables_raise_exception_and_tojson(model_writer):
         builder.render_chat([{"role": "assistant", "content": "x"}])
 
 
-def test_content_parts_are_joined_and_images_refused(model_writer):
-    builder = PromptBuilder(model_writer("m"))
-    parts = [
-        {
-            "role": "user",
-            "content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "world"}],
-        }
-    ]
-    assert "user\nhello world<|im_end|>" in builder.render_chat(parts)
-    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
-    with pytest.raises(errors.NotSupported, match="image_url"):
-        builder.render_chat(image)
+def test_the_core_template_environment_renders_generation_blocks(model_writer):
+    """The core's one environment, not one of our own: SmolLM3-style `{% generation %}` works."""
+    template = (
+        "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}"
+        "[a] {{ m.content }}{% endgeneration %}{% else %}[u] {{ m.content }}{% endif %}"
+        "{% endfor %}"
+    )
+    builder = PromptBuilder(model_writer("m", chat_template=template))
+    assert isinstance(builder.chat_template, ChatTemplate)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+    assert builder.render_chat(messages) == "[u] hi[a] hello"
 
 
 def test_no_template_is_a_clear_bad_request(model_writer):

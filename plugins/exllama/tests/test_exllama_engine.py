@@ -12,7 +12,7 @@ import time
 
 import pytest
 from llama_api import errors
-from llama_api.types import GenerateRequest
+from llama_api.types import GenerateRequest, ResponseFormat
 from llama_api_exllama.generation import ExllamaModel, Sampling
 from llama_api_exllama.prompt import PromptBuilder
 
@@ -288,18 +288,41 @@ def test_request_checks_before_streaming(make_model):
     with pytest.raises(errors.NotSupported, match="tools"):
         model.generate(
             GenerateRequest(
-                messages=[{"role": "user", "content": "hi"}], tools=[{"type": "function"}]
+                messages=[{"role": "user", "content": "hi"}],
+                tools=[{"type": "function", "function": {"name": "get_time"}}],
             )
         )
     with pytest.raises(errors.NotSupported, match="logprobs"):
         model.generate(GenerateRequest(prompt="hi", logprobs=2))
-    with pytest.raises(errors.BadRequest, match="temperature"):
-        model.generate(GenerateRequest(prompt="hi", temperature=-1))
-    with pytest.raises(errors.BadRequest, match="top_p"):
-        model.generate(GenerateRequest(prompt="hi", top_p=1.5))
-    with pytest.raises(errors.BadRequest, match="max_tokens"):
-        model.generate(GenerateRequest(prompt="hi", max_tokens=0))
+    with pytest.raises(errors.NotSupported, match="json_object"):
+        model.generate(
+            GenerateRequest(prompt="hi", response_format=ResponseFormat(type="json_object"))
+        )
+    # Sampling ranges (temperature, top_p, max_tokens, ...) are the core's to check
+    # (tests/test_errors.py); the vocabulary is the model's.
+    vocab = model.prompt.vocab_size
+    with pytest.raises(errors.BadRequest, match="logit_bias token") as info:
+        model.generate(GenerateRequest(prompt="hi", logit_bias={vocab: 5.0}))
+    assert info.value.param == "logit_bias"
+    with pytest.raises(errors.BadRequest, match="out of range") as info:
+        model.generate(GenerateRequest(prompt=[5, vocab]))
+    assert info.value.param == "prompt"
     assert model.adapter.jobs == []
+
+
+def test_tools_with_tool_choice_none_are_left_out(make_model):
+    model = make_model()
+    tools = [{"type": "function", "function": {"name": "get_time"}}]
+    request = GenerateRequest(
+        messages=[{"role": "user", "content": "hi"}], tools=tools, tool_choice="none"
+    )
+    text, _ = collect(model.generate(request))
+    assert text == "Hello there, friend"
+    with pytest.raises(errors.NotSupported, match="tools"):
+        model.generate(
+            GenerateRequest(messages=[{"role": "user", "content": "hi"}], tools=tools,
+                            tool_choice="function", tool_name="get_time")
+        )
 
 
 def test_sampling_parameters_reach_the_job(make_model):
@@ -314,7 +337,7 @@ def test_sampling_parameters_reach_the_job(make_model):
         presence_penalty=0.5,
         frequency_penalty=0.25,
         seed=42,
-        logit_bias={"7": -100},
+        logit_bias={7: -100.0},
     )
     collect(model.generate(request))
     assert model.adapter.jobs[0].sampling == Sampling(

@@ -192,7 +192,7 @@ def test_gpu_in_process_load_generate_stream_cancel_unload(tiny_llama, library):
         assert 1 <= last.usage.completion_tokens <= 16
 
         # Streaming: several deltas for a longer answer (EOS banned so it runs to max_tokens).
-        no_eos = {str(eos): -100.0}
+        no_eos = {int(eos): -100.0}
         text, deltas = run(model, GenerateRequest(max_tokens=64, logit_bias=no_eos, **greedy))
         assert len(deltas) > 1 and deltas[-1].finish_reason == "length"
         assert deltas[-1].usage.completion_tokens == 64

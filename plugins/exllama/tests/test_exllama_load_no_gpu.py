@@ -53,7 +53,7 @@ def test_no_gpu_path_load_model_raises_no_cuda_device(model_writer, quant, backe
 
 @no_cuda
 def test_no_gpu_path_through_the_core_worker_process(model_writer):
-    """The real worker subprocess answers Load with Failed(ModelLoadError) and stays up."""
+    """The real worker subprocess answers Load with LoadFailed(ModelLoadError) and stays up."""
     folder = model_writer("tiny")
     env = dict(os.environ, LLAMA_API_WORKER_LOG_LEVEL="WARNING")
     proc = subprocess.Popen(
@@ -69,7 +69,7 @@ def test_no_gpu_path_through_the_core_worker_process(model_writer):
         header = proc.stdout.read(protocol.HEADER.size)
         (length,) = protocol.HEADER.unpack(header)
         reply = protocol.from_worker_decoder.decode(proc.stdout.read(length))
-        assert isinstance(reply, protocol.Failed)
+        assert isinstance(reply, protocol.LoadFailed)
         assert reply.kind == "ModelLoadError"
         assert errors.ERROR_KINDS[reply.kind].status == 503
         assert reply.message == expected_no_gpu_message()

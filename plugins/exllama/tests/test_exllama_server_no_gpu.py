@@ -28,4 +28,13 @@ def test_no_gpu_path_server_lists_models_and_answers_503(model_writer):
             message = response.json()["error"]["message"]
             assert "no CUDA device: exllama needs an NVIDIA GPU" in message
 
+        # Content parts are the core's: an image part is refused before the model is needed.
+        image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]
+        response = httpx.post(
+            server.v1 + "/chat/completions",
+            json={"model": "tiny-llama", "messages": [{"role": "user", "content": image}]},
+            timeout=120,
+        )
+        assert response.status_code == 400, response.text
+
         assert httpx.get(server.url + "/health").status_code == 200  # the server stays up
