@@ -66,8 +66,12 @@ class BatchEngine:
         # CPU cores 4 streams decode ~1.5x faster than with a buffer per sequence. It can't
         # overflow: every sequence (and a finished one's cached prefix) holds at most
         # n_ctx_per_seq cells of the n_parallel * n_ctx_per_seq.
+        # With a unified buffer llama.cpp lets each sequence address all of it (n_ctx_seq
+        # = n_parallel * n_ctx_per_seq) and warns when that passes the trained context; but
+        # `submit` caps every sequence at n_ctx_per_seq positions (prompt + completion).
         params.kv_unified = bool(unified)
         self.unified = bool(unified)
+        self.n_ctx_per_seq = n_ctx_per_seq
         params.embeddings = False
         self.n_batch = int(params.n_batch)
         self.context = internals.LlamaContext(model=llm._model, params=params, verbose=False)
@@ -81,12 +85,21 @@ class BatchEngine:
         # What each sequence slot's KV cells hold, for reusing a common prompt prefix.
         self.cached: list[list[int]] = [[] for _ in range(n_parallel)]
         self.reused_tokens = 0  # prompt tokens not decoded again thanks to the cache
+        log.info("%s: %d sequences decode together, %s KV cache of %d cells; each sequence "
+                 "is capped at n_ctx=%d tokens (trained context %d), so llama.cpp's "
+                 "'n_ctx_seq > n_ctx_train' warning, if shown, does not apply",
+                 model.spec.id, n_parallel, "one shared" if unified else "a per-sequence",
+                 int(params.n_ctx), n_ctx_per_seq, llm._model.n_ctx_train())
         self.thread = threading.Thread(target=self._loop, name="llamacpp-batch", daemon=True)
         self.thread.start()
 
     # -- request side ------------------------------------------------------------------
 
     def submit(self, seq: Sequence) -> Sequence:
+        if len(seq.tokens) + max(seq.limit, 0) > self.n_ctx_per_seq:
+            raise errors.ContextLengthExceeded(
+                f"{len(seq.tokens)} prompt tokens + {seq.limit} to generate pass this model's "
+                f"context of {self.n_ctx_per_seq} tokens")
         with self.wake:
             if self.closed:
                 raise errors.BackendUnavailable("the model is shutting down")

@@ -56,7 +56,7 @@ def test_kv_cache_bytes_per_token_from_the_header():
 
 
 def test_default_parallel_fits_the_kv_budget(tiny_path, tiny_default):
-    from llama_api_llamacpp.backend import auto_parallel
+    from llama_api_llamacpp.options import auto_parallel
     from llama_api_llamacpp.gguf_meta import kv_cache_bytes_per_token, read_kv
 
     assert tiny_default.slots == 4 and tiny_default.engine is not None
@@ -204,7 +204,7 @@ def test_a_full_shared_kv_cache_still_gives_exact_answers(tiny_path, tiny_plain)
     try:
         assert model.info["kv_unified"] is True
         lib = model.lib
-        no_end = {str(t): -100.0 for t in range(model.n_vocab)
+        no_end = {t: -100.0 for t in range(model.n_vocab)
                   if lib.llama_vocab_is_eog(model.vocab, t)}
         for round_ in range(2):
             prompts = [f"{p} {round_} " * (2 + i) for i, p in enumerate(PROMPTS)]

@@ -1,0 +1,164 @@
+"""Load options (`ModelSpec.options`): read once, before llama.cpp loads anything."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llama_api import errors
+
+from llama_api_llamacpp.gguf_meta import POOLING, kv_cache_bytes_per_token
+
+log = logging.getLogger("llama_api_llamacpp")
+
+DEFAULT_MAX_CTX = 4096
+# Continuous batching by default: up to this many sequences, as long as their KV caches
+# (each n_ctx tokens) fit in `kv_cache_mb`.
+MAX_AUTO_PARALLEL = 4
+DEFAULT_KV_CACHE_MB = 1024
+DEFAULT_N_BATCH = 512
+# Sampling defaults (llama.cpp's own), overridable per model with options["sampling"].
+SAMPLING_DEFAULTS = {
+    "temperature": 0.8,
+    "top_p": 0.95,
+    "top_k": 40,
+    "min_p": 0.05,
+    "repeat_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+}
+# Options passed to llama_cpp.Llama unchanged.
+PASSTHROUGH = {
+    "n_batch", "n_ubatch", "flash_attn", "rope_freq_base", "rope_freq_scale",
+    "rope_scaling_type", "seed", "use_mmap", "use_mlock", "type_k", "type_v", "offload_kqv",
+    "main_gpu", "split_mode", "tensor_split", "kv_overrides", "lora_path", "lora_base",
+    "lora_scale", "last_n_tokens_size", "numa", "yarn_ext_factor", "yarn_attn_factor",
+    "yarn_beta_fast", "yarn_beta_slow", "yarn_orig_ctx", "swa_full", "op_offload",
+    "attention_type",
+}
+# Options this backend reads itself.
+OWN = {"n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers", "embedding", "pooling",
+       "normalize", "chat_template", "chat_format", "verbose", "sampling", "max_tokens",
+       "n_parallel", "kv_cache_mb", "kv_unified"}
+# The context the plain `Llama` object keeps when the batch engine makes its own.
+ENGINE_SIDE_CTX = 256
+
+
+@dataclass
+class LoadOptions:
+    n_ctx: int  # tokens per sequence (prompt + completion)
+    n_threads: int
+    n_parallel: int  # sequences decoded together; 1: the plain path
+    embedding: bool
+    llama_params: dict[str, Any]  # keyword arguments of llama_cpp.Llama
+    kv_cache_mb: float | None  # estimated from the GGUF header; None when unknown
+    sampling: dict[str, Any] = field(default_factory=lambda: dict(SAMPLING_DEFAULTS))
+    default_seed: int | None = None
+    completion_max_tokens: int = 16
+    normalize: bool = True
+    chat_template: str | None = None  # the Jinja source (an option, else the GGUF's)
+    chat_format: str | None = None  # a llama-cpp-python format name instead
+    n_batch: int = DEFAULT_N_BATCH
+    kv_unified: bool = True
+
+
+def auto_parallel(kv_per_token: int | None, n_ctx: int, budget_mb: float) -> int:
+    """The most sequences (1..MAX_AUTO_PARALLEL) whose KV caches of n_ctx tokens each fit
+    in budget_mb; 1 when the model's KV size is unknown."""
+    if kv_per_token is None:
+        return 1
+    per_seq = kv_per_token * n_ctx
+    if per_seq <= 0:
+        return MAX_AUTO_PARALLEL
+    fits = int(budget_mb * 2**20 // per_seq)
+    return max(1, min(MAX_AUTO_PARALLEL, fits))
+
+
+def _chat_template(opts: dict, kv: dict) -> str | None:
+    if opts.get("chat_template"):
+        source = str(opts["chat_template"])
+        if "{" not in source and Path(source).expanduser().is_file():  # a template file
+            source = Path(source).expanduser().read_text(encoding="utf-8")
+        return source
+    if opts.get("chat_format"):
+        return None
+    template = kv.get("tokenizer.chat_template")
+    return template if isinstance(template, str) and template else None
+
+
+def parse_options(spec, kv: dict, meta: dict, n_threads: int | None) -> LoadOptions:
+    """What to load and how, from the model's options, its GGUF header and the core's
+    thread budget."""
+    opts = dict(spec.options or {})
+    unknown = set(opts) - PASSTHROUGH - OWN
+    if unknown:
+        log.warning("%s: ignoring unknown options %s", spec.id, sorted(unknown))
+
+    trained = meta.get("context_length") or 2048
+    n_ctx = int(opts.get("n_ctx") or min(trained, DEFAULT_MAX_CTX))
+    threads = int(opts.get("n_threads") or n_threads or 1)
+    embedding = bool(opts.get("embedding", meta.get("embedding", False)))
+    # Sequences decoded together (continuous batching): `n_parallel`, else the config's
+    # `slots`, else as many (up to 4) as the KV cache budget holds.
+    explicit = opts.get("n_parallel") or spec.slots
+    kv_per_token = kv_cache_bytes_per_token(kv, opts.get("type_k"), opts.get("type_v"))
+    if explicit:
+        n_parallel = max(1, int(explicit))
+    elif embedding:
+        n_parallel = 1
+    else:
+        budget_mb = float(opts.get("kv_cache_mb") or DEFAULT_KV_CACHE_MB)
+        n_parallel = auto_parallel(kv_per_token, n_ctx, budget_mb)
+    if embedding and n_parallel > 1:
+        log.warning("%s: embedding models run one request at a time (n_parallel=1)", spec.id)
+        n_parallel = 1
+
+    params = {k: opts[k] for k in PASSTHROUGH if k in opts}
+    params.update(
+        model_path=str(spec.path),
+        n_ctx=n_ctx,
+        n_threads=threads,
+        n_threads_batch=int(opts.get("n_threads_batch") or threads),
+        n_gpu_layers=int(opts.get("n_gpu_layers", -1)),
+        embedding=embedding,
+        verbose=bool(opts.get("verbose", False)),
+    )
+    if embedding:
+        params.update(_pooling(spec.id, opts.get("pooling"), meta))
+        # Non-causal models read a whole input in one micro-batch.
+        params.setdefault("n_batch", n_ctx)
+        params.setdefault("n_ubatch", params["n_batch"])
+    if n_parallel > 1:  # the batch engine makes its own context; keep this one small
+        params["n_ctx"] = ENGINE_SIDE_CTX
+
+    kv_mb = kv_per_token * n_ctx * n_parallel / 2**20 if kv_per_token is not None else None
+    return LoadOptions(
+        n_ctx=n_ctx,
+        n_threads=threads,
+        n_parallel=n_parallel,
+        embedding=embedding,
+        llama_params=params,
+        kv_cache_mb=kv_mb,
+        sampling={**SAMPLING_DEFAULTS, **(opts.get("sampling") or {})},
+        default_seed=opts.get("seed"),
+        completion_max_tokens=int(opts.get("max_tokens", 16)),
+        normalize=bool(opts.get("normalize", True)),
+        chat_template=_chat_template(opts, kv),
+        chat_format=str(opts["chat_format"]) if opts.get("chat_format") else None,
+        n_batch=int(opts.get("n_batch") or DEFAULT_N_BATCH),
+        kv_unified=bool(opts.get("kv_unified", True)),
+    )
+
+
+def _pooling(model_id: str, pooling, meta: dict) -> dict:
+    if pooling is None and "pooling" not in meta:
+        pooling = "mean"  # a generative model has no pooling of its own
+    if pooling is None:
+        return {}
+    names = {v: k for k, v in POOLING.items()}
+    if isinstance(pooling, str) and pooling not in names:
+        raise errors.ModelLoadError(
+            f"{model_id}: unknown pooling {pooling!r} (one of {sorted(names)})")
+    return {"pooling_type": names[pooling] if isinstance(pooling, str) else int(pooling)}

@@ -1,0 +1,138 @@
+"""Tool calls in generated text: the stream parser and the deltas it sends."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from llama_api.stops import StopHoldback
+from llama_api.types import Delta, ToolCallDelta
+
+TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
+
+
+def call_id() -> str:
+    return "call_" + uuid.uuid4().hex[:24]
+
+
+def parse_tool_calls(text: str, tool_names: set[str]) -> list[dict] | None:
+    """Tool calls in generated text (`<tool_call>{...}</tool_call>` blocks or one bare JSON
+    object), as [{"name", "arguments" (a JSON string)}]; None when the text is not a call."""
+    stripped = text.strip()
+    blobs = []
+    if TOOL_OPEN in stripped:
+        for chunk in stripped.split(TOOL_OPEN)[1:]:
+            blobs.append(chunk.split(TOOL_CLOSE)[0].strip())
+    elif stripped.startswith(("{", "[")):
+        blobs.append(stripped)
+    else:
+        return None
+    objects = []
+    decoder = json.JSONDecoder()
+    for blob in blobs:
+        try:
+            obj, _ = decoder.raw_decode(blob)
+        except ValueError:
+            return None
+        # a list of calls ([TOOL_CALLS] [...] in Mistral's format)
+        objects.extend(obj if isinstance(obj, list) else [obj])
+    calls = []
+    for obj in objects:
+        if isinstance(obj, dict) and isinstance(obj.get("function"), dict):
+            obj = obj["function"]  # OpenAI's own shape
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+            return None
+        if tool_names and obj["name"] not in tool_names:
+            return None
+        args = obj.get("arguments", obj.get("parameters", {}))
+        arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+        calls.append({"name": obj["name"], "arguments": arguments})
+    return calls or None
+
+
+def tool_deltas(run, mode: str, forced: str | None, names: set[str]):
+    """Deltas of a run whose answer may be a tool call.
+
+    `mode` "function": the grammar makes the output the arguments of `forced`, streamed
+    as they come; "required": the grammar makes it a call, sent once complete; "auto": text
+    streams, but what may be a call is held back until it is decided.
+    """
+    if mode == "function":
+        yield Delta(tool_calls=[ToolCallDelta(index=0, id=call_id(), name=forced)])
+        for text, _ in run:
+            if text:
+                yield Delta(tool_calls=[ToolCallDelta(index=0, arguments=text)])
+        yield run.final("tool_calls" if run.finish == "stop" else run.finish)
+        return
+    if mode == "required":
+        for _ in run:
+            pass
+        calls = parse_tool_calls(run.text, names)
+        if calls is None:  # only when cut short (max_tokens)
+            yield Delta(text=run.text)
+            yield run.final()
+            return
+        yield from _call_deltas(calls)
+        yield run.final("tool_calls")
+        return
+    parser = AutoToolCalls(names)
+    for text, _ in run:
+        send = parser.feed(text)
+        if send:
+            yield Delta(text=send)
+    calls, rest = parser.finish()
+    if calls:
+        yield from _call_deltas(calls)
+        yield run.final("tool_calls")
+        return
+    if rest:
+        yield Delta(text=rest)
+    yield run.final()
+
+
+class AutoToolCalls:
+    """Text that streams unless it turns into a tool call: an answer starting with "{" or
+    "[" (a bare JSON call), or a `<tool_call>` marker anywhere (text before it streams)."""
+
+    def __init__(self, names: set[str]):
+        self.names = names
+        self.marker = StopHoldback([TOOL_OPEN])
+        self.call_text: str | None = None  # from the start of what may be a call
+        self.start = ""  # leading text until its first non-space character decides
+
+    def feed(self, text: str) -> str:
+        if self.call_text is not None:
+            self.call_text += text
+            return ""
+        if self.start is not None:
+            self.start += text
+            probe = self.start.lstrip()
+            if not probe:
+                return ""
+            if probe[0] in "{[":
+                self.call_text, self.start = self.start, None
+                return ""
+            text, self.start = self.start, None
+        buffered = self.marker.held + text
+        send = self.marker.feed(text)
+        if self.marker.stopped:  # what follows the marker is a call, or text after all
+            self.call_text = buffered[len(send):]
+            if not send.strip():  # only space before the call: keep it with the call
+                self.call_text, send = send + self.call_text, ""
+            return send
+        return send
+
+    def finish(self) -> tuple[list[dict] | None, str]:
+        """(the calls, None) or (None, the text still held back)."""
+        if self.call_text is not None:
+            calls = parse_tool_calls(self.call_text, self.names)
+            if calls:
+                return calls, ""
+            return None, self.call_text
+        return None, (self.start or "") + self.marker.flush()
+
+
+def _call_deltas(calls):
+    for i, call in enumerate(calls):
+        yield Delta(tool_calls=[ToolCallDelta(
+            index=i, id=call_id(), name=call["name"], arguments=call["arguments"])])
