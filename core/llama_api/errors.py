@@ -43,6 +43,18 @@ class Unauthorized(LlamaApiError):
     code = "invalid_api_key"
 
 
+class HTTPRefusal(LlamaApiError):
+    """Refused at the HTTP level: no such route, a method it doesn't take, a body too large."""
+
+    type = "invalid_request_error"
+
+    def __init__(self, message: str, *, status: int):
+        super().__init__(message)
+        self.status = status
+        if status >= 500:
+            self.type = "server_error"
+
+
 class ModelNotFound(LlamaApiError):
     status = 404
     type = "invalid_request_error"

@@ -1,14 +1,32 @@
-"""The OpenAI request bodies, as msgspec Structs.
+"""The OpenAI request bodies, as msgspec Structs: where every type and range is checked.
 
 Every optional field is `T | None = None`: clients such as LangChain send `null` for
 fields they don't set, and null means "absent". Unknown fields are ignored.
+Bounds are msgspec `Meta` constraints, so that a value out of range is a 400 naming the
+field (see `api.error_responses.validation_error_handler`) and the bound shows in /schema.
+What a type can't say (a prompt list that mixes kinds, a tool name missing from `tools`)
+is checked where the request is normalized, in `llama_api.api.<resource>`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
+
+MAX_N = 16
+MAX_STOP = 16
+MAX_LOGPROBS = 20
+MAX_EMBED_INPUTS = 2048
+
+TokenId = Annotated[int, Meta(ge=0)]
+AtLeastOne = Annotated[int, Meta(ge=1)]
+NonNegativeInt = Annotated[int, Meta(ge=0)]
+NonNegative = Annotated[float, Meta(ge=0.0)]
+Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
+Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+Bias = Annotated[float, Meta(ge=-100.0, le=100.0)]
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):
@@ -17,28 +35,29 @@ class StreamOptions(msgspec.Struct, kw_only=True):
 
 class SamplingFields(msgspec.Struct, kw_only=True):
     model: str
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repeat_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    n: int | None = None
-    stop: str | list[str] | None = None
+    max_tokens: AtLeastOne | None = None
+    temperature: NonNegative | None = None
+    top_p: Fraction | None = None
+    top_k: NonNegativeInt | None = None
+    min_p: Fraction | None = None
+    repeat_penalty: NonNegative | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    n: Annotated[int, Meta(ge=1, le=MAX_N)] | None = None
+    stop: str | Annotated[list[str], Meta(max_length=MAX_STOP)] | None = None
     seed: int | None = None
-    logit_bias: dict[str, float] | None = None
+    # JSON keys are strings; msgspec reads them as token ids (a key that isn't one is a 400).
+    logit_bias: dict[TokenId, Bias] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: str | None = None
     # llama.cpp sampling extras that some clients send; passed to the backend as `extra`.
-    mirostat_mode: int | None = None
-    mirostat_tau: float | None = None
-    mirostat_eta: float | None = None
-    typical_p: float | None = None
-    xtc_probability: float | None = None
-    xtc_threshold: float | None = None
+    mirostat_mode: Annotated[int, Meta(ge=0, le=2)] | None = None
+    mirostat_tau: NonNegative | None = None
+    mirostat_eta: NonNegative | None = None
+    typical_p: Fraction | None = None
+    xtc_probability: Fraction | None = None
+    xtc_threshold: Fraction | None = None
     grammar: str | None = None
 
 
@@ -46,30 +65,99 @@ EXTRA_SAMPLING_FIELDS = ("mirostat_mode", "mirostat_tau", "mirostat_eta", "typic
                          "xtc_probability", "xtc_threshold", "grammar")
 
 
+# -- completions ----------------------------------------------------------------------
+
 class CompletionRequest(SamplingFields, kw_only=True):
-    prompt: str | list[str | int | list[int]] = ""
-    logprobs: int | None = None
+    # A string, strings, a token list or token lists (a mix is refused when normalized).
+    prompt: str | list[str | TokenId | list[TokenId]] = ""
+    logprobs: Annotated[int, Meta(ge=0, le=MAX_LOGPROBS)] | None = None
     echo: bool | None = None
     suffix: str | None = None
-    best_of: int | None = None
+    best_of: AtLeastOne | None = None
+
+
+# -- chat -----------------------------------------------------------------------------
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
+class ContentPart(msgspec.Struct, kw_only=True):
+    """One part of a message's content; only text parts are served."""
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(msgspec.Struct, kw_only=True):
+    role: Role
+    content: str | list[str | ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDefinition(msgspec.Struct, kw_only=True):
+    name: Annotated[str, Meta(min_length=1)]
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(msgspec.Struct, kw_only=True):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class FunctionName(msgspec.Struct, kw_only=True):
+    name: Annotated[str, Meta(min_length=1)]
+
+
+class NamedToolChoice(msgspec.Struct, kw_only=True):
+    type: Literal["function"] = "function"
+    function: FunctionName
+
+
+class TextFormat(msgspec.Struct, tag="text", tag_field="type"):
+    pass
+
+
+class JsonObjectFormat(msgspec.Struct, tag="json_object", tag_field="type", kw_only=True):
+    schema: dict[str, Any] | None = None  # an extension some clients send (llama.cpp's server)
+
+
+class JsonSchema(msgspec.Struct, kw_only=True):
+    name: str | None = None
+    description: str | None = None
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(msgspec.Struct, tag="json_schema", tag_field="type", kw_only=True):
+    json_schema: JsonSchema
 
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):
-    messages: list[dict[str, Any]]
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
     logprobs: bool | None = None
-    top_logprobs: int | None = None
-    max_completion_tokens: int | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=MAX_LOGPROBS)] | None = None
+    max_completion_tokens: AtLeastOne | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
-    functions: list[dict[str, Any]] | None = None
-    function_call: str | dict[str, Any] | None = None
+    response_format: TextFormat | JsonObjectFormat | JsonSchemaFormat | None = None
+    # The deprecated form of tools and tool_choice.
+    functions: list[FunctionDefinition] | None = None
+    function_call: Literal["none", "auto"] | FunctionName | None = None
 
+
+# -- embeddings -----------------------------------------------------------------------
 
 class EmbeddingRequest(msgspec.Struct, kw_only=True):
     model: str
-    input: str | list[str | int | list[int]]
+    # A string, strings, a token list or token lists; none of them empty.
+    input: (Annotated[str, Meta(min_length=1)]
+            | Annotated[list[str | TokenId | list[TokenId]],
+                        Meta(min_length=1, max_length=MAX_EMBED_INPUTS)])
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: int | None = None
+    dimensions: AtLeastOne | None = None
     user: str | None = None

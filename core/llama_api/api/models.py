@@ -1,0 +1,42 @@
+"""GET /v1/models, /v1/models/{id} and /health: what the server can serve and has loaded."""
+
+from __future__ import annotations
+
+from llama_api.plugins import Plugins
+from llama_api.registry import Registry
+from llama_api.scheduler import Entry, Scheduler
+from llama_api.types import ModelSpec
+
+
+def model_card(spec: ModelSpec, entry: Entry | None) -> dict:
+    card = {
+        "id": spec.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": spec.backend,
+        "loaded": entry is not None,
+        "aliases": spec.aliases,
+        "meta": spec.meta,
+    }
+    if entry is not None and entry.worker is not None:
+        card["worker"] = {"pid": entry.worker.pid, "slots": entry.worker.slots,
+                          "info": entry.worker.info}
+    return card
+
+
+def model_list(registry: Registry, scheduler: Scheduler) -> dict:
+    loaded = scheduler.loaded()
+    return {"object": "list",
+            "data": [model_card(spec, loaded.get(spec.id)) for spec in registry.models.values()]}
+
+
+def one_model(registry: Registry, scheduler: Scheduler, model_id: str) -> dict:
+    spec = registry.resolve(model_id)
+    return model_card(spec, scheduler.loaded().get(spec.id))
+
+
+def health(scheduler: Scheduler, plugins: Plugins) -> dict:
+    loaded = scheduler.loaded()
+    return {"status": "ok", "loaded": sorted(loaded),
+            "workers": {m: e.worker.pid for m, e in loaded.items()},
+            "plugins": plugins.names(), "broken_plugins": plugins.broken}

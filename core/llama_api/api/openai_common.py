@@ -1,0 +1,79 @@
+"""What every OpenAI resource shares: sampling fields, usage, and the chunk stream's frame."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from llama_api.api.choices import Choice, total_usage
+from llama_api.api.streaming import Event
+from llama_api.schemas import EXTRA_SAMPLING_FIELDS, SamplingFields
+from llama_api.types import Usage
+
+DONE = Event("[DONE]")
+
+
+def sampling_fields(body: SamplingFields) -> dict[str, Any]:
+    """The fields completions and chat share, as GenerateRequest keyword arguments.
+
+    Their types and ranges were checked when the body was decoded (see `schemas`)."""
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    extra = {name: getattr(body, name) for name in EXTRA_SAMPLING_FIELDS
+             if getattr(body, name) is not None}
+    return dict(
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        min_p=body.min_p,
+        repeat_penalty=body.repeat_penalty,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        stop=[s for s in stop if s],
+        seed=body.seed,
+        logit_bias=body.logit_bias or None,
+        extra=extra,
+    )
+
+
+def vary_seed(seed: int | None, choice: int) -> int | None:
+    """Choices of one request differ even with a fixed seed, and stay reproducible."""
+    return None if seed is None else seed + choice
+
+
+def usage_dict(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+class OpenAIChunks:
+    """The frame of OpenAI's chunk streams: `data:` events with the response's id, model and
+    time, a usage chunk when the client asked for one, then `[DONE]`. Subclasses say how a
+    delta looks (`delta`) and name the chunk object."""
+
+    object = ""
+
+    def __init__(self, response_id: str, model: str, prompts: int, include_usage: bool):
+        self.response_id = response_id
+        self.model = model
+        self.prompts = prompts
+        self.include_usage = include_usage
+        self.created = int(time.time())
+
+    def chunk(self, choices: list[dict[str, Any]], **fields: Any) -> Event:
+        return Event({"id": self.response_id, "object": self.object, "created": self.created,
+                      "model": self.model, "choices": choices, **fields})
+
+    def start(self) -> list[Event]:
+        return []
+
+    def finish(self, choices: list[Choice]) -> list[Event]:
+        events = []
+        if self.include_usage:
+            usage = total_usage(choices, prompts=self.prompts)
+            events.append(self.chunk([], usage=usage_dict(usage)))
+        events.append(DONE)
+        return events

@@ -1,0 +1,97 @@
+"""The HTTP routes: each decodes its body, asks its resource module, and answers.
+
+A generating route hands `generation` its normalized requests, how to build the whole
+answer, and a stream renderer; `generation` picks the plain or the streamed path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+from litestar import Controller, Request, Response, get, post
+
+from llama_api.api import chat, completions, embeddings, models
+from llama_api.api.choices import Choice, collect_choices, generate_choices, new_id, total_usage
+from llama_api.api.error_responses import error_shape
+from llama_api.api.http import json_response, until_done_or_disconnected
+from llama_api.api.streaming import EventStream, StreamRenderer
+from llama_api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from llama_api.types import GenerateRequest
+
+
+async def generation(request: Request, model: str, requests: list[GenerateRequest], *,
+                     stream: bool, answer: Callable[[list[Choice]], dict],
+                     renderer: StreamRenderer) -> Response:
+    """Run the choices; answer with one JSON body (`answer`) or a stream (`renderer`)."""
+    state = request.app.state
+    spec = state.registry.resolve(model)  # 404 before any work
+    if stream:
+        return EventStream(partial(generate_choices, state.scheduler, spec, requests),
+                           len(requests), renderer, error_shape(request))
+    choices = await until_done_or_disconnected(
+        request, partial(collect_choices, state.scheduler, spec, requests))
+    return json_response(answer(choices))
+
+
+def include_usage(body) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+class OpenAIController(Controller):
+    path = "/v1"
+
+    @get("/models", summary="List every model this server can serve")
+    async def list_models(self, request: Request) -> Response:
+        state = request.app.state
+        return json_response(models.model_list(state.registry, state.scheduler))
+
+    @get("/models/{model_id:path}", summary="Describe one model")
+    async def get_model(self, request: Request, model_id: str) -> Response:
+        state = request.app.state
+        return json_response(models.one_model(state.registry, state.scheduler,
+                                              model_id.lstrip("/")))
+
+    @post("/completions", status_code=200, summary="Text completion (OpenAI legacy API)")
+    async def completions(self, request: Request, data: CompletionRequest) -> Response:
+        requests = completions.completion_requests(data)
+        prompts = len(requests) // (data.n or 1)
+        response_id = new_id("cmpl")
+        return await generation(
+            request, data.model, requests, stream=bool(data.stream),
+            answer=lambda choices: completions.completion_response(
+                response_id, data.model, choices, total_usage(choices, prompts)),
+            renderer=completions.CompletionChunks(response_id, data.model, prompts,
+                                                  include_usage(data), choices=len(requests)))
+
+    @post("/chat/completions", status_code=200, summary="Chat completion")
+    async def chat_completions(self, request: Request, data: ChatCompletionRequest) -> Response:
+        requests = chat.chat_requests(data)
+        response_id = new_id("chatcmpl")
+        return await generation(
+            request, data.model, requests, stream=bool(data.stream),
+            answer=lambda choices: chat.chat_response(
+                response_id, data.model, choices, total_usage(choices, prompts=1)),
+            renderer=chat.ChatChunks(response_id, data.model, 1, include_usage(data)))
+
+    @post("/embeddings", status_code=200, summary="Embeddings of texts or token lists")
+    async def embeddings(self, request: Request, data: EmbeddingRequest) -> Response:
+        embed_request = embeddings.embed_request(data)
+        state = request.app.state
+        spec = state.registry.resolve(data.model)
+
+        async def work():  # a client that hangs up while queued gives up its place
+            async with state.scheduler.lease(spec) as worker:
+                return await worker.embed(embed_request)
+
+        result = await until_done_or_disconnected(request, work)
+        return json_response(embeddings.embeddings_response(data, result))
+
+
+@get("/health", opt={"public": True}, summary="Liveness, and which models are loaded")
+async def health(request: Request) -> dict:
+    state = request.app.state
+    return models.health(state.scheduler, state.plugins)
+
+
+ROUTES = [OpenAIController, health]
