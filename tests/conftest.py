@@ -1,4 +1,5 @@
-"""Fixtures for the core's tests: echo models in a folder, and a real server over them."""
+"""Fixtures for the core's tests: echo models in a folder, the app in-process over them, and a
+real server over them for what only a process shows (signals, crashes, shutdown, logs)."""
 
 from __future__ import annotations
 
@@ -10,28 +11,79 @@ import pytest
 
 from llama_api.testing import serve
 
+ECHO_MODELS = {
+    "fast": {},
+    "slow": {"delay": 0.05},
+    "slower": {"delay": 0.05},
+    "wide": {"delay": 0.05, "slots": 2},
+    "broken": {"fail_load": "weights are corrupt"},
+    "noisy": {"noisy": True},
+}
 
-@pytest.fixture
-def models_dir(tmp_path: Path) -> Path:
-    """A models folder with echo models: fast, slow (0.05 s/token), and two-slot."""
-    folder = tmp_path / "models"
-    folder.mkdir()
-    models = {
-        "fast": {},
-        "slow": {"delay": 0.05},
-        "slower": {"delay": 0.05},
-        "wide": {"delay": 0.05, "slots": 2},
-        "broken": {"fail_load": "weights are corrupt"},
-        "noisy": {"noisy": True},
-    }
-    for name, options in models.items():
+
+def write_echo_models(folder: Path) -> Path:
+    """A models folder with echo models: fast, slow (0.05 s/token), two-slot, broken, noisy."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, options in ECHO_MODELS.items():
         (folder / f"{name}.echo").write_text(json.dumps(options))
     return folder
 
 
 @pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    return write_echo_models(tmp_path / "models")
+
+
+@pytest.fixture
 def events_file(tmp_path: Path) -> Path:
     return tmp_path / "events.jsonl"
+
+
+@contextmanager
+def in_process(models_dir: Path, events_file: Path, **config):
+    """The app in this process (Litestar's test client, lifespan included) over the echo
+    models; its workers are real subprocesses. `config`: ServerConfig fields."""
+    from litestar.testing import TestClient
+
+    from llama_api.app import ServerConfig, create_app
+    from llama_api.plugins import Plugins
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LLAMA_API_PLUGINS", "echo")
+        patch.setenv("LLAMA_API_ECHO_EVENTS", str(events_file))  # the workers inherit it
+        app = create_app(ServerConfig(models_dir=models_dir, **config), Plugins())
+        with TestClient(app, timeout=60) as client:
+            client.v1 = str(client.base_url) + "/v1"
+            yield client
+
+
+@pytest.fixture
+def start_app(models_dir, events_file):
+    """start_app(**config) runs the app in-process on the echo models (ServerConfig fields)."""
+    return lambda **config: in_process(models_dir, events_file, **config)
+
+
+@pytest.fixture
+def client(models_dir, events_file):
+    """A fresh in-process app: nothing loaded yet."""
+    with in_process(models_dir, events_file) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def shared_client(tmp_path_factory):
+    """One in-process app for a whole module, for cases that don't care what ran before."""
+    folder = tmp_path_factory.mktemp("shared")
+    with in_process(write_echo_models(folder / "models"), folder / "events.jsonl") as running:
+        yield running
+
+
+@pytest.fixture
+def api(client):
+    """The openai package's client, talking to the in-process app of `client`."""
+    import openai
+
+    return openai.OpenAI(base_url=client.v1, api_key="unused", http_client=client, max_retries=0)
 
 
 @pytest.fixture

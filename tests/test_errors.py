@@ -1,9 +1,12 @@
-"""Bad input gets an OpenAI-shaped error with the right status, never a 500."""
+"""Bad input gets an OpenAI-shaped error with the right status, never a 500.
+
+Every case runs in-process (Litestar's test client over real echo workers)."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
+
 
 CHAT = "/chat/completions"
 USER = [{"role": "user", "content": "hi"}]
@@ -55,71 +58,75 @@ def assert_openai_error(response: httpx.Response, status: int, param=None) -> di
 
 @pytest.mark.parametrize("path,body,status,param", BAD_REQUESTS,
                          ids=[f"{p}-{param}-{i}" for i, (p, _, _, param) in enumerate(BAD_REQUESTS)])
-def test_bad_input_names_the_field(server, path, body, status, param):
-    assert_openai_error(httpx.post(server.v1 + path, json=body), status, param)
+def test_bad_input_names_the_field(shared_client, path, body, status, param):
+    assert_openai_error(shared_client.post(shared_client.v1 + path, json=body), status, param)
 
 
-def test_malformed_json_and_unknown_routes(server):
-    assert_openai_error(httpx.post(server.v1 + CHAT, content=b"{not json"), 400)
-    assert_openai_error(httpx.post(server.v1 + CHAT, content=b"[1, 2]"), 400)
+def test_malformed_json_and_unknown_routes(shared_client):
+    v1 = shared_client.v1
+    assert_openai_error(shared_client.post(v1 + CHAT, content=b"{not json"), 400)
+    assert_openai_error(shared_client.post(v1 + CHAT, content=b"[1, 2]"), 400)
     not_utf8 = b'{"model": "fast", "messages": [{"role": "user", "content": "\xff"}]}'
-    assert_openai_error(httpx.post(server.v1 + CHAT, content=not_utf8), 400)
-    assert_openai_error(httpx.get(server.v1 + "/nothing-here"), 404)
-    assert_openai_error(httpx.get(server.v1 + CHAT), 405)
+    assert_openai_error(shared_client.post(v1 + CHAT, content=not_utf8), 400)
+    assert_openai_error(shared_client.get(v1 + "/nothing-here"), 404)
+    assert_openai_error(shared_client.get(v1 + CHAT), 405)
 
 
-def test_unknown_model_says_which_exist(server):
-    error = assert_openai_error(httpx.post(server.v1 + CHAT, json={"model": "gpt-9", "messages": USER}), 404)
+def test_unknown_model_says_which_exist(shared_client):
+    error = assert_openai_error(shared_client.post(
+        shared_client.v1 + CHAT, json={"model": "gpt-9", "messages": USER}), 404)
     assert "gpt-9" in error["message"] and "fast" in error["message"]
 
 
-def test_load_failure_is_503_and_the_server_stays_up(server):
-    error = assert_openai_error(
-        httpx.post(server.v1 + CHAT, json={"model": "broken", "messages": USER}), 503)
+def test_load_failure_is_503_and_the_server_stays_up(shared_client):
+    error = assert_openai_error(shared_client.post(
+        shared_client.v1 + CHAT, json={"model": "broken", "messages": USER}), 503)
     assert "weights are corrupt" in error["message"]
     assert error["code"] == "model_load_failed"
-    ok = httpx.post(server.v1 + CHAT, json={"model": "fast", "messages": USER, "max_tokens": 2})
+    ok = shared_client.post(shared_client.v1 + CHAT,
+                            json={"model": "fast", "messages": USER, "max_tokens": 2})
     assert ok.status_code == 200
 
 
-def test_backend_bad_request_is_400_in_a_stream_too(server):
+def test_backend_bad_request_is_400_in_a_stream_too(shared_client):
     long_prompt = " ".join(["word"] * 1200)
     body = {"model": "fast", "messages": [{"role": "user", "content": long_prompt}]}
-    error = assert_openai_error(httpx.post(server.v1 + CHAT, json=body), 400)
+    error = assert_openai_error(shared_client.post(shared_client.v1 + CHAT, json=body), 400)
     assert error["code"] == "context_length_exceeded" and "1200" in error["message"]
-    error = assert_openai_error(httpx.post(server.v1 + CHAT, json={**body, "stream": True}), 400)
+    error = assert_openai_error(
+        shared_client.post(shared_client.v1 + CHAT, json={**body, "stream": True}), 400)
     assert error["code"] == "context_length_exceeded"
 
 
-def test_backend_exception_is_503_naming_it_and_the_worker_survives(server):
+def test_backend_exception_is_503_naming_it_and_the_worker_survives(shared_client):
     body = {"model": "fast", "messages": [{"role": "user", "content": "please RAISE"}]}
-    error = assert_openai_error(httpx.post(server.v1 + CHAT, json=body), 503)
+    error = assert_openai_error(shared_client.post(shared_client.v1 + CHAT, json=body), 503)
     assert "RuntimeError" in error["message"] and error["code"] == "backend_error"
-    pid = server.health()["workers"]["fast"]
-    ok = httpx.post(server.v1 + CHAT, json={"model": "fast", "messages": USER, "max_tokens": 2})
-    assert ok.status_code == 200 and server.health()["workers"]["fast"] == pid
+    pid = shared_client.get("/health").json()["workers"]["fast"]
+    ok = shared_client.post(shared_client.v1 + CHAT,
+                            json={"model": "fast", "messages": USER, "max_tokens": 2})
+    assert ok.status_code == 200 and shared_client.get("/health").json()["workers"]["fast"] == pid
 
 
-def test_body_too_large_is_413(server):
+def test_body_too_large_is_413(shared_client):
     body = b'{"model": "fast", "input": "' + b"x" * (11 * 1024 * 1024) + b'"}'
-    assert_openai_error(httpx.post(server.v1 + "/embeddings", content=body), 413)
+    assert_openai_error(shared_client.post(shared_client.v1 + "/embeddings", content=body), 413)
 
 
 @pytest.mark.parametrize("api_keys", [["sk-one"], ["sk-one", "sk-two"]])
-def test_api_key_protects_every_route_but_health(start_server, api_keys):
-    args = [arg for key in api_keys for arg in ("--api-key", key)]
-    with start_server(*args) as server:
-        assert httpx.get(server.url + "/health").status_code == 200
-        error = assert_openai_error(httpx.get(server.v1 + "/models"), 401)
+def test_api_key_protects_every_route_but_health(start_app, api_keys):
+    with start_app(api_keys=api_keys) as client:
+        assert client.get("/health").status_code == 200
+        error = assert_openai_error(client.get(client.v1 + "/models"), 401)
         assert error["code"] == "invalid_api_key"
-        assert_openai_error(httpx.get(server.v1 + "/models",
-                                      headers={"Authorization": "Bearer wrong"}), 401)
-        assert_openai_error(httpx.post(server.v1 + CHAT, json={"model": "fast"},
-                                       headers={"Authorization": "Basic sk-one"}), 401)
+        assert_openai_error(client.get(client.v1 + "/models",
+                                       headers={"Authorization": "Bearer wrong"}), 401)
+        assert_openai_error(client.post(client.v1 + CHAT, json={"model": "fast"},
+                                        headers={"Authorization": "Basic sk-one"}), 401)
         for key in api_keys:
-            ok = httpx.get(server.v1 + "/models", headers={"Authorization": f"Bearer {key}"})
+            ok = client.get(client.v1 + "/models", headers={"Authorization": f"Bearer {key}"})
             assert ok.status_code == 200
 
 
-def test_without_api_key_everything_is_open(server):
-    assert httpx.get(server.v1 + "/models").status_code == 200
+def test_without_api_key_everything_is_open(shared_client):
+    assert shared_client.get(shared_client.v1 + "/models").status_code == 200

@@ -13,7 +13,8 @@ the word MALFORMED makes it yield a delta whose usage holds a float (a backend b
 encodes fine in the worker but does not decode as the protocol's types).
 Generation repeats the prompt's words ("w0 w1 ...") cyclically, one word per token.
 Set LLAMA_API_ECHO_EVENTS to a file path to have the worker append one JSON line per
-event (start, end, cancelled) with its model, pid and time.
+event (start, end, cancelled) with its model, pid and time; `start` also holds what the
+core handed the backend (`request`: the normalized fields tests check).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import json
 import os
 import time
 from pathlib import Path
+
+import msgspec
 
 from llama_api import errors, hookimpl
 from llama_api.stops import StopHoldback
@@ -101,8 +104,8 @@ def load_model(spec, context):
 
 
 def prompt_words(request) -> list[str]:
-    if request.messages is not None:
-        text = " ".join(str(m.get("content") or "") for m in request.messages)
+    if request.messages is not None:  # the core has made every content a string
+        text = " ".join(m["content"] for m in request.messages)
     elif isinstance(request.prompt, list):
         text = " ".join(f"t{token}" for token in request.prompt)
     else:
@@ -128,9 +131,19 @@ def generate(model, request, cancelled):
     return echo_tokens(model, request, words, cancelled)
 
 
+def received(request) -> dict:
+    """What the core handed over, as JSON can carry it (logit_bias as [token id, bias] pairs,
+    so that a test can see the ids are ints)."""
+    fields = msgspec.to_builtins(request)
+    fields.pop("messages", None)
+    fields["contents"] = [m["content"] for m in request.messages or []]
+    fields["logit_bias"] = sorted((request.logit_bias or {}).items())
+    return fields
+
+
 def echo_tokens(model, request, words, cancelled):
     max_tokens = request.max_tokens or 16
-    record("start", model)
+    record("start", model, request=received(request))
     stops = StopHoldback(request.stop)
     produced = 0
     finish = "length"
