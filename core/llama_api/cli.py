@@ -1,9 +1,12 @@
-"""The `llama-api` command: serve, models, install."""
+"""The `llama-api` command: serve, models, pull, install."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -49,7 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=positive, default=None, metavar="N",
                        help="threads per worker (default: the cores shared among --max-workers)")
     serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
-                       help="require `Authorization: Bearer KEY`; repeat for several keys")
+                       help="require `Authorization: Bearer KEY`; repeat for several keys "
+                            "(visible to other users in `ps`: prefer --api-key-file)")
+    serve.add_argument("--api-key-file", type=Path, default=None, metavar="FILE",
+                       help="read API keys from FILE, one per line (blank lines and lines "
+                            "starting with # are skipped); LLAMA_API_KEYS=key1,key2 adds more")
+    serve.add_argument("--grace-period", type=seconds, default=10.0, metavar="SECONDS",
+                       help="on SIGTERM or Ctrl-C, let running requests finish for this long "
+                            "before they are cut off and the workers end (default: %(default)s)")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"], help="(default: %(default)s)")
     serve.add_argument("--log-format", default="text", choices=["text", "json"],
@@ -58,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the models that would be served",
                                  description="List models, their backends, and installed plugins.")
     add_model_options(models)
+
+    add_pull_command(commands)
 
     install = commands.add_parser("install", help="install a backend plugin and its dependencies",
                                   description="pip-install a backend plugin by short name, torch "
@@ -84,10 +96,51 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
                         help="models.toml defining models explicitly")
 
 
+def add_pull_command(commands) -> None:
+    pull = commands.add_parser(
+        "pull", help="download a model from the Hugging Face Hub into the models folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Download a model from the Hugging Face Hub into the models folder, where "
+                    "`serve` finds it (a running server lists it without a restart).",
+        epilog="""what is downloaded:
+  REPO FILE          that one file (e.g. a .gguf), into DIR/
+  REPO --quant Q     the repo's .gguf file whose name has the quantization Q (all parts
+                     of a split GGUF); several matches are refused with the list
+  REPO               the repo's only .gguf file; a repo with no .gguf (transformers,
+                     sentence-transformers, GPTQ, EXL2, EXL3) is downloaded whole
+                     into DIR/<repo name>/
+
+Every file is checked against the Hub's checksum (LFS sha256, or the git blob id) and only
+then moved into place. An interrupted download resumes where it stopped when the same
+command runs again (partial files wait in DIR/.pull/). Gated or private repositories need
+a token with access: set HF_TOKEN. HF_ENDPOINT points at another Hub (a mirror).
+
+examples:
+  llama-api pull bartowski/Qwen2.5-0.5B-Instruct-GGUF --quant Q4_K_M
+  llama-api pull TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF tinyllama-1.1b-chat-v1.0.Q4_0.gguf
+  llama-api pull BAAI/bge-small-en-v1.5""")
+    pull.add_argument("repo", metavar="REPO", help="repository id on the Hub, e.g. owner/name")
+    pull.add_argument("file", metavar="FILE", nargs="?", default=None,
+                      help="one file of the repository (path inside it)")
+    pull.add_argument("--quant", metavar="Q", default=None,
+                      help="pick the .gguf file by quantization, e.g. Q4_K_M or Q8_0")
+    pull.add_argument("--revision", metavar="R", default=None,
+                      help="branch, tag or commit to download (default: main)")
+    pull.add_argument("--models-dir", type=Path, default=Path("models"), metavar="DIR",
+                      help="folder to download into (default: %(default)s)")
+
+
 def positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError("must be 0 or more seconds")
     return value
 
 
@@ -105,10 +158,15 @@ def serve(args) -> int:
     from llama_api.registry import ConfigError
     from llama_api.scheduler import Settings
 
+    try:
+        api_keys = collect_api_keys(args.api_key, args.api_key_file, os.environ.get("LLAMA_API_KEYS"))
+    except OSError as exc:
+        print(f"error: --api-key-file: {exc}", file=sys.stderr)
+        return 2
     config = ServerConfig(
         models_dir=args.models_dir,
         config=args.config,
-        api_keys=args.api_key,
+        api_keys=api_keys,
         scheduling=Settings(
             max_workers=args.max_workers,
             max_queue=args.max_queue,
@@ -125,10 +183,48 @@ def serve(args) -> int:
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    if api_keys:  # how many, never which
+        logging.getLogger("llama_api.cli").info("API keys required: %d key(s)", len(api_keys))
     app = create_app(config)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                log_config=None, access_log=args.log_level == "debug")
+    run_until_signalled(uvicorn.Config(
+        app, host=args.host, port=args.port, log_level=args.log_level, log_config=None,
+        access_log=args.log_level == "debug", timeout_graceful_shutdown=args.grace_period,
+    ))
     return 0
+
+
+def collect_api_keys(flags: list[str], key_file: Path | None, from_env: str | None) -> list[str]:
+    """--api-key values, then the file's lines, then LLAMA_API_KEYS; each key once."""
+    keys = [key.strip() for key in flags]
+    if key_file is not None:
+        for line in key_file.read_text(encoding="utf-8").splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                keys.append(line.strip())
+    keys.extend(key.strip() for key in (from_env or "").split(","))
+    return list(dict.fromkeys(key for key in keys if key))
+
+
+def run_until_signalled(config) -> None:
+    """Run uvicorn until SIGTERM or SIGINT, shut down gracefully, and return normally.
+
+    uvicorn itself re-raises the caught signal after its graceful shutdown, so the process
+    dies by it (status -15) and service managers read a clean stop as a failure. This
+    server only restores the previous handlers. A second Ctrl-C still forces the exit.
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            originals = {sig: signal.signal(sig, self.handle_exit)
+                         for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in originals.items():
+                    signal.signal(sig, handler)
+
+    Server(config).run()
 
 
 def list_models(args) -> int:
@@ -156,6 +252,24 @@ def list_models(args) -> int:
     return 0
 
 
+def pull(args) -> int:
+    from llama_api.pull import PullError, pull_model
+
+    for name in ("httpx", "httpx2"):  # one line per HTTP request is noise here
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        target = pull_model(args.repo, args.file, quant=args.quant, models_dir=args.models_dir,
+                            revision=args.revision)
+    except PullError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume the download", file=sys.stderr)
+        return 130
+    print(f"saved {target}")
+    return 0
+
+
 def install(args) -> int:
     from llama_api import install as installer
 
@@ -171,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     json_logs = getattr(args, "log_format", "text") == "json"
     handler.setFormatter(JsonFormatter() if json_logs else logging.Formatter(LOG_FORMAT))
     logging.basicConfig(level=getattr(args, "log_level", "info").upper(), handlers=[handler])
-    command = {"serve": serve, "models": list_models, "install": install}[args.command]
+    command = {"serve": serve, "models": list_models, "pull": pull, "install": install}[args.command]
     return command(args)
 
 
