@@ -1,4 +1,5 @@
-"""How the server stops: SIGTERM/SIGINT mid-stream, the grace period, and no orphaned workers."""
+"""How the server starts and stops: API keys from several sources; SIGTERM/SIGINT mid-stream,
+the grace period, and no orphaned workers."""
 
 from __future__ import annotations
 
@@ -122,3 +123,26 @@ def test_a_parent_that_died_before_the_watch_began_is_noticed():
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", code], timeout=20)
     assert result.returncode == 1 and time.monotonic() - started < 10
+
+
+def test_api_keys_come_from_the_flag_a_file_and_the_environment(start_server, tmp_path):
+    key_file = tmp_path / "keys.txt"
+    key_file.write_text("# the operators' keys\nsk-file-1\n\n  sk-file-2  \n")
+    keys = ["sk-flag", "sk-file-1", "sk-file-2", "sk-env-1", "sk-env-2"]
+    with start_server("--api-key", "sk-flag", "--api-key-file", str(key_file),
+                      env={"LLAMA_API_KEYS": "sk-env-1, sk-env-2,"}) as server:
+        for key in keys:
+            reply = httpx.get(server.v1 + "/models", headers={"Authorization": f"Bearer {key}"})
+            assert reply.status_code == 200, key
+        for header in ({}, {"Authorization": "Bearer # the operators' keys"}):
+            assert httpx.get(server.v1 + "/models", headers=header).status_code == 401
+    log = server.log()
+    assert "5 key(s)" in log
+    assert not [key for key in keys if key in log], "a key was written to the log"
+
+
+def test_a_missing_key_file_is_refused_at_start(tmp_path):
+    missing = tmp_path / "no-such-keys.txt"
+    result = subprocess.run([sys.executable, "-m", "llama_api", "serve", "--api-key-file",
+                             str(missing)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and str(missing) in result.stderr
