@@ -7,7 +7,6 @@ from __future__ import annotations
 import httpx
 import pytest
 
-
 CHAT = "/chat/completions"
 USER = [{"role": "user", "content": "hi"}]
 

@@ -20,20 +20,20 @@ def sampling_fields(body: SamplingFields) -> dict[str, Any]:
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     extra = {name: getattr(body, name) for name in EXTRA_SAMPLING_FIELDS
              if getattr(body, name) is not None}
-    return dict(
-        max_tokens=body.max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        min_p=body.min_p,
-        repeat_penalty=body.repeat_penalty,
-        presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty,
-        stop=[s for s in stop if s],
-        seed=body.seed,
-        logit_bias=body.logit_bias or None,
-        extra=extra,
-    )
+    return {
+        "max_tokens": body.max_tokens,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "top_k": body.top_k,
+        "min_p": body.min_p,
+        "repeat_penalty": body.repeat_penalty,
+        "presence_penalty": body.presence_penalty,
+        "frequency_penalty": body.frequency_penalty,
+        "stop": [s for s in stop if s],
+        "seed": body.seed,
+        "logit_bias": body.logit_bias or None,
+        "extra": extra,
+    }
 
 
 def vary_seed(seed: int | None, choice: int) -> int | None:

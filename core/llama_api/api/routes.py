@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Annotated
 
 from litestar import Controller, Request, Response, get, post
+from litestar.params import Body
 
 from llama_api.api import chat, completions, embeddings, models
 from llama_api.api.choices import Choice, collect_choices, generate_choices, new_id, total_usage
@@ -53,7 +55,7 @@ class OpenAIController(Controller):
                                               model_id.lstrip("/")))
 
     @post("/completions", status_code=200, summary="Text completion (OpenAI legacy API)")
-    async def completions(self, request: Request, data: CompletionRequest) -> Response:
+    async def completions(self, request: Request, data: Annotated[CompletionRequest, Body()]) -> Response:
         requests = completions.completion_requests(data)
         prompts = len(requests) // (data.n or 1)
         response_id = new_id("cmpl")
@@ -65,7 +67,7 @@ class OpenAIController(Controller):
                                                   include_usage(data), choices=len(requests)))
 
     @post("/chat/completions", status_code=200, summary="Chat completion")
-    async def chat_completions(self, request: Request, data: ChatCompletionRequest) -> Response:
+    async def chat_completions(self, request: Request, data: Annotated[ChatCompletionRequest, Body()]) -> Response:
         requests = chat.chat_requests(data)
         response_id = new_id("chatcmpl")
         return await generation(
@@ -75,7 +77,7 @@ class OpenAIController(Controller):
             renderer=chat.ChatChunks(response_id, data.model, 1, include_usage(data)))
 
     @post("/embeddings", status_code=200, summary="Embeddings of texts or token lists")
-    async def embeddings(self, request: Request, data: EmbeddingRequest) -> Response:
+    async def embeddings(self, request: Request, data: Annotated[EmbeddingRequest, Body()]) -> Response:
         embed_request = embeddings.embed_request(data)
         state = request.app.state
         spec = state.registry.resolve(data.model)

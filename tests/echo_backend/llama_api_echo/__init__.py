@@ -32,7 +32,7 @@ from llama_api.stops import StopHoldback
 from llama_api.types import BackendInfo, Delta, EmbedResult, ModelSpec, Usage
 
 
-def record(event: str, model: "EchoModel", **fields) -> None:
+def record(event: str, model: EchoModel, **fields) -> None:
     path = os.environ.get("LLAMA_API_ECHO_EVENTS")
     if path:
         line = json.dumps({"event": event, "model": model.id, "pid": os.getpid(),
