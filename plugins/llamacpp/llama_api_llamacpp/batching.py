@@ -8,6 +8,8 @@ with its own sampler chain. Request threads only read tokens from a queue.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import queue
 import threading
@@ -20,6 +22,25 @@ log = logging.getLogger("llama_api_llamacpp")
 _END = object()
 # Sent first, as (PROMPT, logprobs of prompt tokens 1..n-1), to a sequence that asked for them.
 PROMPT = object()
+
+
+@contextlib.contextmanager
+def _without_seq_overflow_warning(lib):
+    """llama.cpp warns "n_ctx_seq > n_ctx_train -- possible training context overflow" for a
+    unified cache bigger than the trained context; our own log line says why it can't
+    happen here (each sequence is capped at its n_ctx). Other lines pass on as before."""
+    from llama_cpp import _logger
+
+    def forward(level, text, user_data):
+        if b"possible training context overflow" not in (text or b""):
+            _logger.llama_log_callback(level, text, user_data)
+
+    callback = lib.llama_log_callback(forward)
+    lib.llama_log_set(callback, ctypes.c_void_p(0))
+    try:
+        yield
+    finally:
+        lib.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 class Sequence:
@@ -74,7 +95,9 @@ class BatchEngine:
         self.n_ctx_per_seq = n_ctx_per_seq
         params.embeddings = False
         self.n_batch = int(params.n_batch)
-        self.context = internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        with _without_seq_overflow_warning(lib):
+            self.context = internals.LlamaContext(model=llm._model, params=params,
+                                                  verbose=False)
         self.ctx = self.context.ctx
         self.memory = lib.llama_get_memory(self.ctx)
         self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
@@ -86,8 +109,7 @@ class BatchEngine:
         self.cached: list[list[int]] = [[] for _ in range(n_parallel)]
         self.reused_tokens = 0  # prompt tokens not decoded again thanks to the cache
         log.info("%s: %d sequences decode together, %s KV cache of %d cells; each sequence "
-                 "is capped at n_ctx=%d tokens (trained context %d), so llama.cpp's "
-                 "'n_ctx_seq > n_ctx_train' warning, if shown, does not apply",
+                 "is capped at n_ctx=%d tokens (trained context %d)",
                  model.spec.id, n_parallel, "one shared" if unified else "a per-sequence",
                  int(params.n_ctx), n_ctx_per_seq, llm._model.n_ctx_train())
         self.thread = threading.Thread(target=self._loop, name="llamacpp-batch", daemon=True)

@@ -30,7 +30,7 @@ class Run:
         self.seed = seed
         self.grammar = grammar
         self.logit_bias = logit_bias
-        self.stream = TextStream(stop)
+        self.stream = TextStream(stop, drop_invalid=grammar is not None)
         self.limit = limit
         self.logprobs = logprobs
         self.cancelled = cancelled

@@ -108,9 +108,15 @@ class _Preparer:
             return {**keep, **self._constants(own, path)}
         kind = own.get("type")
         if isinstance(kind, list):  # each type with the keywords that apply to it
-            rest = {k: v for k, v in own.items() if k != "type"}
-            return {**keep, "anyOf": [self.visit({**rest, "type": t}, f"{path}/type/{t}")
-                                      for t in kind]}
+            for t in kind:
+                if t not in KEYWORDS:
+                    raise self.fail(path, f"unknown type {t!r}")
+            known = set().union(*(KEYWORDS[t] for t in kind))
+            self._only(own, known, path, f"types {kind}")
+            return {**keep, "anyOf": [
+                self.visit({k: v for k, v in own.items() if k in KEYWORDS[t]} | {"type": t},
+                           f"{path}/type/{t}")
+                for t in kind]}
         if kind is None:
             if own:
                 raise self.fail(path, f"a schema with {sorted(own)} needs a type")

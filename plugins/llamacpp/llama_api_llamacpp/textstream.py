@@ -16,8 +16,11 @@ class TextStream:
       text returned; nothing of the stop string is ever returned.
     """
 
-    def __init__(self, stop: list[str] | None = None):
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    def __init__(self, stop: list[str] | None = None, drop_invalid: bool = False):
+        # `drop_invalid`: bytes that are not UTF-8 vanish instead of becoming U+FFFD, as
+        # llama.cpp's grammar engine skips them (so a constrained output is what it checked).
+        self._decoder = codecs.getincrementaldecoder("utf-8")(
+            errors="ignore" if drop_invalid else "replace")
         self._stops = StopHoldback(stop)
         self.text = ""  # everything returned so far
 

@@ -289,3 +289,20 @@ def test_echo_logprobs_of_a_long_prompt_across_chunks(tiny_plain, batched):
     for a, b in zip(plain[1:], got[1:]):
         assert a.bytes == b.bytes
         assert a.logprob == pytest.approx(b.logprob, abs=1e-3)
+
+
+def test_no_sequence_passes_its_own_context(batched):
+    # The shared KV cache has n_parallel x n_ctx cells, and llama.cpp would let one sequence
+    # use them all: the engine itself refuses a sequence that could pass its n_ctx.
+    from llama_api import errors
+    from llama_api_llamacpp.batching import Sequence
+
+    engine = batched.engine
+    assert engine.n_ctx_per_seq == batched.n_ctx == 2048
+    too_long = Sequence([1] * 2000, sampler=None, limit=49, logprobs_fn=None,
+                        cancelled=threading.Event())
+    with pytest.raises(errors.ContextLengthExceeded):
+        engine.submit(too_long)
+    # through generate, max_tokens is cut to the room left instead
+    _, last = run(batched, prompt=[5] * 2040, max_tokens=100, temperature=0.0)
+    assert last.usage.prompt_tokens + last.usage.completion_tokens <= 2048
