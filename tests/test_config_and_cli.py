@@ -175,5 +175,27 @@ def test_json_logs_are_one_object_per_line(start_server):
         httpx.post(server.v1 + "/completions", json={"model": "fast", "prompt": "a", "max_tokens": 1})
         lines = [line for line in server.log().splitlines() if line.startswith("{")]
     records = [json.loads(line) for line in lines]
-    assert any(r["logger"] == "llama_api.scheduler" and "loaded" in r["message"] for r in records)
+    assert any(r["logger"] == "llama_api.scheduler" for r in records)
+    assert any(r["logger"] == "llama_api.worker.fast" for r in records)  # the worker's lines too
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+
+
+def test_a_worker_error_shows_at_the_servers_warning_level(start_server):
+    import json
+
+    with start_server("--log-level", "warning", "--log-format", "json") as server:
+        reply = httpx.post(server.v1 + "/chat/completions", timeout=30,  # the backend raises
+                           json={"model": "fast", "messages": [{"role": "user", "content": "RAISE"}]})
+        assert reply.status_code == 503, reply.text
+        # A backend that prints on fd 1, as C libraries do: plain lines, logged at INFO.
+        assert httpx.post(server.v1 + "/completions", timeout=30,
+                          json={"model": "noisy", "prompt": "a", "max_tokens": 2}).status_code == 200
+    log = server.log()  # complete now: the server and its workers have exited
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    failures = [r for r in records if r["logger"] == "llama_api.worker.fast"
+                and "RuntimeError: echo was asked to fail" in r["message"]]
+    assert len(failures) == 1, log
+    assert failures[0]["level"] == "ERROR"
+    assert "Traceback (most recent call last)" in failures[0]["message"]  # one record, whole
+    assert all(r["level"] in ("WARNING", "ERROR", "CRITICAL") for r in records), log
+    assert "noise on stdout" not in log

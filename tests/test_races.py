@@ -1,18 +1,38 @@
-"""Races and edge cases in scheduling, cancellation and the worker protocol."""
+"""Races and edge cases in scheduling, cancellation and the worker protocol.
+
+The tests that need a small queue and no fresh server share `queue_of_one`.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import time
 
 import httpx
+import msgspec
 import pytest
 
-from llama_api.testing import pid_exists, wait_for
+from llama_api import protocol
+from llama_api.testing import pid_exists, serve, wait_for
+from llama_api.types import Delta, Usage
 from llama_api_echo import USER, chat, read_events
+
+
+@pytest.fixture(scope="module")
+def queue_of_one(tmp_path_factory):
+    """A server with `--max-queue 1` on fast, slow and stalling echo models; (server, events)."""
+    folder = tmp_path_factory.mktemp("queue-of-one")
+    models = {"fast": {}, "slow": {"delay": 0.05},
+              # Two words come at once, then the backend pauses 1.5 s before the third.
+              "stalling": {"stall": 1.5, "stall_after": 2}}
+    for name, options in models.items():
+        (folder / f"{name}.echo").write_text(json.dumps(options))
+    events = folder / "events.jsonl"
+    env = {"LLAMA_API_PLUGINS": "echo", "LLAMA_API_ECHO_EVENTS": str(events)}
+    with serve("--models-dir", str(folder), "--max-queue", "1", env=env) as server:
+        yield server, events
 
 
 def test_shutdown_while_a_model_loads_ends_its_worker(start_server, models_dir):
@@ -21,7 +41,8 @@ def test_shutdown_while_a_model_loads_ends_its_worker(start_server, models_dir):
         with pytest.raises(httpx.ReadTimeout):  # the client gives up during the load
             httpx.post(server.v1 + "/chat/completions", timeout=0.3,
                        json={"model": "sluggish", "messages": USER, "max_tokens": 1})
-        pid = int(re.search(r"started worker pid=(\d+)", server.log()).group(1))
+        assert wait_for(lambda: len(children(server.process.pid)) == 1, timeout=5)
+        (pid,) = children(server.process.pid)  # the worker, still loading
         server.process.terminate()
         try:
             server.process.wait(timeout=10)
@@ -30,86 +51,27 @@ def test_shutdown_while_a_model_loads_ends_its_worker(start_server, models_dir):
         assert wait_for(lambda: not pid_exists(pid), timeout=5), "the loading worker outlived the server"
 
 
-def test_streaming_client_that_hangs_up_while_queued_leaves_the_queue(start_server, events_file):
+def test_streaming_client_that_hangs_up_while_queued_leaves_the_queue(queue_of_one):
     from concurrent.futures import ThreadPoolExecutor
 
-    with start_server("--max-queue", "1") as server:
-        chat(server, "slow", 1)
-        events_file.unlink()
-        with ThreadPoolExecutor(1) as pool:
-            busy = pool.submit(chat, server, "slow", 50)  # holds the one slot ~2.5 s
-            time.sleep(0.3)
-            with pytest.raises(httpx.ReadTimeout):  # queued behind it; gives up
-                with httpx.stream("POST", server.v1 + "/chat/completions", timeout=0.4,
-                                  json={"model": "slow", "messages": USER, "max_tokens": 50,
-                                        "stream": True}) as response:
-                    response.read()
-            time.sleep(0.3)
-            assert not busy.done()
-            queued = chat(server, "slow", 1)  # the queue's one place must be free again
-            assert busy.result().status_code == 200
-        assert queued.status_code == 200, queued.text
-        starts = [e for e in read_events(events_file) if e["event"] == "start"]
+    server, events_file = queue_of_one
+    chat(server, "slow", 1)
+    events_file.unlink(missing_ok=True)
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(chat, server, "slow", 50)  # holds the one slot ~2.5 s
+        time.sleep(0.3)
+        with pytest.raises(httpx.ReadTimeout), httpx.stream(  # queued behind it; gives up
+                "POST", server.v1 + "/chat/completions", timeout=0.4,
+                json={"model": "slow", "messages": USER, "max_tokens": 50, "stream": True},
+        ) as response:
+            response.read()
+        time.sleep(0.3)
+        assert not busy.done()
+        queued = chat(server, "slow", 1)  # the queue's one place must be free again
+        assert busy.result().status_code == 200
+    assert queued.status_code == 200, queued.text
+    starts = [e for e in read_events(events_file) if e["event"] == "start"]
     assert len(starts) == 2, "the abandoned stream still generated"
-
-
-class FakeWorker:
-    """Stands in for WorkerProcess in scheduler-only tests; `script` says how each start goes."""
-
-    script: list[str] = []
-    started: list["FakeWorker"] = []
-
-    def __init__(self, spec, n_threads, on_exit):
-        self.spec, self.on_exit = spec, on_exit
-        self.slots, self.info, self.pid, self.alive = 1, {}, 0, False
-
-    async def start(self, task_group):
-        FakeWorker.started.append(self)
-        self.pid = len(FakeWorker.started)
-        self.alive = True
-        if FakeWorker.script.pop(0) == "dies right after loading":
-            # The worker said Loaded and then died; the reader task saw both before
-            # start() resumed: on_exit ran while the entry had no worker yet.
-            self.alive = False
-            self.on_exit(self)
-
-    async def stop(self, grace: float = 5.0):
-        self.alive = False
-
-
-def run_scheduler(monkeypatch, script, body, **settings):
-    import anyio
-
-    from llama_api import scheduler as scheduler_module
-
-    monkeypatch.setattr(scheduler_module, "WorkerProcess", FakeWorker)
-    FakeWorker.script, FakeWorker.started = list(script), []
-
-    async def main():
-        async with scheduler_module.Scheduler(scheduler_module.Settings(**settings)).running() as s:
-            with anyio.fail_after(5):
-                return await body(s)
-
-    return anyio.run(main)
-
-
-def test_a_worker_that_dies_right_after_loading_is_not_kept(monkeypatch):
-    from llama_api import errors
-    from llama_api.types import ModelSpec
-
-    spec = ModelSpec(id="m", backend="echo")
-
-    async def body(scheduler):
-        try:
-            async with scheduler.lease(spec):
-                pass
-        except errors.BackendUnavailable:
-            pass  # failing the request that saw the death is fine
-        async with scheduler.lease(spec) as worker:
-            return worker.alive
-
-    assert run_scheduler(monkeypatch, ["dies right after loading", "ok", "ok"], body), \
-        "a dead worker was kept as the model's worker"
 
 
 def children(pid: int) -> list[int]:
@@ -140,7 +102,8 @@ def test_a_spec_the_worker_pipe_cannot_carry_leaves_no_process_behind(start_serv
             f"worker processes left behind: {children(server.process.pid)}"
 
 
-def test_a_frame_that_does_not_decode_fails_its_request_instead_of_hanging(server):
+def test_a_frame_that_does_not_decode_fails_its_request_instead_of_hanging(queue_of_one):
+    server, _ = queue_of_one
     reply = httpx.post(server.v1 + "/chat/completions", timeout=15,
                        json={"model": "fast", "messages": [{"role": "user", "content": "MALFORMED"}]})
     assert reply.status_code == 503, reply.text
@@ -148,37 +111,80 @@ def test_a_frame_that_does_not_decode_fails_its_request_instead_of_hanging(serve
     assert chat(server, "fast", 2).status_code == 200  # the model still serves
 
 
-def test_embeddings_client_that_hangs_up_while_queued_leaves_the_queue(start_server):
+def test_embeddings_client_that_hangs_up_while_queued_leaves_the_queue(queue_of_one):
     from concurrent.futures import ThreadPoolExecutor
 
-    with start_server("--max-queue", "1") as server:
-        chat(server, "slow", 1)
-        with ThreadPoolExecutor(1) as pool:
-            busy = pool.submit(chat, server, "slow", 50)  # holds the one slot ~2.5 s
-            time.sleep(0.3)
-            with pytest.raises(httpx.ReadTimeout):  # queued behind it; gives up
-                httpx.post(server.v1 + "/embeddings", timeout=0.4,
-                           json={"model": "slow", "input": "hello"})
-            time.sleep(0.3)
-            assert not busy.done()
-            queued = chat(server, "slow", 1)  # the queue's one place must be free again
-            assert busy.result().status_code == 200
-        assert queued.status_code == 200, queued.text
+    server, _ = queue_of_one
+    chat(server, "slow", 1)
+    with ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(chat, server, "slow", 50)  # holds the one slot ~2.5 s
+        time.sleep(0.3)
+        with pytest.raises(httpx.ReadTimeout):  # queued behind it; gives up
+            httpx.post(server.v1 + "/embeddings", timeout=0.4,
+                       json={"model": "slow", "input": "hello"})
+        time.sleep(0.3)
+        assert not busy.done()
+        queued = chat(server, "slow", 1)  # the queue's one place must be free again
+        assert busy.result().status_code == 200
+    assert queued.status_code == 200, queued.text
 
 
-def test_a_streamed_token_is_not_held_back_while_the_backend_stalls(start_server, models_dir):
-    # Two words come at once, then the backend pauses 1.5 s before the third.
-    (models_dir / "stalling.echo").write_text(json.dumps({"stall": 1.5, "stall_after": 2}))
-    with start_server() as server:
-        chat(server, "stalling", 1)
-        started = time.monotonic()
-        arrivals = []
-        with httpx.stream("POST", server.v1 + "/chat/completions", timeout=30,
-                          json={"model": "stalling", "messages": USER, "max_tokens": 3,
-                                "stream": True}) as response:
-            for line in response.iter_lines():
-                if line.startswith("data: {"):
-                    text = json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-                    arrivals.extend([time.monotonic() - started] * len(text.split()))
+def test_a_streamed_token_is_not_held_back_while_the_backend_stalls(queue_of_one):
+    server, _ = queue_of_one  # its "stalling" model sends two words, then pauses 1.5 s
+    chat(server, "stalling", 1)
+    started = time.monotonic()
+    arrivals = []
+    with httpx.stream("POST", server.v1 + "/chat/completions", timeout=30,
+                      json={"model": "stalling", "messages": USER, "max_tokens": 3,
+                            "stream": True}) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                text = json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                arrivals.extend([time.monotonic() - started] * len(text.split()))
     assert len(arrivals) == 3
     assert arrivals[1] < 0.75, f"the second word waited for the third: {arrivals}"
+
+
+def test_frames_split_anywhere_decode_the_same():
+    messages = [protocol.Deltas(id=1, deltas=[Delta(text="héllo " * 50)]),
+                protocol.Embedded(id=2, data=bytes(range(256)) * 300, count=1, dims=19200),
+                protocol.Deltas(id=1, deltas=[Delta(finish_reason="stop", usage=Usage())],
+                                done=True)]
+    stream = b"".join(protocol.encode(m) for m in messages)
+    for chunk_size in (1, 3, 4, 5, 1000, len(stream)):
+        reader = protocol.FrameReader()
+        bodies = []
+        for start in range(0, len(stream), chunk_size):
+            bodies += reader.feed(stream[start:start + chunk_size])
+        assert [protocol.from_worker_decoder.decode(b) for b in bodies] == messages
+    assert len(protocol.FrameReader().feed(stream[:-1])) == 2  # the last one is not whole yet
+
+
+def test_a_blocking_reader_gets_the_same_frames_until_the_pipe_closes():
+    read_fd, write_fd = os.pipe()
+    frames = [protocol.encode(protocol.Cancel(id=n)) for n in range(1, 200)]
+    os.write(write_fd, b"".join(frames))
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
+        got = [protocol.to_worker_decoder.decode(b) for b in protocol.read_frames(pipe.read, 7)]
+    assert got == [protocol.Cancel(id=n) for n in range(1, 200)]
+
+
+def test_a_load_failure_is_its_own_message_and_answers_no_request():
+    body = protocol.encode(protocol.LoadFailed(kind="ModelLoadError", message="corrupt"))[4:]
+    message = protocol.from_worker_decoder.decode(body)
+    assert message == protocol.LoadFailed(kind="ModelLoadError", message="corrupt")
+    assert not hasattr(message, "id")
+    with pytest.raises(msgspec.ValidationError):  # a request failure always names its request
+        protocol.from_worker_decoder.decode(msgspec.msgpack.encode({"type": "Failed"}))
+
+
+def test_worker_log_lines_keep_their_level_and_their_lines():
+    import logging
+
+    traceback = "request 3 failed\nTraceback (most recent call last):\n  ...\nRuntimeError: x"
+    line = protocol.format_log_line(logging.ERROR, traceback)
+    assert "\n" not in line
+    assert protocol.parse_log_line(line) == (logging.ERROR, traceback)
+    assert protocol.parse_log_line("ggml_init: printed by a C library") == \
+        (logging.INFO, "ggml_init: printed by a C library")

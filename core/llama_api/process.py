@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Callable
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from llama_api import errors, protocol
 from llama_api.types import Delta, EmbedRequest, GenerateRequest, ModelSpec
@@ -29,7 +28,7 @@ def error_from(failed: protocol.Failed) -> errors.LlamaApiError:
 class WorkerProcess:
     """One model in one subprocess. Requests are multiplexed over its pipes by id."""
 
-    def __init__(self, spec: ModelSpec, n_threads: int, on_exit: Callable[["WorkerProcess"], None]):
+    def __init__(self, spec: ModelSpec, n_threads: int, on_exit: Callable[[WorkerProcess], None]):
         self.spec = spec
         self.n_threads = n_threads
         self.on_exit = on_exit
@@ -56,6 +55,9 @@ class WorkerProcess:
                      "RAYON_NUM_THREADS"):
             env.setdefault(name, str(self.n_threads))
         env["PYTHONUNBUFFERED"] = "1"
+        # The worker logs what the server would show of it, and no more.
+        env.setdefault("LLAMA_API_WORKER_LOG_LEVEL",
+                       logging.getLevelName(self.log.getEffectiveLevel()))
         load = protocol.Load(spec=self.spec, n_threads=self.n_threads)
         protocol.encode(load)  # a spec msgpack can't carry fails here, before any process
         self._process = await anyio.open_process(
@@ -172,41 +174,39 @@ class WorkerProcess:
                 raise errors.WorkerCrashed(self._crash_message()) from exc
 
     async def _read_frames(self) -> None:
-        stream = BufferedByteReceiveStream(self._process.stdout)
+        frames = protocol.FrameReader()
         try:
-            while True:
-                header = await stream.receive_exactly(protocol.HEADER.size)
-                (length,) = protocol.HEADER.unpack(header)
-                body = await stream.receive_exactly(length)
-                try:
-                    message = protocol.from_worker_decoder.decode(body)
-                except msgspec.DecodeError as exc:  # e.g. a backend's float where an int goes
-                    message = self._malformed(body, exc)
-                if message is not None:
-                    self._dispatch(message)
-        except (anyio.EndOfStream, anyio.IncompleteRead, anyio.BrokenResourceError,
-                anyio.ClosedResourceError):
+            async for chunk in self._process.stdout:
+                for body in frames.feed(chunk):
+                    try:
+                        message = protocol.from_worker_decoder.decode(body)
+                    except msgspec.DecodeError as exc:  # e.g. a backend's float where an int goes
+                        message = self._malformed(body, exc)
+                    if message is not None:
+                        self._dispatch(message)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
         finally:
             with anyio.CancelScope(shield=True):
                 await self._process.wait()
             self._on_process_gone()
 
-    def _malformed(self, body: bytes, exc: Exception) -> protocol.Failed | None:
+    def _malformed(self, body: bytes, exc: Exception) -> protocol.FromWorker | None:
         """A frame the protocol's types refuse: fail the request (or the load) it answers."""
         self.log.error("the worker sent a malformed frame: %s", exc)
+        message = f"the backend sent a malformed answer: {exc}"
         try:
             raw = msgspec.msgpack.decode(body)
         except msgspec.DecodeError:
             raw = None
         raw = raw if isinstance(raw, dict) else {}
-        request_id = raw.get("id")
         if raw.get("type") == "Loaded" and not self._loaded.is_set():
-            request_id = 0
-        elif not isinstance(request_id, int) or request_id < 1:
+            return protocol.LoadFailed(kind="BackendUnavailable", message=message)
+        request_id = raw.get("id")
+        if not isinstance(request_id, int) or request_id < 1:
             return None
         return protocol.Failed(id=request_id, kind="BackendUnavailable", code="backend_error",
-                               message=f"the backend sent a malformed answer: {exc}")
+                               message=message)
 
     def _dispatch(self, message: protocol.FromWorker) -> None:
         match message:
@@ -217,7 +217,7 @@ class WorkerProcess:
                 self.slots = message.slots
                 self.info = message.info
                 self._loaded.set()
-            case protocol.Failed(id=0):
+            case protocol.LoadFailed():
                 text = message.message
                 if message.kind != "ModelLoadError":  # an unexpected exception in the backend
                     text = f"model {self.spec.id!r} ({self.spec.path}) failed to load: {text}"
@@ -245,16 +245,20 @@ class WorkerProcess:
             self.on_exit(self)
 
     async def _drain_stderr(self) -> None:
-        """Everything the worker prints goes to the server log, line by line."""
+        """Everything the worker prints goes to the server log, line by line, at its level."""
         buffer = b""
         try:
             async for chunk in self._process.stderr:
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for line in lines:
-                    if line.strip():
-                        self.log.info("%s", line.decode(errors="replace").rstrip())
+                    self._log_worker_line(line)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
-        if buffer.strip():
-            self.log.info("%s", buffer.decode(errors="replace").rstrip())
+        self._log_worker_line(buffer)
+
+    def _log_worker_line(self, line: bytes) -> None:
+        text = line.decode(errors="replace").rstrip()
+        if text.strip():
+            level, text = protocol.parse_log_line(text)
+            self.log.log(level, "%s", text)

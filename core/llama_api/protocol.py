@@ -1,13 +1,22 @@
 """The worker protocol: length-prefixed msgpack frames of tagged msgspec structs (no pickle).
 
 Server to worker: Load, Generate, Embed, Cancel, Shutdown.
-Worker to server: Progress, Loaded, Deltas, Embedded, Failed.
+Worker to server: Progress, Loaded or LoadFailed, then Deltas, Embedded, Failed.
 Every request message carries an id; the worker's answers carry the same id.
+
+Both ends frame with `encode` and `FrameReader`, which do no I/O: the server feeds the
+reader from an async pipe, the worker from a blocking file descriptor (`read_frames`).
+
+Log lines on the worker's stderr start with `LOG_MARK` and the record's level, so the
+server re-logs them at that level (`parse_log_line`); other lines (C libraries' prints)
+are plain text.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -48,7 +57,13 @@ class Progress(msgspec.Struct, tag=True, kw_only=True):
 class Loaded(msgspec.Struct, tag=True, kw_only=True):
     slots: int = 1
     info: dict[str, Any] = {}
-    pid: int = 0
+
+
+class LoadFailed(msgspec.Struct, tag=True, kw_only=True):
+    """The model did not load; `kind` is "ModelLoadError" for a failure the backend expected."""
+
+    kind: str = "ModelLoadError"
+    message: str = ""
 
 
 class Deltas(msgspec.Struct, tag=True, kw_only=True, gc=False):
@@ -67,14 +82,12 @@ class Embedded(msgspec.Struct, tag=True, kw_only=True, gc=False):
     count: int
     dims: int
     prompt_tokens: int = 0
-    # Filled in by backends that batch, to make batching visible.
-    batch_size: int = 0
 
 
 class Failed(msgspec.Struct, tag=True, kw_only=True):
-    """A request (id) or the load (id 0) failed; `kind` names a class in `llama_api.errors`."""
+    """A request failed; `kind` names a class in `llama_api.errors`."""
 
-    id: int = 0
+    id: int
     kind: str = "LlamaApiError"
     message: str = ""
     param: str | None = None
@@ -82,9 +95,11 @@ class Failed(msgspec.Struct, tag=True, kw_only=True):
 
 
 ToWorker = Load | Generate | Embed | Cancel | Shutdown
-FromWorker = Progress | Loaded | Deltas | Embedded | Failed
+FromWorker = Progress | Loaded | LoadFailed | Deltas | Embedded | Failed
 
 _encoder = msgspec.msgpack.Encoder()
+to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)
+from_worker_decoder = msgspec.msgpack.Decoder(FromWorker)
 
 
 def encode(message: ToWorker | FromWorker) -> bytes:
@@ -93,5 +108,50 @@ def encode(message: ToWorker | FromWorker) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)
-from_worker_decoder = msgspec.msgpack.Decoder(FromWorker)
+class FrameReader:
+    """Splits a byte stream into frame bodies; feed it bytes as they arrive."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The bodies of the frames that `data` completes, in order."""
+        self._buffer += data
+        bodies = []
+        start = 0
+        while len(self._buffer) - start >= HEADER.size:
+            (length,) = HEADER.unpack_from(self._buffer, start)
+            end = start + HEADER.size + length
+            if len(self._buffer) < end:
+                break
+            bodies.append(bytes(self._buffer[start + HEADER.size:end]))
+            start = end
+        del self._buffer[:start]
+        return bodies
+
+
+def read_frames(read: Callable[[int], bytes], chunk_size: int = 1 << 16) -> Iterator[bytes]:
+    """Frame bodies from a blocking `read(n)` (e.g. os.read on a pipe) until it returns b""."""
+    reader = FrameReader()
+    while chunk := read(chunk_size):
+        yield from reader.feed(chunk)
+
+
+# -- log lines on the worker's stderr -------------------------------------------------
+
+LOG_MARK = "\x1f"  # a control character that printed text does not start with
+_NEWLINE = "\x1e"  # stands for a newline inside one record (a traceback), to keep it one line
+
+
+def format_log_line(levelno: int, text: str) -> str:
+    return f"{LOG_MARK}{logging.getLevelName(levelno)} {text.replace(chr(10), _NEWLINE)}"
+
+
+def parse_log_line(line: str) -> tuple[int, str]:
+    """(level, text) of a worker's stderr line; lines that are not log records are INFO."""
+    if line.startswith(LOG_MARK):
+        name, _, text = line[1:].partition(" ")
+        level = logging.getLevelName(name)
+        if isinstance(level, int):
+            return level, text.replace(_NEWLINE, "\n")
+    return logging.INFO, line

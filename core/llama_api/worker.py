@@ -29,7 +29,7 @@ class Channel:
     """Reads frames from a file descriptor and writes frames to another, thread-safely."""
 
     def __init__(self, read_fd: int, write_fd: int):
-        self._reader = os.fdopen(read_fd, "rb", buffering=0)
+        self._frames = protocol.read_frames(lambda size: os.read(read_fd, size))
         self._write_fd = write_fd
         self._lock = threading.Lock()
 
@@ -41,41 +41,47 @@ class Channel:
                 written = os.write(self._write_fd, view)
                 view = view[written:]
 
-    def _read_exactly(self, size: int) -> bytes | None:
-        chunks = []
-        while size:
-            chunk = self._reader.read(size)
-            if not chunk:
-                return None
-            chunks.append(chunk)
-            size -= len(chunk)
-        return b"".join(chunks)
-
-    def receive(self):
-        header = self._read_exactly(protocol.HEADER.size)
-        if header is None:
-            return None
-        (length,) = protocol.HEADER.unpack(header)
-        body = self._read_exactly(length)
-        if body is None:
-            return None
-        return protocol.to_worker_decoder.decode(body)
+    def receive(self) -> protocol.ToWorker | None:
+        """The next message, or None once the server closed the pipe."""
+        body = next(self._frames, None)
+        return None if body is None else protocol.to_worker_decoder.decode(body)
 
 
-def failure(request_id: int, exc: BaseException) -> protocol.Failed:
+class LogLineFormatter(logging.Formatter):
+    """One stderr line per record, carrying its level for the server (protocol.LOG_MARK)."""
+
+    def __init__(self):
+        super().__init__("%(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return protocol.format_log_line(record.levelno, super().format(record))
+
+
+def error_fields(exc: BaseException) -> dict:
+    """kind, message, param and code of a failure, as the server rebuilds its error."""
     if isinstance(exc, errors.LlamaApiError):
         kind = "LlamaApiError"
         for cls in type(exc).__mro__:  # plugin subclasses travel as their nearest core class
             if cls.__name__ in errors.ERROR_KINDS:
                 kind = cls.__name__
                 break
-        return protocol.Failed(
-            id=request_id, kind=kind, message=exc.message, param=exc.param, code=exc.code
-        )
-    log.exception("request %s failed", request_id)
+        return {"kind": kind, "message": exc.message, "param": exc.param, "code": exc.code}
     # A backend bug is the backend failing (503), not the server (500).
-    return protocol.Failed(id=request_id, kind="BackendUnavailable", code="backend_error",
-                           message=f"the backend failed: {type(exc).__name__}: {exc}")
+    return {"kind": "BackendUnavailable", "code": "backend_error",
+            "message": f"the backend failed: {type(exc).__name__}: {exc}"}
+
+
+def failure(request_id: int, exc: BaseException) -> protocol.Failed:
+    if not isinstance(exc, errors.LlamaApiError):
+        log.exception("request %s failed", request_id)
+    return protocol.Failed(id=request_id, **error_fields(exc))
+
+
+def load_failure(exc: BaseException) -> protocol.LoadFailed:
+    if not isinstance(exc, errors.LlamaApiError):
+        log.exception("loading failed")
+    fields = error_fields(exc)
+    return protocol.LoadFailed(kind=fields["kind"], message=fields["message"])
 
 
 def merge(deltas: list[Delta]) -> list[Delta]:
@@ -150,10 +156,10 @@ class Worker:
         try:
             model = self.plugins.hook.load_model(spec=message.spec, context=context)
         except Exception as exc:
-            self.channel.send(failure(0, exc))
+            self.channel.send(load_failure(exc))
             return
         if model is None:
-            self.channel.send(failure(0, errors.ModelLoadError(
+            self.channel.send(load_failure(errors.ModelLoadError(
                 f"no installed plugin loads backend {message.spec.backend!r}"
             )))
             return
@@ -162,7 +168,7 @@ class Worker:
         self.pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="request")
         info = dict(getattr(model, "info", {}) or {})
         info.setdefault("load_seconds", round(time.perf_counter() - started, 3))
-        self.channel.send(protocol.Loaded(slots=slots, info=info, pid=os.getpid()))
+        self.channel.send(protocol.Loaded(slots=slots, info=info))
 
     def run_generate(self, message: protocol.Generate) -> None:
         cancelled = self.cancels[message.id]
@@ -220,13 +226,12 @@ class Worker:
             if result is None:
                 raise errors.NotSupported("this model does not make embeddings")
             data, count, dims = vectors_to_bytes(result.embeddings)
+            if result.batch_size:
+                log.debug("request %s: %d vector(s), computed in a batch of %d rows",
+                          message.id, count, result.batch_size)
             self.channel.send(protocol.Embedded(
-                id=message.id,
-                data=data,
-                count=count,
-                dims=dims,
+                id=message.id, data=data, count=count, dims=dims,
                 prompt_tokens=result.prompt_tokens,
-                batch_size=result.batch_size,
             ))
         except Exception as exc:
             self.channel.send(failure(message.id, exc))
@@ -266,16 +271,22 @@ def main(argv: list[str] | None = None) -> None:
     protocol_fd = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    logging.basicConfig(
-        level=os.environ.get("LLAMA_API_WORKER_LOG_LEVEL", "INFO"),
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(LogLineFormatter())
+    level = logging.getLevelName(os.environ.get("LLAMA_API_WORKER_LOG_LEVEL", "INFO").upper())
+    logging.basicConfig(level=level if isinstance(level, int) else logging.INFO,
+                        handlers=[handler])
+    # Python's warnings and uncaught exceptions go through logging too, with their level.
+    logging.captureWarnings(True)
+    sys.excepthook = lambda *exc_info: log.critical("the worker failed", exc_info=exc_info)
+    threading.excepthook = lambda hook: log.error(
+        "thread %s failed", hook.thread.name if hook.thread else "?",
+        exc_info=(hook.exc_type, hook.exc_value, hook.exc_traceback))
     channel = Channel(read_fd=0, write_fd=protocol_fd)
     try:
         worker = Worker(plugin_name, channel)
     except errors.LlamaApiError as exc:
-        channel.send(failure(0, exc))
+        channel.send(load_failure(exc))
         return
     worker.serve()
 
