@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,24 @@ def test_there_are_hooks():
             "register_backends"} <= set(HOOKS)
 
 
+def documented_hooks() -> dict[str, list[str]]:
+    """hook name -> parameter names, from the rows of the README's hook table."""
+    rows = re.findall(r"^\| `(\w+)\(([^)`]*)\)` \|", README, flags=re.MULTILINE)
+    return {name: [p.strip() for p in params.split(",") if p.strip()] for name, params in rows}
+
+
 @pytest.mark.parametrize("hook", HOOKS)
-def test_every_hook_is_documented(hook):
-    assert f"`{hook}(" in README
-    assert getattr(hookspecs, hook).__doc__.strip()
+def test_every_hook_is_documented_with_its_signature(hook):
+    spec = getattr(hookspecs, hook)
+    assert spec.__doc__.strip()
+    documented = documented_hooks()
+    assert hook in documented, f"the README's hook table has no row for {hook}"
+    assert documented[hook] == list(inspect.signature(spec).parameters), \
+        f"the README documents {hook}({', '.join(documented[hook])})"
+
+
+def test_the_hook_table_documents_only_real_hooks():
+    assert set(documented_hooks()) == set(HOOKS)
 
 
 def serve_options() -> list[str]:

@@ -1,19 +1,58 @@
-"""On-demand loading, eviction, parallel workers, queueing, idle unload, crashes, cancel."""
+"""On-demand loading, eviction, parallel workers, queueing, idle unload, crashes, cancel.
+
+Tests that need no settings of their own share one server per module (`one_worker` or
+`two_workers`) and leave it as they found it; tests of process lifecycle (shutdown, idle
+unload) and of queue bounds start their own.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import ClassVar
 
+import anyio
+import anyio.lowlevel
 import httpx
 import openai
 import pytest
 
-from llama_api.testing import pid_exists, wait_for
+from llama_api.testing import pid_exists, serve, wait_for
 from llama_api_echo import USER, chat, read_events
+
+# The models of the shared servers (as in conftest.py's models_dir).
+SHARED_MODELS = {"fast": {}, "slow": {"delay": 0.05}, "slower": {"delay": 0.05},
+                 "wide": {"delay": 0.05, "slots": 2}}
+
+
+@contextmanager
+def shared_server(folder: Path, *args: str):
+    """A server on SHARED_MODELS in `folder`; yields (server, its events file)."""
+    models = folder / "models"
+    models.mkdir()
+    for name, options in SHARED_MODELS.items():
+        (models / f"{name}.echo").write_text(json.dumps(options))
+    events = folder / "events.jsonl"
+    env = {"LLAMA_API_PLUGINS": "echo", "LLAMA_API_ECHO_EVENTS": str(events)}
+    with serve("--models-dir", str(models), *args, env=env) as server:
+        yield server, events
+
+
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory):
+    with shared_server(tmp_path_factory.mktemp("one-worker")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    with shared_server(tmp_path_factory.mktemp("two-workers"), "--max-workers", "2") as running:
+        yield running
 
 
 def spans(events: list[dict]) -> dict[str, tuple[float, float]]:
@@ -25,83 +64,165 @@ def spans(events: list[dict]) -> dict[str, tuple[float, float]]:
     return {model: (min(times), max(times)) for model, times in result.items()}
 
 
-def test_two_models_generate_in_parallel_with_two_workers(start_server, events_file):
-    with start_server("--max-workers", "2") as server:
-        # Load both first, so the measured window is generation only.
-        assert chat(server, "slow", 1).status_code == 200
-        assert chat(server, "slower", 1).status_code == 200
-        events_file.unlink()
-        with ThreadPoolExecutor(2) as pool:
-            replies = list(pool.map(lambda m: chat(server, m, 20), ["slow", "slower"]))
-        assert [r.status_code for r in replies] == [200, 200]
-        workers = server.health()["workers"]
-        assert workers["slow"] != workers["slower"]
+class FakeWorker:
+    """Stands in for WorkerProcess in scheduler-only tests; `script` says how each start goes."""
+
+    script: ClassVar[list[str]] = []
+    started: ClassVar[list[FakeWorker]] = []
+
+    def __init__(self, spec, n_threads, on_exit):
+        self.spec, self.on_exit = spec, on_exit
+        self.slots, self.info, self.pid, self.alive = 1, {}, 0, False
+
+    async def start(self, task_group):
+        FakeWorker.started.append(self)
+        self.pid = len(FakeWorker.started)
+        self.alive = True
+        if FakeWorker.script.pop(0) == "dies right after loading":
+            # The worker said Loaded and then died; the reader task saw both before
+            # start() resumed: on_exit ran while the entry had no worker yet.
+            self.alive = False
+            self.on_exit(self)
+
+    async def stop(self, grace: float = 5.0):
+        self.alive = False
+
+
+def run_scheduler(monkeypatch, script, body, **settings):
+    """Run `body(scheduler)` on a real Scheduler whose workers are FakeWorkers."""
+    from llama_api import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "WorkerProcess", FakeWorker)
+    FakeWorker.script, FakeWorker.started = list(script), []
+
+    async def main():
+        async with scheduler_module.Scheduler(scheduler_module.Settings(**settings)).running() as s:
+            with anyio.fail_after(5):
+                return await body(s)
+
+    return anyio.run(main)
+
+
+def test_a_worker_that_dies_right_after_loading_is_not_kept(monkeypatch):
+    from llama_api import errors
+    from llama_api.types import ModelSpec
+
+    spec = ModelSpec(id="m", backend="echo")
+
+    async def body(scheduler):
+        try:
+            async with scheduler.lease(spec):
+                pass
+        except errors.BackendUnavailable:
+            pass  # failing the request that saw the death is fine
+        async with scheduler.lease(spec) as worker:
+            return worker.alive
+
+    assert run_scheduler(monkeypatch, ["dies right after loading", "ok", "ok"], body), \
+        "a dead worker was kept as the model's worker"
+
+
+def test_two_models_generate_in_parallel_with_two_workers(two_workers):
+    server, events_file = two_workers
+    # Load both first, so the measured window is generation only.
+    assert chat(server, "slow", 1).status_code == 200
+    assert chat(server, "slower", 1).status_code == 200
+    events_file.unlink(missing_ok=True)
+    with ThreadPoolExecutor(2) as pool:
+        replies = list(pool.map(lambda m: chat(server, m, 20), ["slow", "slower"]))
+    assert [r.status_code for r in replies] == [200, 200]
+    workers = server.health()["workers"]
+    assert workers["slow"] != workers["slower"]
     windows = spans(read_events(events_file))
     (a_start, a_end), (b_start, b_end) = windows["slow"], windows["slower"]
     overlap = min(a_end, b_end) - max(a_start, b_start)
     assert overlap > 0.5, f"generations did not overlap: {windows}"  # each takes ~1 s
 
 
-def test_least_recently_used_idle_worker_is_evicted_at_max_workers(start_server):
-    with start_server("--max-workers", "2") as server:
-        chat(server, "fast", 1)
-        chat(server, "slow", 1)
-        chat(server, "fast", 1)  # now "slow" is the least recently used
-        pids = server.health()["workers"]
-        assert chat(server, "wide", 1).status_code == 200
-        health = server.health()
-        assert sorted(health["loaded"]) == ["fast", "wide"]
-        assert wait_for(lambda: not pid_exists(pids["slow"])), "evicted worker still alive"
-        assert pid_exists(pids["fast"])
+def test_least_recently_used_idle_worker_is_evicted_at_max_workers(two_workers):
+    server, _ = two_workers
+    chat(server, "fast", 1)
+    chat(server, "slow", 1)
+    chat(server, "fast", 1)  # now "slow" is the least recently used
+    pids = server.health()["workers"]
+    assert sorted(pids) == ["fast", "slow"]
+    assert chat(server, "wide", 1).status_code == 200
+    health = server.health()
+    assert sorted(health["loaded"]) == ["fast", "wide"]
+    assert wait_for(lambda: not pid_exists(pids["slow"])), "evicted worker still alive"
+    assert pid_exists(pids["fast"])
 
 
-def test_eviction_at_one_worker_ends_the_previous_process(start_server):
-    with start_server("--max-workers", "1") as server:
-        chat(server, "fast", 1)
-        first_pid = server.health()["workers"]["fast"]
-        chat(server, "slow", 1)
-        assert server.health()["loaded"] == ["slow"]
-        assert not pid_exists(first_pid)
+def test_eviction_at_one_worker_ends_the_previous_process(one_worker):
+    server, _ = one_worker
+    chat(server, "fast", 1)
+    first_pid = server.health()["workers"]["fast"]
+    chat(server, "slow", 1)
+    assert server.health()["loaded"] == ["slow"]
+    assert not pid_exists(first_pid)
 
 
-def test_concurrent_first_requests_share_one_load(start_server, events_file):
-    with start_server() as server:
-        with ThreadPoolExecutor(4) as pool:
-            replies = list(pool.map(lambda _: chat(server, "wide", 3), range(4)))
-        assert all(r.status_code == 200 for r in replies)
-        assert server.log().count("loading model wide") == 1
-    assert len({e["pid"] for e in read_events(events_file)}) == 1
+def test_concurrent_first_requests_share_one_load(one_worker):
+    server, events_file = one_worker
+    chat(server, "fast", 1)  # at one worker, this unloads "wide" if a test left it loaded
+    assert server.health()["loaded"] == ["fast"]
+    events_file.unlink(missing_ok=True)
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda _: chat(server, "wide", 3), range(4)))
+    assert all(r.status_code == 200 for r in replies)
+    served_by = {e["pid"] for e in read_events(events_file)}
+    assert served_by == {server.health()["workers"]["wide"]}, "more than one worker was loaded"
 
 
-def test_requests_for_one_model_take_its_slots_in_order(start_server, events_file):
-    with start_server() as server:
-        chat(server, "slow", 1)
-        events_file.unlink()
-        results = {}
-
-        def send(i):
-            time.sleep(i * 0.1)  # arrive in order 0, 1, 2
-            results[i] = (chat(server, "slow", 5), time.monotonic())
-
-        threads = [threading.Thread(target=send, args=(i,)) for i in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    assert all(r.status_code == 200 for r, _ in results.values())
-    assert results[0][1] < results[1][1] < results[2][1]  # FIFO
+def test_requests_for_one_model_take_its_slots_one_at_a_time(one_worker):
+    server, events_file = one_worker
+    chat(server, "slow", 1)
+    events_file.unlink(missing_ok=True)
+    with ThreadPoolExecutor(3) as pool:
+        replies = list(pool.map(lambda _: chat(server, "slow", 5), range(3)))
+    assert all(r.status_code == 200 for r in replies)
     events = [e for e in read_events(events_file) if e["event"] in ("start", "end")]
     # One slot: each generation ends before the next starts.
     assert [e["event"] for e in events] == ["start", "end"] * 3
 
 
-def test_two_slot_model_runs_two_requests_at_once(start_server, events_file):
-    with start_server() as server:
-        chat(server, "wide", 1)
-        events_file.unlink()
-        with ThreadPoolExecutor(2) as pool:
-            replies = list(pool.map(lambda _: chat(server, "wide", 10), range(2)))
-        assert all(r.status_code == 200 for r in replies)
+def test_requests_for_one_model_take_its_slots_in_order(monkeypatch):
+    """FIFO, observed without timing: each request joins the queue before the next is sent."""
+    from llama_api.types import ModelSpec
+
+    spec = ModelSpec(id="m", backend="echo")
+    served: list[int] = []
+
+    async def body(scheduler):
+        release = anyio.Event()
+
+        async def request(number: int) -> None:
+            async with scheduler.lease(spec):
+                served.append(number)
+                if number == 0:
+                    await release.wait()  # holds the one slot while the others queue
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(request, 0)
+            while served != [0]:
+                await anyio.lowlevel.checkpoint()
+            for number in range(1, 6):
+                task_group.start_soon(request, number)
+                while scheduler._waiting < number:  # it is queued now (the scheduler's count)
+                    await anyio.lowlevel.checkpoint()
+            release.set()
+
+    run_scheduler(monkeypatch, ["ok"], body)
+    assert served == [0, 1, 2, 3, 4, 5]
+
+
+def test_two_slot_model_runs_two_requests_at_once(one_worker):
+    server, events_file = one_worker
+    chat(server, "wide", 1)
+    events_file.unlink(missing_ok=True)
+    with ThreadPoolExecutor(2) as pool:
+        replies = list(pool.map(lambda _: chat(server, "wide", 10), range(2)))
+    assert all(r.status_code == 200 for r in replies)
     starts = [e["time"] for e in read_events(events_file) if e["event"] == "start"]
     ends = [e["time"] for e in read_events(events_file) if e["event"] == "end"]
     assert max(starts) < min(ends), "the two generations did not overlap"
@@ -120,16 +241,16 @@ def test_queue_overflow_gets_429_with_retry_after(start_server):
     assert refused.json()["error"]["type"] == "rate_limit_error"
 
 
-def test_queue_waits_for_a_busy_worker_within_its_bound(start_server):
-    with start_server("--max-workers", "1", "--max-queue", "4") as server:
-        chat(server, "slow", 1)
-        with ThreadPoolExecutor(2) as pool:
-            busy = pool.submit(chat, server, "slow", 20)
-            time.sleep(0.3)
-            other = pool.submit(chat, server, "fast", 2)  # waits until "slow" is idle
-            assert busy.result().status_code == 200
-            assert other.result().status_code == 200
-        assert server.health()["loaded"] == ["fast"]
+def test_queue_waits_for_a_busy_worker_within_its_bound(one_worker):
+    server, _ = one_worker  # one worker, a queue of 64
+    chat(server, "slow", 1)
+    with ThreadPoolExecutor(2) as pool:
+        busy = pool.submit(chat, server, "slow", 20)
+        time.sleep(0.3)
+        other = pool.submit(chat, server, "fast", 2)  # waits until "slow" is idle
+        assert busy.result().status_code == 200
+        assert other.result().status_code == 200
+    assert server.health()["loaded"] == ["fast"]
 
 
 def test_idle_timeout_unloads_the_model(start_server):
@@ -140,7 +261,8 @@ def test_idle_timeout_unloads_the_model(start_server):
         assert wait_for(lambda: not pid_exists(pid))
 
 
-def test_killed_worker_fails_its_stream_and_the_next_request_reloads(server):
+def test_killed_worker_fails_its_stream_and_the_next_request_reloads(one_worker):
+    server, _ = one_worker
     chat(server, "slow", 1)
     pid = server.health()["workers"]["slow"]
     client = openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0)
@@ -159,8 +281,10 @@ def test_killed_worker_fails_its_stream_and_the_next_request_reloads(server):
     assert server.health()["workers"]["slow"] != pid
 
 
-def test_client_disconnect_cancels_generation_in_the_worker(server, events_file):
+def test_client_disconnect_cancels_generation_in_the_worker(one_worker):
+    server, events_file = one_worker
     chat(server, "slow", 1)
+    events_file.unlink(missing_ok=True)
     with httpx.stream("POST", server.v1 + "/chat/completions", timeout=30,
                       json={"model": "slow", "messages": USER, "max_tokens": 400,
                             "stream": True}) as response:
@@ -173,8 +297,10 @@ def test_client_disconnect_cancels_generation_in_the_worker(server, events_file)
     assert chat(server, "slow", 2).status_code == 200
 
 
-def test_client_timeout_on_a_plain_request_cancels_it_too(server, events_file):
+def test_client_timeout_on_a_plain_request_cancels_it_too(one_worker):
+    server, events_file = one_worker
     chat(server, "slow", 1)
+    events_file.unlink(missing_ok=True)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.v1 + "/chat/completions", timeout=0.5,
                    json={"model": "slow", "messages": USER, "max_tokens": 400})
@@ -192,7 +318,8 @@ def test_shutdown_ends_every_worker(start_server):
     assert all(wait_for(lambda p=p: not pid_exists(p)) for p in pids)
 
 
-def test_a_crash_fails_only_the_request_it_was_serving(server):
+def test_a_crash_fails_only_the_request_it_was_serving(one_worker):
+    server, _ = one_worker
     chat(server, "slow", 1)
     pid = server.health()["workers"]["slow"]
     with ThreadPoolExecutor(2) as pool:
