@@ -1,4 +1,7 @@
-"""What both backends share: the result type, input checks, options, `dimensions`.
+"""What both backends share: the result type, options, `dimensions`.
+
+The core validates `input` (count, no empty item, all texts or all token ids) and
+`dimensions` >= 1 at the HTTP edge; what is left here depends on the model.
 
 Import-light (msgspec and the core only): numpy is imported inside the functions.
 """
@@ -9,11 +12,9 @@ import logging
 from typing import Any
 
 from llama_api import errors
-from llama_api.types import EmbedRequest, EmbedResult
+from llama_api.types import EmbedResult
 
 log = logging.getLogger(__name__)
-
-MAX_INPUTS = 2048
 
 
 class BatchedEmbedResult(EmbedResult, kw_only=True):
@@ -35,35 +36,9 @@ def as_bool(value: Any) -> bool:
     return bool(value)
 
 
-def check_input(request: EmbedRequest, max_inputs: int = MAX_INPUTS) -> bool:
-    """Validate `input`; return True when it holds token id lists rather than strings."""
-    items = request.input
-    if not items:
-        raise errors.BadRequest("'input' must not be empty", param="input")
-    if len(items) > max_inputs:
-        raise errors.BadRequest(
-            f"'input' has {len(items)} items; at most {max_inputs} are allowed per request",
-            param="input",
-        )
-    first = items[0]
-    token_ids = not isinstance(first, str)
-    for index, item in enumerate(items):
-        if isinstance(item, str) == token_ids:
-            raise errors.BadRequest(
-                "'input' must be all strings or all lists of token ids", param="input"
-            )
-        if len(item) == 0:
-            what = "an empty string" if isinstance(item, str) else "an empty token list"
-            raise errors.BadRequest(f"'input[{index}]' is {what}", param="input")
-    return token_ids
-
-
 def check_dimensions(dimensions: int | None, model_dims: int) -> None:
-    if dimensions is None:
-        return
-    if dimensions < 1:
-        raise errors.BadRequest("'dimensions' must be at least 1", param="dimensions")
-    if dimensions > model_dims:
+    """`dimensions` past this model's vector size is a 400 (the core checked it is >= 1)."""
+    if dimensions is not None and dimensions > model_dims:
         raise errors.BadRequest(
             f"'dimensions' is {dimensions}, but this model makes {model_dims}-dimensional "
             "vectors",

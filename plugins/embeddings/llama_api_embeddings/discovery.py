@@ -73,29 +73,56 @@ def is_encoder_folder(folder: Path) -> bool:
     return any(name.endswith(ENCODER_ARCHITECTURES) for name in architectures)
 
 
+# sentence-transformers modules this plugin runs after the encoder, in modules.json order.
+OUTPUT_MODULES = ("Dense", "LayerNorm", "Normalize")
+# Pooling modes in the order sentence-transformers concatenates them.
+POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len", "weightedmean", "last")
+POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "last",
+}
+
+
 def sentence_transformers_settings(folder: Path) -> dict[str, Any]:
-    """What a sentence-transformers folder says: pooling, normalize, max length, prompts, Dense layers."""
+    """What a sentence-transformers folder says: the encoder's pooling, the modules after it
+    (Dense, LayerNorm, Normalize, in order), max length, prompts.
+
+    Modules this plugin can't run are listed under "unsupported" (the backend refuses them).
+    """
     found: dict[str, Any] = {}
     modules = read_json(folder / "modules.json")
     if not isinstance(modules, list):
         return found
     found["normalize"] = False
-    found["dense"] = []
-    for module in modules:
-        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+    found["modules"] = []
+    found["unsupported"] = []
+    for index, module in enumerate(modules):
+        type_name = str(module.get("type", ""))
+        kind = type_name.rsplit(".", 1)[-1]
         sub = folder / module.get("path", "")
+        if kind == "Transformer" and index == 0:
+            continue  # the encoder itself, loaded from the folder
         if kind == "Pooling":
             pooling = read_json(sub / "config.json") or {}
             found["pooling"] = pooling_mode(pooling)
-            if pooling.get("word_embedding_dimension"):
-                found["dims"] = int(pooling["word_embedding_dimension"])
-        elif kind == "Normalize":
-            found["normalize"] = True
-        elif kind == "Dense":
-            dense = read_json(sub / "config.json") or {}
-            found["dense"].append(str(sub))
-            if dense.get("out_features"):
-                found["dims"] = int(dense["out_features"])
+            found["include_prompt"] = pooling.get("include_prompt", True) is not False
+            width = pooling.get("embedding_dimension") or pooling.get("word_embedding_dimension")
+            if width:
+                found["dims"] = int(width) * len(found["pooling"].split("+"))
+        elif kind in OUTPUT_MODULES:
+            found["modules"].append({"kind": kind, "path": str(sub)})
+            if kind == "Normalize":
+                found["normalize"] = True
+            elif kind == "Dense":
+                dense = read_json(sub / "config.json") or {}
+                if dense.get("out_features"):
+                    found["dims"] = int(dense["out_features"])
+        else:
+            found["unsupported"].append(type_name or f"module {index}")
     bert_config = read_json(folder / "sentence_bert_config.json") or {}
     if bert_config.get("max_seq_length"):
         found["max_length"] = int(bert_config["max_seq_length"])
@@ -114,21 +141,23 @@ def sentence_transformers_settings(folder: Path) -> dict[str, Any]:
 
 
 def pooling_mode(config: dict[str, Any]) -> str:
-    """1_Pooling/config.json to one of mean, cls, max, mean_sqrt_len, last."""
-    if isinstance(config.get("pooling_mode"), str):  # newer sentence-transformers
-        return {"lasttoken": "last", "mean_sqrt_len_tokens": "mean_sqrt_len"}.get(
-            config["pooling_mode"], config["pooling_mode"]
-        )
-    for key, mode in (
-        ("pooling_mode_cls_token", "cls"),
-        ("pooling_mode_lasttoken", "last"),
-        ("pooling_mode_max_tokens", "max"),
-        ("pooling_mode_mean_sqrt_len_tokens", "mean_sqrt_len"),
-        ("pooling_mode_mean_tokens", "mean"),
-    ):
-        if config.get(key):
-            return mode
-    return "mean"
+    """1_Pooling/config.json as "+"-joined POOLING_MODES ("mean", "cls+mean", ...).
+
+    sentence-transformers 5+ writes `pooling_mode` (a name or a list of names); older
+    versions one `pooling_mode_*` flag per mode. No mode at all means mean.
+    """
+    named = config.get("pooling_mode")
+    if isinstance(named, str):
+        named = [named]
+    if isinstance(named, list):
+        renamed = {"lasttoken": "last", "mean_sqrt_len_tokens": "mean_sqrt_len"}
+        modes = [renamed.get(str(mode).lower(), str(mode).lower()) for mode in named]
+    else:
+        modes = [mode for key, mode in POOLING_KEYS.items() if config.get(key)]
+    # Unknown names stay in, so that loading refuses them by name.
+    ordered = [mode for mode in POOLING_MODES if mode in modes]
+    ordered += [mode for mode in modes if mode not in POOLING_MODES]
+    return "+".join(ordered) or "mean"
 
 
 def transformers_meta(folder: Path) -> dict[str, Any]:

@@ -1,6 +1,9 @@
 """The `tfhub` backend: TensorFlow SavedModel sentence encoders (universal-sentence-encoder, ...).
 
 Imported only in the worker process; TensorFlow is imported inside `TFHubEmbedder` only.
+A local SavedModel folder (or one already in the TF-Hub cache) loads with
+`tf.saved_model.load`, as `tensorflow_hub.load` does once it has a folder; tensorflow_hub
+itself is imported only to download a handle (`allow_download`).
 The model is called with a batch of strings and returns one vector per string.
 """
 
@@ -21,17 +24,20 @@ from llama_api_embeddings.common import (
     BatchedEmbedResult,
     as_bool,
     check_dimensions,
-    check_input,
     option,
+    shorten,
 )
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
-    "the tfhub backend needs TensorFlow and tensorflow-hub: "
-    "pip install 'llama-api-embeddings[tfhub]' (on CPU-only machines: "
-    "pip install tensorflow-cpu==2.21.0 && "
-    "pip install --no-deps tensorflow-hub==0.16.1 tf-keras==2.21.0)"
+    "the tfhub backend needs TensorFlow: pip install 'llama-api-embeddings[tfhub]' "
+    "(or pip install tensorflow-cpu)"
+)
+DOWNLOAD_HINT = (
+    "downloading a TF Hub handle needs tensorflow_hub: pip install --no-deps "
+    "tensorflow-hub tf-keras (--no-deps: tf-keras would pull the CUDA tensorflow), or put "
+    "the SavedModel folder in the models folder"
 )
 
 
@@ -42,7 +48,8 @@ def cache_dir(spec) -> Path:
 
 
 def resolve_handle(spec) -> str:
-    """A local SavedModel folder for spec.path: a folder, or a handle already in the cache."""
+    """A local SavedModel folder for spec.path: a folder, a handle already in the cache, or
+    (allow_download) a handle that tensorflow_hub downloads into the cache."""
     handle = spec.path or spec.id
     if Path(handle).expanduser().is_dir():
         return str(Path(handle).expanduser())
@@ -52,12 +59,32 @@ def resolve_handle(spec) -> str:
         if discovery.is_saved_model(folder):
             return str(folder)
     if as_bool(option(spec, "allow_download", False)):
-        return handle  # tensorflow_hub downloads it into the cache
+        return download(spec, handle)
     raise errors.ModelLoadError(
         f"model {spec.id!r}: {handle!r} is not a SavedModel folder and is not in the "
         f"TF-Hub cache {cache_dir(spec)} (set the model option allow_download: true to "
         "fetch it)"
     )
+
+
+def download(spec, handle: str) -> str:
+    """The folder tensorflow_hub downloads `handle` into (our cache folder)."""
+    try:
+        import tensorflow_hub as hub
+    except ImportError as exc:
+        if "pkg_resources" in str(exc):  # setuptools 81+ dropped what tensorflow_hub imports
+            raise errors.ModelLoadError(
+                f"model {spec.id!r}: tensorflow_hub needs pkg_resources: "
+                f"pip install 'setuptools<81' ({exc})"
+            ) from exc
+        raise errors.ModelLoadError(f"model {spec.id!r}: {DOWNLOAD_HINT} ({exc})") from exc
+    os.environ["TFHUB_CACHE_DIR"] = str(cache_dir(spec))
+    try:
+        return hub.resolve(handle)
+    except Exception as exc:
+        raise errors.ModelLoadError(
+            f"model {spec.id!r}: cannot download {handle!r}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 class TFHubEmbedder:
@@ -68,12 +95,7 @@ class TFHubEmbedder:
         self.n_threads = max(1, int(option(spec, "n_threads", context.n_threads) or 1))
         try:
             import tensorflow as tf
-            import tensorflow_hub as hub
         except ImportError as exc:
-            if "pkg_resources" in str(exc):  # setuptools 81+ dropped what tensorflow_hub imports
-                raise errors.ModelLoadError(
-                    f"tensorflow_hub needs pkg_resources: pip install 'setuptools<81' ({exc})"
-                ) from exc
             raise errors.ModelLoadError(f"{INSTALL_HINT} ({exc})") from exc
         self.tf = tf
         try:  # only possible before TensorFlow runs its first op
@@ -83,8 +105,10 @@ class TFHubEmbedder:
             pass
         handle = resolve_handle(spec)
         context.report(f"loading SavedModel {handle}")
+        # A TF1 Hub module (tfhub_module.pb) keeps its graph under the empty tag set.
+        tags = [] if (Path(handle) / "tfhub_module.pb").is_file() else None
         try:
-            self.module = hub.load(handle)
+            self.module = tf.saved_model.load(handle, tags=tags)
         except Exception as exc:
             raise errors.ModelLoadError(
                 f"model {spec.id!r}: cannot load {handle}: {type(exc).__name__}: {exc}"
@@ -100,7 +124,6 @@ class TFHubEmbedder:
                 "serving_default signature"
             )
         self.normalize = as_bool(option(spec, "normalize", False))
-        self.max_inputs = int(option(spec, "max_inputs", 2048))
         self.batcher = Batcher(
             self._compute,
             max_batch=int(option(spec, "max_batch_size", 64)),
@@ -120,9 +143,7 @@ class TFHubEmbedder:
         }
 
     def embed(self, request) -> BatchedEmbedResult:
-        from llama_api_embeddings.common import shorten
-
-        if check_input(request, self.max_inputs):
+        if not isinstance(request.input[0], str):  # the core checked: all one kind
             raise errors.NotSupported(
                 "this TensorFlow Hub model takes text, not token ids", param="input"
             )

@@ -14,25 +14,23 @@ from typing import Any
 
 from llama_api import errors
 
-from llama_api_embeddings import discovery
+from llama_api_embeddings import discovery, sentence_modules
 from llama_api_embeddings.batching import Batcher
 from llama_api_embeddings.common import (
     BatchedEmbedResult,
     as_bool,
     check_dimensions,
-    check_input,
     option,
     shorten,
 )
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "cls", "max", "mean_sqrt_len", "last")
 KNOWN_OPTIONS = {
     "pooling", "normalize", "max_length", "prefix", "query_prefix", "passage_prefix",
     "input_type", "device", "dtype", "trust_remote_code", "local_files_only",
     "allow_download", "n_threads", "max_batch_size", "max_batch_tokens", "batch_wait_ms",
-    "max_inputs", "slots", "revision", "cache_dir",
+    "slots", "revision", "cache_dir",
 }
 
 
@@ -96,6 +94,12 @@ class TransformersEmbedder:
         folder = resolve_folder(spec)
         self.folder = folder
         settings = discovery.sentence_transformers_settings(folder)
+        if settings.get("unsupported"):
+            raise errors.ModelLoadError(
+                f"model {spec.id!r}: {folder} has sentence-transformers modules this backend "
+                f"can't run: {', '.join(settings['unsupported'])} (it runs the encoder, "
+                f"Pooling, {', '.join(discovery.OUTPUT_MODULES)})"
+            )
         trust = as_bool(option(spec, "trust_remote_code", False))
 
         context.report(f"loading tokenizer from {folder}")
@@ -132,22 +136,29 @@ class TransformersEmbedder:
                 f"model {spec.id!r}: cannot move it to {self.device}: {exc}"
             ) from exc
 
-        # Pooling and normalization: options, else what sentence-transformers' config says.
-        self.pooling = str(option(spec, "pooling", settings.get("pooling", "mean"))).lower()
-        if self.pooling not in POOLINGS:
-            raise errors.ModelLoadError(
-                f"model {spec.id!r}: pooling {self.pooling!r} is not one of {POOLINGS}"
-            )
-        self.normalize = as_bool(option(spec, "normalize", settings.get("normalize", False)))
+        # Pooling and the modules after it: options, else what sentence-transformers' config
+        # says.
         try:
-            self.dense = [self._load_dense(Path(sub)) for sub in settings.get("dense", [])]
+            self.pooling = sentence_modules.parse_pooling(
+                option(spec, "pooling", settings.get("pooling", "mean")))
+        except errors.ModelLoadError as exc:
+            raise errors.ModelLoadError(f"model {spec.id!r}: {exc.message}") from exc
+        # include_prompt: false (INSTRUCTOR-style): the prefix's tokens are not pooled.
+        self.include_prompt = settings.get("include_prompt", True)
+        normalize_option = option(spec, "normalize")
+        if normalize_option is not None:
+            normalize_option = as_bool(normalize_option)
+        try:
+            self.outputs = sentence_modules.output_modules(
+                settings.get("modules", []), normalize_option, self.device)
         except errors.LlamaApiError:
             raise
         except Exception as exc:
             raise errors.ModelLoadError(
-                f"model {spec.id!r}: cannot load a Dense module in {folder}: "
+                f"model {spec.id!r}: cannot load a module in {folder}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+        self.normalize = sentence_modules.normalize in self.outputs
 
         limit = self._model_max_length(config)
         self.max_length = int(option(spec, "max_length", settings.get("max_length", limit)))
@@ -167,9 +178,9 @@ class TransformersEmbedder:
             self.tokenizer(self.prefix, add_special_tokens=False)["input_ids"]
             if self.prefix else []
         )
+        self.prompt_tokens = self._prompt_tokens()
         self.tokenizer_lock = threading.Lock()
 
-        self.max_inputs = int(option(spec, "max_inputs", 2048))
         # Rows are sorted by length and run in micro-batches of at most this many tokens
         # (padding included): on CPU, small batches of similar lengths waste the least.
         default_tokens = 1024 if self.device.type == "cpu" else 16384
@@ -191,7 +202,7 @@ class TransformersEmbedder:
             "path": str(folder),
             "dims": self.dims,
             "max_length": self.max_length,
-            "pooling": self.pooling,
+            "pooling": "+".join(self.pooling),
             "normalize": self.normalize,
             "prefix": self.prefix,
             "device": str(self.device),
@@ -259,35 +270,20 @@ class TransformersEmbedder:
                 )
         return str(prefix), known
 
-    def _load_dense(self, folder: Path):
-        """A sentence-transformers Dense module (a linear layer and an activation)."""
-        torch = self.torch
-        config = discovery.read_json(folder / "config.json") or {}
-        if (folder / "model.safetensors").is_file():
-            from safetensors.torch import load_file
+    def _prompt_tokens(self) -> dict[str, int]:
+        """Per prefix, the leading tokens that pooling leaves out (none with include_prompt).
 
-            state = load_file(str(folder / "model.safetensors"))
-        else:
-            state = torch.load(str(folder / "pytorch_model.bin"), map_location="cpu",
-                               weights_only=True)
-        weight = state["linear.weight"].to(self.device)
-        bias = state.get("linear.bias")
-        bias = bias.to(self.device) if bias is not None else None
-        activation = str(config.get("activation_function", "")).rsplit(".", 1)[-1]
-        functions = {
-            "Tanh": torch.tanh, "ReLU": torch.relu, "GELU": torch.nn.functional.gelu,
-            "Sigmoid": torch.sigmoid, "Identity": None, "": None,
-        }
-        if activation not in functions:
-            raise errors.ModelLoadError(f"Dense activation {activation!r} is not supported")
-        act = functions[activation]
-
-        def apply(x):
-            y = torch.nn.functional.linear(x, weight.to(x.dtype),
-                                           None if bias is None else bias.to(x.dtype))
-            return y if act is None else act(y)
-
-        return apply
+        Counted as sentence-transformers counts them: the prefix tokenized alone with the
+        special tokens, less a closing special token ([SEP], EOS).
+        """
+        if self.include_prompt:
+            return {}
+        counts = {}
+        special = set(self.tokenizer.all_special_ids)
+        for prefix in sorted({self.prefix, *self.known_prefixes} - {""}, key=len, reverse=True):
+            ids = self.tokenizer(prefix)["input_ids"]
+            counts[prefix] = len(ids) - (1 if ids and ids[-1] in special else 0)
+        return counts
 
     # Requests ------------------------------------------------------------------
 
@@ -329,8 +325,19 @@ class TransformersEmbedder:
             return text
         return self.prefix + text
 
+    def skipped_tokens(self, row) -> int:
+        """Leading tokens of a row (text with its prefix, or token ids) left out of pooling."""
+        if not self.prompt_tokens:
+            return 0
+        if not isinstance(row, str):  # encode_ids put the prefix in front
+            return self.prompt_tokens.get(self.prefix, 0)
+        text = self._with_prefix(row)
+        return next((n for p, n in self.prompt_tokens.items() if text.startswith(p)), 0)
+
     def embed(self, request) -> BatchedEmbedResult:
-        token_ids = check_input(request, self.max_inputs)
+        # The core checked the input (count, no empty item, one kind); the vocabulary,
+        # the length limit and the vector size are this model's.
+        token_ids = not isinstance(request.input[0], str)
         check_dimensions(request.dimensions, self.dims)
         # Texts are tokenized on the compute thread, a whole batch at once; token ids
         # are checked here, so that a bad one fails only its own request.
@@ -359,6 +366,7 @@ class TransformersEmbedder:
         import numpy as np
 
         torch = self.torch
+        skipped = [self.skipped_tokens(row) for row in rows]
         texts = [i for i, row in enumerate(rows) if isinstance(row, str)]
         if texts:
             rows = list(rows)
@@ -376,14 +384,15 @@ class TransformersEmbedder:
                 ):
                     end += 1
                 chunk = order[start:end]
-                vectors = self._forward([rows[i] for i in chunk]).float().cpu().numpy()
+                vectors = self._forward([rows[i] for i in chunk], [skipped[i] for i in chunk])
+                vectors = vectors.float().cpu().numpy()
                 if out is None:
                     out = np.empty((len(rows), vectors.shape[1]), dtype=np.float32)
                 out[chunk] = vectors
                 start = end
         return out, lengths
 
-    def _forward(self, rows: list[list[int]]):
+    def _forward(self, rows: list[list[int]], skipped: list[int]):
         torch = self.torch
         width = max(len(row) for row in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
@@ -395,34 +404,16 @@ class TransformersEmbedder:
         if self.uses_token_types:
             inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
         hidden = self.model(**inputs)[0]
-        vectors = self._pool(hidden, inputs["attention_mask"])
-        for dense in self.dense:
-            vectors = dense(vectors)
-        if self.normalize:
-            vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+        vectors = sentence_modules.pool(hidden, inputs["attention_mask"], self.pooling, skipped)
+        for module in self.outputs:
+            vectors = module(vectors)
         return vectors
-
-    def _pool(self, hidden, mask):
-        torch = self.torch
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        if self.pooling == "last":
-            last = mask.sum(dim=1) - 1
-            return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        expanded = mask.unsqueeze(-1).to(hidden.dtype)
-        if self.pooling == "max":
-            return hidden.masked_fill(expanded == 0, -1e9).max(dim=1).values
-        summed = (hidden * expanded).sum(dim=1)
-        counts = expanded.sum(dim=1).clamp(min=1e-9)
-        if self.pooling == "mean_sqrt_len":
-            return summed / counts.sqrt()
-        return summed / counts
 
     def close(self) -> None:
         self.batcher.close()
         self.model = None
         self.tokenizer = None
-        self.dense = []
+        self.outputs = []
         gc.collect()
         if self.device.type == "cuda":
             self.torch.cuda.empty_cache()

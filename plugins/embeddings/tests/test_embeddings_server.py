@@ -93,8 +93,14 @@ def test_token_ids_and_dimensions_through_the_api(client, minilm, texts, helpers
         ({"input": []}, "input"),
         ({"input": ["ok", ""]}, "input"),
         ({"input": ["x"] * 2049}, "input"),
+        ({"input": [[]]}, "input"),
+        ({"input": ["text", [1, 2]]}, "input"),
+        ({"input": "hello", "dimensions": 0}, "dimensions"),
         ({"input": "hello", "dimensions": 1000}, "dimensions"),
+        ({"input": [[101, 10**9]]}, "input"),  # the model's vocabulary: the plugin's check
     ],
+    ids=["empty-string", "empty-list", "one-empty", "too-many", "empty-ids", "mixed",
+         "dimensions-0", "dimensions-past-the-model", "token-past-the-vocabulary"],
 )
 def test_bad_requests_are_400_naming_the_field(server, body, param):
     status, answer = post(server, {"model": MODEL, **body})

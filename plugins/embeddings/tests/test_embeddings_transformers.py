@@ -99,7 +99,9 @@ def test_dimensions_shorten_and_renormalize(minilm, texts, helpers):
     assert embed(minilm, texts, dimensions=384).embeddings.shape == (len(texts), 384)
 
 
-@pytest.mark.parametrize("dimensions", [385, 4096, 0])
+# dimensions < 1 and the input's own shape (empty, too many items, mixed kinds) are the
+# core's to refuse: test_embeddings_server.py checks them through the HTTP edge.
+@pytest.mark.parametrize("dimensions", [385, 4096])
 def test_bad_dimensions_are_a_400(minilm, dimensions):
     with pytest.raises(errors.BadRequest) as info:
         embed(minilm, ["hello"], dimensions=dimensions)
@@ -122,17 +124,6 @@ def test_token_id_input(minilm, texts, helpers):
 def test_token_ids_out_of_range_are_a_400(minilm):
     with pytest.raises(errors.BadRequest) as info:
         embed(minilm, [[101, 10**9]])
-    assert info.value.param == "input"
-
-
-@pytest.mark.parametrize(
-    "inputs",
-    [[], [""], ["ok", ""], [[]], ["text", [1, 2]], ["x"] * 2049],
-    ids=["empty-list", "empty-string", "one-empty", "empty-ids", "mixed", "too-many"],
-)
-def test_bad_input_is_a_400_naming_input(minilm, inputs):
-    with pytest.raises(errors.BadRequest) as info:
-        embed(minilm, inputs)
     assert info.value.param == "input"
 
 
