@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from llama_api.types import ResponseFormat
+
 TOOLS = [{
     "type": "function",
     "function": {
@@ -37,9 +39,8 @@ def test_coherent_chat_answers(smollm2, collect):
 
 
 def test_chat_template_comes_from_the_gguf(smollm2):
-    assert "<|im_start|>" in smollm2.template_source
-    prompt = smollm2.chat_prompt(
-        type("R", (), {"messages": [{"role": "user", "content": "hi"}]})(), None, None)[0]
+    assert "<|im_start|>" in smollm2.prompts.template.source
+    prompt = smollm2.prompts.render([{"role": "user", "content": "hi"}])[0]
     assert prompt.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
 
 
@@ -50,7 +51,7 @@ def test_special_tokens_in_the_template_are_single_tokens(smollm2):
 
 def test_forced_tool_call(smollm2, collect):
     text, deltas = ask(collect, smollm2, "What is the weather like in Paris?", tools=TOOLS,
-                       tool_choice={"type": "function", "function": {"name": "get_weather"}},
+                       tool_choice="function", tool_name="get_weather",
                        max_tokens=40)
     calls = [c for d in deltas for c in (d.tool_calls or [])]
     assert calls[0].name == "get_weather"
@@ -73,8 +74,7 @@ def test_json_schema_answer(smollm2, collect):
               "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
               "required": ["name", "age"]}
     text, deltas = ask(collect, smollm2, "Invent a person. Reply in JSON with name and age.",
-                       response_format={"type": "json_schema",
-                                        "json_schema": {"name": "person", "schema": schema}},
+                       response_format=ResponseFormat(type="json_schema", schema=schema),
                        max_tokens=100)
     data = json.loads(text)
     assert isinstance(data["name"], str) and isinstance(data["age"], int)
