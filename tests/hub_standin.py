@@ -25,6 +25,7 @@ import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_SUFFIXES = (".gguf", ".safetensors", ".bin")
@@ -81,7 +82,7 @@ class HubStandIn:
         self.cdn = f"http://localhost:{self.port}/cdn"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "HubStandIn":
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # hub_standin.py sits beside this file
-from hub_standin import HubStandIn  # noqa: E402
+from hub_standin import HubStandIn
 
-from llama_api.testing import wait_for  # noqa: E402
+from llama_api.testing import wait_for
 
 MiB = 1 << 20
 CHUNK = 10 * MiB  # huggingface_hub writes what it downloads in pieces of this size
@@ -46,7 +46,7 @@ def pull_command(hub, models, *args, token=None):
 
 def pull(hub, models, *args, token=None) -> subprocess.CompletedProcess:
     command, env = pull_command(hub, models, *args, token=token)
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=120)
 
 
 def leftovers(models: Path) -> list[Path]:
@@ -112,6 +112,8 @@ def test_pull_a_whole_folder_for_a_repo_without_gguf(hub, models):
         "tokenizer.json": b'{"version": "1.0"}',
         "1_Pooling/config.json": b'{"pooling_mode_mean_tokens": true}',
         "model.safetensors": os.urandom(20000),
+        "pytorch_model.bin": os.urandom(20000),  # the same weights again, for old loaders
+        "onnx/model.onnx": os.urandom(20000),
     })
     result = pull(hub, models, "acme/mini-encoder")
     assert result.returncode == 0, result.stderr
@@ -264,3 +266,22 @@ def test_the_registry_rescans_a_changed_folder_and_models_toml_stays_authoritati
     assert in_hidden_folder(str(folder / ".pull" / "x.gguf"), folder)  # a pull in progress
     assert not in_hidden_folder(str(folder / "ggml" / "x.gguf"), folder)
     assert not in_hidden_folder("/elsewhere/.hidden/x.gguf", folder)
+
+
+def test_a_second_pull_of_a_file_being_downloaded_stops_instead_of_corrupting_it(hub, models):
+    content = b"GGUF" + os.urandom(CHUNK + 2 * MiB)
+    hub.add_repo("acme/busy-GGUF", {"busy.gguf": content})
+    stall = hub.fault(content, "stall", after=CHUNK + MiB)
+    command, env = pull_command(hub, models, "acme/busy-GGUF")
+    first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert wait_for(lambda: len(hub.downloads()) == 1, timeout=60)
+        second = pull(hub, models, "acme/busy-GGUF")
+        assert second.returncode == 1 and "another `llama-api pull`" in second.stderr
+    finally:
+        stall.released.set()  # the first download is cut off here; the first pull retries
+        first.wait(timeout=60)
+        first.stderr.close()
+    assert first.returncode == 0
+    assert (models / "busy.gguf").read_bytes() == content

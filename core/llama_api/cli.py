@@ -100,7 +100,7 @@ def add_pull_command(commands) -> None:
     pull = commands.add_parser(
         "pull", help="download a model from the Hugging Face Hub into the models folder",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Download a model from the Hugging Face Hub into the models folder, where "
+        description="Download a model from the Hugging Face Hub into the models folder, where\n"
                     "`serve` finds it (a running server lists it without a restart).",
         epilog="""what is downloaded:
   REPO FILE          that one file (e.g. a .gguf), into DIR/
@@ -108,7 +108,8 @@ def add_pull_command(commands) -> None:
                      of a split GGUF); several matches are refused with the list
   REPO               the repo's only .gguf file; a repo with no .gguf (transformers,
                      sentence-transformers, GPTQ, EXL2, EXL3) is downloaded whole
-                     into DIR/<repo name>/
+                     into DIR/<repo name>/, without other runtimes' copies of the
+                     weights (ONNX, OpenVINO, TF/Flax, .bin beside .safetensors)
 
 Every file is checked against the Hub's checksum (LFS sha256, or the git blob id) and only
 then moved into place. An interrupted download resumes where it stopped when the same

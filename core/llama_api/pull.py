@@ -23,6 +23,9 @@ from urllib.parse import urlsplit
 STAGING = ".pull"
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 SPLIT_GGUF = re.compile(r"(.+)-(\d{5})-of-(\d{5})\.gguf", re.IGNORECASE)
+# Copies of the weights for runtimes no backend here uses; a folder pull leaves them out.
+OTHER_RUNTIMES = re.compile(r"(^|/)(onnx|openvino|coreml)/|\.(onnx|onnx_data|h5|msgpack|ot|tflite)$")
+TORCH_BIN = re.compile(r"(^|/)pytorch_model[^/]*\.bin(\.index\.json)?$")
 
 
 class PullError(Exception):
@@ -67,8 +70,7 @@ def pull_model(repo: str, filename: str | None = None, *, quant: str | None = No
         staging.mkdir(parents=True, exist_ok=True)
         if chosen is None:  # no GGUF: the repository is the model folder
             target = Path(models_dir) / repo.split("/")[-1]
-            pull_folder(hub, repo, commit, [f for f in files if not is_hidden(f.name)],
-                        target, staging)
+            pull_folder(hub, repo, commit, folder_files(files), target, staging)
         else:
             for remote in chosen:
                 fetch(hub, repo, commit, remote, Path(models_dir) / PurePosixPath(remote.name).name,
@@ -97,6 +99,15 @@ def check_file_name(name: str, where: str) -> None:
 
 def is_hidden(name: str) -> bool:
     return any(part.startswith(".") for part in PurePosixPath(name).parts)
+
+
+def folder_files(files: list[RemoteFile]) -> list[RemoteFile]:
+    """What a model folder needs: not git's files, not other runtimes' copies of the weights,
+    and no pytorch_model.bin next to safetensors (the same weights twice)."""
+    wanted = [f for f in files if not is_hidden(f.name) and not OTHER_RUNTIMES.search(f.name)]
+    if any(f.name.endswith(".safetensors") for f in wanted):
+        wanted = [f for f in wanted if not TORCH_BIN.search(f.name)]
+    return wanted
 
 
 def has_quant(name: str, quant: str) -> bool:
@@ -177,6 +188,14 @@ def fetch(hub, repo: str, commit: str, remote: RemoteFile, destination: Path,
         raise PullError(f"{destination} exists and differs from {remote.name} of {repo}; "
                         "remove it to pull again")
     partial = staging / f"{remote.key}.part"
+    with only_puller(partial, remote.name):
+        download(hub, repo, commit, remote, partial)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, destination)
+
+
+def download(hub, repo: str, commit: str, remote: RemoteFile, partial: Path) -> None:
+    """Complete `partial` from the Hub (a Range request for the rest), then check it."""
     url = hub.hf_hub_url(repo, remote.name, revision=commit)
     metadata = hub.get_hf_file_metadata(url)
     size = remote.size if remote.size is not None else metadata.size
@@ -197,8 +216,23 @@ def fetch(hub, repo: str, commit: str, remote: RemoteFile, destination: Path,
         raise PullError(f"{remote.name}: the download does not match the Hub's checksum "
                         f"({checksum_kind(remote)} {remote.sha256 or remote.blob_id}); it was "
                         "deleted. Run the command again to download it afresh.")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(partial, destination)
+
+
+@contextmanager
+def only_puller(partial: Path, name: str):
+    """Two pulls appending to one partial file would corrupt it: the second one stops."""
+    from filelock import FileLock, Timeout  # a dependency of huggingface_hub
+
+    lock = FileLock(f"{partial}.lock", timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise PullError(f"{name} is being downloaded by another `llama-api pull` right now") from None
+    try:
+        yield
+    finally:
+        lock.release()
+        Path(lock.lock_file).unlink(missing_ok=True)
 
 
 def matches_checksum(path: Path, remote: RemoteFile, delete_if_not: bool = False) -> bool:
@@ -250,12 +284,16 @@ def import_hub():
 def hub_errors(repo: str, revision: str | None):
     """huggingface_hub's and the HTTP client's exceptions, as messages that say what to do."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
     try:
-        from httpx2 import HTTPError as TransportError  # huggingface_hub 2.x
+        from httpx2 import HTTPError as TransportError  # the HTTP client of huggingface_hub 2.x
     except ImportError:
-        from httpx import HTTPError as TransportError
+        TransportError = OSError
     token_hint = ("the token in HF_TOKEN has no access to it" if os.environ.get("HF_TOKEN")
                   else "set HF_TOKEN to a token of an account with access")
     try:

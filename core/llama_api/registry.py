@@ -82,7 +82,7 @@ class Registry:
     know. The check is cheap: a walk of the folder's directories, no file is read.
     """
 
-    def __init__(self, specs: list[ModelSpec], source: "Source | None" = None):
+    def __init__(self, specs: list[ModelSpec], source: Source | None = None):
         self._source = source
         self._signature = folder_signature(source.models_dir) if source else None
         self._index(specs)
@@ -103,7 +103,7 @@ class Registry:
                                 alias, spec.id, owner)
 
     @classmethod
-    def build(cls, plugins: Plugins, models_dir: Path | None, config: Path | None) -> "Registry":
+    def build(cls, plugins: Plugins, models_dir: Path | None, config: Path | None) -> Registry:
         configured = read_config(config, plugins.backends()) if config is not None else []
         source = Source(plugins, Path(models_dir or "models"), configured)
         return cls(source.specs(), source)
