@@ -18,6 +18,7 @@ class StopHoldback:
         self.held = ""
         self.stopped = False
         self.matched: str | None = None
+        self.rest = ""  # what followed the stop string in the text fed so far
 
     def feed(self, text: str) -> str:
         if self.stopped:
@@ -33,6 +34,7 @@ class StopHoldback:
         if first != -1:
             self.stopped = True
             self.held = ""
+            self.rest = buffer[first + len(self.matched):]
             return buffer[:first]
         keep = self._partial_suffix(buffer)
         self.held = buffer[len(buffer) - keep :] if keep else ""
