@@ -12,7 +12,6 @@ from pathlib import Path
 
 from llama_api import hookimpl
 from llama_api.types import BackendInfo, ModelSpec
-
 from llama_api_llamacpp.gguf_meta import GGUFError, read_meta
 
 log = logging.getLogger("llama_api_llamacpp")

@@ -16,7 +16,6 @@ from pathlib import Path
 from llama_api import errors
 from llama_api.chat_template import ChatTemplate
 from llama_api.types import Delta
-
 from llama_api_llamacpp import embeddings
 from llama_api_llamacpp.constraints import Grammars
 from llama_api_llamacpp.decode import Run
@@ -40,7 +39,7 @@ def _import_llama_cpp():
     return llama_cpp
 
 
-def load(spec, context) -> "LlamaCppModel":
+def load(spec, context) -> LlamaCppModel:
     llama_cpp = _import_llama_cpp()
     path = Path(spec.path)
     if not path.is_file():

@@ -283,7 +283,7 @@ class BatchEngine:
                 if seq in active:
                     try:
                         seq.prompt_lps += seq.logprobs_fn(token, self.ctx, index)
-                    except Exception as exc:
+                    except Exception as exc:  # noqa: BLE001 -- fails this request only
                         active.remove(seq)
                         self._finish(seq, exc)
             for index, seq in outputs:
@@ -298,7 +298,7 @@ class BatchEngine:
                 try:
                     token = lib.llama_sampler_sample(seq.sampler.sampler, self.ctx, index)
                     logprobs = seq.logprobs_fn(token, self.ctx, index) if seq.logprobs_fn else None
-                except Exception as exc:  # never let one request kill the engine
+                except Exception as exc:  # noqa: BLE001 -- never let one request kill the engine
                     active.remove(seq)
                     self._finish(seq, exc)
                     continue

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llama_api import errors
-
 from llama_api_llamacpp.json_schema import schema_to_gbnf
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from functools import partial
 
 from llama_api.types import Delta, Usage
-
 from llama_api_llamacpp.batching import PROMPT, Sequence
 from llama_api_llamacpp.sampling import build_sampler, first_prompt_logprob, token_logprobs
 from llama_api_llamacpp.textstream import TextStream

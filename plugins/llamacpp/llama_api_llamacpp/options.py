@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from llama_api import errors
-
 from llama_api_llamacpp.gguf_meta import POOLING, kv_cache_bytes_per_token
 
 log = logging.getLogger("llama_api_llamacpp")

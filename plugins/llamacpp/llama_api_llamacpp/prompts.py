@@ -6,7 +6,6 @@ import json
 
 from llama_api import errors
 from llama_api.chat_template import ChatTemplate
-
 from llama_api_llamacpp.tools import TOOL_CLOSE, TOOL_OPEN
 
 
@@ -70,8 +69,8 @@ def tool_system_prompt(tools: list[dict], forced: str | None) -> str:
     lines = [
         "You can call these functions (JSON schema of each):",
         json.dumps(functions, ensure_ascii=False),
-        "To call a function, answer only with "
-        f'{TOOL_OPEN}{{"name": "<function name>", "arguments": {{<arguments>}}}}{TOOL_CLOSE}',
+        ("To call a function, answer only with "
+         f'{TOOL_OPEN}{{"name": "<function name>", "arguments": {{<arguments>}}}}{TOOL_CLOSE}'),
     ]
     if forced:
         lines.append(f"Call the function {forced} now.")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 from llama_api.types import TokenLogprob, TopLogprob
-
 from llama_api_llamacpp.options import SAMPLING_DEFAULTS
 
 # Extra sampling fields a client may send (request.extra).

@@ -6,9 +6,8 @@ import threading
 
 import pytest
 
-from llama_api.types import GenerateRequest, LoadContext, ModelSpec
-
 import llama_api_llamacpp as plugin
+from llama_api.types import GenerateRequest, LoadContext, ModelSpec
 from llama_api_llamacpp.tiny import write_tiny_bert_gguf, write_tiny_gguf
 
 # Tests share two cores with other suites: one thread is far steadier than two.

@@ -12,7 +12,7 @@ from llama_api.types import GenerateRequest, LoadContext, ModelSpec
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
-import llama_api_llamacpp as plugin  # noqa: E402
+import llama_api_llamacpp as plugin
 
 PROMPTS = ["hello world", "the cat is a dog", "yes no yes no", "Paris weather"]
 
@@ -56,8 +56,8 @@ def test_kv_cache_bytes_per_token_from_the_header():
 
 
 def test_default_parallel_fits_the_kv_budget(tiny_path, tiny_default):
-    from llama_api_llamacpp.options import auto_parallel
     from llama_api_llamacpp.gguf_meta import kv_cache_bytes_per_token, read_kv
+    from llama_api_llamacpp.options import auto_parallel
 
     assert tiny_default.slots == 4 and tiny_default.engine is not None
     assert auto_parallel(1000, 1000, 1.0) == 1  # 1 MB holds one 1 MB cache

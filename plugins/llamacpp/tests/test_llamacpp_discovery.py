@@ -7,10 +7,9 @@ import sys
 
 import pytest
 
+import llama_api_llamacpp as plugin
 from llama_api import errors
 from llama_api.types import ModelSpec
-
-import llama_api_llamacpp as plugin
 from llama_api_llamacpp.gguf_meta import GGUFError, read_kv, read_meta
 
 
@@ -24,7 +23,8 @@ def test_entry_module_imports_no_heavy_library():
             "llama_api_llamacpp.discover_models(pathlib.Path('.')); "
             "heavy = [m for m in ('llama_cpp', 'numpy', 'gguf', 'jinja2') if m in sys.modules]; "
             "print(heavy); sys.exit(1 if heavy else 0)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -124,5 +124,6 @@ def test_missing_llama_cpp_is_a_clear_load_error(tiny_path):
         "except ModelLoadError as exc:\n"
         "    print(exc.message)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False)
     assert "pip install llama-cpp-python" in result.stdout, result.stdout + result.stderr

@@ -10,9 +10,8 @@ openai = pytest.importorskip("openai")
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
-from llama_api.testing import serve  # noqa: E402
-
-import llama_api_llamacpp as plugin  # noqa: E402
+import llama_api_llamacpp as plugin
+from llama_api.testing import serve
 
 MODEL = plugin.SMOLLM2_ID
 TOOLS = [{

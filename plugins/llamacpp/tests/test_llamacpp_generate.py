@@ -30,7 +30,7 @@ def test_load_info(tiny):
 
 
 def test_max_tokens_gives_length_and_exact_usage(tiny, collect):
-    text, deltas = collect(tiny, prompt=PROMPT, max_tokens=7, temperature=0.0)
+    _text, deltas = collect(tiny, prompt=PROMPT, max_tokens=7, temperature=0.0)
     last = deltas[-1]
     assert last.finish_reason == "length"
     assert last.usage.completion_tokens == 7
@@ -88,7 +88,7 @@ def test_penalties_change_a_repetitive_output(tiny, collect, field):
 
 
 def test_extra_sampling_fields_are_accepted(tiny, collect):
-    text, deltas = collect(tiny, prompt=PROMPT, max_tokens=8, seed=1,
+    _text, deltas = collect(tiny, prompt=PROMPT, max_tokens=8, seed=1,
                            extra={"mirostat_mode": 2, "mirostat_tau": 4.0, "mirostat_eta": 0.2})
     assert deltas[-1].usage.completion_tokens == 8
     for extra in ({"mirostat_mode": 1}, {"typical_p": 0.5},
@@ -224,7 +224,7 @@ def test_prompt_longer_than_the_context(tiny_path, collect):
         n_prompt = len(model.prompt_tokens("hello " * 400))
         assert str(n_prompt) in info.value.message and "256" in info.value.message
         # a prompt that fits but a max_tokens that doesn't: generate up to the context
-        text, deltas = collect(model, prompt=PROMPT, max_tokens=1000, temperature=0.0)
+        _text, deltas = collect(model, prompt=PROMPT, max_tokens=1000, temperature=0.0)
         assert deltas[-1].finish_reason == "length"
         assert deltas[-1].usage.prompt_tokens + deltas[-1].usage.completion_tokens == 256
     finally:
@@ -265,7 +265,7 @@ def test_chat_logprobs_without_alternatives(tiny, collect):
 
 
 def test_chat_uses_the_template_from_the_gguf(tiny, collect):
-    text, deltas = collect(tiny, messages=[{"role": "system", "content": "be brief"},
+    _text, deltas = collect(tiny, messages=[{"role": "system", "content": "be brief"},
                                            {"role": "user", "content": "hi"}],
                            max_tokens=5, temperature=0.0)
     expected = len(tiny.prompt_tokens("<|system|>be brief<|end|><|user|>hi<|end|><|assistant|>"))
@@ -355,7 +355,7 @@ def test_forced_tool_call_streams_arguments(tiny, collect):
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_required_tool_call(tiny, collect, seed):
-    text, deltas = collect(tiny, messages=[{"role": "user", "content": "weather?"}],
+    _text, deltas = collect(tiny, messages=[{"role": "user", "content": "weather?"}],
                            tools=TOOLS, tool_choice="required", seed=seed, max_tokens=100)
     (call,) = [c for d in deltas for c in (d.tool_calls or [])]
     assert call.name in ("get_weather", "get_time")
@@ -383,7 +383,7 @@ def test_auto_tool_choice_and_tool_history(tiny, collect):
             "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
     ]
-    text, deltas = collect(tiny, messages=messages, tools=TOOLS, max_tokens=10, seed=1)
+    _text, deltas = collect(tiny, messages=messages, tools=TOOLS, max_tokens=10, seed=1)
     assert deltas[-1].finish_reason in ("stop", "length", "tool_calls")
 
 
@@ -556,7 +556,6 @@ TOOL_TEMPLATE = (
 
 def test_template_that_knows_tools_gets_them_hugging_face_style():
     from llama_api.chat_template import ChatTemplate
-
     from llama_api_llamacpp.prompts import PromptBuilder
 
     prompts = PromptBuilder("m", ChatTemplate(TOOL_TEMPLATE, bos_token="<s>", eos_token="</s>"))
@@ -568,7 +567,7 @@ def test_template_that_knows_tools_gets_them_hugging_face_style():
             {"id": "call_1", "type": "function",
              "function": {"name": "f", "arguments": "{\"x\": 1}"}}]},
     ]
-    prompt, stops = prompts.render(messages, tools, None)
+    prompt, _stops = prompts.render(messages, tools, None)
     assert '"description": "a <b> c"' in prompt  # no HTML escaping
     assert '<call>{"x": 1}</call>' in prompt  # arguments as a mapping, not a string
     assert "You can call these functions" not in prompt  # no system prompt injected
@@ -600,7 +599,7 @@ PYDANTIC_SCHEMA = {  # what openai's client.beta.chat.completions.parse() sends 
 @pytest.mark.parametrize("seed", range(4))
 def test_pydantic_style_schema_with_refs_validates(tiny, collect, seed):
     fmt = ResponseFormat(type="json_schema", schema=PYDANTIC_SCHEMA)
-    text, deltas = collect(tiny, prompt="hi", response_format=fmt, seed=seed, max_tokens=300)
+    text, _deltas = collect(tiny, prompt="hi", response_format=fmt, seed=seed, max_tokens=300)
     data = json.loads(text)
     assert set(data) == {"color", "pets", "ok"}
     assert data["color"] in ("red", "blue") and isinstance(data["ok"], bool)

@@ -9,14 +9,13 @@ import json
 import pytest
 
 from llama_api import errors
-from llama_api.types import GenerateRequest, ResponseFormat
+from llama_api.types import ResponseFormat
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed")
 
-import llama_api_llamacpp as plugin  # noqa: E402
-from llama_api_llamacpp.json_schema import integer_range, schema_to_gbnf  # noqa: E402
-from llama_api_llamacpp.tiny import tiny_vocab  # noqa: E402
+from llama_api_llamacpp.json_schema import integer_range, schema_to_gbnf
+from llama_api_llamacpp.tiny import tiny_vocab
 
 
 class GrammarMatcher:

@@ -50,7 +50,7 @@ def test_special_tokens_in_the_template_are_single_tokens(smollm2):
 
 
 def test_forced_tool_call(smollm2, collect):
-    text, deltas = ask(collect, smollm2, "What is the weather like in Paris?", tools=TOOLS,
+    _text, deltas = ask(collect, smollm2, "What is the weather like in Paris?", tools=TOOLS,
                        tool_choice="function", tool_name="get_weather",
                        max_tokens=40)
     calls = [c for d in deltas for c in (d.tool_calls or [])]
@@ -61,7 +61,7 @@ def test_forced_tool_call(smollm2, collect):
 
 
 def test_required_tool_call(smollm2, collect):
-    text, deltas = ask(collect, smollm2, "What is the weather like in Paris?", tools=TOOLS,
+    _text, deltas = ask(collect, smollm2, "What is the weather like in Paris?", tools=TOOLS,
                        tool_choice="required", max_tokens=60)
     (call,) = [c for d in deltas for c in (d.tool_calls or [])]
     assert call.name == "get_weather"
@@ -73,7 +73,7 @@ def test_json_schema_answer(smollm2, collect):
     schema = {"type": "object",
               "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
               "required": ["name", "age"]}
-    text, deltas = ask(collect, smollm2, "Invent a person. Reply in JSON with name and age.",
+    text, _deltas = ask(collect, smollm2, "Invent a person. Reply in JSON with name and age.",
                        response_format=ResponseFormat(type="json_schema", schema=schema),
                        max_tokens=100)
     data = json.loads(text)
