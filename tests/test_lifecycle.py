@@ -13,8 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+import llama_api.worker
 from llama_api.testing import pid_exists, wait_for
 from llama_api_echo import USER
+
+# Until the worker calls lifeline.watch_parent() at start, its orphan test cannot pass.
+WORKER_WATCHES_ITS_PARENT = "watch_parent(" in Path(llama_api.worker.__file__).read_text()
 
 
 def gone(pid: int) -> bool:
@@ -25,6 +29,18 @@ def gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return not pid_exists(pid)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
 
 
 def refused(url: str) -> bool:
@@ -80,6 +96,22 @@ def test_the_grace_period_cuts_off_a_stream_that_runs_too_long(start_server):
         assert server.process.wait(timeout=15) == 0
         assert time.monotonic() - signalled < 8
         assert wait_for(lambda: gone(worker), timeout=5)
+
+
+@pytest.mark.skipif(not WORKER_WATCHES_ITS_PARENT,
+                    reason="llama_api.worker.main does not call lifeline.watch_parent() yet")
+def test_kill_9_of_the_server_mid_load_leaves_no_worker_behind(start_server, models_dir):
+    # 10 s between progress reports: no write to a dead pipe ends the worker within the test
+    (models_dir / "sluggish.echo").write_text(json.dumps({"load_delay": 40}))
+    with start_server() as server:
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up; the load goes on
+            httpx.post(server.v1 + "/chat/completions", timeout=0.5,
+                       json={"model": "sluggish", "messages": USER, "max_tokens": 1})
+        assert wait_for(lambda: len(children(server.process.pid)) == 1, timeout=5)
+        (worker,) = children(server.process.pid)
+        server.process.kill()  # no shutdown, no cleanup: only the kernel or the watch can act
+        server.process.wait(timeout=5)
+        assert wait_for(lambda: gone(worker), timeout=5), "the worker outlived a kill -9 of its server"
 
 
 CHILD = """
