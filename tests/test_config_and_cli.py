@@ -87,18 +87,18 @@ def test_serve_refuses_an_invalid_config_with_a_clear_message(tmp_path, models_d
     assert "Traceback" not in result.stderr
 
 
-def test_configured_model_is_served_under_its_alias(start_server, tmp_path, models_dir):
+def test_configured_model_is_served_under_its_alias(start_app, tmp_path, models_dir):
     config = write(tmp_path / "models.toml", f"""
         [models.assistant]
         backend = "echo"
         path = "{models_dir / 'fast.echo'}"
         aliases = ["gpt-4o"]
     """)
-    with start_server("--config", str(config)) as server:
-        ids = [m["id"] for m in httpx.get(server.v1 + "/models").json()["data"]]
+    with start_app(config=config) as client:
+        ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
         assert "assistant" in ids and "fast" in ids
-        reply = httpx.post(server.v1 + "/completions",
-                           json={"model": "gpt-4o", "prompt": "a b", "max_tokens": 2})
+        reply = client.post("/v1/completions",
+                            json={"model": "gpt-4o", "prompt": "a b", "max_tokens": 2})
         assert reply.status_code == 200 and reply.json()["choices"][0]["text"] == "a b"
 
 
@@ -142,12 +142,14 @@ def test_server_starts_with_a_broken_plugin_and_health_lists_it(start_server, br
         assert reply.status_code == 200
 
 
-def test_help_reads_well():
-    result = llama_api("serve", "--help")
-    assert result.returncode == 0
+def test_help_reads_well(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["serve", "--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
     for option in ("--max-workers", "--max-queue", "--idle-timeout", "--api-key",
                    "--models-dir", "--config", "--log-level", "--port", "--host"):
-        assert option in result.stdout
+        assert option in printed
 
 
 @pytest.mark.parametrize("plugin,flags,expected", [
