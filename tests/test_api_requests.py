@@ -107,8 +107,9 @@ def test_completion_prompts_fan_out_per_prompt_and_choice():
     requests = completion_requests(body)
     assert [r.prompt for r in requests] == [[1, 2], [1, 2], [3], [3]]
     assert all(r.echo for r in requests)
-    with pytest.raises(errors.NotSupported):
-        completion_requests(decode({"model": "m", "suffix": "x"}, CompletionRequest))
+    [fim] = completion_requests(decode({"model": "m", "prompt": "a", "suffix": "b"},
+                                       CompletionRequest))
+    assert (fim.prompt, fim.suffix) == ("a", "b")  # the backend decides whether it can fill in
 
 
 BAD_FIELDS = [

@@ -148,6 +148,9 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     # The deprecated form of tools and tool_choice.
     functions: list[FunctionDefinition] | None = None
     function_call: Literal["none", "auto"] | FunctionName | None = None
+    # How a thinking model's reasoning comes back: "none" leaves it inline in `content`;
+    # otherwise it is split into `reasoning_content`.
+    reasoning_format: Literal["none", "auto", "deepseek", "parsed"] | None = None
 
 
 # -- embeddings -----------------------------------------------------------------------

@@ -68,6 +68,8 @@ class GenerateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     """
 
     prompt: str | list[int] | None = None
+    # Fill in the middle: the text after the gap `prompt` leads into (completions only).
+    suffix: str | None = None
     # [{"role", "content": str, "name"?, "tool_calls"?, "tool_call_id"?}, ...]
     messages: list[dict[str, Any]] | None = None
     max_tokens: int | None = None
@@ -89,6 +91,8 @@ class GenerateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     tool_choice: ToolChoice | None = None
     tool_name: str | None = None  # the forced function when tool_choice is "function"
     response_format: ResponseFormat | None = None
+    # Split the model's thinking into `Delta.reasoning` (False: leave it in the text).
+    split_reasoning: bool = True
     # Extra backend-specific sampling fields the client sent (mirostat, grammar, ...).
     extra: dict[str, Any] = {}
 

@@ -38,6 +38,7 @@ def chat_requests(body: ChatCompletionRequest) -> list[GenerateRequest]:
             tool_choice=tool_choice,
             tool_name=tool_name,
             response_format=response_format(body),
+            split_reasoning=body.reasoning_format != "none",
             **{**fields, "seed": vary_seed(fields["seed"], j)},
         )
         for j in range(body.n or 1)
@@ -140,6 +141,8 @@ def chat_message(choice: Choice) -> dict:
     """The assistant message; `content` is null when the answer is only tool calls."""
     text = "".join(choice.text)
     message = {"role": "assistant", "content": text if text or not choice.tool_calls else None}
+    if choice.reasoning:
+        message["reasoning_content"] = "".join(choice.reasoning)
     if choice.tool_calls:
         message["tool_calls"] = [choice.tool_calls[i] for i in sorted(choice.tool_calls)]
     return message
@@ -166,6 +169,8 @@ def chat_response(response_id: str, model: str, choices: list[Choice], usage: Us
 
 def delta_body(delta: Delta) -> dict[str, Any]:
     body: dict[str, Any] = {}
+    if delta.reasoning:
+        body["reasoning_content"] = delta.reasoning
     if delta.text:
         body["content"] = delta.text
     if delta.tool_calls:

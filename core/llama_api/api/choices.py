@@ -71,6 +71,7 @@ class Choice:
     def __init__(self, index: int):
         self.index = index
         self.text: list[str] = []
+        self.reasoning: list[str] = []
         self.logprobs: list[TokenLogprob] = []
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
@@ -78,6 +79,8 @@ class Choice:
 
     def add(self, delta: Delta) -> None:
         self.text.append(delta.text)
+        if delta.reasoning:
+            self.reasoning.append(delta.reasoning)
         if delta.logprobs:
             self.logprobs.extend(delta.logprobs)
         for call in delta.tool_calls or []:

@@ -29,12 +29,10 @@ def prompts_of(body: CompletionRequest) -> list[str | list[int]]:
 
 def completion_requests(body: CompletionRequest) -> list[GenerateRequest]:
     """One GenerateRequest per (prompt, choice); choice index = prompt index * n + j."""
-    if body.suffix:
-        raise NotSupported("`suffix` is not supported.", param="suffix")
     fields = sampling_fields(body)
     return [
-        GenerateRequest(prompt=prompt, logprobs=body.logprobs, echo=bool(body.echo),
-                        **{**fields, "seed": vary_seed(fields["seed"], j)})
+        GenerateRequest(prompt=prompt, suffix=body.suffix or None, logprobs=body.logprobs,
+                        echo=bool(body.echo), **{**fields, "seed": vary_seed(fields["seed"], j)})
         for prompt in prompts_of(body)
         for j in range(body.n or 1)
     ]

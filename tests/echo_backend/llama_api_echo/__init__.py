@@ -12,6 +12,8 @@ A prompt containing the word RAISE makes generate raise a RuntimeError (a backen
 the word MALFORMED makes it yield a delta whose usage holds a float (a backend bug that
 encodes fine in the worker but does not decode as the protocol's types).
 Generation repeats the prompt's words ("w0 w1 ...") cyclically, one word per token.
+A prompt that has the word <think> thinks: its output's leading <think>...</think> block
+comes back as reasoning (unless the request asks to keep it inline).
 Set LLAMA_API_ECHO_EVENTS to a file path to have the worker append one JSON line per
 event (start, end, cancelled) with its model, pid and time; `start` also holds what the
 core handed the backend (`request`: the normalized fields tests check).
@@ -28,6 +30,7 @@ from pathlib import Path
 import msgspec
 
 from llama_api import errors, hookimpl
+from llama_api.reasoning import ReasoningSplitter
 from llama_api.stops import StopHoldback
 from llama_api.types import BackendInfo, Delta, EmbedResult, ModelSpec, Usage
 
@@ -117,6 +120,9 @@ def prompt_words(request) -> list[str]:
 def generate(model, request, cancelled):
     if not isinstance(model, EchoModel):
         return None
+    if request.suffix is not None:
+        raise errors.NotSupported(f"model {model.id} can't fill in the middle (no FIM tokens)",
+                                  param="suffix")
     words = prompt_words(request)
     if "SILENT" in words:  # a backend that yields nothing at all
         return iter(())
@@ -145,6 +151,15 @@ def echo_tokens(model, request, words, cancelled):
     max_tokens = request.max_tokens or 16
     record("start", model, request=received(request))
     stops = StopHoldback(request.stop)
+    thinking = (ReasoningSplitter() if request.split_reasoning and "<think>" in words
+                else None)
+
+    def pieces(text: str):
+        if thinking is None:
+            return Delta(text=text) if text else None
+        reasoning, answer = thinking.feed(text)
+        return Delta(reasoning=reasoning, text=answer) if reasoning or answer else None
+
     produced = 0
     finish = "length"
     try:
@@ -158,15 +173,19 @@ def echo_tokens(model, request, words, cancelled):
             if model.noisy:
                 os.write(1, b"noise on stdout while generating\n")
             produced += 1
-            text = stops.feed(("" if i == 0 else " ") + words[i % len(words)])
-            if text:
-                yield Delta(text=text)
+            delta = pieces(stops.feed(("" if i == 0 else " ") + words[i % len(words)]))
+            if delta:
+                yield delta
             if stops.stopped:
                 finish = "stop"
                 break
-        rest = stops.flush()
-        if rest:
-            yield Delta(text=rest)
+        delta = pieces(stops.flush())
+        if delta:
+            yield delta
+        if thinking is not None:
+            reasoning, answer = thinking.flush()
+            if reasoning or answer:
+                yield Delta(reasoning=reasoning, text=answer)
     finally:
         # The worker may close this generator (GeneratorExit) or we may see the flag first.
         if cancelled.is_set():
