@@ -20,11 +20,13 @@ import statistics
 import threading
 import time
 
-WORDS = (
-    "the a model server request vector text batch thread token embedding sentence quick brown "
-    "fox jumps over lazy dog cat sits on mat machine learning small fast slow large data "
-    "language search query passage document answer question river mountain city night day"
-).split()
+WORDS = [
+    "the", "a", "model", "server", "request", "vector", "text", "batch", "thread", "token",
+    "embedding", "sentence", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "cat",
+    "sits", "on", "mat", "machine", "learning", "small", "fast", "slow", "large", "data",
+    "language", "search", "query", "passage", "document", "answer", "question", "river",
+    "mountain", "city", "night", "day",
+]
 
 
 def make_texts(count: int, seed: int = 0) -> list[str]:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from llama_api import hookimpl
 from llama_api.types import BackendInfo, ModelSpec
-
 from llama_api_embeddings.common import BatchedEmbedResult
 
 __all__ = ["BatchedEmbedResult"]

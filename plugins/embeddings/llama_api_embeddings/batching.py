@@ -17,7 +17,8 @@ import collections
 import logging
 import threading
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,17 @@ log = logging.getLogger(__name__)
 class Job:
     """One request's rows; filled slice by slice by the compute thread."""
 
-    __slots__ = ("rows", "taken", "parts", "filled", "done", "result", "error",
-                 "batch_size", "batch_requests")
+    __slots__ = (
+        "batch_requests",
+        "batch_size",
+        "done",
+        "error",
+        "filled",
+        "parts",
+        "result",
+        "rows",
+        "taken",
+    )
 
     def __init__(self, rows: Sequence[Any]):
         self.rows = rows
@@ -200,7 +210,7 @@ class Batcher:
             try:
                 result = self.compute(rows)
                 error = None
-            except BaseException as exc:  # every caller in the batch gets the error
+            except BaseException as exc:  # noqa: BLE001 - every caller in the batch gets it
                 result = None
                 error = exc
             self.stats.batches += 1

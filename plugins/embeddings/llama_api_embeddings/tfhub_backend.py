@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 from llama_api import errors
-
 from llama_api_embeddings import discovery
 from llama_api_embeddings.batching import Batcher
 from llama_api_embeddings.common import (

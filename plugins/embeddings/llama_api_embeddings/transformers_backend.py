@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from llama_api import errors
-
 from llama_api_embeddings import discovery, sentence_modules
 from llama_api_embeddings.batching import Batcher
 from llama_api_embeddings.common import (

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import shutil
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from llama_api.types import LoadContext, ModelSpec
-
 import llama_api_embeddings as plugin
+from llama_api.types import LoadContext, ModelSpec
 
 TEXTS = [
     "The cat sits on the mat.",

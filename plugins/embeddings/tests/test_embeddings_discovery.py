@@ -8,9 +8,8 @@ import sys
 
 import pytest
 
-from llama_api.types import LoadContext, ModelSpec
-
 import llama_api_embeddings as plugin
+from llama_api.types import LoadContext, ModelSpec
 from llama_api_embeddings import discovery
 
 

@@ -12,10 +12,9 @@ import json
 import numpy as np
 import pytest
 
+import llama_api_embeddings as plugin
 from llama_api import errors
 from llama_api.types import EmbedRequest, ModelSpec
-
-import llama_api_embeddings as plugin
 
 st = pytest.importorskip("sentence_transformers")
 torch = pytest.importorskip("torch")

@@ -9,10 +9,9 @@ import sys
 import numpy as np
 import pytest
 
+import llama_api_embeddings as plugin
 from llama_api import errors
 from llama_api.types import EmbedRequest, ModelSpec
-
-import llama_api_embeddings as plugin
 
 DIMS = 6
 

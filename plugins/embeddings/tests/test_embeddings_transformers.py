@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 
+import llama_api_embeddings as plugin
 from llama_api import errors
 from llama_api.types import EmbedRequest, ModelSpec
-
-import llama_api_embeddings as plugin
 from llama_api_embeddings import BatchedEmbedResult
 
 LONG = " ".join(["a long text that goes past the model's maximum length"] * 60)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from llama_api import errors, hookimpl
 from llama_api.types import BackendInfo
-
 from llama_api_exllama.discovery import EXLLAMAV2, EXLLAMAV3, NotAModel, discover, read_model_folder
 
 __version__ = "0.1.0"

@@ -120,7 +120,7 @@ class Engine:
         for stream in inbox:
             try:
                 self.generator.enqueue(stream.job)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - the library's refusal is this request's error
                 stream.queue.put(Failure(exc))
                 continue
             self._streams[stream.key] = stream
@@ -169,7 +169,7 @@ class Engine:
             try:
                 self.generator.cancel(stream.job)
             except Exception:
-                pass
+                log.debug("cancelling a failed exllama job failed too", exc_info=True)
             stream.queue.put(Failure(exc))
 
     def _shutdown(self) -> None:

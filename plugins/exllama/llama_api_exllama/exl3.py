@@ -8,7 +8,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from llama_api.types import LoadContext
-
 from llama_api_exllama.adapter import DynamicJobs, load_with
 from llama_api_exllama.generation import Sampling
 from llama_api_exllama.options import LoadOptions
@@ -65,13 +64,13 @@ class Exl3Adapter(DynamicJobs):
                 v_bits=bits,
             )
         self.cache = cache
-        load_args = dict(
-            progressbar=False,
-            callback=lambda done, total: context.report(
+        load_args = {
+            "progressbar": False,
+            "callback": lambda done, total: context.report(
                 f"loading modules {done}/{total}", done / max(total, 1)
             ),
-            max_batch_size=opts.max_batch_size,
-        )
+            "max_batch_size": opts.max_batch_size,
+        }
         if opts.max_chunk_size is not None:
             load_args["max_chunk_size"] = opts.max_chunk_size
         if opts.gpu_split is not None:
@@ -81,9 +80,10 @@ class Exl3Adapter(DynamicJobs):
         model.load(**load_args)
         self.tokenizer = Tokenizer.from_config(config)
         self.vocab_size = config.vocab_size
-        gen_args = dict(
-            model=model, cache=cache, tokenizer=self.tokenizer, max_batch_size=opts.max_batch_size
-        )
+        gen_args = {
+            "model": model, "cache": cache, "tokenizer": self.tokenizer,
+            "max_batch_size": opts.max_batch_size,
+        }
         if opts.max_chunk_size is not None:
             gen_args["max_chunk_size"] = opts.max_chunk_size
         self.generator = Generator(**gen_args)
@@ -130,7 +130,7 @@ class Exl3Adapter(DynamicJobs):
         try:
             self.cache.detach_from_model()
         except Exception:
-            pass
+            log.debug("detaching the exllamav3 cache failed", exc_info=True)
         self.generator = self.cache = self.model = self.tokenizer = None
         gc.collect()
         self._torch.cuda.empty_cache()

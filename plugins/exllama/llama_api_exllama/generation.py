@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from llama_api import errors
+from llama_api.stops import StopHoldback
 from llama_api.types import Delta, GenerateRequest, Usage
-
 from llama_api_exllama.engine import CANCELLED, Engine, Failure
 from llama_api_exllama.prompt import PromptBuilder
-from llama_api.stops import StopHoldback
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from llama_api import errors
-
 from llama_api_exllama.discovery import EXLLAMAV2, EXLLAMAV3
 
 PAGE_SIZE = 256  # both libraries allocate the cache in pages of 256 tokens

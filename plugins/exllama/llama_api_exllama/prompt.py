@@ -13,7 +13,6 @@ from typing import Any
 
 from llama_api import errors
 from llama_api.chat_template import ChatTemplate
-
 from llama_api_exllama.discovery import read_json
 
 

@@ -13,8 +13,9 @@ import sys
 import types
 from dataclasses import dataclass, field
 
-import llama_api_exllama as plugin
 import pytest
+
+import llama_api_exllama as plugin
 from llama_api.types import GenerateRequest, LoadContext, ModelSpec
 
 torch = pytest.importorskip("torch")

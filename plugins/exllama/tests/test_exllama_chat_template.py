@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from llama_api import errors
 from llama_api.chat_template import ChatTemplate
 from llama_api_exllama.prompt import PromptBuilder, find_chat_template

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from llama_api.plugins import Plugins
 from llama_api_exllama import discovery
 from llama_api_exllama.discovery import discover, safetensors_keys

@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+
 from llama_api import errors
 from llama_api.types import GenerateRequest, ResponseFormat
 from llama_api_exllama.generation import ExllamaModel, Sampling
@@ -231,9 +232,7 @@ def test_cancel_between_tokens(make_model):
     model = make_model(pieces=["x"] * 10_000, delay=0.001)
     cancelled = threading.Event()
     stream = model.generate(GenerateRequest(prompt="hi"), cancelled)
-    received = 0
-    for delta in stream:
-        received += 1
+    for received, _ in enumerate(stream, start=1):
         if received == 5:
             cancelled.set()
             break

@@ -6,8 +6,9 @@ import os
 import subprocess
 import sys
 
-import llama_api_exllama as plugin
 import pytest
+
+import llama_api_exllama as plugin
 from llama_api import errors, protocol
 from llama_api.types import LoadContext, ModelSpec
 from llama_api_exllama.cuda import NO_GPU

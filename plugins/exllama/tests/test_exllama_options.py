@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from llama_api import errors
 from llama_api_exllama.options import DEFAULT_BATCH_SIZE, parse_options
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from llama_api.testing import serve
 
 httpx = pytest.importorskip("httpx")
