@@ -14,6 +14,10 @@ encodes fine in the worker but does not decode as the protocol's types).
 Generation repeats the prompt's words ("w0 w1 ...") cyclically, one word per token.
 A prompt that has the word <think> thinks: its output's leading <think>...</think> block
 comes back as reasoning (unless the request asks to keep it inline).
+A prompt with the word ONCE says its words once and stops (finish_reason "stop"), as a model
+ends its turn. A prompt with the word CALL, sent with tools, calls each tool once (only the
+forced one under a named tool_choice) with arguments {"words": <prompt word count>} sent in
+two pieces, and finishes with "tool_calls".
 Set LLAMA_API_ECHO_EVENTS to a file path to have the worker append one JSON line per
 event (start, end, cancelled) with its model, pid and time; `start` also holds what the
 core handed the backend (`request`: the normalized fields tests check).
@@ -32,7 +36,7 @@ import msgspec
 from llama_api import errors, hookimpl
 from llama_api.reasoning import ReasoningSplitter
 from llama_api.stops import StopHoldback
-from llama_api.types import BackendInfo, Delta, EmbedResult, ModelSpec, Usage
+from llama_api.types import BackendInfo, Delta, EmbedResult, ModelSpec, ToolCallDelta, Usage
 
 
 def record(event: str, model: EchoModel, **fields) -> None:
@@ -134,6 +138,8 @@ def generate(model, request, cancelled):
     if len(words) > 1000:
         raise errors.ContextLengthExceeded(
             f"prompt has {len(words)} tokens, more than the context of 1000 tokens", param="messages")
+    if "CALL" in words and request.tools and request.tool_choice != "none":
+        return echo_tool_calls(model, request, words)
     return echo_tokens(model, request, words, cancelled)
 
 
@@ -166,6 +172,9 @@ def echo_tokens(model, request, words, cancelled):
         for i in range(max_tokens):
             if cancelled.is_set():
                 return
+            if "ONCE" in words and i == len(words):
+                finish = "stop"
+                break
             if model.delay:
                 time.sleep(model.delay)
             if model.stall and i == model.stall_after:
@@ -193,6 +202,19 @@ def echo_tokens(model, request, words, cancelled):
     record("end", model, produced=produced)
     yield Delta(finish_reason=finish,
                 usage=Usage(prompt_tokens=len(words), completion_tokens=produced))
+
+
+def echo_tool_calls(model, request, words):
+    record("start", model, request=received(request))
+    names = ([request.tool_name] if request.tool_choice == "function"
+             else [tool["function"]["name"] for tool in request.tools])
+    for index, name in enumerate(names):
+        yield Delta(tool_calls=[ToolCallDelta(index=index, id=f"call_{index}", name=name,
+                                              arguments='{"words": ')])
+        yield Delta(tool_calls=[ToolCallDelta(index=index, arguments=f"{len(words)}}}")])
+    record("end", model, produced=2 * len(names))
+    yield Delta(finish_reason="tool_calls",
+                usage=Usage(prompt_tokens=len(words), completion_tokens=2 * len(names)))
 
 
 @hookimpl
