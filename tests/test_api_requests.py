@@ -121,6 +121,7 @@ BAD_FIELDS = [
     ({"presence_penalty": 2.5}, "presence_penalty"),
     ({"frequency_penalty": -3}, "frequency_penalty"),
     ({"repeat_penalty": -0.1}, "repeat_penalty"),
+    ({"repeat_penalty": 0}, "repeat_penalty"),
     ({"stop": ["s"] * 17}, "stop"),
     ({"tool_choice": "sometimes"}, "tool_choice"),
     ({"tools": [{"type": "function", "function": {"name": ""}}]}, "tools[0].function.name"),

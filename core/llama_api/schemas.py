@@ -27,6 +27,8 @@ NonNegative = Annotated[float, Meta(ge=0.0)]
 Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 Bias = Annotated[float, Meta(ge=-100.0, le=100.0)]
+# Logits are divided by it: 0 would divide by zero (1 = no penalty).
+PenaltyFactor = Annotated[float, Meta(gt=0.0)]
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):
@@ -40,7 +42,7 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     top_p: Fraction | None = None
     top_k: NonNegativeInt | None = None
     min_p: Fraction | None = None
-    repeat_penalty: NonNegative | None = None
+    repeat_penalty: PenaltyFactor | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     n: Annotated[int, Meta(ge=1, le=MAX_N)] | None = None
