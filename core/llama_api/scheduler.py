@@ -6,6 +6,9 @@
   unloaded; if every worker is busy the request waits, at most `max_queue` of them.
 - Requests for one model take its slots in FIFO order.
 - Idle workers are unloaded after their idle timeout.
+- A pinned model is never evicted nor unloaded for idleness; when every worker holds a
+  pinned model, a request for another one is refused with 409 instead of waiting forever.
+- Loads, unloads, evictions and crashes are published as events (`llama_api.events`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -20,6 +24,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from llama_api import errors
+from llama_api.events import EventBus
 from llama_api.process import WorkerProcess
 from llama_api.types import ModelSpec
 
@@ -42,9 +47,17 @@ class Settings:
     threads_per_worker: int | None = None
 
 
+class Conflict(errors.LlamaApiError):
+    """The request contradicts the server's state (every worker pinned, a model busy)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 @dataclass(eq=False)
 class Entry:
-    """A model that is loading or loaded."""
+    """A model that is loading or loaded (or, in `Scheduler.unloading`, being unloaded)."""
 
     spec: ModelSpec
     worker: WorkerProcess | None = None
@@ -53,15 +66,28 @@ class Entry:
     slots: anyio.Semaphore | None = None
     users: int = 0  # requests that hold or wait for this model's slots
     last_used: float = field(default_factory=time.monotonic)
+    process: WorkerProcess | None = None  # the process, from its start (worker: once loaded)
+    load_seconds: float | None = None
+
+    @property
+    def state(self) -> str:
+        return "loaded" if self.worker is not None else "loading"
 
     def idle_timeout(self, default: float) -> float:
         return default if self.spec.idle_timeout is None else self.spec.idle_timeout
 
 
 class Scheduler:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, events: EventBus | None = None,
+                 on_lease: Callable[[ModelSpec, WorkerProcess, float], WorkerProcess] | None = None):
         self.settings = settings
+        self.events = events or EventBus()
+        # Sees each leased worker and how long the lease waited; may hand back a wrapper.
+        self.on_lease = on_lease or (lambda spec, worker, waited: worker)
         self.entries: dict[str, Entry] = {}
+        self.unloading: dict[str, Entry] = {}
+        self.pinned: set[str] = set()  # model ids; a pin outlives unloads and crashes
+        self.failures: dict[str, str] = {}  # model id -> why its last load failed
         self._stopping = 0  # workers being unloaded still count against max_workers
         self._waiting = 0
         self._changed = anyio.Event()
@@ -91,13 +117,14 @@ class Scheduler:
     async def unload_all(self) -> None:
         async with anyio.create_task_group() as task_group:
             for entry in list(self.entries.values()):
-                task_group.start_soon(self._unload, entry)
+                task_group.start_soon(self._unload, entry, "shutdown")
 
     # -- leasing ---------------------------------------------------------------------
 
     @asynccontextmanager
     async def lease(self, spec: ModelSpec):
         """Hold one slot of a loaded worker for `spec` for the duration of a request."""
+        started = time.perf_counter()
         for attempt in range(3):
             entry = await self._claim(spec)
             try:
@@ -111,7 +138,7 @@ class Scheduler:
                 try:
                     if not entry.worker.alive and attempt < 2:
                         continue  # it died while we queued: this request never reached it
-                    yield entry.worker
+                    yield self.on_lease(spec, entry.worker, time.perf_counter() - started)
                     return
                 finally:
                     entry.last_used = time.monotonic()
@@ -136,8 +163,9 @@ class Scheduler:
             victim = self._least_recently_used_idle()
             if victim is not None:
                 log.info("unloading %s to make room for %s", victim.spec.id, spec.id)
-                await self._unload(victim)
+                await self._unload(victim, "evicted")
                 continue
+            self._refuse_if_all_pinned(spec)
             await self._wait(self._changed.wait)
 
     async def _wait(self, wait) -> None:
@@ -154,8 +182,20 @@ class Scheduler:
             self._waiting -= 1
 
     def _least_recently_used_idle(self) -> Entry | None:
-        idle = [e for e in self.entries.values() if e.users == 0 and e.ready.is_set()]
+        idle = [e for e in self.entries.values()
+                if e.users == 0 and e.ready.is_set() and e.spec.id not in self.pinned]
         return min(idle, key=lambda e: e.last_used, default=None)
+
+    def _refuse_if_all_pinned(self, spec: ModelSpec) -> None:
+        """Waiting can't help when every worker holds a loaded pinned model: say so."""
+        if self._stopping or not self.entries:
+            return
+        if all(e.spec.id in self.pinned and e.ready.is_set() for e in self.entries.values()):
+            raise Conflict(
+                f"Cannot load model {spec.id!r}: all {len(self.entries)} worker(s) hold pinned "
+                f"models ({', '.join(sorted(self.entries))}) and --max-workers is "
+                f"{self.settings.max_workers}. Unpin or unload one (POST /admin/models/ID/unpin).",
+                code="all_models_pinned")
 
     def _notify(self) -> None:
         self._changed.set()
@@ -166,7 +206,9 @@ class Scheduler:
     async def _load(self, entry: Entry) -> None:
         started = time.perf_counter()
         log.info("loading model %s (backend %s)", entry.spec.id, entry.spec.backend)
+        self.events.publish("loading", entry.spec.id, backend=entry.spec.backend)
         worker = WorkerProcess(entry.spec, self.threads_per_worker, on_exit=self._worker_exited)
+        entry.process = worker
         try:
             await worker.start(self._task_group)
         except anyio.get_cancelled_exc_class():
@@ -186,27 +228,40 @@ class Scheduler:
             else:
                 entry.worker = worker
                 entry.slots = anyio.Semaphore(worker.slots)
+                entry.load_seconds = time.perf_counter() - started
                 log.info(
                     "model %s loaded in %.2fs (pid %s, %s slot(s))",
-                    entry.spec.id, time.perf_counter() - started, worker.pid, worker.slots,
+                    entry.spec.id, entry.load_seconds, worker.pid, worker.slots,
                 )
-        if entry.error is not None and self.entries.get(entry.spec.id) is entry:
-            del self.entries[entry.spec.id]  # the next request tries again
+                self.failures.pop(entry.spec.id, None)
+                self.events.publish("loaded", entry.spec.id, pid=worker.pid, slots=worker.slots,
+                                    seconds=round(entry.load_seconds, 3))
+        if entry.error is not None:
+            self.failures[entry.spec.id] = entry.error.message
+            self.events.publish("load_failed", entry.spec.id, error=entry.error.message,
+                                seconds=round(time.perf_counter() - started, 3))
+            if self.entries.get(entry.spec.id) is entry:
+                del self.entries[entry.spec.id]  # the next request tries again
         entry.ready.set()
         self._notify()
 
-    async def _unload(self, entry: Entry) -> None:
+    async def _unload(self, entry: Entry, reason: str = "request") -> None:
+        """End the entry's worker; `reason`: "request", "idle", "evicted" or "shutdown"."""
         if self.entries.get(entry.spec.id) is entry:
             del self.entries[entry.spec.id]
         if entry.worker is None:
             return
         self._stopping += 1
+        self.unloading[entry.spec.id] = entry
         try:
             await entry.worker.stop()
         finally:
             self._stopping -= 1
+            if self.unloading.get(entry.spec.id) is entry:
+                del self.unloading[entry.spec.id]
             self._notify()
-        log.info("unloaded model %s", entry.spec.id)
+        log.info("unloaded model %s (%s)", entry.spec.id, reason)
+        self.events.publish("unloaded", entry.spec.id, reason=reason, pid=entry.worker.pid)
 
     def _worker_exited(self, worker: WorkerProcess) -> None:
         entry = self.entries.get(worker.spec.id)
@@ -214,6 +269,7 @@ class Scheduler:
             log.error("worker for %s (pid %s) died; it will be reloaded on the next request",
                       worker.spec.id, worker.pid)
             del self.entries[worker.spec.id]
+            self.events.publish("crashed", worker.spec.id, pid=worker.pid)
             self._notify()
 
     async def _unload_idle_models(self) -> None:
@@ -223,9 +279,67 @@ class Scheduler:
             for entry in list(self.entries.values()):
                 timeout = entry.idle_timeout(self.settings.idle_timeout)
                 if (timeout > 0 and entry.users == 0 and entry.ready.is_set()
+                        and entry.spec.id not in self.pinned
                         and now - entry.last_used >= timeout):
                     log.info("model %s idle for %.0fs: unloading", entry.spec.id, timeout)
-                    await self._unload(entry)
+                    await self._unload(entry, "idle")
+
+    # -- what an operator asks for ----------------------------------------------------
+
+    async def load(self, spec: ModelSpec, pin: bool = False) -> Entry:
+        """Load a model (or find it loaded) without running a request; pin it if asked."""
+        entry = await self._claim(spec)
+        try:
+            await entry.ready.wait()
+            if entry.error is not None:
+                raise entry.error
+        finally:
+            entry.users -= 1
+            entry.last_used = time.monotonic()
+            self._notify()
+        if pin:
+            self.pin(spec.id)
+        return entry
+
+    async def unload(self, model_id: str, force: bool = False) -> bool:
+        """Unload a model now (a pin goes with it); False if it wasn't loaded. A model with
+        requests running or queued is refused with 409 unless `force` (they then fail)."""
+        entry = self.entries.get(model_id)
+        if entry is not None and not entry.ready.is_set():
+            await entry.ready.wait()  # a load in progress finishes first
+            entry = self.entries.get(model_id)
+        if entry is not None and entry.users and not force:
+            raise Conflict(f"Model {model_id!r} has {entry.users} request(s) running or queued; "
+                           "retry when it is idle, or unload with {\"force\": true}.",
+                           code="model_busy")
+        self.unpin(model_id)
+        if entry is None:
+            return False
+        await self._unload(entry, "request")
+        return True
+
+    def pin(self, model_id: str) -> None:
+        if model_id not in self.pinned:
+            self.pinned.add(model_id)
+            self.events.publish("pinned", model_id)
+
+    def unpin(self, model_id: str) -> None:
+        if model_id in self.pinned:
+            self.pinned.discard(model_id)
+            self.events.publish("unpinned", model_id)
+            self._notify()  # a request waiting for a worker may now evict it
+
+    def state_of(self, model_id: str) -> str:
+        if model_id in self.unloading:
+            return "unloading"
+        entry = self.entries.get(model_id)
+        if entry is not None:
+            return entry.state
+        return "failed" if model_id in self.failures else "unloaded"
+
+    def queued(self) -> int:
+        """Requests waiting, for a slot or for a worker."""
+        return self._waiting
 
     # -- status ----------------------------------------------------------------------
 
