@@ -1,0 +1,177 @@
+"""Stored responses (the Responses API's `store`): one SQLite file in the data directory.
+
+Each row holds a response object, the input items it was asked with, and the id of the
+response it continued, so that `previous_response_id` can rebuild the conversation. The
+file is opened on first use (a server that never serves /v1/responses never touches the
+disk), in WAL mode so that readers never wait for a writer. Responses older than the TTL
+are invisible at once and deleted when the store opens and, at most once a minute, on a
+write. Reads run in a worker thread (`anyio.to_thread`), one call at a time; the one write
+per response is a single INSERT.
+Any SQLite or file-system error becomes `StoreUnavailable` (503, naming the file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from llama_api import errors
+
+FILE_NAME = "responses.sqlite3"
+PRUNE_EVERY = 60.0  # seconds between prunes on write
+MAX_CHAIN = 1000  # previous_response_id links followed at most
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    previous_id TEXT,
+    input_items TEXT NOT NULL,
+    response TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS responses_by_age ON responses (created_at);
+"""
+
+
+def default_data_dir() -> Path:
+    """Where llama-api keeps its state: $XDG_DATA_HOME/llama-api, or ~/.local/share/llama-api."""
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "llama-api"
+
+
+class StoreUnavailable(errors.LlamaApiError):
+    status = 503
+    type = "server_error"
+    code = "store_unavailable"
+
+
+class ResponseNotFound(errors.LlamaApiError):
+    status = 404
+    type = "invalid_request_error"
+
+    def __init__(self, response_id: str, param: str | None = None):
+        super().__init__(f"Response with id {response_id!r} not found.", param=param)
+
+
+class ResponsesStore:
+    """The stored responses. `ttl` in seconds; 0 keeps them until deleted."""
+
+    def __init__(self, data_dir: Path, ttl: float = 0):
+        self.path = Path(data_dir) / FILE_NAME
+        self.ttl = ttl
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._last_prune = 0.0
+
+    # -- the async API the routes use ---------------------------------------------------
+
+    async def ready(self) -> None:
+        """Open the file now (in a thread), so that a store that can't open fails first."""
+        await self._run(lambda db: None)
+
+    def put_blocking(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
+        """Keep a finished response; one small INSERT, so it runs on the caller's thread
+        (a stream renderer stores the response before it sends `response.completed`)."""
+        self._locked(self._put, response, input_items)
+
+    async def get(self, response_id: str, param: str | None = None) -> dict[str, Any]:
+        """The stored response, or ResponseNotFound."""
+        row = await self._run(self._row, response_id, "response")
+        if row is None:
+            raise ResponseNotFound(response_id, param)
+        return json.loads(row[0])
+
+    async def input_items(self, response_id: str) -> list[dict[str, Any]]:
+        row = await self._run(self._row, response_id, "input_items")
+        if row is None:
+            raise ResponseNotFound(response_id)
+        return json.loads(row[0])
+
+    async def conversation(self, response_id: str) -> list[dict[str, Any]]:
+        """The input and output items of `response_id` and every response it continued,
+        oldest first, as the next turn's history."""
+        chain = await self._run(self._chain, response_id)
+        if not chain:
+            raise ResponseNotFound(response_id, "previous_response_id")
+        return [item for input_items, response in chain
+                for item in [*input_items, *response["output"]]]
+
+    async def delete(self, response_id: str) -> None:
+        if not await self._run(self._delete, response_id):
+            raise ResponseNotFound(response_id)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    # -- in the worker thread -------------------------------------------------------------
+
+    async def _run(self, function, *args):
+        return await anyio.to_thread.run_sync(self._locked, function, *args)
+
+    def _locked(self, function, *args):
+        with self._lock:
+            try:
+                return function(self._connection(), *args)
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreUnavailable(
+                    f"The responses store {self.path} is unavailable: {exc}.") from None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")  # durable across crashes, not power cuts
+                db.execute("PRAGMA busy_timeout=2000")
+                db.executescript(SCHEMA)
+                self._prune(db)
+            except sqlite3.Error:
+                db.close()
+                raise
+            self._db = db
+        return self._db
+
+    def _oldest_kept(self) -> float:
+        return time.time() - self.ttl if self.ttl > 0 else float("-inf")
+
+    def _prune(self, db: sqlite3.Connection) -> None:
+        self._last_prune = time.monotonic()
+        if self.ttl > 0:
+            db.execute("DELETE FROM responses WHERE created_at < ?", (self._oldest_kept(),))
+
+    def _put(self, db, response, input_items) -> None:
+        if time.monotonic() - self._last_prune > PRUNE_EVERY:
+            self._prune(db)
+        db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", (
+            response["id"], response["created_at"], response.get("previous_response_id"),
+            json.dumps(input_items), json.dumps(response)))
+
+    def _row(self, db, response_id, column):
+        return db.execute(f"SELECT {column} FROM responses WHERE id = ? AND created_at >= ?",
+                          (response_id, self._oldest_kept())).fetchone()
+
+    def _chain(self, db, response_id):
+        chain, next_id = [], response_id
+        while next_id is not None and len(chain) < MAX_CHAIN:
+            row = db.execute("SELECT input_items, response, previous_id FROM responses "
+                             "WHERE id = ? AND created_at >= ?",
+                             (next_id, self._oldest_kept())).fetchone()
+            if row is None:
+                break  # a link that expired or was deleted: the conversation starts after it
+            chain.append((json.loads(row[0]), json.loads(row[1])))
+            next_id = row[2]
+        return chain[::-1]
+
+    def _delete(self, db, response_id) -> bool:
+        return db.execute("DELETE FROM responses WHERE id = ?", (response_id,)).rowcount > 0
