@@ -38,16 +38,20 @@ def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None
         return
     header = connection.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
-    token_bytes = token.strip().encode()
+    # OpenAI clients send `Authorization: Bearer <key>`; Anthropic clients `x-api-key: <key>`.
+    x_api_key = connection.headers.get("x-api-key")
+    offered = [token.strip().encode()] if scheme.lower() == "bearer" else []
+    if x_api_key is not None:
+        offered.append(x_api_key.strip().encode())
     # Compare against every key so the time taken doesn't tell which one nearly matched.
     matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(token_bytes, key)
-    if scheme.lower() != "bearer" or not matched:
-        raise errors.Unauthorized(
-            "Missing or wrong API key: send `Authorization: Bearer <key>`."
-            if header else "Missing API key: send `Authorization: Bearer <key>`."
-        )
+    for candidate in offered:
+        for key in keys:
+            matched |= hmac.compare_digest(candidate, key)
+    if not matched:
+        how = "send `Authorization: Bearer <key>` or `x-api-key: <key>`"
+        raise errors.Unauthorized(f"Missing or wrong API key: {how}."
+                                  if header or x_api_key is not None else f"Missing API key: {how}.")
 
 
 def create_app(config: ServerConfig | None = None, plugins: Plugins | None = None) -> Litestar:

@@ -13,12 +13,13 @@ from typing import Annotated
 from litestar import Controller, Request, Response, get, post
 from litestar.params import Body
 
-from llama_api.api import chat, completions, embeddings, models
+from llama_api.api import anthropic, chat, completions, embeddings, models
 from llama_api.api.choices import Choice, collect_choices, generate_choices, new_id, total_usage
 from llama_api.api.error_responses import error_shape
 from llama_api.api.http import json_response, until_done_or_disconnected
 from llama_api.api.streaming import EventStream, StreamRenderer
 from llama_api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from llama_api.schemas_anthropic import MessagesRequest
 from llama_api.types import GenerateRequest
 
 
@@ -90,10 +91,23 @@ class OpenAIController(Controller):
         return json_response(embeddings.embeddings_response(data, result))
 
 
+class AnthropicController(Controller):
+    path = "/v1"
+
+    @post("/messages", status_code=200, opt=anthropic.ROUTE_OPT,
+          summary="Create a message (Anthropic Messages API)")
+    async def messages(self, request: Request, data: Annotated[MessagesRequest, Body()]) -> Response:
+        message_id = anthropic.new_id("msg")
+        return await generation(
+            request, data.model, [anthropic.message_request(data)], stream=bool(data.stream),
+            answer=lambda choices: anthropic.message_response(message_id, data.model, choices[0]),
+            renderer=anthropic.MessageEvents(message_id, data.model))
+
+
 @get("/health", opt={"public": True}, summary="Liveness, and which models are loaded")
 async def health(request: Request) -> dict:
     state = request.app.state
     return models.health(state.scheduler, state.plugins)
 
 
-ROUTES = [OpenAIController, health]
+ROUTES = [OpenAIController, AnthropicController, health]
