@@ -15,7 +15,6 @@ from pathlib import Path
 
 from llama_api import errors
 from llama_api.chat_template import ChatTemplate
-from llama_api.types import Delta
 from llama_api_llamacpp import embeddings
 from llama_api_llamacpp.constraints import Grammars
 from llama_api_llamacpp.decode import Run
@@ -23,6 +22,7 @@ from llama_api_llamacpp.gguf_meta import EMBEDDING_ARCHS, GGUFError, read_kv, su
 from llama_api_llamacpp.options import LoadOptions, parse_options
 from llama_api_llamacpp.prompts import PromptBuilder, named_format
 from llama_api_llamacpp.sampling import request_sampling
+from llama_api_llamacpp.thinking import prompt_opens, splitter_for
 from llama_api_llamacpp.tools import tool_deltas
 
 log = logging.getLogger("llama_api_llamacpp")
@@ -137,6 +137,14 @@ class LlamaCppModel:
         formatter = named_format(spec.id, options.chat_format) if options.chat_format else None
         self.prompts = PromptBuilder(spec.id, template, formatter)
         self.grammars = Grammars(llama_cpp, self.vocab)
+        self.reasoning_tags = options.reasoning_tags
+        if self.reasoning_tags is not None:
+            self._show_tag_tokens(self.reasoning_tags)
+        # Fill in the middle: the model's prefix, suffix and middle tokens (all or none).
+        fim = (llama_cpp.llama_vocab_fim_pre(self.vocab),
+               llama_cpp.llama_vocab_fim_suf(self.vocab),
+               llama_cpp.llama_vocab_fim_mid(self.vocab))
+        self.fim_tokens = fim if min(fim) >= 0 else None
         self.info = {
             "backend": "llamacpp",
             "architecture": meta.get("architecture"),
@@ -147,6 +155,9 @@ class LlamaCppModel:
             "chat_template": self.prompts.can_chat,
             "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
             "n_parallel": options.n_parallel,
+            "reasoning_tags": [self.reasoning_tags.open, self.reasoning_tags.close]
+            if self.reasoning_tags else None,
+            "fill_in_middle": self.fim_tokens is not None,
         }
         if options.n_parallel > 1:
             from llama_api_llamacpp.batching import BatchEngine
@@ -174,6 +185,14 @@ class LlamaCppModel:
                 cached = self._piece_buf.raw[:n] if n > 0 else b""
             self._pieces[token] = cached
         return cached
+
+    def _show_tag_tokens(self, tags) -> None:
+        """Thinking tags that are special tokens of their own (which `piece` renders as
+        nothing) render as their text, so that the splitter sees them."""
+        for tag in (tags.open, tags.close):
+            ids = self.tokenize(tag, add_bos=False, special=True)
+            if len(ids) == 1 and not self.piece(ids[0]):
+                self._pieces[ids[0]] = tag.encode("utf-8")
 
     def abort_on(self, event) -> None:
         """Let llama.cpp abort the current decode when `event` is set (None: never)."""
@@ -205,36 +224,43 @@ class LlamaCppModel:
                 f"model {self.spec.id} is an embedding model ({self.info['architecture']}); "
                 "use /v1/embeddings")
         constraint = self.grammars.constraint(request)
-        tokens, stop, echo = self._prompt(request, constraint)
+        tokens, stop, echo, thinking_open = self._prompt(request, constraint)
         sampling, seed = request_sampling(request, self.sampling, self.default_seed)
+        splitter = splitter_for(request, self.reasoning_tags, thinking_open,
+                                constraint.free_form)
         run = Run(self, tokens, sampling, seed, constraint.grammar,
                   self._logit_bias(request.logit_bias),
                   stop if constraint.streams_text else [], self._limit(request, len(tokens)),
-                  request.logprobs, cancelled, echo=echo)
+                  request.logprobs, cancelled, echo=echo, splitter=splitter)
         if constraint.tool_mode is None:
             return _text_deltas(run)
         return tool_deltas(run, constraint.tool_mode, constraint.tool_name,
-                           constraint.tool_names)
+                           constraint.tool_names, parallel=constraint.parallel)
 
     def embed(self, request):
         return embeddings.embed(self, request)
 
-    def _prompt(self, request, constraint) -> tuple[list[int], list[str], str | None]:
-        """The prompt's tokens, the stop strings, and the text to echo (completions)."""
+    def _prompt(self, request, constraint) -> tuple[list[int], list[str], str | None, bool]:
+        """The prompt's tokens, the stop strings, the text to echo (completions), and
+        whether the prompt opens the model's thinking tag."""
         stop = list(request.stop)
         echo = None
+        thinking_open = False
         if request.messages is not None:
             text, format_stops = self.prompts.render(request.messages, constraint.tools,
                                                      constraint.tool_name)
             stop += format_stops
             tokens = self.prompt_tokens(text)
-        elif isinstance(request.prompt, list):
-            tokens = list(request.prompt)
-            bad = [t for t in tokens if not 0 <= t < self.n_vocab]
-            if bad:
-                raise errors.BadRequest(f"token ids out of range: {bad[:5]}", param="prompt")
+            thinking_open = self.reasoning_tags is not None and prompt_opens(
+                text, self.reasoning_tags)
+        elif request.suffix is not None:
+            tokens = self._infill_tokens(request.prompt, request.suffix)
             if request.echo:
-                echo = self.llm.detokenize(tokens).decode("utf-8", errors="replace")
+                echo = self._prompt_text(request.prompt)
+        elif isinstance(request.prompt, list):
+            tokens = self._checked_ids(request.prompt)
+            if request.echo:
+                echo = self._prompt_text(tokens)
         else:
             echo = (request.prompt or "") if request.echo else None
             tokens = self.prompt_tokens(request.prompt or "")
@@ -245,7 +271,35 @@ class LlamaCppModel:
                 f"this model's context is {self.n_ctx} tokens, but the prompt has "
                 f"{len(tokens)} tokens; shorten the prompt or load the model with a larger "
                 "n_ctx", param="messages" if request.messages is not None else "prompt")
-        return tokens, stop, echo
+        return tokens, stop, echo, thinking_open
+
+    def _checked_ids(self, ids: list[int]) -> list[int]:
+        bad = [t for t in ids if not 0 <= t < self.n_vocab]
+        if bad:
+            raise errors.BadRequest(f"token ids out of range: {bad[:5]}", param="prompt")
+        return list(ids)
+
+    def _prompt_text(self, prompt: str | list[int] | None) -> str:
+        if isinstance(prompt, list):
+            return self.llm.detokenize(prompt).decode("utf-8", errors="replace")
+        return prompt or ""
+
+    def _infill_tokens(self, prefix: str | list[int] | None, suffix: str) -> list[int]:
+        """A fill-in-the-middle prompt, laid out as llama.cpp's /infill does (prefix first):
+        [BOS] FIM_PRE prefix FIM_SUF suffix FIM_MID; the model writes the middle.
+        The texts are read as plain text: a FIM token spelled out in code stays text."""
+        if self.fim_tokens is None:
+            raise errors.NotSupported(
+                f"model {self.spec.id} can't fill in the middle: its vocabulary has no FIM "
+                "(prefix/suffix/middle) tokens", param="suffix")
+        pre, suf, mid = self.fim_tokens
+        if isinstance(prefix, list):
+            prefix_ids = self._checked_ids(prefix)
+        else:
+            prefix_ids = self.tokenize(prefix or "", add_bos=False, special=False)
+        suffix_ids = self.tokenize(suffix, add_bos=False, special=False)
+        bos = [self.lib.llama_vocab_bos(self.vocab)] if self.add_bos else []
+        return bos + [pre] + prefix_ids + [suf] + suffix_ids + [mid]
 
     def _limit(self, request, n_prompt: int) -> int:
         """Tokens to generate: never past this sequence's n_ctx."""
@@ -266,6 +320,5 @@ class LlamaCppModel:
 
 
 def _text_deltas(run):
-    for text, logprobs in run:
-        yield Delta(text=text, logprobs=logprobs)
+    yield from run
     yield run.final()

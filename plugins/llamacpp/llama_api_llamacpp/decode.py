@@ -2,7 +2,8 @@
 
 A token source yields `(token, logprobs)` pairs, and first `(PROMPT, prompt logprobs)` when
 the request echoes its prompt with logprobs. The loop turns tokens into text (whole UTF-8
-characters, stop strings held back), counts them, and decides when the choice ends.
+characters, stop strings held back, a thinking model's reasoning split from its answer),
+counts them, and decides when the choice ends.
 """
 
 from __future__ import annotations
@@ -19,10 +20,15 @@ ABORTABLE_PROMPT = 64
 
 
 class Run:
-    """One generation: iterate for (text, logprobs) pieces; then `final()` gives the last delta."""
+    """One generation: iterate for Deltas (text, reasoning, logprobs); then `final()` gives
+    the last delta.
+
+    `splitter`: a `ReasoningSplitter` when the model's thinking is split from the answer
+    (None: all of it is text).
+    """
 
     def __init__(self, model, tokens, sampling, seed, grammar, logit_bias, stop, limit,
-                 logprobs, cancelled, echo=None):
+                 logprobs, cancelled, echo=None, splitter=None):
         self.model = model
         self.tokens = tokens
         self.sampling = sampling
@@ -39,9 +45,11 @@ class Run:
         # logprobs are asked for (OpenAI's legacy completions: the first one has none).
         self.echo = echo
         self.prompt_logprobs = echo is not None and logprobs is not None
+        self.splitter = splitter
 
     @property
     def text(self) -> str:
+        """All text generated so far, thinking included (stop strings left out)."""
         return self.stream.text
 
     def final(self, finish: str | None = None) -> Delta:
@@ -60,30 +68,43 @@ class Run:
 
     def __iter__(self):
         if self.echo and not self.prompt_logprobs:
-            yield self.echo, None
+            yield Delta(text=self.echo)
         if self.limit <= 0 and not self.prompt_logprobs:
             return
         model = self.model
         vocab, is_end = model.vocab, model.lib.llama_vocab_is_eog
+        split = self.splitter.feed if self.splitter is not None else None
         source = batched_tokens(self) if model.engine is not None else plain_tokens(self)
         try:
             for token, lps in source:
                 if token is PROMPT:
-                    yield self.echo, lps
+                    yield Delta(text=self.echo, logprobs=lps)
                 elif is_end(vocab, token):  # ends the choice with `stop`; not counted
                     self.finish = "stop"
                     break
                 else:
                     text, done = self._accept(token)
-                    if text or lps:
-                        yield text, lps
+                    if split is None:
+                        if text or lps:
+                            yield Delta(text=text, logprobs=lps)
+                    else:
+                        reasoning, text = split(text) if text else ("", "")
+                        if reasoning or text or lps:
+                            yield Delta(reasoning=reasoning, text=text, logprobs=lps)
                     if done:
                         break
         finally:
             source.close()
         rest = self.stream.finish()
-        if rest:
-            yield rest, None
+        if split is None:
+            if rest:
+                yield Delta(text=rest)
+            return
+        reasoning, text = split(rest)
+        more_reasoning, more_text = self.splitter.flush()
+        reasoning, text = reasoning + more_reasoning, text + more_text
+        if reasoning or text:
+            yield Delta(reasoning=reasoning, text=text)
 
     def _accept(self, token) -> tuple[str, bool]:
         """Count a sampled token; return the text now safe to send and whether to stop."""

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from llama_api import errors
+from llama_api.reasoning import ReasoningTags
 from llama_api_llamacpp.gguf_meta import POOLING, kv_cache_bytes_per_token
+from llama_api_llamacpp.thinking import reasoning_tags
 
 log = logging.getLogger("llama_api_llamacpp")
 
@@ -40,7 +42,7 @@ PASSTHROUGH = {
 # Options this backend reads itself.
 OWN = {"n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers", "embedding", "pooling",
        "normalize", "chat_template", "chat_format", "verbose", "sampling", "max_tokens",
-       "n_parallel", "kv_cache_mb", "kv_unified"}
+       "n_parallel", "kv_cache_mb", "kv_unified", "reasoning_tags"}
 # The context the plain `Llama` object keeps when the batch engine makes its own.
 ENGINE_SIDE_CTX = 256
 
@@ -61,6 +63,7 @@ class LoadOptions:
     chat_format: str | None = None  # a llama-cpp-python format name instead
     n_batch: int = DEFAULT_N_BATCH
     kv_unified: bool = True
+    reasoning_tags: ReasoningTags | None = None  # the tags the model thinks in
 
 
 def auto_parallel(kv_per_token: int | None, n_ctx: int, budget_mb: float) -> int:
@@ -132,6 +135,7 @@ def parse_options(spec, kv: dict, meta: dict, n_threads: int | None) -> LoadOpti
     if n_parallel > 1:  # the batch engine makes its own context; keep this one small
         params["n_ctx"] = ENGINE_SIDE_CTX
 
+    chat_template = _chat_template(opts, kv)
     kv_mb = kv_per_token * n_ctx * n_parallel / 2**20 if kv_per_token is not None else None
     return LoadOptions(
         n_ctx=n_ctx,
@@ -144,10 +148,11 @@ def parse_options(spec, kv: dict, meta: dict, n_threads: int | None) -> LoadOpti
         default_seed=opts.get("seed"),
         completion_max_tokens=int(opts.get("max_tokens", 16)),
         normalize=bool(opts.get("normalize", True)),
-        chat_template=_chat_template(opts, kv),
+        chat_template=chat_template,
         chat_format=str(opts["chat_format"]) if opts.get("chat_format") else None,
         n_batch=int(opts.get("n_batch") or DEFAULT_N_BATCH),
         kv_unified=bool(opts.get("kv_unified", True)),
+        reasoning_tags=reasoning_tags(spec.id, opts.get("reasoning_tags"), chat_template),
     )
 
 

@@ -21,13 +21,23 @@ WORDS = ["▁the", "▁a", "▁hello", "▁world", "▁yes", "▁no", "▁cat", 
          "▁name", "▁answer", "▁tool", "▁call", "▁weather", "▁Paris", "▁stop", "▁STOP",
          "é", "ü", "€", "▁café", "日本", "▁", "{", "}", "\"", ":", ",", "[", "]", "<", ">",
          "|", "end", "user", "assistant", "system", "<|", "|>", "\n"]
+# Templates of models that think in tags: one that lets the model open the tag, and one
+# whose generation prompt opens it (DeepSeek-R1, Qwen3 thinking templates).
+THINK_TEMPLATE = CHATML_TEMPLATE.replace(
+    "{% endfor %}", "{% endfor %}{# answers may start with <think>...</think> #}", 1)
+THINK_OPEN_TEMPLATE = CHATML_TEMPLATE.replace("'<|assistant|>'", "'<|assistant|><think>\\n'")
+THINK_TOKENS = ["<think>", "</think>"]
+# Fill-in-the-middle control tokens, declared in the header as llama.cpp reads them.
+FIM_TOKENS = {"fim_pre": "<|fim_prefix|>", "fim_suf": "<|fim_suffix|>",
+              "fim_mid": "<|fim_middle|>"}
 LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)] + \
           [chr(c) for c in range(ord("A"), ord("Z") + 1)] + \
           [str(d) for d in range(10)]
 
 
-def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
-    """(tokens, scores, token types) of the tiny SentencePiece vocabulary."""
+def tiny_vocab(special: list[str] = ()) -> tuple[list[str], list[float], list[int]]:
+    """(tokens, scores, token types) of the tiny SentencePiece vocabulary; `special`
+    control tokens come last."""
     tokens = ["<unk>", "<s>", "</s>"]
     types = [2, 3, 3]  # unknown, control, control
     for b in range(256):
@@ -37,6 +47,8 @@ def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
         if piece not in tokens:
             tokens.append(piece)
             types.append(1)  # normal
+    tokens += special
+    types += [3] * len(special)
     scores = [0.0] * 3 + [0.0] * 256 + [-float(i) for i in range(len(tokens) - 259)]
     return tokens, scores, types
 
@@ -49,15 +61,21 @@ def write_tiny_gguf(
     n_layer: int = 2,
     n_ctx: int = 2048,
     seed: int = 0,
+    special_tokens: list[str] = (),
+    fim: bool = False,
 ) -> Path:
-    """A random-weight llama model; `embedding=True` marks it mean-pooling (embedding)."""
+    """A random-weight llama model; `embedding=True` marks it mean-pooling (embedding).
+
+    `special_tokens`: control tokens added to the vocabulary (e.g. THINK_TOKENS);
+    `fim`: adds the FIM_TOKENS and names them in the header (fill in the middle)."""
     import gguf
     import numpy as np
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    tokens, scores, types = tiny_vocab()
+    special = list(special_tokens) + (list(FIM_TOKENS.values()) if fim else [])
+    tokens, scores, types = tiny_vocab(special)
     n_vocab = len(tokens)
     n_head, n_head_kv, n_ff = 4, 2, 2 * n_embd
     head_dim = n_embd // n_head
@@ -87,6 +105,12 @@ def write_tiny_gguf(
     writer.add_add_eos_token(False)
     if chat_template:
         writer.add_chat_template(chat_template)
+    if fim:
+        keys = {"fim_pre": gguf.Keys.Tokenizer.FIM_PRE_ID,
+                "fim_suf": gguf.Keys.Tokenizer.FIM_SUF_ID,
+                "fim_mid": gguf.Keys.Tokenizer.FIM_MID_ID}
+        for name, text in FIM_TOKENS.items():
+            writer.add_uint32(keys[name], tokens.index(text))
 
     def weight(*shape, scale=0.2):
         return (rng.standard_normal(shape) * scale).astype(np.float32)

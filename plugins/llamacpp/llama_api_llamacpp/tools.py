@@ -16,8 +16,9 @@ def call_id() -> str:
 
 
 def parse_tool_calls(text: str, tool_names: set[str]) -> list[dict] | None:
-    """Tool calls in generated text (`<tool_call>{...}</tool_call>` blocks or one bare JSON
-    object), as [{"name", "arguments" (a JSON string)}]; None when the text is not a call."""
+    """Tool calls in generated text (`<tool_call>{...}</tool_call>` blocks, one bare JSON
+    object, or a JSON array of them), as [{"name", "arguments" (a JSON object, as a
+    string)}]; None when the text is not a call."""
     stripped = text.strip()
     blobs = []
     if TOOL_OPEN in stripped:
@@ -44,24 +45,40 @@ def parse_tool_calls(text: str, tool_names: set[str]) -> list[dict] | None:
             return None
         if tool_names and obj["name"] not in tool_names:
             return None
-        args = obj.get("arguments", obj.get("parameters", {}))
-        arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+        arguments = _arguments(obj.get("arguments", obj.get("parameters")))
+        if arguments is None:
+            return None
         calls.append({"name": obj["name"], "arguments": arguments})
     return calls or None
 
 
-def tool_deltas(run, mode: str, forced: str | None, names: set[str]):
-    """Deltas of a run whose answer may be a tool call.
+def _arguments(args) -> str | None:
+    """A call's arguments as a JSON object string (clients json.loads them), or None
+    when they are not an object."""
+    if args is None:
+        return "{}"
+    if isinstance(args, str):  # arguments already encoded: they must decode
+        try:
+            args = json.loads(args)
+        except ValueError:
+            return None
+    return json.dumps(args, ensure_ascii=False) if isinstance(args, dict) else None
+
+
+def tool_deltas(run, mode: str, forced: str | None, names: set[str], parallel: bool = True):
+    """Deltas of a run whose answer may be a tool call (`run` yields Deltas).
 
     `mode` "function": the grammar makes the output the arguments of `forced`, streamed
-    as they come; "required": the grammar makes it a call, sent once complete; "auto": text
-    streams, but what may be a call is held back until it is decided.
+    as they come; "required": the grammar makes it a call (an array of calls when
+    `parallel`), each sent once complete; "auto": text streams, but what may be a call is
+    held back until it is decided. Several calls are sent with indices 0, 1, 2...;
+    without `parallel` only the first one counts.
     """
     if mode == "function":
         yield Delta(tool_calls=[ToolCallDelta(index=0, id=call_id(), name=forced)])
-        for text, _ in run:
-            if text:
-                yield Delta(tool_calls=[ToolCallDelta(index=0, arguments=text)])
+        for delta in run:
+            if delta.text:
+                yield Delta(tool_calls=[ToolCallDelta(index=0, arguments=delta.text)])
         yield run.final("tool_calls" if run.finish == "stop" else run.finish)
         return
     if mode == "required":
@@ -72,17 +89,17 @@ def tool_deltas(run, mode: str, forced: str | None, names: set[str]):
             yield Delta(text=run.text)
             yield run.final()
             return
-        yield from _call_deltas(calls)
+        yield from _call_deltas(calls if parallel else calls[:1])
         yield run.final("tool_calls")
         return
     parser = AutoToolCalls(names)
-    for text, _ in run:
-        send = parser.feed(text)
-        if send:
-            yield Delta(text=send)
+    for delta in run:
+        send = parser.feed(delta.text)
+        if send or delta.reasoning:  # a thinking model's reasoning passes through
+            yield Delta(reasoning=delta.reasoning, text=send)
     calls, rest = parser.finish()
     if calls:
-        yield from _call_deltas(calls)
+        yield from _call_deltas(calls if parallel else calls[:1])
         yield run.final("tool_calls")
         return
     if rest:

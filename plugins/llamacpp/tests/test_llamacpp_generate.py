@@ -356,10 +356,27 @@ def test_forced_tool_call_streams_arguments(tiny, collect):
 @pytest.mark.parametrize("seed", [1, 2])
 def test_required_tool_call(tiny, collect, seed):
     _text, deltas = collect(tiny, messages=[{"role": "user", "content": "weather?"}],
-                           tools=TOOLS, tool_choice="required", seed=seed, max_tokens=100)
+                           tools=TOOLS, tool_choice="required", seed=seed, max_tokens=100,
+                           extra={"parallel_tool_calls": False})
     (call,) = [c for d in deltas for c in (d.tool_calls or [])]
     assert call.name in ("get_weather", "get_time")
     assert isinstance(json.loads(call.arguments), dict)
+    assert deltas[-1].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 5])
+def test_required_tool_calls_in_parallel(tiny, collect, seed):
+    # The grammar allows an array of 1..n calls; with these seeds the tiny model makes
+    # one call (seed 1) or two (2, 5), each sent with its own index.
+    _text, deltas = collect(tiny, messages=[{"role": "user", "content": "weather?"}],
+                           tools=TOOLS, tool_choice="required", seed=seed, max_tokens=300)
+    calls = [c for d in deltas for c in (d.tool_calls or [])]
+    assert [c.index for c in calls] == list(range(len(calls)))
+    assert len(calls) == (1 if seed == 1 else 2)
+    assert len({c.id for c in calls}) == len(calls)
+    for call in calls:
+        assert call.name in ("get_weather", "get_time")
+        assert isinstance(json.loads(call.arguments), dict)
     assert deltas[-1].finish_reason == "tool_calls"
 
 
@@ -400,6 +417,12 @@ def test_parse_tool_calls():
     assert parse_tool_calls("just text", names) is None
     assert parse_tool_calls('{"name": "h"}', names) is None
     assert parse_tool_calls("<tool_call>{broken", names) is None
+    # arguments are always a JSON object: encoded ones must decode, others are not calls
+    assert parse_tool_calls('{"name": "f", "arguments": "{\\"a\\": 1}"}', names) == [
+        {"name": "f", "arguments": '{"a": 1}'}]
+    assert parse_tool_calls('{"name": "f"}', names) == [{"name": "f", "arguments": "{}"}]
+    for bad in ('"not json"', '"[1]"', "[1, 2]", "3"):
+        assert parse_tool_calls('{"name": "f", "arguments": %s}' % bad, names) is None, bad
 
 
 # -- embeddings -------------------------------------------------------------------------
@@ -496,8 +519,10 @@ class FakeRun:
         self.finish = "stop"
 
     def __iter__(self):
+        from llama_api.types import Delta
+
         for piece in self.pieces:
-            yield piece, None
+            yield Delta(text=piece)
 
     @property
     def text(self):
@@ -509,10 +534,10 @@ class FakeRun:
         return Delta(finish_reason=finish or self.finish)
 
 
-def auto(pieces, names=("get_weather",)):
+def auto(pieces, names=("get_weather",), parallel=True):
     from llama_api_llamacpp.tools import tool_deltas
 
-    deltas = list(tool_deltas(FakeRun(pieces), "auto", None, set(names)))
+    deltas = list(tool_deltas(FakeRun(pieces), "auto", None, set(names), parallel=parallel))
     text = "".join(d.text for d in deltas)
     calls = [c for d in deltas for c in (d.tool_calls or [])]
     return text, calls, deltas[-1].finish_reason, deltas
@@ -529,6 +554,27 @@ def test_auto_mode_recognizes_tool_calls(pieces):
     assert finish == "tool_calls"
     assert calls[0].name == "get_weather" and json.loads(calls[0].arguments) == {"city": "Paris"}
     assert calls[0].id.startswith("call_")
+
+
+PARALLEL_CALLS = ["<tool_call>", '{"name": "get_weather", "arguments": {"city": "Paris"}}',
+                  "</tool_call>\n<tool", '_call>{"name": "get_time", "arguments": {"utc": true}}',
+                  "</tool_call>", "<tool_call>", '{"name": "get_weather", "arguments": ',
+                  '{"city": "Rome"}}</tool_call>']
+
+
+def test_auto_mode_sends_several_calls_with_their_indices():
+    text, calls, finish, _ = auto(PARALLEL_CALLS, names=("get_weather", "get_time"))
+    assert (text, finish) == ("", "tool_calls")
+    assert [(c.index, c.name) for c in calls] == [
+        (0, "get_weather"), (1, "get_time"), (2, "get_weather")]
+    assert [json.loads(c.arguments) for c in calls] == [
+        {"city": "Paris"}, {"utc": True}, {"city": "Rome"}]
+    assert len({c.id for c in calls}) == 3
+    # parallel_tool_calls false: the first call only
+    _, calls, finish, _ = auto(PARALLEL_CALLS, names=("get_weather", "get_time"),
+                               parallel=False)
+    assert [(c.index, c.name) for c in calls] == [(0, "get_weather")]
+    assert finish == "tool_calls"
 
 
 def test_auto_mode_streams_plain_text_and_holds_back_a_marker():

@@ -1,0 +1,47 @@
+"""Models that think in tags: which tags, and where a request's output starts.
+
+The tags come from the `reasoning_tags` option (`["<think>", "</think>"]`, or `false` to
+keep the thinking in the answer), else from the chat template: a template that mentions
+`<think>` and `</think>` belongs to a model that thinks in them (Qwen3, DeepSeek-R1,
+SmolLM3...). The split itself is the core's `ReasoningSplitter`.
+"""
+
+from __future__ import annotations
+
+from llama_api import errors
+from llama_api.reasoning import THINK, ReasoningSplitter, ReasoningTags
+
+
+def reasoning_tags(model_id: str, option, template_source: str | None) -> ReasoningTags | None:
+    """The model's thinking tags, or None when it doesn't think in tags."""
+    if option is False:
+        return None
+    if option is True:
+        return THINK
+    if option is not None:
+        if (not isinstance(option, (list, tuple)) or len(option) != 2
+                or not all(isinstance(tag, str) and tag for tag in option)):
+            raise errors.ModelLoadError(
+                f"{model_id}: reasoning_tags must be two non-empty strings (opening and "
+                f"closing tag, e.g. [\"<think>\", \"</think>\"]) or false, not {option!r}")
+        return ReasoningTags(*option)
+    if template_source and THINK.open in template_source and THINK.close in template_source:
+        return THINK
+    return None
+
+
+def prompt_opens(prompt: str, tags: ReasoningTags) -> bool:
+    """Whether the prompt ends inside an open tag (a generation prompt ending `<think>\\n`):
+    the output then starts in the thinking."""
+    return prompt.rstrip().endswith(tags.open)
+
+
+def splitter_for(request, tags: ReasoningTags | None, prompt_open: bool, free_form: bool):
+    """A splitter for this request's output, or None: only chat answers of a thinking model
+    that asks for the split, and only when the output is not held to JSON (a schema or a
+    tool call leaves no room to think)."""
+    if tags is None or not request.split_reasoning or request.messages is None:
+        return None
+    if not free_form:
+        return None
+    return ReasoningSplitter(tags, inside=prompt_open)
