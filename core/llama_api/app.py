@@ -19,6 +19,7 @@ from llama_api.api.error_responses import EXCEPTION_HANDLERS
 from llama_api.api.routes import ROUTES
 from llama_api.plugins import Plugins
 from llama_api.registry import Registry
+from llama_api.responses_store import ResponsesStore, default_data_dir
 from llama_api.scheduler import Scheduler, Settings
 
 log = logging.getLogger("llama_api.app")
@@ -30,6 +31,9 @@ class ServerConfig:
     config: Path | None = None
     api_keys: list[str] = field(default_factory=list)
     scheduling: Settings = field(default_factory=Settings)
+    # The Responses API's stored responses live in data_dir; kept responses_ttl seconds (0: ever).
+    data_dir: Path = field(default_factory=default_data_dir)
+    responses_ttl: float = 30 * 24 * 3600
 
 
 def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
@@ -64,12 +68,14 @@ def create_app(config: ServerConfig | None = None, plugins: Plugins | None = Non
         app.state.plugins = plugins
         app.state.registry = Registry.build(plugins, config.models_dir, config.config)
         app.state.api_keys = [key.encode() for key in config.api_keys]
+        app.state.responses = ResponsesStore(config.data_dir, config.responses_ttl)
         log.info("%d model(s) available: %s", len(app.state.registry.models),
                  ", ".join(app.state.registry.models) or "none")
         async with Scheduler(config.scheduling).running() as scheduler:
             app.state.scheduler = scheduler
             log.info("ready in %.2fs", time.perf_counter() - started)
             yield
+        app.state.responses.close()
 
     return Litestar(
         route_handlers=ROUTES,

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Literal
 
-from litestar import Controller, Request, Response, get, post
-from litestar.params import Body
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.params import Body, FromPath, FromQuery, QueryParameter
 
-from llama_api.api import anthropic, chat, completions, embeddings, models
+from llama_api.api import anthropic, chat, completions, embeddings, models, responses
 from llama_api.api.choices import Choice, collect_choices, generate_choices, new_id, total_usage
 from llama_api.api.error_responses import error_shape
 from llama_api.api.http import json_response, until_done_or_disconnected
 from llama_api.api.streaming import EventStream, StreamRenderer
 from llama_api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from llama_api.schemas_anthropic import MessagesRequest
+from llama_api.schemas_responses import MAX_INPUT_ITEMS_PAGE, ResponseRequest
 from llama_api.types import GenerateRequest
 
 
@@ -104,10 +105,38 @@ class AnthropicController(Controller):
             renderer=anthropic.MessageEvents(message_id, data.model))
 
 
+class ResponsesController(Controller):
+    path = "/v1/responses"
+
+    @post("", status_code=200, summary="Create a model response (OpenAI Responses API)")
+    async def create(self, request: Request, data: Annotated[ResponseRequest, Body()]) -> Response:
+        return await responses.create(request, data)
+
+    @get("/{response_id:str}", summary="A stored response")
+    async def retrieve(self, request: Request, response_id: FromPath[str]) -> Response:
+        return json_response(await request.app.state.responses.get(response_id))
+
+    @get("/{response_id:str}/input_items", summary="The input items of a stored response")
+    async def input_items(
+        self, request: Request, response_id: FromPath[str],
+        order: FromQuery[Literal["asc", "desc"]] = "desc",
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_INPUT_ITEMS_PAGE)] = 20,
+        after: FromQuery[str | None] = None,
+    ) -> Response:
+        items = await request.app.state.responses.input_items(response_id)
+        return json_response(responses.input_items_page(items, order=order, limit=limit,
+                                                        after=after))
+
+    @delete("/{response_id:str}", status_code=200, summary="Delete a stored response")
+    async def delete(self, request: Request, response_id: FromPath[str]) -> Response:
+        await request.app.state.responses.delete(response_id)
+        return json_response({"id": response_id, "object": "response", "deleted": True})
+
+
 @get("/health", opt={"public": True}, summary="Liveness, and which models are loaded")
 async def health(request: Request) -> dict:
     state = request.app.state
     return models.health(state.scheduler, state.plugins)
 
 
-ROUTES = [OpenAIController, AnthropicController, health]
+ROUTES = [OpenAIController, AnthropicController, ResponsesController, health]
