@@ -28,6 +28,18 @@ def discover_models(models_dir):
 
 
 @hookspec(firstresult=True)
+def estimate_memory(spec):
+    """Return the bytes loading `spec` will take, as `(host, gpu)`; None if it isn't yours.
+
+    Runs in the server process before a load, so keep it cheap (file sizes, headers).
+    Count the weights, caches and buffers, and what the backend's libraries add to a
+    process; the core adds the bare worker. Stops at the first non-None result.
+
+    :param spec: the `llama_api.types.ModelSpec` about to load.
+    """
+
+
+@hookspec(firstresult=True)
 def load_model(spec, context):
     """Load a model whose `spec.backend` is one of yours and return it; else return None.
 

@@ -7,6 +7,9 @@ A model is a `*.echo` file holding JSON options:
   fail_load    a load error message to raise
   noisy        write to fd 1 while loading and generating, as chatty C libraries do
   stall        seconds to pause before token number `stall_after` (default 0: none)
+The file's bytes are the model's "weights": the worker holds them in memory, and the
+`estimate_memory` hook says the model takes the file's size (pad the file to make a
+model that takes more).
 A prompt containing the word SILENT makes generate yield nothing at all.
 A prompt containing the word RAISE makes generate raise a RuntimeError (a backend bug);
 the word MALFORMED makes it yield a delta whose usage holds a float (a backend bug that
@@ -76,6 +79,7 @@ class EchoModel:
         self.stall = float(options.get("stall", 0))
         self.stall_after = int(options.get("stall_after", 0))
         self.info = {"delay": self.delay}
+        self.weights = b""  # the file's bytes, held as a model holds its weights
 
 
 @hookimpl
@@ -89,6 +93,16 @@ def discover_models(models_dir):
         ModelSpec(id=path.stem, backend="echo", path=str(path))
         for path in sorted(Path(models_dir).glob("*.echo"))
     ]
+
+
+@hookimpl
+def estimate_memory(spec):
+    if spec.backend != "echo":
+        return None
+    try:
+        return (Path(spec.path).stat().st_size, 0)
+    except OSError:
+        return None
 
 
 @hookimpl
@@ -107,7 +121,9 @@ def load_model(spec, context):
     for step in range(4):
         context.report(f"loading {spec.id}", step / 4)
         time.sleep(load_delay / 4)
-    return EchoModel(spec, options)
+    model = EchoModel(spec, options)
+    model.weights = Path(spec.path).read_bytes()
+    return model
 
 
 def prompt_words(request) -> list[str]:
