@@ -8,6 +8,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from litestar import Litestar
 from litestar.connection import ASGIConnection
@@ -15,8 +16,11 @@ from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 
 from llama_api import errors
+from llama_api.api.admin import OPERATOR_ROUTES
 from llama_api.api.error_responses import EXCEPTION_HANDLERS
 from llama_api.api.routes import ROUTES
+from llama_api.events import EventBus
+from llama_api.metrics import Metrics, request_middleware
 from llama_api.plugins import Plugins
 from llama_api.registry import Registry
 from llama_api.responses_store import ResponsesStore, default_data_dir
@@ -30,32 +34,67 @@ class ServerConfig:
     models_dir: Path | None = Path("models")
     config: Path | None = None
     api_keys: list[str] = field(default_factory=list)
+    # Keys for /admin (and for /metrics by default); with none, /admin is guarded like the API.
+    admin_keys: list[str] = field(default_factory=list)
+    metrics_auth: Literal["admin", "api", "none"] = "admin"  # admin: the API key if no admin key
     scheduling: Settings = field(default_factory=Settings)
     # The Responses API's stored responses live in data_dir; kept responses_ttl seconds (0: ever).
     data_dir: Path = field(default_factory=default_data_dir)
     responses_ttl: float = 30 * 24 * 3600
 
 
-def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
-    keys: list[bytes] = connection.app.state.api_keys
-    if not keys or handler.opt.get("public"):
-        return
-    header = connection.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    # OpenAI clients send `Authorization: Bearer <key>`; Anthropic clients `x-api-key: <key>`.
-    x_api_key = connection.headers.get("x-api-key")
+class Forbidden(errors.LlamaApiError):
+    status = 403
+    type = "invalid_request_error"
+    code = "admin_key_required"
+
+
+def offered_keys(connection: ASGIConnection) -> list[bytes]:
+    """OpenAI clients send `Authorization: Bearer <key>`; Anthropic clients `x-api-key: <key>`."""
+    scheme, _, token = connection.headers.get("authorization", "").partition(" ")
     offered = [token.strip().encode()] if scheme.lower() == "bearer" else []
+    x_api_key = connection.headers.get("x-api-key")
     if x_api_key is not None:
         offered.append(x_api_key.strip().encode())
+    return offered
+
+
+def matches(offered: list[bytes], keys: list[bytes]) -> bool:
     # Compare against every key so the time taken doesn't tell which one nearly matched.
     matched = False
     for candidate in offered:
         for key in keys:
             matched |= hmac.compare_digest(candidate, key)
-    if not matched:
-        how = "send `Authorization: Bearer <key>` or `x-api-key: <key>`"
-        raise errors.Unauthorized(f"Missing or wrong API key: {how}."
-                                  if header or x_api_key is not None else f"Missing API key: {how}.")
+    return matched
+
+
+def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """Each route's opt says who may call it: `public`, or `access` "api" (the default),
+    "admin" or "metrics" (as `metrics_auth` says). Admin routes need an admin key when one
+    is set (an API key alone gets 403); with none set they are guarded like the API. An
+    admin key opens the API routes too."""
+    if handler.opt.get("public"):
+        return
+    state = connection.app.state
+    access = handler.opt.get("access", "api")
+    if access == "metrics":
+        access = state.metrics_auth
+    if access == "none":
+        return
+    offered = offered_keys(connection)
+    if access == "admin" and state.admin_keys:
+        if matches(offered, state.admin_keys):
+            return
+        if matches(offered, state.api_keys):
+            raise Forbidden("This route needs an admin key; an API key is not enough.")
+        what = "admin key"
+    else:
+        if not state.api_keys or matches(offered, state.api_keys + state.admin_keys):
+            return
+        what = "API key"
+    how = f"send `Authorization: Bearer <key>` or `x-api-key: <key>` with an {what}"
+    raise errors.Unauthorized(f"Missing or wrong {what}: {how}." if offered
+                              else f"Missing {what}: {how}.")
 
 
 def create_app(config: ServerConfig | None = None, plugins: Plugins | None = None) -> Litestar:
@@ -68,17 +107,25 @@ def create_app(config: ServerConfig | None = None, plugins: Plugins | None = Non
         app.state.plugins = plugins
         app.state.registry = Registry.build(plugins, config.models_dir, config.config)
         app.state.api_keys = [key.encode() for key in config.api_keys]
+        app.state.admin_keys = [key.encode() for key in config.admin_keys]
+        app.state.metrics_auth = config.metrics_auth
+        app.state.models_dir = config.models_dir
+        app.state.events = EventBus()
+        app.state.metrics = metrics = Metrics()
+        app.state.events.listen(metrics.on_event)
         app.state.responses = ResponsesStore(config.data_dir, config.responses_ttl)
         log.info("%d model(s) available: %s", len(app.state.registry.models),
                  ", ".join(app.state.registry.models) or "none")
-        async with Scheduler(config.scheduling).running() as scheduler:
-            app.state.scheduler = scheduler
+        scheduling = Scheduler(config.scheduling, events=app.state.events, on_lease=metrics.on_lease)
+        async with scheduling.running() as scheduler:
+            app.state.scheduler = metrics.scheduler = scheduler
             log.info("ready in %.2fs", time.perf_counter() - started)
             yield
         app.state.responses.close()
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *OPERATOR_ROUTES],
+        middleware=[request_middleware],
         lifespan=[lifespan],
         guards=[api_key_guard],
         exception_handlers=EXCEPTION_HANDLERS,

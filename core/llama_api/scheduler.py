@@ -6,6 +6,9 @@
   unloaded; if every worker is busy the request waits, at most `max_queue` of them.
 - Requests for one model take its slots in FIFO order.
 - Idle workers are unloaded after their idle timeout.
+- Memory (`llama_api.memory`): a model loads only when its estimate fits beside what the
+  others hold (measured once loaded); idle unpinned ones are unloaded, least recently used
+  first, until it does. One larger than the limit is refused with 503.
 - A pinned model is never evicted nor unloaded for idleness; when every worker holds a
   pinned model, a request for another one is refused with 409 instead of waiting forever.
 - Loads, unloads, evictions and crashes are published as events (`llama_api.events`).
@@ -25,6 +28,7 @@ from anyio.abc import TaskGroup
 
 from llama_api import errors
 from llama_api.events import EventBus
+from llama_api.memory import Footprint, MemoryBudget, describe
 from llama_api.process import WorkerProcess
 from llama_api.types import ModelSpec
 
@@ -45,6 +49,10 @@ class Settings:
     idle_timeout: float = 0.0  # seconds; 0 = never
     # Threads per worker; None = the machine's cores shared among max_workers.
     threads_per_worker: int | None = None
+    # Bytes all workers together may hold, in host RAM and in VRAM (all GPUs summed);
+    # None = 90% of what is detected, unlimited where nothing is.
+    max_memory: int | None = None
+    max_gpu_memory: int | None = None
 
 
 class Conflict(errors.LlamaApiError):
@@ -68,6 +76,7 @@ class Entry:
     last_used: float = field(default_factory=time.monotonic)
     process: WorkerProcess | None = None  # the process, from its start (worker: once loaded)
     load_seconds: float | None = None
+    memory: Footprint = Footprint()  # estimated until loaded, then measured
 
     @property
     def state(self) -> str:
@@ -79,8 +88,10 @@ class Entry:
 
 class Scheduler:
     def __init__(self, settings: Settings, events: EventBus | None = None,
-                 on_lease: Callable[[ModelSpec, WorkerProcess, float], WorkerProcess] | None = None):
+                 on_lease: Callable[[ModelSpec, WorkerProcess, float], WorkerProcess] | None = None,
+                 plugins=None):
         self.settings = settings
+        self.memory = MemoryBudget.from_settings(settings, plugins)
         self.events = events or EventBus()
         # Sees each leased worker and how long the lease waited; may hand back a wrapper.
         self.on_lease = on_lease or (lambda spec, worker, waited: worker)
@@ -125,10 +136,14 @@ class Scheduler:
     async def lease(self, spec: ModelSpec):
         """Hold one slot of a loaded worker for `spec` for the duration of a request."""
         started = time.perf_counter()
+        loading = 0.0  # a load isn't queueing: the wait reported leaves it out
         for attempt in range(3):
             entry = await self._claim(spec)
             try:
-                await entry.ready.wait()
+                if not entry.ready.is_set():
+                    load_started = time.perf_counter()
+                    await entry.ready.wait()
+                    loading += time.perf_counter() - load_started
                 if entry.error is not None:
                     raise entry.error
                 if entry.slots.value == 0:
@@ -138,7 +153,8 @@ class Scheduler:
                 try:
                     if not entry.worker.alive and attempt < 2:
                         continue  # it died while we queued: this request never reached it
-                    yield self.on_lease(spec, entry.worker, time.perf_counter() - started)
+                    yield self.on_lease(spec, entry.worker,
+                                        time.perf_counter() - started - loading)
                     return
                 finally:
                     entry.last_used = time.monotonic()
@@ -150,21 +166,28 @@ class Scheduler:
 
     async def _claim(self, spec: ModelSpec) -> Entry:
         """Find or start the entry for a model and count this request as its user."""
+        need = None
         while True:
             entry = self.entries.get(spec.id)
             if entry is not None:
                 entry.users += 1
                 return entry
-            if len(self.entries) + self._stopping < self.settings.max_workers:
-                entry = Entry(spec=spec, users=1)
+            if need is None:
+                need = self.memory.estimate(spec)
+                self.memory.refuse_if_never_fits(spec.id, need)
+            if (len(self.entries) + self._stopping < self.settings.max_workers
+                    and self.memory.fits(need, self._memory_held())):
+                entry = Entry(spec=spec, users=1, memory=need)
                 self.entries[spec.id] = entry
                 self._task_group.start_soon(self._load, entry)
                 return entry
             victim = self._least_recently_used_idle()
             if victim is not None:
-                log.info("unloading %s to make room for %s", victim.spec.id, spec.id)
+                log.info("unloading %s (holding %s) to make room for %s", victim.spec.id,
+                         describe(victim.memory), spec.id)
                 await self._unload(victim, "evicted")
                 continue
+            self._refuse_if_pinned_hold_the_memory(spec, need)
             self._refuse_if_all_pinned(spec)
             await self._wait(self._changed.wait)
 
@@ -196,6 +219,26 @@ class Scheduler:
                 f"models ({', '.join(sorted(self.entries))}) and --max-workers is "
                 f"{self.settings.max_workers}. Unpin or unload one (POST /admin/models/ID/unpin).",
                 code="all_models_pinned")
+
+    def _memory_held(self) -> list[Footprint]:
+        """What the models hold (those being unloaded too): measured once loaded (RSS, read
+        now), else estimated."""
+        held = [*self.entries.values(), *self.unloading.values()]
+        for entry in held:
+            if entry.worker is not None:
+                entry.memory = self.memory.remeasure(entry.worker.pid, entry.memory)
+        return [entry.memory for entry in held]
+
+    def _refuse_if_pinned_hold_the_memory(self, spec: ModelSpec, need: Footprint) -> None:
+        """Waiting can't help when the loaded pinned models alone leave too little room."""
+        pinned = [e.memory for e in self.entries.values()
+                  if e.spec.id in self.pinned and e.ready.is_set()]
+        if pinned and not self.memory.fits(need, pinned):
+            raise Conflict(
+                f"Cannot load model {spec.id!r} (estimated {describe(need)}): the pinned models "
+                f"hold {describe(sum(pinned, Footprint()))} of the limit "
+                f"{describe(self.memory.limits)}. Unpin or unload one "
+                "(POST /admin/models/ID/unpin).", code="pinned_models_hold_memory")
 
     def _notify(self) -> None:
         self._changed.set()
@@ -229,9 +272,13 @@ class Scheduler:
                 entry.worker = worker
                 entry.slots = anyio.Semaphore(worker.slots)
                 entry.load_seconds = time.perf_counter() - started
+                estimate = entry.memory
+                entry.memory = await anyio.to_thread.run_sync(
+                    self.memory.measure, worker.pid, estimate)
                 log.info(
-                    "model %s loaded in %.2fs (pid %s, %s slot(s))",
-                    entry.spec.id, entry.load_seconds, worker.pid, worker.slots,
+                    "model %s loaded in %.2fs (pid %s, %s slot(s)); memory estimated %s, "
+                    "measured %s", entry.spec.id, entry.load_seconds, worker.pid, worker.slots,
+                    describe(estimate), describe(entry.memory),
                 )
                 self.failures.pop(entry.spec.id, None)
                 self.events.publish("loaded", entry.spec.id, pid=worker.pid, slots=worker.slots,

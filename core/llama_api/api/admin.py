@@ -1,0 +1,175 @@
+"""Routes for operators: the admin API (models, load, unload, pin, events), /metrics, /ready.
+
+Who may call them is the app's guard's business (`access` in each route's opt: "admin",
+"metrics"); see `llama_api.app.access_guard`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import anyio
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+from llama_api import errors
+from llama_api.api.http import json_response
+from llama_api.metrics import CONTENT_TYPE, process_rss_bytes
+from llama_api.scheduler import Entry, Scheduler
+from llama_api.types import ModelSpec
+
+KEEP_ALIVE_SECONDS = 15.0
+
+
+class LoadOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pin: bool = False
+
+
+class UnloadOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    force: bool = False  # unload even with requests running or queued (they fail)
+
+
+def wall_time(monotonic: float) -> float:
+    return time.time() - (time.monotonic() - monotonic)
+
+
+def model_status(spec: ModelSpec, scheduler: Scheduler) -> dict[str, Any]:
+    """One model as an operator sees it; fields that don't apply to its state are null."""
+    state = scheduler.state_of(spec.id)
+    entry: Entry | None = scheduler.entries.get(spec.id) or scheduler.unloading.get(spec.id)
+    process = entry.process if entry is not None else None
+    status: dict[str, Any] = {
+        "id": spec.id,
+        "backend": spec.backend,
+        "state": state,
+        "pinned": spec.id in scheduler.pinned,
+        "error": scheduler.failures.get(spec.id) if state == "failed" else None,
+        "progress": None,
+        "pid": process.pid if process is not None else None,
+        "rss_bytes": process_rss_bytes(process.pid) if process and process.pid else None,
+        "gpu_memory_bytes": None,  # not measured yet
+        "slots": None,
+        "slots_in_use": None,
+        "queued": None,
+        "last_used": wall_time(entry.last_used) if entry is not None else None,
+        "load_seconds": entry.load_seconds if entry is not None else None,
+    }
+    progress = getattr(process, "progress", None)  # the worker's last Progress frame
+    if state == "loading" and progress is not None:
+        status["progress"] = {"message": progress.message, "fraction": progress.fraction}
+    if entry is not None and entry.worker is not None:
+        in_use = entry.worker.slots - entry.slots.value
+        status.update(slots=entry.worker.slots, slots_in_use=in_use,
+                      queued=max(0, entry.users - in_use))
+    return status
+
+
+def decode_options(body: bytes, type_):
+    """An action's optional JSON body; an empty body means the defaults."""
+    if not body.strip():
+        return type_()
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        raise errors.BadRequest(f"Invalid request body: {exc}.", code="invalid_value") from None
+    except msgspec.DecodeError as exc:
+        raise errors.BadRequest(f"Invalid request body: not JSON ({exc}).",
+                                code="invalid_value") from None
+
+
+class AdminController(Controller):
+    path = "/admin"
+    opt = {"access": "admin"}
+
+    @get("/models", summary="Every model, with its state, worker, memory and queue")
+    async def list_models(self, request: Request) -> Response:
+        state = request.app.state
+        registry, scheduler = state.registry, state.scheduler
+        registry.rescan_if_changed()
+        return json_response({"models": [model_status(spec, scheduler)
+                                         for spec in registry.models.values()],
+                              "queued": scheduler.queued()})
+
+    @get("/models/{model_id:path}", summary="One model, as in /admin/models")
+    async def get_model(self, request: Request, model_id: str) -> Response:
+        state = request.app.state
+        spec = state.registry.resolve(model_id.lstrip("/"))
+        return json_response(model_status(spec, state.scheduler))
+
+    @post("/models/{target:path}", status_code=200,
+          summary="POST /admin/models/ID/load ({\"pin\": true} pins it too), .../unload "
+                  "(409 while it serves, unless {\"force\": true}), .../pin, .../unpin")
+    async def act(self, request: Request, target: str) -> Response:
+        # One route for the four actions: a model id may hold slashes, and a `path`
+        # parameter can only come last in a Litestar route.
+        model_id, _, action = target.strip("/").rpartition("/")
+        if action not in ("load", "unload", "pin", "unpin") or not model_id:
+            raise errors.HTTPRefusal(
+                f"No route POST {request.url.path}: the actions are "
+                "/admin/models/ID/load, /unload, /pin and /unpin.", status=404)
+        state = request.app.state
+        spec = state.registry.resolve(model_id)
+        scheduler = state.scheduler
+        body = await request.body()
+        if action == "load":
+            await scheduler.load(spec, pin=decode_options(body, LoadOptions).pin)
+        elif action == "unload":
+            await scheduler.unload(spec.id, force=decode_options(body, UnloadOptions).force)
+        elif action == "pin":
+            scheduler.pin(spec.id)
+        else:
+            scheduler.unpin(spec.id)
+        return json_response(model_status(spec, scheduler))
+
+    @get("/events", summary="Server-sent events: loads, unloads, evictions, crashes, pins")
+    async def events(self, request: Request) -> ServerSentEvent:
+        bus = request.app.state.events
+
+        async def stream():
+            async with bus.subscribe() as subscription:
+                # Subscribed: whatever happens from now on reaches this client.
+                yield ServerSentEventMessage(comment="connected")
+                while True:
+                    with anyio.move_on_after(KEEP_ALIVE_SECONDS) as waited:
+                        event = await subscription.next()
+                    if waited.cancelled_caught:
+                        yield ServerSentEventMessage(comment="keep-alive")
+                        continue
+                    yield ServerSentEventMessage(event=event.kind,
+                                                 data=msgspec.json.encode(event.as_dict()).decode())
+
+        return ServerSentEvent(stream(), headers={"Cache-Control": "no-cache",
+                                                  "X-Accel-Buffering": "no"})
+
+
+@get("/metrics", opt={"access": "metrics"}, summary="Prometheus metrics (text format)",
+     include_in_schema=True)
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE)
+
+
+def readiness_problems(plugins, models_dir) -> list[str]:
+    problems = [f"plugin {name} failed to load: {error}" for name, error in plugins.broken.items()]
+    if not plugins.names():
+        problems.append("no backend plugin is installed")
+    if models_dir is not None:
+        if not os.path.isdir(models_dir):
+            problems.append(f"the models folder {models_dir} is missing")
+        elif not os.access(models_dir, os.R_OK | os.X_OK):
+            problems.append(f"the models folder {models_dir} is not readable")
+    return problems
+
+
+@get("/ready", opt={"public": True}, summary="Readiness: plugins loaded, models folder readable")
+async def ready(request: Request) -> Response:
+    state = request.app.state
+    problems = readiness_problems(state.plugins, state.models_dir)
+    body = {"status": "not ready" if problems else "ready", "problems": problems}
+    return Response(msgspec.json.encode(body), media_type="application/json",
+                    status_code=503 if problems else 200)
+
+
+OPERATOR_ROUTES = [AdminController, metrics, ready]

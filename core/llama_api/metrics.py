@@ -1,0 +1,280 @@
+"""What the server measures, and the one log line per request.
+
+- `Metrics`: the Prometheus instruments in a registry of this app's own (tests build several
+  apps in one process), fed by three sources: the request middleware (requests, durations,
+  tokens), the scheduler's lease hook (queue wait, time to first token, tokens/s through
+  `MeteredWorker`) and the lifecycle events (loads, unloads, evictions, crashes). Gauges that
+  describe the present (running and waiting requests, worker memory) are read at scrape time.
+- `request_middleware`: times each request, records it, and logs one line for it.
+
+Labels stay low-cardinality: `route` is the route's template, `model` a registry id (set by
+the scheduler when it leases a worker, never the client's string).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import aclosing
+from contextvars import ContextVar
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+
+from llama_api.events import Event
+from llama_api.types import Delta, ModelSpec
+
+log = logging.getLogger("llama_api.requests")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Routes polled by probes and scrapers: their lines go to DEBUG, not to every INFO log.
+QUIET_ROUTES = {"/health", "/ready", "/metrics"}
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+RATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+class RequestRecord:
+    """What one HTTP request did; the middleware opens it, the scheduler and worker fill it."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.model = ""
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.first_token: float | None = None  # seconds from the start
+        self.last_token: float | None = None
+
+    def delta(self, delta: Delta) -> None:
+        if delta.text or delta.reasoning or delta.tool_calls:
+            now = time.perf_counter() - self.started
+            if self.first_token is None:
+                self.first_token = now
+            self.last_token = now
+        if delta.usage is not None:  # one per generation: the last delta's
+            self.prompt_tokens += delta.usage.prompt_tokens
+            self.completion_tokens += delta.usage.completion_tokens
+
+    def tokens_per_second(self) -> float | None:
+        """Generation speed after the first token (None for one token or none)."""
+        if self.first_token is None or self.completion_tokens < 2:
+            return None
+        span = self.last_token - self.first_token
+        return (self.completion_tokens - 1) / span if span > 0 else None
+
+
+CURRENT_REQUEST: ContextVar[RequestRecord | None] = ContextVar("llama_api_request", default=None)
+
+
+class MeteredWorker:
+    """A leased worker as a request sees it: the same worker, whose output is also counted
+    on the request's record."""
+
+    def __init__(self, worker, record: RequestRecord):
+        self._worker = worker
+        self._record = record
+
+    def __getattr__(self, name):
+        return getattr(self._worker, name)
+
+    async def generate(self, request):
+        # aclosing: leaving early closes the worker's stream at once (it cancels in the worker).
+        async with aclosing(self._worker.generate(request)) as deltas:
+            async for delta in deltas:
+                self._record.delta(delta)
+                yield delta
+
+    async def embed(self, request):
+        result = await self._worker.embed(request)
+        self._record.prompt_tokens += result.prompt_tokens
+        return result
+
+
+def process_rss_bytes(pid: int) -> int | None:
+    """Resident memory of a process and its descendants (Linux /proc; None elsewhere)."""
+    total, seen, pending = 0, set(), [pid]
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+            for task in os.listdir(f"/proc/{current}/task"):
+                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
+                pending.extend(int(child) for child in children)
+        except (OSError, ValueError):
+            if current == pid:
+                return None
+    return total
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.scheduler = None  # set when the app starts; read at scrape time
+        r = self.registry
+        self.requests = Counter("llama_api_requests", "HTTP requests answered",
+                                ["method", "route", "model", "status"], registry=r)
+        self.duration = Histogram("llama_api_request_duration_seconds",
+                                  "Time from request to the end of the answer",
+                                  ["route", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_wait = Histogram("llama_api_queue_wait_seconds",
+                                    "Time a request waited for a worker or a slot (not loads)",
+                                    ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.first_token = Histogram("llama_api_time_to_first_token_seconds",
+                                     "Time from request to the first generated token",
+                                     ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("llama_api_prompt_tokens", "Prompt tokens read",
+                                     ["model"], registry=r)
+        self.generated_tokens = Counter("llama_api_generated_tokens", "Tokens generated",
+                                        ["model"], registry=r)
+        self.tokens_per_second = Histogram("llama_api_generation_tokens_per_second",
+                                           "Generation speed of a request after its first token",
+                                           ["model"], buckets=RATE_BUCKETS, registry=r)
+        self.loads = Counter("llama_api_model_loads", "Model loads, by result",
+                             ["model", "result"], registry=r)
+        self.load_seconds = Histogram("llama_api_model_load_seconds", "Time a model took to load",
+                                      ["model"], buckets=LOAD_BUCKETS, registry=r)
+        self.unloads = Counter("llama_api_model_unloads",
+                               "Models unloaded, by reason (request, idle, evicted, shutdown)",
+                               ["model", "reason"], registry=r)
+        self.evictions = Counter("llama_api_model_evictions",
+                                 "Models unloaded to make room for another", ["model"], registry=r)
+        self.crashes = Counter("llama_api_worker_crashes", "Workers that died while loaded",
+                               ["model"], registry=r)
+        r.register(_SchedulerGauges(self))
+
+    # -- sources ---------------------------------------------------------------------
+
+    def on_lease(self, spec: ModelSpec, worker, waited: float):
+        """The scheduler's lease hook: the wait, and the worker counted on the request."""
+        self.queue_wait.labels(spec.id).observe(waited)
+        record = CURRENT_REQUEST.get()
+        if record is None:  # not in an HTTP request (an admin load, a test)
+            return worker
+        record.model = spec.id
+        return MeteredWorker(worker, record)
+
+    def on_event(self, event: Event) -> None:
+        match event.kind:
+            case "loaded":
+                self.loads.labels(event.model, "ok").inc()
+                self.load_seconds.labels(event.model).observe(event.fields["seconds"])
+            case "load_failed":
+                self.loads.labels(event.model, "failed").inc()
+            case "unloaded":
+                self.unloads.labels(event.model, event.fields["reason"]).inc()
+                if event.fields["reason"] == "evicted":
+                    self.evictions.labels(event.model).inc()
+            case "crashed":
+                self.crashes.labels(event.model).inc()
+
+    def on_request(self, method: str, route: str, status: int, record: RequestRecord,
+                   seconds: float) -> None:
+        model = record.model
+        self.requests.labels(method, route, model, str(status)).inc()
+        self.duration.labels(route, model).observe(seconds)
+        if not model:
+            return
+        if record.prompt_tokens:
+            self.prompt_tokens.labels(model).inc(record.prompt_tokens)
+        if record.completion_tokens:
+            self.generated_tokens.labels(model).inc(record.completion_tokens)
+        if record.first_token is not None:
+            self.first_token.labels(model).observe(record.first_token)
+        rate = record.tokens_per_second()
+        if rate is not None:
+            self.tokens_per_second.labels(model).observe(rate)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _SchedulerGauges:
+    """Gauges read from the scheduler when scraped: requests running and waiting, memory."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def describe(self):
+        return []  # known only at scrape time
+
+    def collect(self):
+        running = GaugeMetricFamily("llama_api_requests_running",
+                                    "Requests holding a slot of the model", labels=["model"])
+        waiting = GaugeMetricFamily("llama_api_requests_waiting",
+                                    "Requests queued for a slot of the model", labels=["model"])
+        loaded = GaugeMetricFamily("llama_api_model_loaded",
+                                   "1 for each model loaded now", labels=["model"])
+        pinned = GaugeMetricFamily("llama_api_model_pinned",
+                                   "1 for each pinned model", labels=["model"])
+        rss = GaugeMetricFamily("llama_api_worker_rss_bytes",
+                                "Resident memory of the model's worker and its children",
+                                labels=["model"])
+        scheduler = self.metrics.scheduler
+        if scheduler is not None:
+            for model_id, entry in scheduler.loaded().items():
+                in_use = entry.worker.slots - entry.slots.value
+                running.add_metric([model_id], in_use)
+                waiting.add_metric([model_id], max(0, entry.users - in_use))
+                loaded.add_metric([model_id], 1)
+                memory = process_rss_bytes(entry.worker.pid) if entry.worker.pid else None
+                if memory is not None:
+                    rss.add_metric([model_id], memory)
+            for model_id in sorted(scheduler.pinned):
+                pinned.add_metric([model_id], 1)
+        return [running, waiting, loaded, pinned, rss]
+
+
+def request_middleware(app):
+    """ASGI middleware (inside routing, so the route template is known): time each request,
+    count it in the app's metrics, and log one line for it. The line never holds headers."""
+
+    async def middleware(scope, receive, send):
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        record = RequestRecord()
+        status = 500  # unless a response starts
+        token = CURRENT_REQUEST.set(record)
+
+        async def send_and_note_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_and_note_status)
+        finally:
+            CURRENT_REQUEST.reset(token)
+            seconds = time.perf_counter() - record.started
+            route = scope.get("path_template") or "unmatched"
+            metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
+            if metrics is not None:
+                metrics.on_request(scope["method"], route, status, record, seconds)
+            log_request(scope["method"], route, status, record, seconds)
+
+    return middleware
+
+
+def log_request(method: str, route: str, status: int, record: RequestRecord,
+                seconds: float) -> None:
+    ttft = "-" if record.first_token is None else f"{record.first_token:.3f}s"
+    log.log(logging.DEBUG if route in QUIET_ROUTES else logging.INFO,
+            "%s %s %s model=%s prompt_tokens=%d completion_tokens=%d ttft=%s total=%.3fs",
+            method, route, status, record.model or "-", record.prompt_tokens,
+            record.completion_tokens, ttft, seconds,
+            extra={"request": {"method": method, "route": route, "status": status,
+                               "model": record.model or None,
+                               "prompt_tokens": record.prompt_tokens,
+                               "completion_tokens": record.completion_tokens,
+                               "ttft": record.first_token, "seconds": round(seconds, 4)}})
