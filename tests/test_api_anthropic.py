@@ -83,9 +83,12 @@ def test_tool_use_with_any_and_with_a_named_tool(client, events_file):
     body = post(client, messages=user("CALL now"), tools=TOOLS,
                 tool_choice={"type": "tool", "name": "get_time"}).json()
     assert [b["name"] for b in body["content"]] == ["get_time"]
+    post(client, messages=user("CALL now"), tools=TOOLS,
+         tool_choice={"type": "any", "disable_parallel_tool_use": True})
     requests = [e["request"] for e in read_events(events_file) if e["event"] == "start"]
     assert [(r["tool_choice"], r.get("tool_name")) for r in requests] == [
-        ("required", None), ("function", "get_time")]
+        ("required", None), ("function", "get_time"), ("required", None)]
+    assert [r.get("extra") for r in requests] == [None, None, {"parallel_tool_calls": False}]
     assert requests[0]["tools"][0] == {"type": "function", "function": {
         "name": "get_weather", "description": "Weather in a city",
         "parameters": TOOLS[0]["input_schema"]}}
@@ -138,6 +141,17 @@ def test_a_streamed_tool_call_is_a_tool_use_block_fed_json(shared_client):
     assert {p["type"] for p in pieces} == {"input_json_delta"} and len(pieces) == 2
     assert json.loads("".join(p["partial_json"] for p in pieces)) == {"words": 1}
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+    # Two calls in one answer are two blocks, each fed its own arguments.
+    events = sse(post(shared_client, stream=True, messages=user("CALL"), tools=TOOLS,
+                      tool_choice={"type": "any"}))
+    blocks = {d["index"]: d["content_block"]["name"] for n, d in events
+              if n == "content_block_start"}
+    assert blocks == {0: "get_weather", 1: "get_time"}
+    for index in blocks:
+        arguments = "".join(d["delta"]["partial_json"] for n, d in events
+                            if n == "content_block_delta" and d["index"] == index)
+        assert json.loads(arguments) == {"words": 1}
+    assert [d["index"] for n, d in events if n == "content_block_stop"] == [0, 1]
 
 
 def test_streamed_thinking_then_text_are_two_blocks(shared_client):

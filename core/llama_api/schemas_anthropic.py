@@ -85,7 +85,7 @@ class ToolChoiceTool(msgspec.Struct, tag="tool", tag_field="type", kw_only=True)
 
 
 class ToolChoiceNone(msgspec.Struct, tag="none", tag_field="type", kw_only=True):
-    pass
+    disable_parallel_tool_use: bool | None = None  # meaningless here; read like the others
 
 
 class Metadata(msgspec.Struct, kw_only=True):

@@ -48,6 +48,7 @@ def new_id(prefix: str) -> str:
 
 def message_request(body: MessagesRequest) -> GenerateRequest:
     tools, tool_choice, tool_name = tool_fields(body)
+    one_call = bool(body.tool_choice and body.tool_choice.disable_parallel_tool_use)
     return GenerateRequest(
         messages=conversation(body),
         max_tokens=body.max_tokens,
@@ -58,6 +59,8 @@ def message_request(body: MessagesRequest) -> GenerateRequest:
         tools=tools,
         tool_choice=tool_choice,
         tool_name=tool_name,
+        # Backends that can make several calls in one answer read this (as for chat).
+        extra={"parallel_tool_calls": False} if one_call else {},
     )
 
 
