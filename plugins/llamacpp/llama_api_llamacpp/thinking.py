@@ -2,8 +2,9 @@
 
 The tags come from the `reasoning_tags` option (`["<think>", "</think>"]`, or `false` to
 keep the thinking in the answer), else from the chat template: a template that mentions
-`<think>` and `</think>` belongs to a model that thinks in them (Qwen3, DeepSeek-R1,
-SmolLM3...). The split itself is the core's `ReasoningSplitter`.
+`</think>` belongs to a model that thinks in `<think>` tags (Qwen3, DeepSeek-R1 and SmolLM3
+templates drop earlier answers' thinking with it; some never spell the opening tag). The
+split itself is the core's `ReasoningSplitter`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def reasoning_tags(model_id: str, option, template_source: str | None) -> Reason
                 f"{model_id}: reasoning_tags must be two non-empty strings (opening and "
                 f"closing tag, e.g. [\"<think>\", \"</think>\"]) or false, not {option!r}")
         return ReasoningTags(*option)
-    if template_source and THINK.open in template_source and THINK.close in template_source:
+    if template_source and THINK.close in template_source:
         return THINK
     return None
 

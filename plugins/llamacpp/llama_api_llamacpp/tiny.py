@@ -22,10 +22,11 @@ WORDS = ["▁the", "▁a", "▁hello", "▁world", "▁yes", "▁no", "▁cat", 
          "é", "ü", "€", "▁café", "日本", "▁", "{", "}", "\"", ":", ",", "[", "]", "<", ">",
          "|", "end", "user", "assistant", "system", "<|", "|>", "\n"]
 # Templates of models that think in tags: one that lets the model open the tag, and one
-# whose generation prompt opens it (DeepSeek-R1, Qwen3 thinking templates).
-THINK_TEMPLATE = CHATML_TEMPLATE.replace(
-    "{% endfor %}", "{% endfor %}{# answers may start with <think>...</think> #}", 1)
-THINK_OPEN_TEMPLATE = CHATML_TEMPLATE.replace("'<|assistant|>'", "'<|assistant|><think>\\n'")
+# whose generation prompt opens it; both drop the thinking of earlier answers, as
+# DeepSeek-R1's and Qwen3's templates do.
+THINK_TEMPLATE = CHATML_TEMPLATE.replace("message['content']",
+                                         "message['content'].split('</think>')[-1]")
+THINK_OPEN_TEMPLATE = THINK_TEMPLATE.replace("'<|assistant|>'", "'<|assistant|><think>\\n'")
 THINK_TOKENS = ["<think>", "</think>"]
 # Fill-in-the-middle control tokens, declared in the header as llama.cpp reads them.
 FIM_TOKENS = {"fim_pre": "<|fim_prefix|>", "fim_suf": "<|fim_suffix|>",

@@ -422,7 +422,7 @@ def test_parse_tool_calls():
         {"name": "f", "arguments": '{"a": 1}'}]
     assert parse_tool_calls('{"name": "f"}', names) == [{"name": "f", "arguments": "{}"}]
     for bad in ('"not json"', '"[1]"', "[1, 2]", "3"):
-        assert parse_tool_calls('{"name": "f", "arguments": %s}' % bad, names) is None, bad
+        assert parse_tool_calls(f'{{"name": "f", "arguments": {bad}}}', names) is None, bad
 
 
 # -- embeddings -------------------------------------------------------------------------
