@@ -9,6 +9,7 @@ import sqlite3
 
 import openai
 import pytest
+
 from llama_api_echo import read_events
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
@@ -283,6 +284,7 @@ def test_a_conversation_survives_a_restart_and_reaches_the_backend(start_app, tm
         assert second.text.format.type == "json_schema"
         third = oai.responses.create(model="fast", input="green", previous_response_id=second.id,
                                      text={"format": {"type": "json_object"}})
+        assert third.status == "completed"  # "ONCE" in the history ends the echo's turn
     received = [e["request"] for e in read_events(events_file) if e["event"] == "start"]
     assert received[0]["contents"] == ["sys", "red ONCE"]
     assert (received[0]["temperature"], received[0]["top_p"], received[0]["max_tokens"]) == (

@@ -133,8 +133,8 @@ class ResponseEvents:
 
     def failed(self, exc: errors.LlamaApiError) -> Event:
         """`response.failed`, with what was generated before the error."""
-        for _ in self._close("incomplete"):
-            pass
+        if self.open is not None:  # cut short; only this one event goes out
+            self.open["status"], self.open = "incomplete", None
         error = {"code": error_code(exc), "message": exc.message}
         return self.event("response.failed", response=self.response("failed", error=error))
 
@@ -186,13 +186,12 @@ class ResponseEvents:
     def _where(self) -> dict[str, Any]:
         return {"item_id": self.open["id"], "output_index": len(self.output) - 1}
 
-    def _close(self, status: str | None = None) -> Iterator[Event]:
-        """End the open item: its done events; `status` defaults from the finish reason."""
+    def _close(self) -> Iterator[Event]:
+        """End the open item with its done events; cut short if the output hit its limit."""
         item, self.open = self.open, None
         if item is None:
             return
-        item["status"] = status or ("incomplete" if self.finish_reason == "length"
-                                    else "completed")
+        item["status"] = "incomplete" if self.finish_reason == "length" else "completed"
         where = {"item_id": item["id"], "output_index": self.output.index(item)}
         if item["type"] == "function_call":
             yield self.event("response.function_call_arguments.done", **where,

@@ -1,0 +1,128 @@
+"""The Responses renderer and its error shape on the streaming path, without HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+
+from llama_api import errors
+from llama_api.api.responses import ResponseErrors
+from llama_api.api.responses_output import ResponseEvents
+from llama_api.api.streaming import EventStream
+from llama_api.responses_store import StoreUnavailable
+from llama_api.types import Delta, ToolCallDelta, Usage
+
+
+def stream_body(generate, events: ResponseEvents) -> list[dict]:
+    """Drive an EventStream as an ASGI server would; the events' data, in order."""
+    sent = []
+
+    async def receive():
+        await anyio.sleep_forever()
+
+    async def send(message):
+        sent.append(message)
+
+    anyio.run(EventStream(generate, 1, events, ResponseErrors(events)).serve,
+              {"type": "http"}, receive, send)
+    body = b"".join(m.get("body", b"") for m in sent[1:]).decode()
+    return [json.loads(block.split("data: ", 1)[1]) for block in body.strip().split("\n\n")]
+
+
+def test_a_new_kind_of_output_closes_the_item_before_it():
+    events = ResponseEvents({"model": "m"})
+    deltas = [Delta(reasoning="think"), Delta(text="say"),
+              Delta(tool_calls=[ToolCallDelta(index=0, id="c0", name="f", arguments="{}")]),
+              Delta(text="more", finish_reason="stop", usage=Usage(prompt_tokens=1,
+                                                                   completion_tokens=4))]
+    types = [e.data["type"] for d in deltas for e in events.delta(0, d)]
+    types += [e.data["type"] for e in events.finish([])]
+    assert types == [
+        "response.output_item.added", "response.content_part.added",
+        "response.reasoning_text.delta",
+        "response.reasoning_text.done", "response.content_part.done",
+        "response.output_item.done",
+        "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.output_item.added", "response.function_call_arguments.delta",
+        "response.function_call_arguments.done", "response.output_item.done",
+        "response.output_item.added", "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done", "response.content_part.done", "response.output_item.done",
+        "response.completed"]
+    response = events.complete()
+    assert [item["type"] for item in response["output"]] == [
+        "reasoning", "message", "function_call", "message"]
+    assert response["usage"]["total_tokens"] == 5
+
+
+def test_an_error_mid_stream_is_response_failed_with_what_was_made():
+    async def generate(emit):
+        await emit(0, Delta(text="half"))
+        raise errors.WorkerCrashed("the worker stopped")
+
+    events = stream_body(generate, ResponseEvents({"model": "m"}))
+    assert [e["type"] for e in events][:2] == ["response.created", "response.in_progress"]
+    failed = events[-1]
+    assert failed["type"] == "response.failed"
+    assert failed["response"]["status"] == "failed"
+    assert failed["response"]["error"] == {"code": "server_error",
+                                           "message": "the worker stopped"}
+    assert failed["response"]["output"][0]["content"][0]["text"] == "half"
+    assert failed["response"]["output"][0]["status"] == "incomplete"
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+
+
+def test_a_store_that_fails_at_the_end_fails_the_response_instead_of_completing_it():
+    def keep(response):
+        raise StoreUnavailable("The responses store /x/responses.sqlite3 is unavailable: "
+                               "disk I/O error.")
+
+    async def generate(emit):
+        await emit(0, Delta(text="done", finish_reason="stop"))
+
+    events = stream_body(generate, ResponseEvents({"model": "m"}, keep=keep))
+    assert "response.completed" not in [e["type"] for e in events]
+    assert events[-2]["type"] == "response.output_item.done"
+    assert events[-1]["type"] == "response.failed"
+    assert "/x/responses.sqlite3" in events[-1]["response"]["error"]["message"]
+
+
+def test_a_stream_without_a_finish_reason_completes():
+    async def generate(emit):
+        await emit(0, Delta(text="a"))
+
+    events = stream_body(generate, ResponseEvents({"model": "m"}))
+    assert events[-1]["type"] == "response.completed"
+    assert events[-1]["response"]["output"][0]["status"] == "completed"
+
+
+def test_the_store_follows_previous_ids_and_a_missing_link_cuts_the_conversation(tmp_path):
+    from llama_api.responses_store import ResponseNotFound, ResponsesStore
+
+    store = ResponsesStore(tmp_path)
+
+    def said(text):
+        return {"type": "message", "role": "user", "content": [{"type": "input_text",
+                                                                 "text": text}]}
+
+    for n, previous in ((1, None), (2, "r1"), (3, "r2")):
+        store.put_blocking({"id": f"r{n}", "created_at": 1e10, "previous_response_id": previous,
+                            "output": [said(f"out{n}")]}, [said(f"in{n}")])
+
+    def texts(response_id):
+        items = anyio.run(store.conversation, response_id)
+        return [item["content"][0]["text"] for item in items]
+
+    assert texts("r3") == ["in1", "out1", "in2", "out2", "in3", "out3"]
+    anyio.run(store.delete, "r2")
+    assert texts("r3") == ["in3", "out3"]
+    try:
+        anyio.run(store.conversation, "r2")
+    except ResponseNotFound as exc:
+        assert exc.status == 404 and exc.param == "previous_response_id"
+    else:
+        raise AssertionError("a deleted response continued")
+    store.close()
