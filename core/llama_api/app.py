@@ -116,7 +116,7 @@ def create_app(config: ServerConfig | None = None, plugins: Plugins | None = Non
         app.state.responses = ResponsesStore(config.data_dir, config.responses_ttl)
         log.info("%d model(s) available: %s", len(app.state.registry.models),
                  ", ".join(app.state.registry.models) or "none")
-        scheduling = Scheduler(config.scheduling, events=app.state.events, on_lease=metrics.on_lease)
+        scheduling = Scheduler(config.scheduling, events=app.state.events, observer=metrics)
         async with scheduling.running() as scheduler:
             app.state.scheduler = metrics.scheduler = scheduler
             log.info("ready in %.2fs", time.perf_counter() - started)

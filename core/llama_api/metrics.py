@@ -25,6 +25,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 
 from llama_api.events import Event
+from llama_api.scheduler import LeaseObserver
 from llama_api.types import Delta, ModelSpec
 
 log = logging.getLogger("llama_api.requests")
@@ -116,7 +117,7 @@ def process_rss_bytes(pid: int) -> int | None:
     return total
 
 
-class Metrics:
+class Metrics(LeaseObserver):
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.scheduler = None  # set when the app starts; read at scrape time
@@ -154,14 +155,17 @@ class Metrics:
 
     # -- sources ---------------------------------------------------------------------
 
-    def on_lease(self, spec: ModelSpec, worker, waited: float):
-        """The scheduler's lease hook: the wait, and the worker counted on the request."""
+    def leasing(self, spec: ModelSpec) -> None:
+        """The scheduler's LeaseObserver: a request asks for a model (known to the registry)."""
+        record = CURRENT_REQUEST.get()
+        if record is not None:
+            record.model = spec.id
+
+    def leased(self, spec: ModelSpec, worker, waited: float):
+        """... and holds a slot after `waited` seconds: its output is counted from now on."""
         self.queue_wait.labels(spec.id).observe(waited)
         record = CURRENT_REQUEST.get()
-        if record is None:  # not in an HTTP request (an admin load, a test)
-            return worker
-        record.model = spec.id
-        return MeteredWorker(worker, record)
+        return worker if record is None else MeteredWorker(worker, record)
 
     def on_event(self, event: Event) -> None:
         match event.kind:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -55,6 +54,17 @@ class Settings:
     max_gpu_memory: int | None = None
 
 
+class LeaseObserver:
+    """Told about each lease (the metrics are one): `leasing` when a request asks for a model,
+    `leased` once it holds a slot, with the time it queued; `leased` may wrap the worker."""
+
+    def leasing(self, spec: ModelSpec) -> None:
+        pass
+
+    def leased(self, spec: ModelSpec, worker: WorkerProcess, waited: float) -> WorkerProcess:
+        return worker
+
+
 class Conflict(errors.LlamaApiError):
     """The request contradicts the server's state (every worker pinned, a model busy)."""
 
@@ -76,7 +86,7 @@ class Entry:
     last_used: float = field(default_factory=time.monotonic)
     process: WorkerProcess | None = None  # the process, from its start (worker: once loaded)
     load_seconds: float | None = None
-    memory: Footprint = Footprint()  # estimated until loaded, then measured
+    memory: Footprint = field(default_factory=Footprint)  # estimated, then measured once loaded
 
     @property
     def state(self) -> str:
@@ -88,13 +98,12 @@ class Entry:
 
 class Scheduler:
     def __init__(self, settings: Settings, events: EventBus | None = None,
-                 on_lease: Callable[[ModelSpec, WorkerProcess, float], WorkerProcess] | None = None,
+                 observer: LeaseObserver | None = None,
                  plugins=None):
         self.settings = settings
         self.memory = MemoryBudget.from_settings(settings, plugins)
         self.events = events or EventBus()
-        # Sees each leased worker and how long the lease waited; may hand back a wrapper.
-        self.on_lease = on_lease or (lambda spec, worker, waited: worker)
+        self.observer = observer or LeaseObserver()
         self.entries: dict[str, Entry] = {}
         self.unloading: dict[str, Entry] = {}
         self.pinned: set[str] = set()  # model ids; a pin outlives unloads and crashes
@@ -135,6 +144,7 @@ class Scheduler:
     @asynccontextmanager
     async def lease(self, spec: ModelSpec):
         """Hold one slot of a loaded worker for `spec` for the duration of a request."""
+        self.observer.leasing(spec)
         started = time.perf_counter()
         loading = 0.0  # a load isn't queueing: the wait reported leaves it out
         for attempt in range(3):
@@ -153,8 +163,8 @@ class Scheduler:
                 try:
                     if not entry.worker.alive and attempt < 2:
                         continue  # it died while we queued: this request never reached it
-                    yield self.on_lease(spec, entry.worker,
-                                        time.perf_counter() - started - loading)
+                    yield self.observer.leased(spec, entry.worker,
+                                               time.perf_counter() - started - loading)
                     return
                 finally:
                     entry.last_used = time.monotonic()
