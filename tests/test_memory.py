@@ -151,3 +151,32 @@ def test_a_pinned_model_is_never_evicted_for_memory(memory_models, start_app):
         assert response.status_code == 409
         assert response.json()["error"]["code"] == "pinned_models_hold_memory"
         assert loaded(client) == {"w1", "w3"}
+
+
+# -- the embeddings plugin's estimate (no torch: file sizes only) ------------------------
+
+def test_an_encoder_is_estimated_from_its_safetensors_and_dtype(tmp_path):
+    pytest.importorskip("llama_api_embeddings")
+    from llama_api.types import ModelSpec
+    from llama_api_embeddings import memory as embeddings_memory
+
+    folder = tmp_path / "encoder"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert", "torch_dtype": "float32"}')
+    for name, size in (("model-00001-of-00002.safetensors", 3 * MiB),
+                       ("model-00002-of-00002.safetensors", 1 * MiB),
+                       ("pytorch_model.bin", 9 * MiB)):  # the .bin copy is not read
+        with open(folder / name, "wb") as f:
+            f.truncate(size)
+    runtime = embeddings_memory.TORCH_RUNTIME_BYTES
+
+    def estimate(**options):
+        spec = ModelSpec(id="enc", backend="transformers", path=str(folder), options=options)
+        return embeddings_memory.estimate(spec, gpu=False)
+
+    assert estimate() == (4 * MiB + runtime, 0)
+    assert estimate(dtype="float16") == (2 * MiB + runtime, 0)
+    assert estimate(device="cuda") == (runtime, 4 * MiB)
+    assert estimate(device="auto") == (4 * MiB + runtime, 0)  # no GPU: on the CPU
+    missing = ModelSpec(id="gone", backend="transformers", path=str(tmp_path / "gone"))
+    assert embeddings_memory.estimate_memory(missing) is None

@@ -124,3 +124,22 @@ def test_smollm2_estimate_against_its_measured_rss():
         assert 0.33 < measured / estimate.host < 1.25
 
     run_with_scheduler(body, max_workers=1)
+
+
+def test_offloaded_layers_move_their_share_to_the_gpu(tmp_path):
+    path = write_tiny_gguf(tmp_path / "t.gguf", n_layer=4)
+
+    def estimate(gpu: bool, **options):
+        spec = spec_for(path, "t")
+        spec.options = {**spec.options, **options}
+        return gguf_memory.estimate(spec, gpu=gpu)
+
+    everything = sum(estimate(False))
+    assert estimate(False)[1] == 0  # no GPU: n_gpu_layers (default -1) changes nothing
+    host, gpu = estimate(True)  # every layer offloaded: only the libraries stay on the host
+    assert host == gguf_memory.RUNTIME_BYTES and host + gpu == everything
+    host, gpu = estimate(True, n_gpu_layers=1)  # one layer of four
+    assert gpu == pytest.approx((everything - gguf_memory.RUNTIME_BYTES) / 4, abs=2)
+    _, gpu_without_kv = estimate(True, n_gpu_layers=1, offload_kqv=False)
+    assert gpu_without_kv < gpu
+    assert sum(estimate(False, n_ctx=512)) < everything  # a smaller context, smaller caches
