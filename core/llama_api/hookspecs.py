@@ -1,8 +1,9 @@
 """The hooks a backend plugin implements.
 
 Discovery hooks run in the server process, so a plugin's entry module must stay
-import-light. The backend hooks (load, unload, generate, embed) run only in the
-worker process that serves one model, where heavy libraries may be imported.
+import-light. The backend hooks (load, unload, generate, embed, tokenize, detokenize,
+rerank) run only in the worker process that serves one model, where heavy libraries
+may be imported.
 """
 
 from __future__ import annotations
@@ -85,4 +86,41 @@ def embed(model, request):
 
     :param model: the object `load_model` returned.
     :param request: a `llama_api.types.EmbedRequest`.
+    """
+
+
+@hookspec(firstresult=True)
+def tokenize(model, request):
+    """Return a `llama_api.types.TokenizeResult` for a `llama_api.types.TokenizeRequest`.
+
+    Runs in the worker. Stops at the first non-None result; return None when the model
+    has no tokenizer (the core answers 400 naming the model). Count tokens exactly as
+    `generate` (or `embed`) would feed them to the model, chat template included.
+
+    :param model: the object `load_model` returned.
+    :param request: a `llama_api.types.TokenizeRequest` (`text`, or `messages`).
+    """
+
+
+@hookspec(firstresult=True)
+def detokenize(model, tokens):
+    """Return the text that token ids spell (special tokens as their text), a `str`.
+
+    Runs in the worker. Stops at the first non-None result; None: no tokenizer. Raise
+    `llama_api.errors.BadRequest` for an id outside the vocabulary.
+
+    :param model: the object `load_model` returned.
+    :param tokens: a list of token ids (each >= 0, checked by the core).
+    """
+
+
+@hookspec(firstresult=True)
+def rerank(model, request):
+    """Return a `llama_api.types.RerankResult`: one relevance score per document.
+
+    Runs in the worker. Stops at the first non-None result; None: the model can't rerank
+    (the core answers 400 naming it). Higher is more relevant; the core sorts.
+
+    :param model: the object `load_model` returned.
+    :param request: a `llama_api.types.RerankRequest` (a query, documents as strings).
     """

@@ -15,7 +15,16 @@ import msgspec
 from anyio.abc import TaskGroup
 
 from llama_api import errors, protocol
-from llama_api.types import Delta, EmbedRequest, GenerateRequest, ModelSpec
+from llama_api.types import (
+    Delta,
+    EmbedRequest,
+    GenerateRequest,
+    ModelSpec,
+    RerankRequest,
+    RerankResult,
+    TokenizeRequest,
+    TokenizeResult,
+)
 
 log = logging.getLogger("llama_api.process")
 
@@ -136,9 +145,29 @@ class WorkerProcess:
                         pass
 
     async def embed(self, request: EmbedRequest) -> protocol.Embedded:
+        return await self._ask(lambda request_id: protocol.Embed(id=request_id, request=request))
+
+    async def tokenize(self, request: TokenizeRequest) -> TokenizeResult:
+        """The tokens the model reads for a text, or for chat messages (and tools)."""
+        answer = await self._ask(lambda request_id: protocol.Tokenize(id=request_id,
+                                                                      request=request))
+        return answer.result
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        answer = await self._ask(lambda request_id: protocol.Detokenize(id=request_id,
+                                                                        tokens=tokens))
+        return answer.text
+
+    async def rerank(self, request: RerankRequest) -> RerankResult:
+        answer = await self._ask(lambda request_id: protocol.Rerank(id=request_id,
+                                                                    request=request))
+        return answer.result
+
+    async def _ask(self, make_message):
+        """Send one request (`make_message(id)`) and return the worker's one answer."""
         request_id, receive = self._open()
         try:
-            await self._send(protocol.Embed(id=request_id, request=request))
+            await self._send(make_message(request_id))
             async for message in receive:
                 if isinstance(message, protocol.Failed):
                     raise error_from(message)

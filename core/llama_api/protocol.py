@@ -1,7 +1,8 @@
 """The worker protocol: length-prefixed msgpack frames of tagged msgspec structs (no pickle).
 
-Server to worker: Load, Generate, Embed, Cancel, Shutdown.
-Worker to server: Progress, Loaded or LoadFailed, then Deltas, Embedded, Failed.
+Server to worker: Load, Generate, Embed, Tokenize, Detokenize, Rerank, Cancel, Shutdown.
+Worker to server: Progress, Loaded or LoadFailed, then Deltas, Embedded, Tokenized,
+Detokenized, Reranked, Failed.
 Every request message carries an id; the worker's answers carry the same id.
 
 Both ends frame with `encode` and `FrameReader`, which do no I/O: the server feeds the
@@ -21,7 +22,16 @@ from typing import Any
 
 import msgspec
 
-from llama_api.types import Delta, EmbedRequest, GenerateRequest, ModelSpec
+from llama_api.types import (
+    Delta,
+    EmbedRequest,
+    GenerateRequest,
+    ModelSpec,
+    RerankRequest,
+    RerankResult,
+    TokenizeRequest,
+    TokenizeResult,
+)
 
 HEADER = struct.Struct(">I")
 
@@ -39,6 +49,21 @@ class Generate(msgspec.Struct, tag=True, kw_only=True):
 class Embed(msgspec.Struct, tag=True, kw_only=True):
     id: int
     request: EmbedRequest
+
+
+class Tokenize(msgspec.Struct, tag=True, kw_only=True):
+    id: int
+    request: TokenizeRequest
+
+
+class Detokenize(msgspec.Struct, tag=True, kw_only=True):
+    id: int
+    tokens: list[int]
+
+
+class Rerank(msgspec.Struct, tag=True, kw_only=True):
+    id: int
+    request: RerankRequest
 
 
 class Cancel(msgspec.Struct, tag=True, kw_only=True):
@@ -84,6 +109,21 @@ class Embedded(msgspec.Struct, tag=True, kw_only=True, gc=False):
     prompt_tokens: int = 0
 
 
+class Tokenized(msgspec.Struct, tag=True, kw_only=True):
+    id: int
+    result: TokenizeResult
+
+
+class Detokenized(msgspec.Struct, tag=True, kw_only=True):
+    id: int
+    text: str
+
+
+class Reranked(msgspec.Struct, tag=True, kw_only=True):
+    id: int
+    result: RerankResult
+
+
 class Failed(msgspec.Struct, tag=True, kw_only=True):
     """A request failed; `kind` names a class in `llama_api.errors`."""
 
@@ -94,8 +134,9 @@ class Failed(msgspec.Struct, tag=True, kw_only=True):
     code: str | None = None
 
 
-ToWorker = Load | Generate | Embed | Cancel | Shutdown
-FromWorker = Progress | Loaded | LoadFailed | Deltas | Embedded | Failed
+ToWorker = Load | Generate | Embed | Tokenize | Detokenize | Rerank | Cancel | Shutdown
+FromWorker = (Progress | Loaded | LoadFailed | Deltas | Embedded | Tokenized | Detokenized
+              | Reranked | Failed)
 
 _encoder = msgspec.msgpack.Encoder()
 to_worker_decoder = msgspec.msgpack.Decoder(ToWorker)

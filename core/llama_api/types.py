@@ -154,3 +154,42 @@ class EmbedResult(msgspec.Struct, kw_only=True):
     prompt_tokens: int = 0
     # How many texts the batch that served this request held (backends that batch say so).
     batch_size: int = 0
+
+
+class TokenizeRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Text to tokenize as the model reads it: `text`, or chat `messages` (and `tools`)
+    rendered with the model's chat template and its generation prompt.
+
+    Messages are normalized like a GenerateRequest's (each `content` a string). With
+    `add_special_tokens` the tokens are those a completion or chat request would feed the
+    model (BOS, [CLS] ...); without, the text's own tokens.
+    """
+
+    text: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    add_special_tokens: bool = True
+    with_pieces: bool = False
+
+
+class TokenizeResult(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Token ids; with `with_pieces`, each token's text (a list of byte values where the
+    token alone is not valid UTF-8); the context the model reads, when it has one."""
+
+    tokens: list[int]
+    pieces: list[str | list[int]] | None = None
+    max_model_len: int | None = None
+
+
+class RerankRequest(msgspec.Struct, kw_only=True):
+    """A query and the documents to score against it (the core checked both non-empty)."""
+
+    query: str
+    documents: list[str]
+
+
+class RerankResult(msgspec.Struct, kw_only=True):
+    """One relevance score per document, in the documents' order; the tokens read."""
+
+    scores: list[float]
+    prompt_tokens: int = 0

@@ -14,6 +14,7 @@ import threading
 import time
 from array import array
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 from llama_api import errors, protocol
 from llama_api.types import Delta, LoadContext
@@ -142,6 +143,7 @@ class Worker:
             )
         self.channel = channel
         self.model = None
+        self.model_id = ""
         self.cancels: dict[int, threading.Event] = {}
         self.pool: ThreadPoolExecutor | None = None
 
@@ -164,6 +166,7 @@ class Worker:
             )))
             return
         self.model = model
+        self.model_id = message.spec.id
         slots = max(1, int(message.spec.slots or getattr(model, "slots", 1) or 1))
         self.pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="request")
         info = dict(getattr(model, "info", {}) or {})
@@ -236,6 +239,40 @@ class Worker:
         except Exception as exc:
             self.channel.send(failure(message.id, exc))
 
+    def answer(self, request_id: int, compute) -> None:
+        """Send `compute()`'s message, or the failure that it raised."""
+        try:
+            self.channel.send(compute())
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to its request
+            self.channel.send(failure(request_id, exc))
+
+    def no_tokenizer(self) -> errors.NotSupported:
+        return errors.NotSupported(f"model {self.model_id} has no tokenizer this server can "
+                                   "use (its backend does not tokenize)", param="model")
+
+    def tokenized(self, message: protocol.Tokenize) -> protocol.Tokenized:
+        result = self.plugins.hook.tokenize(model=self.model, request=message.request)
+        if result is None:
+            raise self.no_tokenizer()
+        return protocol.Tokenized(id=message.id, result=result)
+
+    def detokenized(self, message: protocol.Detokenize) -> protocol.Detokenized:
+        text = self.plugins.hook.detokenize(model=self.model, tokens=message.tokens)
+        if text is None:
+            raise self.no_tokenizer()
+        return protocol.Detokenized(id=message.id, text=text)
+
+    def reranked(self, message: protocol.Rerank) -> protocol.Reranked:
+        result = self.plugins.hook.rerank(model=self.model, request=message.request)
+        if result is None:
+            raise errors.NotSupported(f"model {self.model_id} can't rerank (it is not a "
+                                      "reranker or cross-encoder)", param="model")
+        if len(result.scores) != len(message.request.documents):
+            raise errors.BackendUnavailable(
+                f"the backend scored {len(result.scores)} of "
+                f"{len(message.request.documents)} documents", code="backend_error")
+        return protocol.Reranked(id=message.id, result=result)
+
     def serve(self) -> None:
         while True:
             message = self.channel.receive()
@@ -249,6 +286,12 @@ class Worker:
                     self.pool.submit(self.run_generate, message)
                 case protocol.Embed():
                     self.pool.submit(self.run_embed, message)
+                case protocol.Tokenize():
+                    self.pool.submit(self.answer, message.id, partial(self.tokenized, message))
+                case protocol.Detokenize():
+                    self.pool.submit(self.answer, message.id, partial(self.detokenized, message))
+                case protocol.Rerank():
+                    self.pool.submit(self.answer, message.id, partial(self.reranked, message))
                 case protocol.Cancel():
                     event = self.cancels.get(message.id)
                     if event is not None:

@@ -6,14 +6,16 @@ answer, and a stream renderer; `generation` picks the plain or the streamed path
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import Body, FromPath, FromQuery, QueryParameter
 
 from llama_api.api import anthropic, chat, completions, embeddings, models, responses
+from llama_api.api import rerank as reranking
+from llama_api.api import tokenize as tokenizing
 from llama_api.api.choices import Choice, collect_choices, generate_choices, new_id, total_usage
 from llama_api.api.error_responses import error_shape
 from llama_api.api.http import json_response, until_done_or_disconnected
@@ -21,7 +23,10 @@ from llama_api.api.streaming import EventStream, StreamRenderer
 from llama_api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from llama_api.schemas_anthropic import MessagesRequest
 from llama_api.schemas_responses import MAX_INPUT_ITEMS_PAGE, ResponseRequest
+from llama_api.schemas_tokens import DetokenizeBody, RerankBody, TokenizeBody
 from llama_api.types import GenerateRequest
+
+T = TypeVar("T")
 
 
 async def generation(request: Request, model: str, requests: list[GenerateRequest], *,
@@ -36,6 +41,18 @@ async def generation(request: Request, model: str, requests: list[GenerateReques
     choices = await until_done_or_disconnected(
         request, partial(collect_choices, state.scheduler, spec, requests))
     return json_response(answer(choices))
+
+
+async def on_worker(request: Request, model: str, call: Callable[[object], Awaitable[T]]) -> T:
+    """`await call(worker)` on a leased worker for `model` (a non-generating request)."""
+    state = request.app.state
+    spec = state.registry.resolve(model)  # 404 before any work
+
+    async def work():  # a client that hangs up while queued gives up its place
+        async with state.scheduler.lease(spec) as worker:
+            return await call(worker)
+
+    return await until_done_or_disconnected(request, work)
 
 
 def include_usage(body) -> bool:
@@ -133,10 +150,34 @@ class ResponsesController(Controller):
         return json_response({"id": response_id, "object": "response", "deleted": True})
 
 
+@post(["/tokenize", "/v1/tokenize"], status_code=200,
+      summary="Token ids of a text or of chat messages, as the model reads them")
+async def tokenize(request: Request, data: Annotated[TokenizeBody, Body()]) -> Response:
+    tokenize_request = tokenizing.tokenize_request(data)
+    result = await on_worker(request, data.model,
+                             lambda worker: worker.tokenize(tokenize_request))
+    return json_response(tokenizing.tokenize_response(tokenize_request, result))
+
+
+@post(["/detokenize", "/v1/detokenize"], status_code=200, summary="The text token ids spell")
+async def detokenize(request: Request, data: Annotated[DetokenizeBody, Body()]) -> Response:
+    text = await on_worker(request, data.model, lambda worker: worker.detokenize(data.tokens))
+    return json_response(tokenizing.detokenize_response(text))
+
+
+@post(["/v1/rerank", "/rerank"], status_code=200,
+      summary="Documents scored and sorted by relevance to a query (Jina/Cohere rerank)")
+async def rerank(request: Request, data: Annotated[RerankBody, Body()]) -> Response:
+    rerank_request = reranking.rerank_request(data)
+    result = await on_worker(request, data.model, lambda worker: worker.rerank(rerank_request))
+    return json_response(reranking.rerank_response(data, rerank_request, result))
+
+
 @get("/health", opt={"public": True}, summary="Liveness, and which models are loaded")
 async def health(request: Request) -> dict:
     state = request.app.state
     return models.health(state.scheduler, state.plugins)
 
 
-ROUTES = [OpenAIController, AnthropicController, ResponsesController, health]
+ROUTES = [OpenAIController, AnthropicController, ResponsesController, tokenize, detokenize,
+          rerank, health]

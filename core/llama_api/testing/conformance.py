@@ -27,7 +27,13 @@ import pytest
 from llama_api import errors
 from llama_api.process import WorkerProcess
 from llama_api.testing.processes import pid_exists
-from llama_api.types import EmbedRequest, GenerateRequest, ModelSpec
+from llama_api.types import (
+    EmbedRequest,
+    GenerateRequest,
+    ModelSpec,
+    RerankRequest,
+    TokenizeRequest,
+)
 
 
 @asynccontextmanager
@@ -54,7 +60,13 @@ class BackendConformance:
 
     generates = True
     embeds = False
+    # True: must tokenize (and rerank); False: must refuse with a 400 naming the model;
+    # None: either (a refusal skips the test).
+    tokenizes: bool | None = None
+    reranks: bool | None = None
     prompt = "Once upon a time"
+    # Lowercase plain words, so that uncased tokenizers spell it back as it was.
+    tokenize_text = "hello world, once upon a time"
     # Enough tokens that a generation is still running when the test cancels it.
     long_max_tokens = 512
 
@@ -197,3 +209,53 @@ class BackendConformance:
         assert result.dims > 0
         assert len(result.data) == result.count * result.dims * 4
         assert result.prompt_tokens >= len(inputs)
+
+    # -- tokenize and rerank ---------------------------------------------------------
+
+    def run_or_refused(self, model_spec, main, can: bool | None, what: str):
+        """`anyio.run(main)`, or check the refusal: a 400 naming the model. `can` None: the
+        backend may do either (the test is skipped after a clean refusal)."""
+        if can is False:
+            with pytest.raises(errors.BadRequest) as info:
+                anyio.run(main)
+            assert model_spec.id in info.value.message
+            return None
+        try:
+            return anyio.run(main)
+        except errors.NotSupported as exc:
+            if can:
+                raise
+            assert model_spec.id in exc.message
+            pytest.skip(f"backend does not {what} (refused cleanly)")
+
+    def test_tokenize_then_detokenize_gives_the_text_back(self, model_spec):
+        async def main():
+            async with running_worker(model_spec) as worker:
+                plain = await worker.tokenize(TokenizeRequest(
+                    text=self.tokenize_text, add_special_tokens=False, with_pieces=True))
+                special = await worker.tokenize(TokenizeRequest(text=self.tokenize_text))
+                return plain, special, await worker.detokenize(plain.tokens)
+
+        answer = self.run_or_refused(model_spec, main, self.tokenizes, "tokenize")
+        if answer is None:
+            return
+        plain, special, text = answer
+        assert plain.tokens and all(token >= 0 for token in plain.tokens)
+        assert plain.pieces is not None and len(plain.pieces) == len(plain.tokens)
+        assert text == self.tokenize_text
+        assert len(special.tokens) >= len(plain.tokens)
+
+    def test_rerank_scores_every_document(self, model_spec):
+        documents = ["a first document", "a second, longer document to score"]
+
+        async def main():
+            async with running_worker(model_spec) as worker:
+                return await worker.rerank(RerankRequest(query="which document",
+                                                         documents=documents))
+
+        result = self.run_or_refused(model_spec, main, self.reranks, "rerank")
+        if result is None:
+            return
+        assert len(result.scores) == len(documents)
+        assert all(isinstance(score, float) for score in result.scores)
+        assert result.prompt_tokens >= len(documents)

@@ -21,6 +21,11 @@ A prompt with the word ONCE says its words once and stops (finish_reason "stop")
 ends its turn. A prompt with the word CALL, sent with tools, calls each tool once (only the
 forced one under a named tool_choice) with arguments {"words": <prompt word count>} sent in
 two pieces, and finishes with "tool_calls".
+Tokens are words: a word's id is a stable hash of it, `t<n>` is token n (as a token-id
+prompt is read), and detokenize spells back the words the worker has seen (others as
+`t<n>`). Option `tokenizer: false` makes a model without a tokenizer. Rerank scores a
+document by the share of the query's words it holds (case-insensitive); option
+`rerank: false` makes a model that can't rerank.
 Set LLAMA_API_ECHO_EVENTS to a file path to have the worker append one JSON line per
 event (start, end, cancelled) with its model, pid and time; `start` also holds what the
 core handed the backend (`request`: the normalized fields tests check).
@@ -39,7 +44,16 @@ import msgspec
 from llama_api import errors, hookimpl
 from llama_api.reasoning import ReasoningSplitter
 from llama_api.stops import StopHoldback
-from llama_api.types import BackendInfo, Delta, EmbedResult, ModelSpec, ToolCallDelta, Usage
+from llama_api.types import (
+    BackendInfo,
+    Delta,
+    EmbedResult,
+    ModelSpec,
+    RerankResult,
+    TokenizeResult,
+    ToolCallDelta,
+    Usage,
+)
 
 
 def record(event: str, model: EchoModel, **fields) -> None:
@@ -80,6 +94,9 @@ class EchoModel:
         self.stall_after = int(options.get("stall_after", 0))
         self.info = {"delay": self.delay}
         self.weights = b""  # the file's bytes, held as a model holds its weights
+        self.tokenizes = options.get("tokenizer", True) is not False
+        self.reranks = options.get("rerank", True) is not False
+        self.vocabulary: dict[int, str] = {}  # token id -> word, for the words seen
 
 
 @hookimpl
@@ -151,7 +168,7 @@ def generate(model, request, cancelled):
     if "MALFORMED" in words:
         return iter([Delta(text="x", finish_reason="stop",
                            usage=Usage(prompt_tokens=0.5, completion_tokens=1))])
-    if len(words) > 1000:
+    if len(words) > ECHO_CONTEXT:
         raise errors.ContextLengthExceeded(
             f"prompt has {len(words)} tokens, more than the context of 1000 tokens", param="messages")
     if "CALL" in words and request.tools and request.tool_choice != "none":
@@ -245,6 +262,49 @@ def embed(model, request):
         digest = hashlib.sha256(text.encode()).digest()
         vectors.append([b / 255.0 for b in digest[:dims]])
     return EmbedResult(embeddings=vectors, prompt_tokens=tokens)
+
+
+ECHO_CONTEXT = 1000  # generate refuses prompts of more words
+
+
+def word_id(word: str) -> int:
+    if word[:1] == "t" and word[1:].isdigit() and int(word[1:]) < 2**31:
+        return int(word[1:])
+    return int.from_bytes(hashlib.sha256(word.encode()).digest()[:4], "big") >> 1
+
+
+@hookimpl
+def tokenize(model, request):
+    if not isinstance(model, EchoModel) or not model.tokenizes:
+        return None
+    if request.messages is not None:  # the words generate counts as the prompt's tokens
+        words = " ".join(m["content"] for m in request.messages).split()
+    else:
+        words = (request.text or "").split()
+    tokens = [word_id(word) for word in words]
+    model.vocabulary.update(zip(tokens, words))
+    return TokenizeResult(tokens=tokens, pieces=words if request.with_pieces else None,
+                          max_model_len=ECHO_CONTEXT)
+
+
+@hookimpl
+def detokenize(model, tokens):
+    if not isinstance(model, EchoModel) or not model.tokenizes:
+        return None
+    return " ".join(model.vocabulary.get(token, f"t{token}") for token in tokens)
+
+
+@hookimpl
+def rerank(model, request):
+    if not isinstance(model, EchoModel) or not model.reranks:
+        return None
+    query = set(request.query.lower().split())
+    scores, tokens = [], 0
+    for document in request.documents:
+        words = document.lower().split()
+        scores.append(len(query & set(words)) / max(1, len(query)))
+        tokens += len(request.query.split()) + len(words)
+    return RerankResult(scores=scores, prompt_tokens=tokens)
 
 
 @hookimpl
