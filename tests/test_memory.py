@@ -78,10 +78,23 @@ def test_given_limits_win_and_detected_ones_keep_a_margin():
         assert memory.default_limits(None, None).gpu == 0
 
 
-def test_a_measured_process_reads_its_own_rss():
-    rss = memory.rss(os.getpid())
-    assert rss and 10 * MiB < rss < memory.host_total()
-    assert memory.rss(2**22 + 12345) is None  # no such process
+def test_a_process_is_measured_with_its_children():
+    import subprocess
+    import sys
+
+    alone = memory.rss(os.getpid())
+    assert alone and 10 * MiB < alone < memory.host_total()
+    holder = "b = b'x' * (64 * 2**20); import time; time.sleep(30)"
+    child = subprocess.Popen([sys.executable, "-c", holder])
+    try:
+        from llama_api.testing import wait_for
+
+        assert wait_for(lambda: (memory.rss(child.pid) or 0) > 64 * MiB, timeout=20)
+        assert memory.rss(os.getpid()) >= alone + 64 * MiB  # the child's bytes count too
+    finally:
+        child.kill()
+        child.wait()
+    assert memory.rss(child.pid) is None  # no such process any more
 
 
 def test_fits_counts_both_limits_and_zero_means_unlimited():

@@ -120,8 +120,7 @@ def default_limits(max_memory: int | None, max_gpu_memory: int | None) -> Footpr
 
 # -- what a worker takes -----------------------------------------------------------------
 
-def rss(pid: int) -> int | None:
-    """The process's resident memory now (VmRSS), in bytes; None if unknown."""
+def _vm_rss(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -129,6 +128,32 @@ def rss(pid: int) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(child) for child in (task / "children").read_text().split()]
+    except (OSError, ValueError):
+        pass
+    return found
+
+
+def rss(pid: int) -> int | None:
+    """Resident memory of a process and its descendants now (VmRSS, in bytes); None when
+    the process can't be read (gone, or not Linux)."""
+    own = _vm_rss(pid)
+    if own is None:
+        return None
+    total, seen, pending = own, {pid}, _children(pid)
+    while pending:
+        child = pending.pop()
+        if child not in seen:
+            seen.add(child)
+            total += _vm_rss(child) or 0
+            pending += _children(child)
+    return total
 
 
 def gpu_used_by(pid: int) -> int | None:
