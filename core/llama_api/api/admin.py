@@ -131,12 +131,12 @@ class AdminController(Controller):
         async def stream():
             async with bus.subscribe() as subscription:
                 # Subscribed: whatever happens from now on reaches this client.
-                yield ServerSentEventMessage(comment="connected")
+                yield ServerSentEventMessage(comment="connected", data=None)
                 while True:
                     with anyio.move_on_after(KEEP_ALIVE_SECONDS) as waited:
                         event = await subscription.next()
                     if waited.cancelled_caught:
-                        yield ServerSentEventMessage(comment="keep-alive")
+                        yield ServerSentEventMessage(comment="keep-alive", data=None)
                         continue
                     yield ServerSentEventMessage(event=event.kind,
                                                  data=msgspec.json.encode(event.as_dict()).decode())
