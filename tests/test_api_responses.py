@@ -277,7 +277,7 @@ def test_a_conversation_survives_a_restart_and_reaches_the_backend(start_app, tm
         oai = openai.OpenAI(base_url=http.v1, api_key="k", http_client=http, max_retries=0)
         assert oai.responses.retrieve(first.id).output_text == "sys red ONCE"
         second = oai.responses.create(
-            model="fast", input="blue", previous_response_id=first.id,
+            model="fast", input="blue", previous_response_id=first.id, parallel_tool_calls=False,
             text={"format": {"type": "json_schema", "name": "s", "schema": schema}},
             tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"})
         assert second.previous_response_id == first.id
@@ -296,6 +296,8 @@ def test_a_conversation_survives_a_restart_and_reaches_the_backend(start_app, tm
         "name": "get_weather", "description": WEATHER["description"],
         "parameters": WEATHER["parameters"]}}]
     assert (received[1]["tool_choice"], received[1]["tool_name"]) == ("function", "get_weather")
+    assert received[1]["extra"] == {"parallel_tool_calls": False}
+    assert "extra" not in received[0]  # empty
     assert received[2]["contents"] == [*received[1]["contents"], second.output_text, "green"]
     assert received[2]["response_format"] == {"type": "json_object"}
     with sqlite3.connect(data_dir / "responses.sqlite3") as db:
