@@ -13,14 +13,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-import llama_api.worker
 from llama_api.testing import pid_exists, wait_for
 from llama_api_echo import USER
 
+
 # Until the worker calls lifeline.watch_parent() at start, its orphan test cannot pass.
-WORKER_WATCHES_ITS_PARENT = "watch_parent(" in Path(llama_api.worker.__file__).read_text()
-
-
 def gone(pid: int) -> bool:
     """Ended: no such process, or a zombie waiting for init to reap it."""
     if not pid_exists(pid):
@@ -98,8 +95,6 @@ def test_the_grace_period_cuts_off_a_stream_that_runs_too_long(start_server):
         assert wait_for(lambda: gone(worker), timeout=5)
 
 
-@pytest.mark.skipif(not WORKER_WATCHES_ITS_PARENT,
-                    reason="llama_api.worker.main does not call lifeline.watch_parent() yet")
 def test_kill_9_of_the_server_mid_load_leaves_no_worker_behind(start_server, models_dir):
     # 10 s between progress reports: no write to a dead pipe ends the worker within the test
     (models_dir / "sluggish.echo").write_text(json.dumps({"load_delay": 40}))

@@ -90,6 +90,7 @@ class GenerateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     tools: list[dict[str, Any]] | None = None
     tool_choice: ToolChoice | None = None
     tool_name: str | None = None  # the forced function when tool_choice is "function"
+    parallel_tool_calls: bool = True  # several calls may come in one answer
     response_format: ResponseFormat | None = None
     # Split the model's thinking into `Delta.reasoning` (False: leave it in the text).
     split_reasoning: bool = True

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from llama_api import errors, protocol
+from llama_api.lifeline import watch_parent
 from llama_api.types import Delta, LoadContext
 
 log = logging.getLogger("llama_api.worker")
@@ -96,7 +97,9 @@ def merge(deltas: list[Delta]) -> list[Delta]:
             and last.tool_calls is None
             and delta.tool_calls is None
             and (last.logprobs is None) == (delta.logprobs is None)
+            and not (last.text and delta.reasoning)  # a delta's reasoning precedes its text
         ):
+            last.reasoning += delta.reasoning
             last.text += delta.text
             if delta.logprobs is not None:
                 last.logprobs.extend(delta.logprobs)
@@ -105,6 +108,7 @@ def merge(deltas: list[Delta]) -> list[Delta]:
         else:
             merged.append(Delta(
                 text=delta.text,
+                reasoning=delta.reasoning,
                 logprobs=list(delta.logprobs) if delta.logprobs is not None else None,
                 tool_calls=delta.tool_calls,
                 finish_reason=delta.finish_reason,
@@ -310,6 +314,7 @@ class Worker:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     plugin_name = argv[0]
+    watch_parent()  # first: a worker never outlives its server, even mid-load
     # Keep the protocol on a private copy of stdout; anything printed goes to stderr.
     protocol_fd = os.dup(1)
     os.dup2(2, 1)

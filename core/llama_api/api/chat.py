@@ -37,6 +37,7 @@ def chat_requests(body: ChatCompletionRequest) -> list[GenerateRequest]:
             tools=tools,
             tool_choice=tool_choice,
             tool_name=tool_name,
+            parallel_tool_calls=body.parallel_tool_calls is not False,
             response_format=response_format(body),
             split_reasoning=body.reasoning_format != "none",
             **{**fields, "seed": vary_seed(fields["seed"], j)},

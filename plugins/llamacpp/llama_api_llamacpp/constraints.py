@@ -51,7 +51,7 @@ class Grammars:
         if tools and choice != "none":
             names = {t["function"]["name"] for t in tools}
             # GenerateRequest has no field for it yet: the core may pass it in `extra`.
-            parallel = bool((request.extra or {}).get("parallel_tool_calls", True))
+            parallel = request.parallel_tool_calls
             if choice == "function":
                 (tool,) = [t for t in tools if t["function"]["name"] == request.tool_name]
                 grammar = self.schema(_parameters(tool), "tools")

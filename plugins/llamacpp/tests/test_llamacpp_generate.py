@@ -357,7 +357,7 @@ def test_forced_tool_call_streams_arguments(tiny, collect):
 def test_required_tool_call(tiny, collect, seed):
     _text, deltas = collect(tiny, messages=[{"role": "user", "content": "weather?"}],
                            tools=TOOLS, tool_choice="required", seed=seed, max_tokens=100,
-                           extra={"parallel_tool_calls": False})
+                           parallel_tool_calls=False)
     (call,) = [c for d in deltas for c in (d.tool_calls or [])]
     assert call.name in ("get_weather", "get_time")
     assert isinstance(json.loads(call.arguments), dict)
