@@ -51,12 +51,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="unload a model idle this long; 0 = never (default: %(default)s)")
     serve.add_argument("--threads", type=positive, default=None, metavar="N",
                        help="threads per worker (default: the cores shared among --max-workers)")
+    serve.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE",
+                       help="host RAM all workers may hold, e.g. 8G; idle models are unloaded "
+                            "to make room (default: 90%% of RAM; 0: no limit)")
+    serve.add_argument("--max-gpu-memory", type=memory_size, default=None, metavar="SIZE",
+                       help="VRAM all workers may hold, all GPUs together, e.g. 20G "
+                            "(default: 90%% of VRAM)")
     serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
                        help="require `Authorization: Bearer KEY`; repeat for several keys "
                             "(visible to other users in `ps`: prefer --api-key-file)")
     serve.add_argument("--api-key-file", type=Path, default=None, metavar="FILE",
                        help="read API keys from FILE, one per line (blank lines and lines "
                             "starting with # are skipped); LLAMA_API_KEYS=key1,key2 adds more")
+    serve.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
+                       help="where state is kept (stored Responses API responses); default "
+                            "$XDG_DATA_HOME/llama-api or ~/.local/share/llama-api")
+    serve.add_argument("--responses-ttl", type=seconds, default=30 * 24 * 3600, metavar="SECONDS",
+                       help="delete stored responses older than this; 0 keeps them "
+                            "(default: 30 days)")
     serve.add_argument("--grace-period", type=seconds, default=10.0, metavar="SECONDS",
                        help="on SIGTERM or Ctrl-C, let running requests finish for this long "
                             "before they are cut off and the workers end (default: %(default)s)")
@@ -145,6 +157,15 @@ def seconds(text: str) -> float:
     return value
 
 
+def memory_size(text: str) -> int:
+    from llama_api.memory import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -157,6 +178,7 @@ def serve(args) -> int:
 
     from llama_api.app import ServerConfig, create_app
     from llama_api.registry import ConfigError
+    from llama_api.responses_store import default_data_dir
     from llama_api.scheduler import Settings
 
     try:
@@ -173,7 +195,11 @@ def serve(args) -> int:
             max_queue=args.max_queue,
             idle_timeout=args.idle_timeout,
             threads_per_worker=args.threads,
+            max_memory=args.max_memory,
+            max_gpu_memory=args.max_gpu_memory,
         ),
+        data_dir=args.data_dir or default_data_dir(),
+        responses_ttl=args.responses_ttl,
     )
     if args.config is not None:  # fail fast, before binding the port
         try:

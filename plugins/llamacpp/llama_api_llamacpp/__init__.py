@@ -114,3 +114,12 @@ def embed(model, request):
     if not isinstance(model, LlamaCppModel):
         return None
     return model.embed(request)
+
+
+@hookimpl
+def estimate_memory(spec):
+    if spec.backend != BACKEND:
+        return None
+    from llama_api_llamacpp.memory import estimate_memory as estimate
+
+    return estimate(spec)
