@@ -296,8 +296,8 @@ def test_a_conversation_survives_a_restart_and_reaches_the_backend(start_app, tm
         "name": "get_weather", "description": WEATHER["description"],
         "parameters": WEATHER["parameters"]}}]
     assert (received[1]["tool_choice"], received[1]["tool_name"]) == ("function", "get_weather")
-    assert received[1]["extra"] == {"parallel_tool_calls": False}
-    assert "extra" not in received[0]  # empty
+    assert received[1]["parallel_tool_calls"] is False
+    assert "parallel_tool_calls" not in received[0]  # the default, True, is left out
     assert received[2]["contents"] == [*received[1]["contents"], second.output_text, "green"]
     assert received[2]["response_format"] == {"type": "json_object"}
     with sqlite3.connect(data_dir / "responses.sqlite3") as db:

@@ -177,10 +177,8 @@ def generate_request(body: ResponseRequest, history: list[dict[str, Any]],
     return GenerateRequest(messages=messages, max_tokens=body.max_output_tokens,
                            temperature=body.temperature, top_p=body.top_p, tools=tools,
                            tool_choice=tool_choice, tool_name=tool_name,
-                           response_format=response_format(body),
-                           # backends that constrain tool calls read it here (llama.cpp does)
-                           extra={"parallel_tool_calls": False}
-                           if body.parallel_tool_calls is False else {})
+                           parallel_tool_calls=body.parallel_tool_calls is not False,
+                           response_format=response_format(body))
 
 
 # -- the response object's echo of the request ----------------------------------------
