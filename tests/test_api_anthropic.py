@@ -88,7 +88,7 @@ def test_tool_use_with_any_and_with_a_named_tool(client, events_file):
     requests = [e["request"] for e in read_events(events_file) if e["event"] == "start"]
     assert [(r["tool_choice"], r.get("tool_name")) for r in requests] == [
         ("required", None), ("function", "get_time"), ("required", None)]
-    assert [r.get("extra") for r in requests] == [None, None, {"parallel_tool_calls": False}]
+    assert [r.get("parallel_tool_calls", True) for r in requests] == [True, True, False]
     assert requests[0]["tools"][0] == {"type": "function", "function": {
         "name": "get_weather", "description": "Weather in a city",
         "parameters": TOOLS[0]["input_schema"]}}
@@ -279,3 +279,24 @@ def test_turns_become_the_cores_chat_messages():
         {"role": "user", "content": "thanks"},
         {"role": "assistant", "content": ""},
     ]
+
+
+def test_count_tokens_is_the_messages_input_tokens(shared_client):
+    body = {"model": "fast", "system": "be brief", "tools": TOOLS,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "tick tock"}]}]}
+    counted = shared_client.post(shared_client.v1 + MESSAGES + "/count_tokens", json=body)
+    assert counted.status_code == 200 and set(counted.json()) == {"input_tokens"}
+    used = post(shared_client, max_tokens=2, **body).json()["usage"]["input_tokens"]
+    assert counted.json()["input_tokens"] == used == 4
+    schema = shared_client.get("/schema/openapi.json").json()
+    assert "post" in schema["paths"]["/v1/messages/count_tokens"]
+
+
+def test_count_tokens_refuses_in_anthropics_shape(shared_client):
+    url = shared_client.v1 + MESSAGES + "/count_tokens"
+    anthropic_error(shared_client.post(url, json={"model": "fast", "messages": []}), 400,
+                    "invalid_request_error")
+    anthropic_error(shared_client.post(url, json={"model": "nope", "messages": user("hi")}), 404,
+                    "not_found_error")
+    image = {"model": "fast", "messages": [{"role": "user", "content": [IMAGE]}]}
+    anthropic_error(shared_client.post(url, json=image), 400, "invalid_request_error")

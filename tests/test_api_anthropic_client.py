@@ -137,3 +137,11 @@ def test_a_worker_dying_mid_stream_is_an_error_event(client, server):
                 pass
     assert raised.value.body["type"] == "error"
     assert raised.value.body["error"]["type"] == "api_error"
+
+
+def test_count_tokens(client):
+    counted = client.messages.count_tokens(model="fast", system="be brief",
+                                           messages=user("tick tock"), tools=TOOLS)
+    used = client.messages.create(model="fast", max_tokens=1, system="be brief",
+                                  messages=user("tick tock"), tools=TOOLS).usage.input_tokens
+    assert counted.input_tokens == used == 4

@@ -81,3 +81,13 @@ def test_a_tool_call_forced_with_any(client, stream):
     [call] = [block for block in message.content if block.type == "tool_use"]
     assert call.name == "get_weather" and call.id
     assert "paris" in call.input["city"].lower()
+
+
+@pytest.mark.skipif(not hasattr(plugin, "tokenize"),
+                    reason="the llamacpp plugin does not implement the tokenize hook yet")
+def test_count_tokens_is_the_prompt_the_model_reads(client):
+    request = {"model": MODEL, "system": "Be brief.", "messages": ask("Name a colour."),
+               "tools": TOOLS}
+    counted = client.messages.count_tokens(**request).input_tokens
+    used = client.messages.create(max_tokens=1, **request).usage.input_tokens
+    assert counted == used > 20  # the chat template's markup and the tool list count too

@@ -37,7 +37,7 @@ from llama_api.schemas_anthropic import (
     ToolResultBlock,
     ToolUseBlock,
 )
-from llama_api.types import Delta, GenerateRequest, ToolChoice
+from llama_api.types import Delta, GenerateRequest, TokenizeRequest, TokenizeResult, ToolChoice
 
 BLOCK_SEPARATOR = "\n\n"
 
@@ -59,8 +59,7 @@ def message_request(body: MessagesRequest) -> GenerateRequest:
         tools=tools,
         tool_choice=tool_choice,
         tool_name=tool_name,
-        # Backends that can make several calls in one answer read this (as for chat).
-        extra={"parallel_tool_calls": False} if one_call else {},
+        parallel_tool_calls=not one_call,
     )
 
 
@@ -157,6 +156,17 @@ def tool_fields(body: MessagesInput
     if isinstance(choice, ToolChoiceNone):
         return tools, "none", None
     return tools, "auto", None
+
+
+def count_tokens_request(body: MessagesInput) -> TokenizeRequest:
+    """What the model reads for these turns and tools: its chat template, generation prompt
+    and special tokens included, so the count is the message's `input_tokens`."""
+    tools, _, _ = tool_fields(body)
+    return TokenizeRequest(messages=conversation(body), tools=tools)
+
+
+def count_tokens_response(result: TokenizeResult) -> dict[str, int]:
+    return {"input_tokens": len(result.tokens)}
 
 
 # -- the answer -----------------------------------------------------------------------

@@ -21,7 +21,7 @@ from llama_api.api.error_responses import error_shape
 from llama_api.api.http import json_response, until_done_or_disconnected
 from llama_api.api.streaming import EventStream, StreamRenderer
 from llama_api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from llama_api.schemas_anthropic import MessagesRequest
+from llama_api.schemas_anthropic import MessagesInput, MessagesRequest
 from llama_api.schemas_responses import MAX_INPUT_ITEMS_PAGE, ResponseRequest
 from llama_api.schemas_tokens import DetokenizeBody, RerankBody, TokenizeBody
 from llama_api.types import GenerateRequest
@@ -120,6 +120,14 @@ class AnthropicController(Controller):
             request, data.model, [anthropic.message_request(data)], stream=bool(data.stream),
             answer=lambda choices: anthropic.message_response(message_id, data.model, choices[0]),
             renderer=anthropic.MessageEvents(message_id, data.model))
+
+    @post("/messages/count_tokens", status_code=200, opt=anthropic.ROUTE_OPT,
+          summary="Count a message request's input tokens (Anthropic Messages API)")
+    async def count_tokens(self, request: Request, data: Annotated[MessagesInput, Body()]) -> Response:
+        tokenize_request = anthropic.count_tokens_request(data)
+        result = await on_worker(request, data.model,
+                                 lambda worker: worker.tokenize(tokenize_request))
+        return json_response(anthropic.count_tokens_response(result))
 
 
 class ResponsesController(Controller):
