@@ -41,14 +41,19 @@ def register_backends():
 
 @hookimpl
 def discover_models(models_dir):
-    from llama_api_embeddings import discovery
+    from llama_api_embeddings import discovery, reranker
 
-    return [ModelSpec(**found) for found in discovery.discover(Path(models_dir))]
+    found = reranker.mark_rerankers(discovery.discover(Path(models_dir)))
+    return [ModelSpec(**spec) for spec in found]
 
 
 @hookimpl
 def load_model(spec, context):
     if spec.backend == "transformers":
+        from llama_api_embeddings import reranker
+
+        if reranker.is_reranker(spec):
+            return reranker.CrossEncoderReranker(spec, context)
         from llama_api_embeddings.transformers_backend import TransformersEmbedder
 
         return TransformersEmbedder(spec, context)
@@ -64,6 +69,37 @@ def embed(model, request):
     if not _ours(model):
         return None
     return model.embed(request)
+
+
+@hookimpl
+def rerank(model, request):
+    from llama_api_embeddings.reranker import CrossEncoderReranker
+
+    if not isinstance(model, CrossEncoderReranker):
+        return None
+    return model.rerank(request)
+
+
+def _has_tokenizer(model) -> bool:
+    return _ours(model) and getattr(model, "tokenizer", None) is not None
+
+
+@hookimpl
+def tokenize(model, request):
+    if not _has_tokenizer(model):
+        return None
+    from llama_api_embeddings import tokens
+
+    return tokens.tokenize(model, request)
+
+
+@hookimpl
+def detokenize(model, tokens):
+    if not _has_tokenizer(model):
+        return None
+    from llama_api_embeddings.tokens import detokenize as spell
+
+    return spell(model, tokens)
 
 
 @hookimpl
