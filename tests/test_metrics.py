@@ -130,15 +130,15 @@ def test_metrics_take_the_admin_key_when_one_is_set_else_the_api_key(start_app):
 
 
 def test_one_log_line_per_request_with_its_numbers_and_no_key(start_app, caplog):
-    with start_app(api_keys=["secret-key-123"]) as client:
-        with caplog.at_level(logging.INFO, logger="llama_api.requests"):
-            reply = client.post(client.v1 + "/chat/completions",
-                                headers={"Authorization": "Bearer secret-key-123"},
-                                json={"model": "fast", "messages": USER, "max_tokens": 3,
-                                      "stream": True})
-            assert reply.status_code == 200
-            client.get(client.v1 + "/models", headers={"Authorization": "Bearer wrong-key-456"})
-            client.get("/health")  # a probe: DEBUG only
+    with (start_app(api_keys=["secret-key-123"]) as client,
+          caplog.at_level(logging.INFO, logger="llama_api.requests")):
+        reply = client.post(client.v1 + "/chat/completions",
+                            headers={"Authorization": "Bearer secret-key-123"},
+                            json={"model": "fast", "messages": USER, "max_tokens": 3,
+                                  "stream": True})
+        assert reply.status_code == 200
+        client.get(client.v1 + "/models", headers={"Authorization": "Bearer wrong-key-456"})
+        client.get("/health")  # a probe: DEBUG only
     lines = [r for r in caplog.records if r.name == "llama_api.requests"]
     assert [(r.levelno, r.request["route"], r.request["status"]) for r in lines] == [
         (logging.INFO, "/v1/chat/completions", 200), (logging.INFO, "/v1/models", 401)]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import msgspec
@@ -82,7 +82,7 @@ def decode_options(body: bytes, type_):
 
 class AdminController(Controller):
     path = "/admin"
-    opt = {"access": "admin"}
+    opt: ClassVar[dict[str, Any]] = {"access": "admin"}
 
     @get("/models", summary="Every model, with its state, worker, memory and queue")
     async def list_models(self, request: Request) -> Response:
