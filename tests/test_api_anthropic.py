@@ -65,6 +65,19 @@ def test_a_turn_that_ends_is_end_turn(shared_client):
     assert body["stop_reason"] == "end_turn"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_matched_stop_sequence_is_the_stop_reason(shared_client, stream):
+    response = post(shared_client, max_tokens=20, messages=user("alpha beta gamma"),
+                    stop_sequences=["zzz", "gam"], stream=stream)
+    if stream:
+        [delta] = [data for name, data in sse(response) if name == "message_delta"]
+        assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "gam"}
+    else:
+        body = response.json()
+        assert body["content"] == [{"type": "text", "text": "alpha beta "}]
+        assert (body["stop_reason"], body["stop_sequence"]) == ("stop_sequence", "gam")
+
+
 def test_sampling_and_stop_sequences_reach_the_backend(client, events_file):
     post(client, messages=user("a b"), temperature=1.0, top_p=0.5, top_k=7,
          stop_sequences=["", "zz"])

@@ -65,7 +65,7 @@ def test_a_stop_sequence_ends_the_answer_before_it(client):
     stopped = client.messages.create(model=MODEL, max_tokens=40, messages=messages,
                                      stop_sequences=["5"], extra_body=GREEDY)
     assert stopped.content[0].text == full[:full.index("5")]
-    assert stopped.stop_reason in ("stop_sequence", "end_turn")  # see anthropic.stop_sequence_of
+    assert (stopped.stop_reason, stopped.stop_sequence) == ("stop_sequence", "5")
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -138,6 +138,8 @@ class Delta(msgspec.Struct, kw_only=True, omit_defaults=True):
     logprobs: list[TokenLogprob] | None = None
     tool_calls: list[ToolCallDelta] | None = None
     finish_reason: str | None = None
+    # The stop string that ended generation (on the last delta), None for any other end.
+    stop_sequence: str | None = None
     usage: Usage | None = None
 
 

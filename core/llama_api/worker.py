@@ -104,6 +104,7 @@ def merge(deltas: list[Delta]) -> list[Delta]:
             if delta.logprobs is not None:
                 last.logprobs.extend(delta.logprobs)
             last.finish_reason = delta.finish_reason
+            last.stop_sequence = delta.stop_sequence
             last.usage = delta.usage
         else:
             merged.append(Delta(
@@ -112,6 +113,7 @@ def merge(deltas: list[Delta]) -> list[Delta]:
                 logprobs=list(delta.logprobs) if delta.logprobs is not None else None,
                 tool_calls=delta.tool_calls,
                 finish_reason=delta.finish_reason,
+                stop_sequence=delta.stop_sequence,
                 usage=delta.usage,
             ))
     return merged

@@ -179,13 +179,6 @@ def stop_reason(choice: Choice, stop_sequence: str | None) -> str:
     return "stop_sequence" if stop_sequence else "end_turn"
 
 
-def stop_sequence_of(piece: Delta | Choice) -> str | None:
-    # The stop string that ended generation, once backends report it on the last delta
-    # and a choice keeps it (a `stop_sequence` field on both); until then a stop string
-    # reads as end_turn.
-    return getattr(piece, "stop_sequence", None)
-
-
 def tool_input(call: dict[str, Any]) -> dict[str, Any]:
     """A tool call's arguments as the object Anthropic's `input` is."""
     arguments = call["function"]["arguments"] or "{}"
@@ -205,7 +198,7 @@ def usage_dict(choice: Choice) -> dict[str, int]:
 
 
 def message_response(message_id: str, model: str, choice: Choice) -> dict[str, Any]:
-    stop_sequence = stop_sequence_of(choice)
+    stop_sequence = choice.stop_sequence
     content: list[dict[str, Any]] = []
     if choice.reasoning:
         content.append({"type": "thinking", "thinking": "".join(choice.reasoning),
@@ -283,7 +276,7 @@ class MessageEvents:
                 "input": {}})
             if call.arguments:
                 yield self._delta({"type": "input_json_delta", "partial_json": call.arguments})
-        self.stop_sequence = stop_sequence_of(delta) or self.stop_sequence
+        self.stop_sequence = delta.stop_sequence or self.stop_sequence
 
     def finish(self, choices: list[Choice]) -> Iterator[Event]:
         [choice] = choices

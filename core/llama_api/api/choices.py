@@ -75,6 +75,7 @@ class Choice:
         self.logprobs: list[TokenLogprob] = []
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
+        self.stop_sequence: str | None = None
         self.usage = Usage()
 
     def add(self, delta: Delta) -> None:
@@ -95,6 +96,8 @@ class Choice:
             merged["function"]["arguments"] += call.arguments
         if delta.finish_reason:
             self.finish_reason = delta.finish_reason
+        if delta.stop_sequence:
+            self.stop_sequence = delta.stop_sequence
         if delta.usage is not None:
             self.usage = delta.usage
 

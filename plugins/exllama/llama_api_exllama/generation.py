@@ -215,7 +215,8 @@ class ExllamaModel:
                     usage = Usage(prompt_tokens=prompt_tokens, completion_tokens=seen_tokens)
                     if item.get("eos"):
                         done = True
-                    yield Delta(text=text, finish_reason="stop", usage=usage)
+                    yield Delta(text=text, finish_reason="stop", stop_sequence=holdback.matched,
+                                usage=usage)
                     return
                 if item.get("eos"):
                     done = True

@@ -53,7 +53,8 @@ class Run:
         return self.stream.text
 
     def final(self, finish: str | None = None) -> Delta:
-        return Delta(finish_reason=finish or self.finish, usage=Usage(
+        return Delta(finish_reason=finish or self.finish, stop_sequence=self.stream.matched,
+                     usage=Usage(
             prompt_tokens=len(self.tokens), completion_tokens=self.completion_tokens))
 
     def sampler(self):

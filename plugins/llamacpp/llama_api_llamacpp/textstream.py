@@ -28,6 +28,11 @@ class TextStream:
     def stopped(self) -> bool:
         return self._stops.stopped
 
+    @property
+    def matched(self) -> str | None:
+        """The stop string that ended the text, once `stopped`."""
+        return self._stops.matched if self._stops.stopped else None
+
     def _emit(self, text: str) -> str:
         self.text += text
         return text

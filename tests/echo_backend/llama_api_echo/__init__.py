@@ -233,7 +233,7 @@ def echo_tokens(model, request, words, cancelled):
         if cancelled.is_set():
             record("cancelled", model, produced=produced)
     record("end", model, produced=produced)
-    yield Delta(finish_reason=finish,
+    yield Delta(finish_reason=finish, stop_sequence=stops.matched,
                 usage=Usage(prompt_tokens=len(words), completion_tokens=produced))
 
 
