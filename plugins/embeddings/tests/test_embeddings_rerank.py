@@ -162,7 +162,7 @@ def test_tokenize_round_trips_with_the_models_tokenizer(server, minilm_path):
         "model": "all-MiniLM-L6-v2", "prompt": text, "with_pieces": True}).json()
     ids = [token["id"] for token in answer["tokens"]]
     assert ids == tokenizer(text)["input_ids"]  # [CLS] ... [SEP]
-    assert [token["piece"] for token in answer["tokens"]][0] == "[CLS]"
+    assert answer["tokens"][0]["piece"] == "[CLS]"
     assert answer["count"] == len(ids) and answer["max_model_len"] == 256
     plain = httpx.post(server.url + "/tokenize", timeout=120, json={
         "model": "tiny-reranker", "prompt": text, "add_special_tokens": False}).json()

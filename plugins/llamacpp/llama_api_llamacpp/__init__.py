@@ -123,3 +123,36 @@ def estimate_memory(spec):
     from llama_api_llamacpp.memory import estimate_memory as estimate
 
     return estimate(spec)
+
+
+@hookimpl
+def tokenize(model, request):
+    from llama_api_llamacpp.backend import LlamaCppModel
+
+    if not isinstance(model, LlamaCppModel):
+        return None
+    from llama_api_llamacpp import tokens
+
+    return tokens.tokenize(model, request)
+
+
+@hookimpl
+def detokenize(model, tokens):
+    from llama_api_llamacpp.backend import LlamaCppModel
+
+    if not isinstance(model, LlamaCppModel):
+        return None
+    from llama_api_llamacpp.tokens import detokenize as spell
+
+    return spell(model, tokens)
+
+
+@hookimpl
+def rerank(model, request):
+    from llama_api_llamacpp.backend import LlamaCppModel
+
+    if not isinstance(model, LlamaCppModel):
+        return None
+    from llama_api_llamacpp import reranker
+
+    return reranker.rerank(model, request)

@@ -1,0 +1,61 @@
+"""Tokenize and detokenize with the GGUF's own vocabulary, exactly as prompts are read:
+chat messages rendered by the model's PromptBuilder, text with BOS as `prompt_tokens` adds
+it, special tokens in the text parsed as such (llama.cpp's server does the same).
+
+Runs in the worker; touches only the vocabulary (no context), so it needs no lock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from llama_api import errors
+from llama_api.types import TokenizeResult
+
+
+def tokenize(model, request) -> TokenizeResult:
+    if request.messages is not None:
+        text, _ = model.prompts.render(request.messages, request.tools)
+    else:
+        text = request.text or ""
+    if request.add_special_tokens:
+        tokens = model.prompt_tokens(text)
+    else:
+        tokens = model.tokenize(text, add_bos=False, special=True)
+    pieces = [spelling(model, token) for token in tokens] if request.with_pieces else None
+    return TokenizeResult(tokens=tokens, pieces=pieces, max_model_len=model.n_ctx)
+
+
+def spelling(model, token: int) -> str | list[int]:
+    """A token's text, special tokens included; its bytes when they are not UTF-8 alone."""
+    buffer = ctypes.create_string_buffer(256)
+    n = model.lib.llama_token_to_piece(model.vocab, token, buffer, len(buffer), 0, True)
+    raw = buffer.raw[:max(n, 0)]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(raw)
+
+
+def detokenize(model, tokens: list[int]) -> str:
+    bad = [token for token in tokens if token >= model.n_vocab]
+    if bad:
+        raise errors.BadRequest(f"token id {bad[0]} is out of range: model {model.spec.id} "
+                                f"has {model.n_vocab} tokens", param="tokens")
+    if not tokens:
+        return ""
+    lib = model.lib
+    ids = (lib.llama_token * len(tokens))(*tokens)
+    size = 8 * len(tokens) + 16
+    while True:
+        buffer = ctypes.create_string_buffer(size)
+        # remove_special=False, unparse_special=True: special tokens spelled as their text.
+        n = lib.llama_detokenize(model.vocab, ids, len(tokens), buffer, size, False, True)
+        if n >= 0:
+            break
+        size = -n + 1
+    text = buffer.raw[:n].decode("utf-8", errors="replace")
+    # WordPiece spells a word start with a space: the text's first word has none to give.
+    if lib.llama_vocab_type(model.vocab) == lib.LLAMA_VOCAB_TYPE_WPM and text.startswith(" "):
+        text = text[1:]
+    return text
