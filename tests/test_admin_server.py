@@ -116,3 +116,20 @@ def test_the_key_comes_from_the_environment(monkeypatch):
     monkeypatch.delenv("LLAMA_API_KEYS")
     monkeypatch.delenv("LLAMA_API_ADMIN_KEY")
     assert admin_client.key_from_environment() is None
+
+
+def test_the_cli_commands_drive_a_running_server(server, monkeypatch, capsys):
+    from llama_api.cli import main
+
+    monkeypatch.setenv("LLAMA_API_KEYS", KEY)  # ps/load/unload take the first API key
+    monkeypatch.delenv("LLAMA_API_ADMIN_KEY", raising=False)
+    assert main(["load", "--url", server.url, "--pin", "fast"]) == 0
+    assert capsys.readouterr().out.startswith("fast loaded")
+    assert main(["ps", "--url", server.url]) == 0
+    table = capsys.readouterr().out
+    [row] = [line for line in table.splitlines() if line.startswith("fast")]
+    assert "loaded" in row and str(server.health()["workers"]["fast"]) in row
+    assert main(["unload", "--url", server.url, "fast"]) == 0
+    assert "fast" not in server.health()["loaded"]
+    monkeypatch.setenv("LLAMA_API_KEYS", "wrong")
+    assert main(["ps", "--url", server.url]) != 0

@@ -117,23 +117,23 @@ def ps_table(models: list[dict[str, Any]]) -> str:
 
 # -- the commands: print, return the exit status ---------------------------------------
 
-def ps_command(url: str, key: str | None, out: TextIO = sys.stdout) -> int:
-    return _run(lambda: print(ps_table(list_models(url, key)), file=out))
+def ps_command(url: str, key: str | None, out: TextIO | None = None) -> int:
+    return _run(lambda: print(ps_table(list_models(url, key)), file=out or sys.stdout))
 
 
 def load_command(url: str, model_id: str, key: str | None, pin: bool = False,
-                 out: TextIO = sys.stdout) -> int:
+                 out: TextIO | None = None) -> int:
     def load() -> None:
         m = load_model(url, model_id, key, pin=pin)
         pinned = ", pinned" if m["pinned"] else ""
-        print(f"{m['id']} loaded in {m['load_seconds']:.1f}s (pid {m['pid']}{pinned})", file=out)
+        print(f"{m['id']} loaded in {m['load_seconds']:.1f}s (pid {m['pid']}{pinned})", file=out or sys.stdout)
 
     return _run(load)
 
 
 def unload_command(url: str, model_id: str, key: str | None, force: bool = False,
-                   out: TextIO = sys.stdout) -> int:
-    return _run(lambda: print(f"{unload_model(url, model_id, key, force)['id']} unloaded", file=out))
+                   out: TextIO | None = None) -> int:
+    return _run(lambda: print(f"{unload_model(url, model_id, key, force)['id']} unloaded", file=out or sys.stdout))
 
 
 def _run(action) -> int:

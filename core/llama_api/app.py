@@ -43,12 +43,6 @@ class ServerConfig:
     responses_ttl: float = 30 * 24 * 3600
 
 
-class Forbidden(errors.LlamaApiError):
-    status = 403
-    type = "invalid_request_error"
-    code = "admin_key_required"
-
-
 def offered_keys(connection: ASGIConnection) -> list[bytes]:
     """OpenAI clients send `Authorization: Bearer <key>`; Anthropic clients `x-api-key: <key>`."""
     scheme, _, token = connection.headers.get("authorization", "").partition(" ")
@@ -86,7 +80,7 @@ def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None
         if matches(offered, state.admin_keys):
             return
         if matches(offered, state.api_keys):
-            raise Forbidden("This route needs an admin key; an API key is not enough.")
+            raise errors.Forbidden("This route needs an admin key; an API key is not enough.")
         what = "admin key"
     else:
         if not state.api_keys or matches(offered, state.api_keys + state.admin_keys):
@@ -116,7 +110,8 @@ def create_app(config: ServerConfig | None = None, plugins: Plugins | None = Non
         app.state.responses = ResponsesStore(config.data_dir, config.responses_ttl)
         log.info("%d model(s) available: %s", len(app.state.registry.models),
                  ", ".join(app.state.registry.models) or "none")
-        scheduling = Scheduler(config.scheduling, events=app.state.events, observer=metrics)
+        scheduling = Scheduler(config.scheduling, events=app.state.events, observer=metrics,
+                               plugins=plugins)
         async with scheduling.running() as scheduler:
             app.state.scheduler = metrics.scheduler = scheduler
             log.info("ready in %.2fs", time.perf_counter() - started)

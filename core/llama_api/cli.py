@@ -23,6 +23,9 @@ class JsonFormatter(logging.Formatter):
 
         entry = {"time": self.formatTime(record), "level": record.levelname,
                  "logger": record.name, "message": record.getMessage()}
+        request = getattr(record, "request", None)  # the per-request line's fields
+        if request is not None:
+            entry["request"] = request
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -63,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-key-file", type=Path, default=None, metavar="FILE",
                        help="read API keys from FILE, one per line (blank lines and lines "
                             "starting with # are skipped); LLAMA_API_KEYS=key1,key2 adds more")
+    serve.add_argument("--admin-key", action="append", default=[], metavar="KEY",
+                       help="key for /admin and, by default, /metrics; repeat for several "
+                            "(without one, /admin takes the API keys)")
+    serve.add_argument("--metrics-auth", choices=["admin", "api", "none"], default="admin",
+                       help="who may read /metrics: the admin key (the API key when no admin "
+                            "key is set), the API key, or anyone (default: %(default)s)")
     serve.add_argument("--data-dir", type=Path, default=None, metavar="DIR",
                        help="where state is kept (stored Responses API responses); default "
                             "$XDG_DATA_HOME/llama-api or ~/.local/share/llama-api")
@@ -82,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(models)
 
     add_pull_command(commands)
+    add_admin_commands(commands)
 
     install = commands.add_parser("install", help="install a backend plugin and its dependencies",
                                   description="pip-install a backend plugin by short name, torch "
@@ -99,6 +109,25 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--upgrade", action="store_true", help="upgrade the plugin if present")
     install.add_argument("--dry-run", action="store_true", help="print the pip commands only")
     return parser
+
+
+def add_admin_commands(commands) -> None:
+    """ps, load and unload: the admin API of a running server, from the shell."""
+    for name, text in (("ps", "show what a running server has loaded"),
+                       ("load", "load a model on a running server"),
+                       ("unload", "unload a model on a running server")):
+        command = commands.add_parser(name, help=text, description=text + ".")
+        command.add_argument("--url", default=os.environ.get("LLAMA_API_URL", "http://127.0.0.1:8000"),
+                             help="the server (default: $LLAMA_API_URL or %(default)s); the key "
+                                  "comes from LLAMA_API_ADMIN_KEY, else the first of LLAMA_API_KEYS")
+        if name != "ps":
+            command.add_argument("model", metavar="ID", help="model id or alias")
+        if name == "load":
+            command.add_argument("--pin", action="store_true",
+                                 help="pin it: never evicted nor unloaded when idle")
+        if name == "unload":
+            command.add_argument("--force", action="store_true",
+                                 help="unload even while it serves (its requests end)")
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -190,6 +219,8 @@ def serve(args) -> int:
         models_dir=args.models_dir,
         config=args.config,
         api_keys=api_keys,
+        admin_keys=[key.strip() for key in args.admin_key if key.strip()],
+        metrics_auth=args.metrics_auth,
         scheduling=Settings(
             max_workers=args.max_workers,
             max_queue=args.max_queue,
@@ -212,6 +243,9 @@ def serve(args) -> int:
             return 2
     if api_keys:  # how many, never which
         logging.getLogger("llama_api.cli").info("API keys required: %d key(s)", len(api_keys))
+    if config.admin_keys:
+        logging.getLogger("llama_api.cli").info("admin keys required: %d key(s)",
+                                                len(config.admin_keys))
     app = create_app(config)
     run_until_signalled(uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, log_config=None,
@@ -297,6 +331,17 @@ def pull(args) -> int:
     return 0
 
 
+def admin(args) -> int:
+    from llama_api import admin_client
+
+    key = admin_client.key_from_environment()
+    if args.command == "ps":
+        return admin_client.ps_command(args.url, key)
+    if args.command == "load":
+        return admin_client.load_command(args.url, args.model, key, pin=args.pin)
+    return admin_client.unload_command(args.url, args.model, key, force=args.force)
+
+
 def install(args) -> int:
     from llama_api import install as installer
 
@@ -312,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     json_logs = getattr(args, "log_format", "text") == "json"
     handler.setFormatter(JsonFormatter() if json_logs else logging.Formatter(LOG_FORMAT))
     logging.basicConfig(level=getattr(args, "log_level", "info").upper(), handlers=[handler])
-    command = {"serve": serve, "models": list_models, "pull": pull, "install": install}[args.command]
+    command = {"serve": serve, "models": list_models, "pull": pull, "install": install,
+               "ps": admin, "load": admin, "unload": admin}[args.command]
     return command(args)
 
 

@@ -55,6 +55,22 @@ class HTTPRefusal(LlamaApiError):
             self.type = "server_error"
 
 
+class Forbidden(LlamaApiError):
+    """A valid key, but not one this route takes (an API key on an admin route)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "admin_key_required"
+
+
+class Conflict(LlamaApiError):
+    """The request contradicts the server's state (every worker pinned, a model busy)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
 class ModelNotFound(LlamaApiError):
     status = 404
     type = "invalid_request_error"

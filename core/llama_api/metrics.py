@@ -14,16 +14,15 @@ the scheduler when it leases a worker, never the client's string).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from contextlib import aclosing
 from contextvars import ContextVar
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 
+from llama_api import memory
 from llama_api.events import Event
 from llama_api.scheduler import LeaseObserver
 from llama_api.types import Delta, ModelSpec
@@ -93,28 +92,6 @@ class MeteredWorker:
         result = await self._worker.embed(request)
         self._record.prompt_tokens += result.prompt_tokens
         return result
-
-
-def process_rss_bytes(pid: int) -> int | None:
-    """Resident memory of a process and its descendants (Linux /proc; None elsewhere)."""
-    total, seen, pending = 0, set(), [pid]
-    while pending:
-        current = pending.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        try:
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-                    break
-            for task in os.listdir(f"/proc/{current}/task"):
-                children = Path(f"/proc/{current}/task/{task}/children").read_text().split()
-                pending.extend(int(child) for child in children)
-        except (OSError, ValueError):
-            if current == pid:
-                return None
-    return total
 
 
 class Metrics(LeaseObserver):
@@ -230,9 +207,9 @@ class _SchedulerGauges:
                 running.add_metric([model_id], in_use)
                 waiting.add_metric([model_id], max(0, entry.users - in_use))
                 loaded.add_metric([model_id], 1)
-                memory = process_rss_bytes(entry.worker.pid) if entry.worker.pid else None
-                if memory is not None:
-                    rss.add_metric([model_id], memory)
+                held = memory.rss(entry.worker.pid) if entry.worker.pid else None
+                if held is not None:
+                    rss.add_metric([model_id], held)
             for model_id in sorted(scheduler.pinned):
                 pinned.add_metric([model_id], 1)
         return [running, waiting, loaded, pinned, rss]

@@ -43,6 +43,7 @@ class WorkerProcess:
         self.on_exit = on_exit
         self.slots = 1
         self.info: dict = {}
+        self.progress: protocol.Progress | None = None  # the latest report while loading
         self.pid: int | None = None
         self.alive = False
         self._process: anyio.abc.Process | None = None
@@ -240,6 +241,7 @@ class WorkerProcess:
     def _dispatch(self, message: protocol.FromWorker) -> None:
         match message:
             case protocol.Progress():
+                self.progress = message
                 fraction = "" if message.fraction is None else f" ({message.fraction:.0%})"
                 self.log.info("%s%s", message.message, fraction)
             case protocol.Loaded():

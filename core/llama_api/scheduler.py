@@ -65,14 +65,6 @@ class LeaseObserver:
         return worker
 
 
-class Conflict(errors.LlamaApiError):
-    """The request contradicts the server's state (every worker pinned, a model busy)."""
-
-    status = 409
-    type = "invalid_request_error"
-    code = "conflict"
-
-
 @dataclass(eq=False)
 class Entry:
     """A model that is loading or loaded (or, in `Scheduler.unloading`, being unloaded)."""
@@ -224,7 +216,7 @@ class Scheduler:
         if self._stopping or not self.entries:
             return
         if all(e.spec.id in self.pinned and e.ready.is_set() for e in self.entries.values()):
-            raise Conflict(
+            raise errors.Conflict(
                 f"Cannot load model {spec.id!r}: all {len(self.entries)} worker(s) hold pinned "
                 f"models ({', '.join(sorted(self.entries))}) and --max-workers is "
                 f"{self.settings.max_workers}. Unpin or unload one (POST /admin/models/ID/unpin).",
@@ -244,7 +236,7 @@ class Scheduler:
         pinned = [e.memory for e in self.entries.values()
                   if e.spec.id in self.pinned and e.ready.is_set()]
         if pinned and not self.memory.fits(need, pinned):
-            raise Conflict(
+            raise errors.Conflict(
                 f"Cannot load model {spec.id!r} (estimated {describe(need)}): the pinned models "
                 f"hold {describe(sum(pinned, Footprint()))} of the limit "
                 f"{describe(self.memory.limits)}. Unpin or unload one "
@@ -366,7 +358,7 @@ class Scheduler:
             await entry.ready.wait()  # a load in progress finishes first
             entry = self.entries.get(model_id)
         if entry is not None and entry.users and not force:
-            raise Conflict(f"Model {model_id!r} has {entry.users} request(s) running or queued; "
+            raise errors.Conflict(f"Model {model_id!r} has {entry.users} request(s) running or queued; "
                            "retry when it is idle, or unload with {\"force\": true}.",
                            code="model_busy")
         self.unpin(model_id)

@@ -15,9 +15,9 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from llama_api import errors
+from llama_api import errors, memory
 from llama_api.api.http import json_response
-from llama_api.metrics import CONTENT_TYPE, process_rss_bytes
+from llama_api.metrics import CONTENT_TYPE
 from llama_api.scheduler import Entry, Scheduler
 from llama_api.types import ModelSpec
 
@@ -49,7 +49,7 @@ def model_status(spec: ModelSpec, scheduler: Scheduler) -> dict[str, Any]:
         "error": scheduler.failures.get(spec.id) if state == "failed" else None,
         "progress": None,
         "pid": process.pid if process is not None else None,
-        "rss_bytes": process_rss_bytes(process.pid) if process and process.pid else None,
+        "rss_bytes": memory.rss(process.pid) if process and process.pid else None,
         "gpu_memory_bytes": None,  # not measured yet
         "slots": None,
         "slots_in_use": None,
