@@ -169,3 +169,13 @@ def test_ready_needs_plugins_and_a_readable_models_folder(start_app, models_dir)
         assert reply.json()["status"] == "not ready"
         assert "missing" in reply.json()["problems"][0]
         assert client.get("/health").status_code == 200  # liveness is another question
+
+
+def test_rescan_finds_new_and_removed_models_at_once(client, models_dir):
+    (models_dir / "newcomer.echo").write_text("{}")
+    (models_dir / "noisy.echo").unlink()
+    body = client.post("/admin/rescan").json()
+    assert (body["added"], body["removed"]) == (["newcomer"], ["noisy"])
+    assert "newcomer" in body["models"] and "noisy" not in body["models"]
+    assert client.post("/admin/rescan").json()["added"] == []  # nothing changed since
+    assert chat(client, "newcomer").status_code == 200

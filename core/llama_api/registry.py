@@ -117,18 +117,24 @@ class Registry:
         """Rediscover the models folder if it changed since the last scan; True if it did."""
         if self._source is None:
             return False
-        signature = folder_signature(self._source.models_dir)
-        if signature == self._signature:
+        if folder_signature(self._source.models_dir) == self._signature:
             return False
+        self.rescan()
+        return True
+
+    def rescan(self) -> tuple[list[str], list[str]]:
+        """Rediscover the models folder now; the model ids (added, removed)."""
+        if self._source is None:
+            return [], []
         # The signature is taken before the scan: a change during the scan shows next time.
-        self._signature = signature
+        self._signature = folder_signature(self._source.models_dir)
         before = set(self._models)
         self._index(self._source.specs())
-        added, removed = set(self._models) - before, before - set(self._models)
+        added, removed = sorted(set(self._models) - before), sorted(before - set(self._models))
         if added or removed:
             log.info("models folder changed: added %s, removed %s",
-                     sorted(added) or "none", sorted(removed) or "none")
-        return True
+                     added or "none", removed or "none")
+        return added, removed
 
     def resolve(self, name: str) -> ModelSpec:
         model_id = self._names.get(name)

@@ -124,6 +124,17 @@ class AdminController(Controller):
             scheduler.unpin(spec.id)
         return json_response(model_status(spec, scheduler))
 
+    @post("/rescan", status_code=200, summary="Look for new or removed models in the models folder now")
+    async def rescan(self, request: Request) -> Response:
+        state = request.app.state
+        added, removed = await anyio.to_thread.run_sync(state.registry.rescan)
+        for model_id in added:
+            state.events.publish("model_added", model_id)
+        for model_id in removed:
+            state.events.publish("model_removed", model_id)
+        return json_response({"added": added, "removed": removed,
+                              "models": sorted(state.registry.models)})
+
     @get("/events", summary="Server-sent events: loads, unloads, evictions, crashes, pins")
     async def events(self, request: Request) -> ServerSentEvent:
         bus = request.app.state.events
