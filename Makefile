@@ -10,7 +10,9 @@ CONSTRAINTS := $(wildcard constraints.txt)
 PIP_INSTALL := $(PIP) install $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
-# More `llama-api serve` options, e.g. make serve SERVE_ARGS="--max-workers 2 --api-key sk-1"
+# Both default models (chat and embeddings) stay loaded side by side.
+MAX_WORKERS ?= 2
+# More `llama-api serve` options, e.g. make serve SERVE_ARGS="--api-key sk-1 --idle-timeout 600"
 SERVE_ARGS ?=
 
 # The torch and TensorFlow pins live in core/llama_api/install.py (PINS), which
@@ -31,7 +33,8 @@ SOURCES := core/pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml) $(CON
 .PHONY: serve test lint constraints setup setup-test clean
 
 serve: $(VENV)/.serve
-	$(VENV)/bin/llama-api serve --host $(HOST) --port $(PORT) --models-dir models $(SERVE_ARGS)
+	$(VENV)/bin/llama-api serve --host $(HOST) --port $(PORT) --models-dir models \
+		--max-workers $(MAX_WORKERS) $(SERVE_ARGS)
 
 test: $(VENV)/.test
 	$(PY) -m pytest
