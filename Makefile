@@ -30,7 +30,7 @@ TEST_TOOLS := pytest pytest-timeout httpx "openai>=1.40" "gguf>=0.10" sentence-t
 PLUGINS := plugins/llamacpp plugins/embeddings plugins/exllama
 SOURCES := core/pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml) $(CONSTRAINTS)
 
-.PHONY: serve test lint constraints setup setup-test clean
+.PHONY: serve test lint bench constraints setup setup-test clean
 
 serve: $(VENV)/.serve
 	$(VENV)/bin/llama-api serve --host $(HOST) --port $(PORT) --models-dir models \
@@ -42,6 +42,12 @@ test: $(VENV)/.test
 # Not part of `make test` yet.
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
+
+# The benchmark suite (not in CI, not in `make test`): writes docs/benchmarks.md; builds
+# llama.cpp's llama-server once into ~/.cache/llama-api-bench. BENCH_ARGS=--quick: a smoke run.
+BENCH_ARGS ?=
+bench: $(VENV)/.test
+	$(PY) -m bench $(BENCH_ARGS)
 
 # Refresh constraints.txt: upgrade .venv to the newest versions every package's bounds
 # allow (torch and TensorFlow stay at their pins), then freeze it, leaving out the pins

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from bench import packages
 from bench.context import API
 from bench.figures_service import COLD, RAW
 from bench.results import Figure, fmt, spread
@@ -73,7 +74,9 @@ def table(figure: Figure) -> str:
 
 
 def plots(figures: dict[str, Figure], levels: list[int], folder: Path) -> list[str]:
-    """PNG files in `folder`; returns their names."""
+    """PNG files in `folder`; returns their names (none without matplotlib)."""
+    if packages.ensure({"matplotlib": "matplotlib"}) is not None:
+        return []
     import matplotlib
 
     matplotlib.use("Agg")

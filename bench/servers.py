@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import packages
 from bench.models import CACHE
 
 BUILD_SCRIPT = Path(__file__).with_name("build_llama_server.sh")
@@ -139,16 +139,8 @@ def llama_server(binary: Path, gguf: Path, model_id: str, threads: int | None, p
 
 def python_server_ready() -> str | None:
     """None when `python -m llama_cpp.server` can run; otherwise why not. Installs its
-    missing extras into this interpreter's environment once."""
-    missing = [pkg for module, pkg in PYTHON_SERVER_EXTRAS.items()
-               if importlib.util.find_spec(module) is None]
-    if missing:
-        done = subprocess.run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check",
-                               "-q", *missing], check=False, capture_output=True, text=True)
-        if done.returncode != 0:
-            return f"could not install {', '.join(missing)}: {done.stderr.strip()[-300:]}"
-        importlib.invalidate_caches()
-    return None
+    missing extras (llama-cpp-python[server]) into this environment once."""
+    return packages.ensure(PYTHON_SERVER_EXTRAS)
 
 
 def python_server(gguf: Path, model_id: str, threads: int, n_ctx: int = 2048) -> Server:

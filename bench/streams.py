@@ -107,18 +107,21 @@ class InProcess:
         from llama_cpp import LogitsProcessorList
 
         sampled = 0
+        stop = list(stop_ids)
 
-        def count(_ids, scores):  # called once per sampled token: an exact count
+        # One processor that biases and counts: llama-cpp-python 0.3.36 drops both when
+        # given `logit_bias` and `logits_processor` together (list.extend returns None).
+        def bias_and_count(_ids, scores):
             nonlocal sampled
             sampled += 1
+            scores[stop] -= 100.0
             return scores
 
         sent = time.perf_counter()
         first = last = 0.0
-        for chunk in self.llm.create_completion(PROMPT, max_tokens=tokens, temperature=0,
-                                                logit_bias={i: -100.0 for i in stop_ids},
-                                                logits_processor=LogitsProcessorList([count]),
-                                                stream=True):
+        for chunk in self.llm.create_completion(
+                PROMPT, max_tokens=tokens, temperature=0, stream=True,
+                logits_processor=LogitsProcessorList([bias_and_count])):
             if chunk["choices"][0]["text"]:
                 last = time.perf_counter()
                 first = first or last
