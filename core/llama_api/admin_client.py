@@ -16,6 +16,8 @@ import urllib.parse
 import urllib.request
 from typing import Any, TextIO
 
+from llama_api.memory import format_size
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -73,16 +75,6 @@ def unload_model(url: str, model_id: str, key: str | None, force: bool = False) 
     return call(url, "POST", model_path(model_id, "unload"), key, {"force": force})
 
 
-def size(nbytes: int | None) -> str:
-    if nbytes is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if nbytes < 1024 or unit == "GiB":
-            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1024
-    return "-"
-
-
 def ago(timestamp: float | None) -> str:
     if timestamp is None:
         return "-"
@@ -104,7 +96,7 @@ def ps_table(models: list[dict[str, Any]]) -> str:
         if state == "loading" and m.get("progress") and m["progress"].get("fraction") is not None:
             state = f"loading {m['progress']['fraction']:.0%}"
         slots = "-" if m["slots"] is None else f"{m['slots_in_use']}/{m['slots']}"
-        rows.append([m["id"], state, str(m["pid"] or "-"), size(m["rss_bytes"]), slots,
+        rows.append([m["id"], state, str(m["pid"] or "-"), ("-" if m["rss_bytes"] is None else format_size(m["rss_bytes"])), slots,
                      "-" if m["queued"] is None else str(m["queued"]),
                      "yes" if m["pinned"] else "no", ago(m["last_used"])])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

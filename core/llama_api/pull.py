@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+from llama_api.memory import format_size
+
 STAGING = ".pull"
 REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 SPLIT_GGUF = re.compile(r"(.+)-(\d{5})-of-(\d{5})\.gguf", re.IGNORECASE)
@@ -126,7 +128,7 @@ def choose_files(repo: str, files: list[RemoteFile], filename: str | None,
             raise PullError(f"{repo} has no file {filename!r}; its files: {names}", exit_code=2)
         return found
     ggufs = [f for f in files if f.name.lower().endswith(".gguf")]
-    listing = "\n".join(f"  {f.name}  ({human_size(f.size)})" for f in ggufs)
+    listing = "\n".join(f"  {f.name}  ({'size unknown' if f.size is None else format_size(f.size)})" for f in ggufs)
     if quant is not None:
         if not ggufs:
             raise PullError(f"--quant picks a .gguf file, and {repo} has none; its files: {names}",
@@ -206,8 +208,8 @@ def download(hub, repo: str, commit: str, remote: RemoteFile, partial: Path) -> 
     if size is not None and done > size:  # not a prefix of this file: start over
         partial.unlink()
         done = 0
-    resuming = f", resuming at {human_size(done)}" if done else ""
-    say(f"{remote.name}: {human_size(size)} from {repo}@{commit[:12]}{resuming}")
+    resuming = f", resuming at {format_size(done)}" if done else ""
+    say(f"{remote.name}: {'size unknown' if size is None else format_size(size)} from {repo}@{commit[:12]}{resuming}")
     with partial.open("ab") as out:
         hub.file_download.http_get(metadata.location, out, resume_size=done, headers=headers,
                                    expected_size=size,
@@ -314,16 +316,6 @@ def hub_errors(repo: str, revision: str | None):
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def human_size(size: int | None) -> str:
-    if size is None:
-        return "size unknown"
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size} B"
 
 
 def remove_if_empty(folder: Path) -> None:
