@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import anyio
 import numpy as np
 import pytest
@@ -55,7 +58,8 @@ class TestTFHubConformance(BackendConformance):
         return ModelSpec(id="corrupt", backend="tfhub", path=str(folder), plugin="embeddings")
 
 
-def test_worker_answers_concurrent_requests_each_in_order(minilm_spec, minilm):
+def test_worker_batches_concurrent_requests_and_answers_each_in_order(minilm_spec, minilm,
+                                                                    caplog):
     texts = [f"text {i} about {'rivers' if i % 2 else 'mountains'}" for i in range(24)]
     expected = minilm.embed(EmbedRequest(input=texts)).embeddings
     results = [None] * len(texts)
@@ -71,11 +75,13 @@ def test_worker_answers_concurrent_requests_each_in_order(minilm_spec, minilm):
                 for i in range(len(texts)):
                     group.start_soon(one, i)
 
-    anyio.run(main)
+    with caplog.at_level(logging.DEBUG, logger="llama_api.worker"):  # the worker logs at DEBUG too
+        anyio.run(main)
     for i, result in enumerate(results):
         vector = np.frombuffer(result.data, dtype="<f4").reshape(result.count, result.dims)
         assert result.count == 1 and result.dims == 384
         assert float(vector[0] @ expected[i]) > 0.9999
-    # The worker protocol no longer carries batch sizes (Embedded.batch_size was read by
-    # nothing but this test): that concurrent requests share batches is checked on the
-    # same model in-process, test_concurrent_minilm_requests_are_batched_and_in_order.
+    # The worker shows the size of the batch that computed each request in its debug log.
+    batches = [int(m.group(1)) for r in caplog.records
+               if (m := re.search(r"computed in a batch of (\d+) rows", r.getMessage()))]
+    assert len(batches) == len(texts) and max(batches) > 1
