@@ -67,8 +67,12 @@ def table(figure: Figure) -> str:
         row = f"| {label} | {fmt(statistics.median(values))} | {spread(values)} | {len(values)} |"
         if reference:
             ratios = figure.ratios(label)
-            row += (" reference |" if label == reference else
-                    f" {fmt(statistics.median(ratios)) if ratios else '-'}x ({spread(ratios)}) |")
+            if label == reference:
+                row += " reference |"
+            elif ratios:
+                row += f" {fmt(statistics.median(ratios))}x ({spread(ratios)}) |"
+            else:
+                row += " - |"
         lines.append(row)
     return "\n".join(lines) + "\n"
 

@@ -60,7 +60,8 @@ class Server:
         return CACHE / "logs" / f"{self.name}-{self.port}.log"
 
     def command(self) -> str:
-        shown = [a.replace(str(Path.home()), "~") for a in self.argv]
+        here = str(Path.cwd()) + "/"
+        shown = [a.replace(here, "").replace(str(Path.home()), "~") for a in self.argv]
         env = " ".join(f"{k}={v}" for k, v in self.env.items())
         return (env + " " if env else "") + " ".join(shown)
 
