@@ -36,9 +36,13 @@ class Channel:
         self._lock = threading.Lock()
 
     def send(self, message) -> None:
-        frame = protocol.encode(message)
+        self.send_all([message])
+
+    def send_all(self, messages: list) -> None:
+        """The messages' frames in one write (one wake-up of the server for all of them)."""
+        frames = [protocol.encode(message) for message in messages]
         with self._lock:
-            view = memoryview(frame)
+            view = memoryview(frames[0] if len(frames) == 1 else b"".join(frames))
             while view:
                 written = os.write(self._write_fd, view)
                 view = view[written:]
@@ -119,6 +123,87 @@ def merge(deltas: list[Delta]) -> list[Delta]:
     return merged
 
 
+class Outbox:
+    """Every stream's deltas on their way to the pipe, written by one thread per worker.
+
+    A stream's first delta (and the first after a pause of FLUSH_INTERVAL) goes out at once,
+    from the thread that made it. Later ones wait for the next tick, when the writer sends
+    every stream's pending deltas in one write: at most one frame per stream per tick, and
+    no delta waits longer than a tick, even while its backend stalls.
+    """
+
+    def __init__(self, channel: Channel, interval: float = FLUSH_INTERVAL):
+        self._channel = channel
+        self._interval = interval
+        self._pending: dict[int, list[Delta]] = {}
+        self._last_sent: dict[int, float] = {}  # request id -> when its last frame went out
+        self._wake = threading.Condition()
+        self._writer_idle = False  # waiting for deltas (not for a tick): needs a notify
+        self._closed = False
+        self._writer = threading.Thread(target=self._write_ticks, name="outbox", daemon=True)
+        self._writer.start()
+
+    def add(self, request_id: int, delta: Delta) -> None:
+        with self._wake:
+            pending = self._pending.get(request_id)
+            if pending is not None:
+                pending.append(delta)
+                return
+            last = self._last_sent.get(request_id)
+            if last is None or time.monotonic() - last >= self._interval:
+                self._send([(request_id, [delta])])
+                return
+            self._pending[request_id] = [delta]
+            if self._writer_idle:
+                self._wake.notify()
+
+    def finish(self, request_id: int, failed: protocol.Failed | None = None) -> None:
+        """The stream's last frame (done), or its failure (pending deltas are dropped)."""
+        with self._wake:
+            pending = self._pending.pop(request_id, [])
+            self._last_sent.pop(request_id, None)
+            if failed is not None:
+                self._channel.send(failed)
+            else:
+                self._channel.send(protocol.Deltas(id=request_id, deltas=merge(pending),
+                                                   done=True))
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._writer.join(timeout=5)
+
+    def _send(self, batches: list[tuple[int, list[Delta]]]) -> None:
+        # under self._wake: a stream's frames leave in order
+        now = time.monotonic()
+        for request_id, _deltas in batches:
+            self._last_sent[request_id] = now
+        self._channel.send_all([protocol.Deltas(id=request_id, deltas=merge(deltas))
+                                for request_id, deltas in batches])
+
+    def _write_ticks(self) -> None:
+        with self._wake:
+            while not self._closed:
+                if not self._pending:
+                    self._writer_idle = True
+                    self._wake.wait()
+                    self._writer_idle = False
+                    continue
+                due = min(self._last_sent.get(request_id, 0.0)
+                          for request_id in self._pending) + self._interval
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                batches = list(self._pending.items())
+                self._pending.clear()
+                try:
+                    self._send(batches)
+                except OSError:  # the server is gone; the lifeline ends this process
+                    log.warning("could not write to the server")
+
+
 def vectors_to_bytes(embeddings) -> tuple[bytes, int, int]:
     """Rows of floats (lists or a numpy array) as little-endian float32 bytes."""
     if hasattr(embeddings, "astype"):  # numpy, without importing it here
@@ -152,6 +237,7 @@ class Worker:
         self.model_id = ""
         self.cancels: dict[int, threading.Event] = {}
         self.pool: ThreadPoolExecutor | None = None
+        self.outbox = Outbox(channel)
 
     def load(self, message: protocol.Load) -> None:
         context = LoadContext(
@@ -181,24 +267,6 @@ class Worker:
 
     def run_generate(self, message: protocol.Generate) -> None:
         cancelled = self.cancels[message.id]
-        lock = threading.Lock()
-        pending: list[Delta] = []
-        last_flush = 0.0
-        timer: threading.Timer | None = None
-
-        def flush(done: bool = False) -> None:
-            # Also run by the timer: a held delta goes out even if the backend stalls.
-            nonlocal pending, last_flush, timer
-            with lock:
-                if timer is not None:
-                    timer.cancel()
-                    timer = None
-                if pending or done:
-                    self.channel.send(protocol.Deltas(id=message.id, deltas=merge(pending),
-                                                      done=done))
-                pending = []
-                last_flush = time.monotonic()
-
         try:
             stream = self.plugins.hook.generate(
                 model=self.model, request=message.request, cancelled=cancelled
@@ -211,22 +279,11 @@ class Worker:
                     if close is not None:
                         close()
                     break
-                with lock:
-                    pending.append(delta)
-                    wait = FLUSH_INTERVAL - (time.monotonic() - last_flush)
-                    if wait > 0 and timer is None:
-                        timer = threading.Timer(wait, flush)
-                        timer.daemon = True
-                        timer.start()
-                if wait <= 0:
-                    flush()
-            flush(done=True)
+                self.outbox.add(message.id, delta)
+            self.outbox.finish(message.id)
         except Exception as exc:
-            self.channel.send(failure(message.id, exc))
+            self.outbox.finish(message.id, failure(message.id, exc))
         finally:
-            with lock:
-                if timer is not None:
-                    timer.cancel()
             self.cancels.pop(message.id, None)
 
     def run_embed(self, message: protocol.Embed) -> None:
@@ -306,6 +363,7 @@ class Worker:
             for event in list(self.cancels.values()):
                 event.set()
             self.pool.shutdown(wait=True)
+        self.outbox.close()
         if self.model is not None:
             try:
                 self.plugins.hook.unload_model(model=self.model)
