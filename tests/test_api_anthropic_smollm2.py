@@ -83,8 +83,6 @@ def test_a_tool_call_forced_with_any(client, stream):
     assert "paris" in call.input["city"].lower()
 
 
-@pytest.mark.skipif(not hasattr(plugin, "tokenize"),
-                    reason="the llamacpp plugin does not implement the tokenize hook yet")
 def test_count_tokens_is_the_prompt_the_model_reads(client):
     request = {"model": MODEL, "system": "Be brief.", "messages": ask("Name a colour."),
                "tools": TOOLS}

@@ -108,3 +108,12 @@ def unload_model(model):
         return None
     model.close()
     return True
+
+
+@hookimpl
+def estimate_memory(spec):
+    if spec.backend not in BACKENDS:
+        return None
+    from llama_api_embeddings.memory import estimate_memory as estimate
+
+    return estimate(spec)
