@@ -142,7 +142,10 @@ def summarize(kv: dict) -> dict:
     embedding_only = (arch in EMBEDDING_ARCHS or causal is False
                       or (isinstance(pooling, int) and pooling in (1, 2, 3)))
     meta["embedding"] = embedding_only
-    meta["kind"] = "embedding" if embedding_only else ("chat" if templates else "completion")
+    if pooling == 4:  # a rank head: a reranker, which is also an encoder
+        meta["kind"] = "rerank"
+    else:
+        meta["kind"] = "embedding" if embedding_only else ("chat" if templates else "completion")
     return meta
 
 

@@ -160,3 +160,10 @@ def test_discovery_and_a_worker_serve_the_reranker(reranker_path):
     scored, text = anyio.run(main)
     assert len(scored.scores) == len(DOCUMENTS) and all(0 < s < 1 for s in scored.scores)
     assert text == QUERY
+
+
+def test_discovery_calls_a_rank_gguf_a_reranker(reranker_path):
+    from llama_api_llamacpp.gguf_meta import read_meta
+
+    meta = read_meta(reranker_path)
+    assert (meta["kind"], meta["pooling"], meta["embedding"]) == ("rerank", "rank", True)
