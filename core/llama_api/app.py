@@ -41,6 +41,8 @@ class ServerConfig:
     # The Responses API's stored responses live in data_dir; kept responses_ttl seconds (0: ever).
     data_dir: Path = field(default_factory=default_data_dir)
     responses_ttl: float = 30 * 24 * 3600
+    # A stream with nothing to send for this many seconds sends an SSE comment (0: never).
+    keepalive: float = 5.0
 
 
 def offered_keys(connection: ASGIConnection) -> list[bytes]:
@@ -104,6 +106,7 @@ def create_app(config: ServerConfig | None = None, plugins: Plugins | None = Non
         app.state.admin_keys = [key.encode() for key in config.admin_keys]
         app.state.metrics_auth = config.metrics_auth
         app.state.models_dir = config.models_dir
+        app.state.keepalive = config.keepalive
         app.state.events = EventBus()
         app.state.metrics = metrics = Metrics()
         app.state.events.listen(metrics.on_event)

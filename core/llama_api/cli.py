@@ -81,6 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grace-period", type=seconds, default=10.0, metavar="SECONDS",
                        help="on SIGTERM or Ctrl-C, let running requests finish for this long "
                             "before they are cut off and the workers end (default: %(default)s)")
+    serve.add_argument("--keepalive", type=seconds, default=5.0, metavar="SECONDS",
+                       help="a stream with nothing to send this long (waiting for a load, a "
+                            "slot, a long prompt) sends an SSE comment; 0 = never "
+                            "(default: %(default)s)")
+    serve.add_argument("--request-timeout", type=seconds, default=300.0, metavar="SECONDS",
+                       help="kill a worker that sends nothing for a running request this long "
+                            "(queueing doesn't count; each token restarts it); raise it for "
+                            "very long prompts on slow hardware; 0 = never (default: %(default)s)")
+    serve.add_argument("--load-timeout", type=seconds, default=600.0, metavar="SECONDS",
+                       help="kill a worker whose model takes longer than this to load; "
+                            "0 = never (default: %(default)s)")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"], help="(default: %(default)s)")
     serve.add_argument("--log-format", default="text", choices=["text", "json"],
@@ -228,9 +239,12 @@ def serve(args) -> int:
             threads_per_worker=args.threads,
             max_memory=args.max_memory,
             max_gpu_memory=args.max_gpu_memory,
+            request_timeout=args.request_timeout,
+            load_timeout=args.load_timeout,
         ),
         data_dir=args.data_dir or default_data_dir(),
         responses_ttl=args.responses_ttl,
+        keepalive=args.keepalive,
     )
     if args.config is not None:  # fail fast, before binding the port
         try:

@@ -1,4 +1,11 @@
-"""The server's side of a worker: start the process, talk to it, stop it for good."""
+"""The server's side of a worker: start the process, talk to it, stop it for good.
+
+A worker that stops answering is killed: one that sends nothing for a request during
+`request_timeout` seconds (counted from when the request was sent, so a queued request
+doesn't count; every frame restarts it, so a slow generation that progresses is never
+killed), or whose load takes longer than `load_timeout`. Its requests then fail with 503
+`worker_timeout`, and the scheduler's crash path frees the model.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +60,10 @@ class WorkerProcess:
         self._loaded = anyio.Event()
         self._load_error: errors.LlamaApiError | None = None
         self._exited = anyio.Event()
+        self._killed_for: str | None = None  # why the server killed it (a timeout), if it did
+        # Seconds; 0 = no limit. The scheduler sets them from its settings.
+        self.request_timeout = 0.0  # a request may wait this long for the worker's next frame
+        self.load_timeout = 0.0  # a load may take this long
         self.log = logging.getLogger(f"llama_api.worker.{spec.id}")
 
     # -- lifecycle -------------------------------------------------------------------
@@ -86,7 +97,13 @@ class WorkerProcess:
             await self._send(load)
         except errors.WorkerCrashed:
             pass  # the process died before reading; _read_frames reports why
-        await self._loaded.wait()
+        with anyio.move_on_after(self.load_timeout or None):
+            await self._loaded.wait()
+        if not self._loaded.is_set():
+            self._load_error = errors.ModelLoadError(self._kill_unresponsive(
+                f"did not finish loading within {self.load_timeout:g} s", "--load-timeout"),
+                code="worker_timeout")
+            self._loaded.set()
         if self._load_error is not None:
             await self.stop()
             raise self._load_error
@@ -125,7 +142,7 @@ class WorkerProcess:
         finished = False
         try:
             await self._send(protocol.Generate(id=request_id, request=request))
-            async for message in receive:
+            while (message := await self._next_frame(receive, request_id)) is not None:
                 if isinstance(message, protocol.Failed):
                     finished = True
                     raise error_from(message)
@@ -135,7 +152,7 @@ class WorkerProcess:
                     finished = True
                     return
             finished = True
-            raise errors.WorkerCrashed(self._crash_message())
+            raise self._crash_error()
         finally:
             self._pending.pop(request_id, None)
             if not finished and self.alive:
@@ -169,23 +186,57 @@ class WorkerProcess:
         request_id, receive = self._open()
         try:
             await self._send(make_message(request_id))
-            async for message in receive:
-                if isinstance(message, protocol.Failed):
-                    raise error_from(message)
-                return message
-            raise errors.WorkerCrashed(self._crash_message())
+            message = await self._next_frame(receive, request_id)
+            if message is None:
+                raise self._crash_error()
+            if isinstance(message, protocol.Failed):
+                raise error_from(message)
+            return message
         finally:
             self._pending.pop(request_id, None)
 
     # -- plumbing --------------------------------------------------------------------
 
+    async def _next_frame(self, receive, request_id: int):
+        """The worker's next message for a request, or None once the worker is gone. A worker
+        silent on it for `request_timeout` seconds is killed (its other requests fail too)."""
+        with anyio.move_on_after(self.request_timeout or None) as timer:
+            try:
+                return await receive.receive()
+            except anyio.EndOfStream:
+                return None
+        assert timer.cancelled_caught
+        self._kill_unresponsive(f"sent nothing for a request in {self.request_timeout:g} s",
+                                "--request-timeout")
+        with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+            await self._exited.wait()  # the scheduler has let go of the model when this returns
+        return None
+
+    def _kill_unresponsive(self, what: str, flag: str) -> str:
+        """Kill a worker that stopped answering; returns what its requests are told."""
+        message = (f"the worker for model {self.spec.id!r} (pid {self.pid}) {what} ({flag}) "
+                   "and was killed")
+        self.log.error("%s", message)
+        self._killed_for = message
+        if self._process.returncode is None:
+            try:
+                self._process.kill()
+            except ProcessLookupError:
+                pass
+        return message
+
     def _open(self):
         if not self.alive:
-            raise errors.WorkerCrashed(self._crash_message())
+            raise self._crash_error()
         request_id = next(self._ids)
         send, receive = anyio.create_memory_object_stream(math.inf)
         self._pending[request_id] = send
         return request_id, receive
+
+    def _crash_error(self) -> errors.WorkerCrashed:
+        if self._killed_for is not None:
+            return errors.WorkerCrashed(self._killed_for, code="worker_timeout")
+        return errors.WorkerCrashed(self._crash_message())
 
     def _crash_message(self) -> str:
         code = self._process.returncode if self._process else None
@@ -201,7 +252,7 @@ class WorkerProcess:
             try:
                 await self._process.stdin.send(frame)
             except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                raise errors.WorkerCrashed(self._crash_message()) from exc
+                raise self._crash_error() from exc
 
     async def _read_frames(self) -> None:
         frames = protocol.FrameReader()

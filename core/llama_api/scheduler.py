@@ -52,6 +52,10 @@ class Settings:
     # None = 90% of what is detected, unlimited where nothing is.
     max_memory: int | None = None
     max_gpu_memory: int | None = None
+    # A worker is killed as unresponsive when a running request gets no frame from it for
+    # request_timeout seconds, or a load takes longer than load_timeout; 0 = no limit.
+    request_timeout: float = 300.0
+    load_timeout: float = 600.0
 
 
 class LeaseObserver:
@@ -253,6 +257,8 @@ class Scheduler:
         log.info("loading model %s (backend %s)", entry.spec.id, entry.spec.backend)
         self.events.publish("loading", entry.spec.id, backend=entry.spec.backend)
         worker = WorkerProcess(entry.spec, self.threads_per_worker, on_exit=self._worker_exited)
+        worker.request_timeout = self.settings.request_timeout
+        worker.load_timeout = self.settings.load_timeout
         entry.process = worker
         try:
             await worker.start(self._task_group)

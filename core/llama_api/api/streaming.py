@@ -6,6 +6,9 @@ API's shape. The path does the rest, the same for every route:
 
 - it waits for the first delta before answering, so that a load failure or a bad prompt gets
   a real HTTP status (raised to the app's exception handlers) instead of an error inside a 200;
+  but only for one keep-alive interval: then it answers 200 and, whenever nothing has come
+  for an interval (a load, a queue, a long prompt), sends an SSE comment, so that proxies and
+  clients with read timeouts keep the connection;
 - a client that hangs up, while queued or mid-stream, cancels the generation in the worker;
 - an error after the answer started becomes the route's error event, and the stream ends;
 - every choice gets a closing delta with a finish_reason, even if the backend sent none
@@ -65,6 +68,9 @@ class ErrorShape(Protocol):
 Generate = Callable[[Emit], Awaitable[None]]
 
 _END = object()  # the generation finished
+_QUIET = object()  # nothing came for a keep-alive interval
+KEEPALIVE_COMMENT = b": keep-alive\n\n"  # SSE clients skip lines that start with a colon
+DEFAULT_KEEPALIVE = 5.0  # seconds; the app's `keepalive` state overrides it
 HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
            (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
@@ -73,24 +79,36 @@ class EventStream(Response):
     """A route's streamed answer; see the module docstring for what it does."""
 
     def __init__(self, generate: Generate, choices: int, renderer: StreamRenderer,
-                 error_shape: ErrorShape):
+                 error_shape: ErrorShape, keepalive: float | None = None):
         super().__init__(content=None, media_type="text/event-stream")
         self.generate = generate
         self.choices = choices
         self.renderer = renderer
         self.error_shape = error_shape
+        self.keepalive = keepalive  # seconds, 0 = never; None = the app's setting
+        self._heard = 0.0  # when the last item came out of the stream (anyio's clock)
 
     def to_asgi_response(self, *args, **kwargs):  # Litestar sends what this returns
         return self.serve
 
+    def _interval(self, scope: Scope) -> float:
+        if self.keepalive is not None:
+            return self.keepalive
+        state = getattr(scope.get("app"), "state", None)
+        return getattr(state, "keepalive", DEFAULT_KEEPALIVE)
+
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         choices = [Choice(i) for i in range(self.choices)]
+        interval = self._interval(scope)
         with errors.unwrapped():
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(wait_for_disconnect, receive, task_group.cancel_scope)
                 outbox, inbox = anyio.create_memory_object_stream(16)
+                self._heard = anyio.current_time()
+                if interval > 0:
+                    task_group.start_soon(self._keep_alive, outbox.clone(), interval)
                 task_group.start_soon(self._produce, outbox)
-                item = await inbox.receive()
+                item = await self._receive(inbox)
                 if isinstance(item, errors.LlamaApiError):
                     raise item  # nothing sent yet: the exception handlers answer with a status
                 await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
@@ -103,14 +121,18 @@ class EventStream(Response):
 
                 await emit(self.renderer.start())
                 while item is not _END:
-                    if isinstance(item, errors.LlamaApiError):
+                    if item is _QUIET:
+                        await send({"type": "http.response.body", "body": KEEPALIVE_COMMENT,
+                                    "more_body": True})
+                    elif isinstance(item, errors.LlamaApiError):
                         log.warning("stream failed: %s", item.message)
                         await emit([self.error_shape.event(item)])
                         break
-                    index, delta = item
-                    choices[index].add(delta)
-                    await emit(self.renderer.delta(index, delta))
-                    item = await inbox.receive()
+                    else:
+                        index, delta = item
+                        choices[index].add(delta)
+                        await emit(self.renderer.delta(index, delta))
+                    item = await self._receive(inbox)
                 else:
                     for choice in choices:
                         if choice.finish_reason is None:
@@ -120,6 +142,20 @@ class EventStream(Response):
                     await emit(self.renderer.finish(choices))
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 task_group.cancel_scope.cancel()
+
+    async def _receive(self, inbox):
+        item = await inbox.receive()
+        self._heard = anyio.current_time()
+        return item
+
+    async def _keep_alive(self, outbox, interval: float) -> None:
+        """Put _QUIET in the stream whenever nothing has come out of it for `interval`."""
+        async with outbox:
+            while True:
+                await anyio.sleep_until(self._heard + interval)
+                if anyio.current_time() >= self._heard + interval:
+                    self._heard = anyio.current_time()
+                    await outbox.send(_QUIET)
 
     async def _produce(self, outbox) -> None:
         async with outbox:
