@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
@@ -43,6 +44,18 @@ class ServerConfig:
     responses_ttl: float = 30 * 24 * 3600
     # A stream with nothing to send for this many seconds sends an SSE comment (0: never).
     keepalive: float = 5.0
+    # Browser origins allowed to call the API (CORS), "*" for any; none: CORS stays off.
+    cors_origins: list[str] = field(default_factory=list)
+
+
+def cors_config(origins: list[str]) -> CORSConfig | None:
+    """CORS for `origins`, or None (off). Preflights may ask for any header: the OpenAI and
+    Anthropic browser SDKs send Authorization or x-api-key, anthropic-version, openai-* and a
+    changing set of x-stainless-* headers, and the origin, not the header, is what is checked."""
+    if not origins:
+        return None
+    return CORSConfig(allow_origins=origins, allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+                      allow_headers=["*"], expose_headers=["Retry-After"])
 
 
 def offered_keys(connection: ASGIConnection) -> list[bytes]:
@@ -127,6 +140,7 @@ def create_app(config: ServerConfig | None = None, plugins: Plugins | None = Non
         lifespan=[lifespan],
         guards=[api_key_guard],
         exception_handlers=EXCEPTION_HANDLERS,
+        cors_config=cors_config(config.cors_origins),
         openapi_config=OpenAPIConfig(title="llama-api", version="0.1.0", path="/schema"),
         logging_config=None,
     )

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--load-timeout", type=seconds, default=600.0, metavar="SECONDS",
                        help="kill a worker whose model takes longer than this to load; "
                             "0 = never (default: %(default)s)")
+    serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                       help="let web pages from ORIGIN (e.g. http://localhost:3000, or *) "
+                            "call the API; repeat for several (default: CORS off)")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"], help="(default: %(default)s)")
     serve.add_argument("--log-format", default="text", choices=["text", "json"],
@@ -245,6 +248,7 @@ def serve(args) -> int:
         data_dir=args.data_dir or default_data_dir(),
         responses_ttl=args.responses_ttl,
         keepalive=args.keepalive,
+        cors_origins=args.cors_origin,
     )
     if args.config is not None:  # fail fast, before binding the port
         try:
