@@ -157,3 +157,19 @@ def test_a_load_failure_within_the_interval_is_still_a_503(start_app):
             "model": "broken", "messages": USER, "stream": True})
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "model_load_failed"
+
+
+def test_a_client_with_a_short_read_timeout_survives_a_long_load_over_real_http(models_dir,
+                                                                               start_server):
+    import httpx
+
+    (models_dir / "sleepy.echo").write_text(json.dumps({"load_delay": 2.5}))
+    with start_server("--keepalive", "0.3") as server:
+        # Without the comments, this client gives up after 1 s of silence (httpx.ReadTimeout).
+        timeout = httpx.Timeout(10, read=1.0)
+        with httpx.stream("POST", server.v1 + "/chat/completions", timeout=timeout, json={
+                "model": "sleepy", "messages": USER, "max_tokens": 2, "stream": True}) as response:
+            assert response.status_code == 200
+            lines = [line for line in response.iter_lines() if line]
+    assert lines.count(COMMENT) >= 5
+    assert lines[-1] == "data: [DONE]"
