@@ -10,6 +10,8 @@ A model is a `*.echo` file holding JSON options:
 The file's bytes are the model's "weights": the worker holds them in memory, and the
 `estimate_memory` hook says the model takes the file's size (pad the file to make a
 model that takes more).
+A prompt of more than 1000 words, or one whose words and max_tokens add up to more, is
+refused as a real backend refuses what its context can't hold (context_length_exceeded).
 A prompt containing the word SILENT makes generate yield nothing at all.
 A prompt containing the word RAISE makes generate raise a RuntimeError (a backend bug);
 the word MALFORMED makes it yield a delta whose usage holds a float (a backend bug that
@@ -171,6 +173,10 @@ def generate(model, request, cancelled):
     if len(words) > ECHO_CONTEXT:
         raise errors.ContextLengthExceeded(
             f"prompt has {len(words)} tokens, more than the context of 1000 tokens", param="messages")
+    if len(words) + (request.max_tokens or 0) > ECHO_CONTEXT:  # as a real context bounds it
+        raise errors.ContextLengthExceeded(
+            f"prompt ({len(words)} tokens) + max_tokens ({request.max_tokens}) is more than "
+            f"the context of {ECHO_CONTEXT} tokens", param="max_tokens")
     if "CALL" in words and request.tools and request.tool_choice != "none":
         return echo_tool_calls(model, request, words)
     return echo_tokens(model, request, words, cancelled)

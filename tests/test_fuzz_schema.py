@@ -1,0 +1,232 @@
+"""Fuzzing every route the server's own OpenAPI schema lists (schemathesis) over the echo
+models: positive and negative data, a fixed seed, a small example budget per route and mode
+(LLAMA_API_FUZZ_EXAMPLES raises it). A real server, not the in-process test client: that
+client buffers a whole answer, and some routes stream without end (/admin/events), so here
+a stream is read for at most `STREAM_READ_S` seconds.
+
+Every answer must be: no 5xx; a status code the schema documents for the route (or one of
+`NOT_YET_DOCUMENTED` below); negative data refused with a 4xx; an error body in the route's API
+shape (OpenAI's `{"error": {...}}`, Anthropic's `{"type": "error", "error": {...}}` on
+/v1/messages). The routes come from /schema/openapi.json when the test runs, never a list.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import time
+
+import httpx
+import pytest
+
+from llama_api.testing import serve
+
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
+from hypothesis.errors import Unsatisfiable  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from schemathesis import GenerationMode  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.specs.openapi.checks import negative_data_rejection  # noqa: E402
+
+EXAMPLES = int(os.environ.get("LLAMA_API_FUZZ_EXAMPLES", "10"))
+SEED = int(os.environ.get("LLAMA_API_FUZZ_SEED", "20261201"))
+
+# Codes every generating route can answer but whose routes don't document yet (routes.py
+# should declare them with `responses=`): an unknown model (404), a full queue (429), a model
+# that failed to load (503), a body over the size limit (413). Drop a code from here once the
+# schema documents it: `test_schema_documents_error_codes` turns red to say so.
+NOT_YET_DOCUMENTED = {404, 413, 429, 503}
+# Models the fuzzer may name instead of a random string, so that good bodies reach a backend.
+# Not "broken": its 503 is by design (test_faults.py checks it).
+FUZZ_MODELS = {"fast": {}, "wide": {"slots": 2}, "broken": {"fail_load": "weights are corrupt"}}
+ECHO_MODELS = ["fast", "wide"]
+
+
+def is_anthropic(path: str) -> bool:
+    return path.startswith("/v1/messages")
+
+
+def error_shape_problem(path: str, response) -> str | None:
+    """Why this error body isn't in the route's API shape (None when it is)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return f"error body is not JSON: {response.text[:200]!r}"
+    if is_anthropic(path):
+        ok = (isinstance(body, dict) and body.get("type") == "error"
+              and isinstance(body.get("error"), dict)
+              and isinstance(body["error"].get("type"), str)
+              and isinstance(body["error"].get("message"), str))
+        return None if ok else f"not an Anthropic error body: {body!r:.300}"
+    error = body.get("error") if isinstance(body, dict) else None
+    ok = (isinstance(error, dict) and isinstance(error.get("message"), str)
+          and isinstance(error.get("type"), str) and set(error) >= {"param", "code"})
+    return None if ok else f"not an OpenAI error body: {body!r:.300}"
+
+
+def documented_codes(operation) -> set[int]:
+    return {int(code) for code in operation.definition.raw.get("responses", {})
+            if code.isdigit()}
+
+
+STREAM_READ_S = 0.5
+STREAM_READ_BYTES = 256 * 1024
+
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("fuzz")
+    (folder / "models").mkdir()
+    for name, options in FUZZ_MODELS.items():
+        (folder / "models" / f"{name}.echo").write_text(json.dumps(options))
+    env = {"LLAMA_API_PLUGINS": "echo", "LLAMA_API_ECHO_EVENTS": str(folder / "events.jsonl")}
+    with serve("--models-dir", str(folder / "models"), "--max-workers", "2",
+               env=env) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            yield client
+
+
+@pytest.fixture(scope="module")
+def schema(fuzz_server):
+    raw = fuzz_server.get("/schema/openapi.json").json()
+    return schemathesis.openapi.from_dict(raw)
+
+
+def send(client: httpx.Client, arguments: dict) -> httpx.Response:
+    """The answer, with at most STREAM_READ_BYTES of its body or STREAM_READ_S of its stream.
+
+    A GET answers at once or streams (/admin/events waits for events): 1 s without a byte
+    ends the read. A POST may first load a model: it gets 30 s."""
+    started = time.monotonic()
+    read_timeout = 1.0 if arguments["method"].upper() == "GET" else 30.0
+    timeout = httpx.Timeout(30.0, read=read_timeout)
+    with client.stream(**arguments, timeout=timeout) as response:
+        body, deadline = b"", started + STREAM_READ_S
+        try:
+            for piece in response.iter_bytes():
+                body += piece
+                if len(body) >= STREAM_READ_BYTES or time.monotonic() > deadline:
+                    break
+        except httpx.ReadTimeout:  # a stream that waits for more: we have its start
+            pass
+        answer = httpx.Response(response.status_code, headers=response.headers, content=body,
+                                request=response.request)
+        answer.elapsed = datetime.timedelta(seconds=time.monotonic() - started)
+        return answer
+
+
+def operations(schema):
+    return [result.ok() for result in schema.get_all_operations()]
+
+
+class Tally:
+    def __init__(self):
+        self.cases = self.errors = self.server_errors = self.lost = 0
+        self.failures: list[str] = []
+        self.skipped: list[str] = []
+        self.seconds: dict[str, float] = {}
+
+    def fail(self, label: str, case, why: str) -> None:
+        if len(self.failures) < 20:
+            self.failures.append(f"{label}: {why}\n    body={case.body!r:.400}"
+                                 f" path={case.path_parameters!r} query={case.query!r}")
+
+
+def fuzz_operation(client, operation, mode: GenerationMode, tally: Tally) -> None:
+    label = f"{operation.method.upper()} {operation.path} [{mode.value}]"
+    path = operation.path
+    allowed = documented_codes(operation) | NOT_YET_DOCUMENTED
+
+    @seed(SEED)
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=False,
+              suppress_health_check=list(HealthCheck), print_blob=False)
+    @given(case=operation.as_strategy(generation_mode=mode),
+           echo=st.sampled_from([None, *ECHO_MODELS]))
+    def run(case, echo):
+        if echo and mode is GenerationMode.POSITIVE:
+            # A known model lets a good body reach a backend instead of stopping at 404.
+            if isinstance(case.body, dict) and "model" in case.body:
+                case.body["model"] = echo
+            if "model_id" in (case.path_parameters or {}):
+                case.path_parameters["model_id"] = echo
+        kwargs = case.as_transport_kwargs(base_url=str(client.base_url).rstrip("/"))
+        kwargs.pop("cookies", None)
+        tally.cases += 1
+        try:
+            response = send(client, _httpx_arguments(kwargs))
+        except Exception as exc:  # the request never got an answer
+            tally.lost += 1
+            tally.fail(label, case, f"no answer: {type(exc).__name__}: {exc}")
+            return
+        status = response.status_code
+        if status >= 400:
+            tally.errors += 1
+        if status >= 500:
+            tally.server_errors += 1
+            tally.fail(label, case, f"{status} {response.text[:300]}")
+        if status not in allowed:
+            tally.fail(label, case, f"undocumented status {status}: {response.text[:200]}")
+        if status >= 400 and status != 499:
+            problem = error_shape_problem(path, response)
+            if problem:
+                tally.fail(label, case, problem)
+        try:
+            case.validate_response(response, checks=[not_a_server_error, negative_data_rejection])
+        except Exception as failure:  # schemathesis' own verdict (a FailureGroup)
+            tally.fail(label, case, " ".join(str(failure).split())[:300])
+
+    began = time.perf_counter()
+    try:
+        run()
+    except Unsatisfiable:  # nothing to negate: a route without parameters or body
+        tally.skipped.append(label)
+    tally.seconds[label] = time.perf_counter() - began
+
+
+def _httpx_arguments(kwargs: dict) -> dict:
+    """schemathesis' `requests`-style keyword arguments, as httpx takes them."""
+    arguments = {"method": kwargs["method"], "url": kwargs["url"],
+                 "headers": kwargs.get("headers"), "params": kwargs.get("params")}
+    if "json" in kwargs:
+        arguments["json"] = kwargs["json"]
+    elif kwargs.get("data") is not None:
+        arguments["content"] = kwargs["data"]
+    return arguments
+
+
+@pytest.mark.timeout(300)
+def test_every_route_survives_fuzzing(fuzz_server, schema):
+    started = time.perf_counter()
+    tally = Tally()
+    listed = operations(schema)
+    assert listed, "the schema lists no routes"
+    for operation in listed:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            fuzz_operation(fuzz_server, operation, mode, tally)
+    slowest = sorted(tally.seconds.items(), key=lambda item: -item[1])[:3]
+    print("\nslowest:", ", ".join(f"{label} {seconds:.1f}s" for label, seconds in slowest))
+    print(f"\nFUZZ: {len(listed)} routes, {tally.cases} cases, {tally.errors} errors (4xx/5xx), "
+          f"{tally.server_errors} 5xx, {tally.lost} lost, "
+          f"{time.perf_counter() - started:.1f}s (budget {EXAMPLES} per route and mode; "
+          f"nothing to negate: {', '.join(tally.skipped) or 'none'})")
+    assert not tally.failures, "\n".join(tally.failures)
+    # The server still answers a good request after all that.
+    ok = fuzz_server.post("/v1/chat/completions", json={
+        "model": "fast", "messages": [{"role": "user", "content": "still here"}], "max_tokens": 2})
+    assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "still here"
+
+
+@pytest.mark.xfail(reason="routes.py documents only 200 and 400 (Litestar's default): the "
+                          "generating routes should declare 404, 429 and 503 in `responses=`",
+                   strict=True)
+def test_schema_documents_error_codes(schema):
+    missing = {}
+    for operation in operations(schema):
+        body = operation.definition.raw.get("requestBody")
+        if body or "{model_id" in operation.path:  # a route that names a model
+            lacking = {404, 429, 503} - documented_codes(operation)
+            if lacking:
+                missing[f"{operation.method.upper()} {operation.path}"] = sorted(lacking)
+    assert not missing, missing
