@@ -23,6 +23,7 @@ from llama_api_llamacpp.options import LoadOptions, parse_options
 from llama_api_llamacpp.prompts import PromptBuilder, named_format
 from llama_api_llamacpp.sampling import request_sampling
 from llama_api_llamacpp.thinking import prompt_opens, splitter_for
+from llama_api_llamacpp.threads import ThreadTuner
 from llama_api_llamacpp.tools import tool_deltas
 
 log = logging.getLogger("llama_api_llamacpp")
@@ -150,7 +151,9 @@ class LlamaCppModel:
             "architecture": meta.get("architecture"),
             "n_ctx": self.n_ctx,
             "n_ctx_train": llm._model.n_ctx_train(),
-            "n_threads": llm.context_params.n_threads,
+            "n_threads": llm.context_params.n_threads,  # the current count (threads.py)
+            "threads": "auto" if options.threads_auto else "fixed",
+            "max_threads": options.max_threads,
             "embedding": self.embedding,
             "chat_template": self.prompts.can_chat,
             "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
@@ -159,6 +162,9 @@ class LlamaCppModel:
             if self.reasoning_tags else None,
             "fill_in_middle": self.fim_tokens is not None,
         }
+        self._n_threads_batch = options.n_threads_batch
+        self.threads = ThreadTuner(options.n_threads, options.max_threads, self._set_threads,
+                                   name=spec.id, auto=options.threads_auto)
         if options.n_parallel > 1:
             from llama_api_llamacpp.batching import BatchEngine
 
@@ -193,6 +199,12 @@ class LlamaCppModel:
             ids = self.tokenize(tag, add_bos=False, special=True)
             if len(ids) == 1 and not self.piece(ids[0]):
                 self._pieces[ids[0]] = tag.encode("utf-8")
+
+    def _set_threads(self, n: int) -> None:
+        """Decode with n threads from the next step on (called between steps)."""
+        ctx = self.engine.ctx if self.engine is not None else self.ctx
+        self.lib.llama_set_n_threads(ctx, n, self._n_threads_batch or n)
+        self.info["n_threads"] = self.threads.current  # a count being tried is not shown
 
     def abort_on(self, event) -> None:
         """Let llama.cpp abort the current decode when `event` is set (None: never)."""

@@ -13,6 +13,7 @@ import ctypes
 import logging
 import queue
 import threading
+import time
 from collections import deque
 
 from llama_api import errors
@@ -269,7 +270,10 @@ class BatchEngine:
             batch.n_tokens = n
             if n == 0:
                 continue
+            started = time.perf_counter()
             status = lib.llama_decode(self.ctx, batch)
+            if status == 0:
+                self.model.threads.observe(time.perf_counter() - started, n)
             if status == 1 and self._drop_cached():  # no room: forget the cached prefixes
                 status = lib.llama_decode(self.ctx, batch)
             if status != 0:

@@ -8,6 +8,7 @@ counts them, and decides when the choice ends.
 
 from __future__ import annotations
 
+import time
 from functools import partial
 
 from llama_api.types import Delta, Usage
@@ -155,12 +156,16 @@ def plain_tokens(run: Run):
         abortable = run.cancelled is not None and len(run.tokens) >= ABORTABLE_PROMPT
         if abortable:
             model.abort_on(run.cancelled)
+        resumed = None  # when the loop asked for the next token (not the prompt's)
         try:
             for token in gen:
                 if abortable:
                     model.abort_on(None)
                     abortable = False
+                if resumed is not None:  # one decode and sample: a step for the tuner
+                    model.threads.observe(time.perf_counter() - resumed, 1)
                 yield token, logprobs_fn(token, model.ctx, -1) if logprobs_fn else None
+                resumed = time.perf_counter()
         except RuntimeError:
             if not (run.cancelled is not None and run.cancelled.is_set()):
                 raise

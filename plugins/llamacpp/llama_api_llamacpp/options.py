@@ -11,6 +11,7 @@ from llama_api import errors
 from llama_api.reasoning import ReasoningTags
 from llama_api_llamacpp.gguf_meta import POOLING, kv_cache_bytes_per_token
 from llama_api_llamacpp.thinking import reasoning_tags
+from llama_api_llamacpp.threads import machine_cores
 
 log = logging.getLogger("llama_api_llamacpp")
 
@@ -42,7 +43,7 @@ PASSTHROUGH = {
 # Options this backend reads itself.
 OWN = {"n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers", "embedding", "pooling",
        "normalize", "chat_template", "chat_format", "verbose", "sampling", "max_tokens",
-       "n_parallel", "kv_cache_mb", "kv_unified", "reasoning_tags"}
+       "n_parallel", "kv_cache_mb", "kv_unified", "reasoning_tags", "threads"}
 # The context the plain `Llama` object keeps when the batch engine makes its own.
 ENGINE_SIDE_CTX = 256
 
@@ -50,7 +51,7 @@ ENGINE_SIDE_CTX = 256
 @dataclass
 class LoadOptions:
     n_ctx: int  # tokens per sequence (prompt + completion)
-    n_threads: int
+    n_threads: int  # the count decoding starts with
     n_parallel: int  # sequences decoded together; 1: the plain path
     embedding: bool
     llama_params: dict[str, Any]  # keyword arguments of llama_cpp.Llama
@@ -64,6 +65,9 @@ class LoadOptions:
     n_batch: int = DEFAULT_N_BATCH
     kv_unified: bool = True
     reasoning_tags: ReasoningTags | None = None  # the tags the model thinks in
+    threads_auto: bool = False  # change the count at run time (threads.py), up to max_threads
+    max_threads: int = 1
+    n_threads_batch: int | None = None  # set: prompt chunks keep this count
 
 
 def auto_parallel(kv_per_token: int | None, n_ctx: int, budget_mb: float) -> int:
@@ -100,7 +104,7 @@ def parse_options(spec, kv: dict, meta: dict, n_threads: int | None) -> LoadOpti
 
     trained = meta.get("context_length") or 2048
     n_ctx = int(opts.get("n_ctx") or min(trained, DEFAULT_MAX_CTX))
-    threads = int(opts.get("n_threads") or n_threads or 1)
+    threads, threads_auto = _threads(spec.id, opts, n_threads)
     embedding = bool(opts.get("embedding", meta.get("embedding", False)))
     # Sequences decoded together (continuous batching): `n_parallel`, else the config's
     # `slots`, else as many (up to 4) as the KV cache budget holds.
@@ -153,7 +157,25 @@ def parse_options(spec, kv: dict, meta: dict, n_threads: int | None) -> LoadOpti
         n_batch=int(opts.get("n_batch") or DEFAULT_N_BATCH),
         kv_unified=bool(opts.get("kv_unified", True)),
         reasoning_tags=reasoning_tags(spec.id, opts.get("reasoning_tags"), chat_template),
+        threads_auto=threads_auto,
+        max_threads=machine_cores() if threads_auto else threads,
+        n_threads_batch=int(opts["n_threads_batch"]) if opts.get("n_threads_batch") else None,
     )
+
+
+def _threads(model_id: str, opts: dict, budget: int | None) -> tuple[int, bool]:
+    """(threads to start with, chosen at run time?): `n_threads` or `threads = N` fix the
+    count; `threads = "auto"` (the default) starts at the core's budget and may use up to
+    all of the machine's cores."""
+    if opts.get("n_threads"):
+        return int(opts["n_threads"]), False
+    mode = opts.get("threads", "auto")
+    if mode == "auto":
+        return int(budget or 1), True
+    if isinstance(mode, bool) or not isinstance(mode, int) or mode < 1:
+        raise errors.ModelLoadError(
+            f"{model_id}: threads must be \"auto\" or a number of threads >= 1, not {mode!r}")
+    return mode, False
 
 
 def _pooling(model_id: str, pooling, meta: dict) -> dict:

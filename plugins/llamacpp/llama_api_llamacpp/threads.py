@@ -1,0 +1,132 @@
+"""Compute threads chosen at run time, from the decode steps' own times (`threads = "auto"`).
+
+llama.cpp's threads wait for each other at every step: when another process holds a core,
+the thread that shares it makes all of them wait, and 2 threads on 2 cores fall from ~30 to
+~2 tok/s while 1 thread holds ~22. So the count that is fastest depends on what else runs
+now, and only the step times tell.
+
+How it decides: it keeps the last step times at the current count, per batch shape (tokens
+in the step: only steps of one shape compare). Now and then it tries one thread fewer or one
+more (alternately, never past 1..max) for a few steps and keeps the count if those steps
+are clearly faster than the recent ones at the current count; a candidate that loses is
+tried again after twice as long (1 s up to 30 s), one that wins resets its wait. A run of
+steps much slower than usual (another process took a core) tries one fewer at once. Steps
+shorter than 2 ms are not worth tuning (tiny models): the count stays as it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import time
+from collections import deque
+
+log = logging.getLogger("llama_api_llamacpp")
+
+MIN_STEP = 0.002  # seconds; shorter steps are left alone
+PROBE_STEPS = 3  # steps a candidate count runs before it is judged
+WIN = 0.85  # a candidate's steps must take at most this share of the current count's
+SLOWDOWN = 2.5  # a step this many times its usual time means the load changed
+SLOW_RUN = 3  # that many such steps in a row: try one thread fewer now
+FIRST_WAIT = 1.0  # seconds before a candidate is tried (again, after a win)
+MAX_WAIT = 30.0  # the longest wait, after repeated losses
+
+
+def machine_cores() -> int:
+    """Cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class ThreadTuner:
+    """Feed it every step's time (`observe`); it calls `apply(n)` to change the count.
+
+    Not thread-safe: it lives on the thread that decodes.
+    """
+
+    def __init__(self, start: int, max_threads: int, apply, name: str = "", auto: bool = True,
+                 clock=time.monotonic):
+        self.auto = auto  # False: a fixed count (`threads = N`), observe does nothing
+        self.max_threads = max(1, max_threads) if auto else max(1, start)
+        self.current = min(max(1, start), self.max_threads)
+        self._apply = apply
+        self._name = name
+        self._clock = clock
+        self._recent: dict[int, deque] = {}  # shape -> last step times at `current`
+        self._usual: dict[int, float] = {}  # shape -> slow moving average at `current`
+        self._slow_run = 0
+        self._probe: int | None = None  # the count being tried
+        self._probe_ratios: list[float] = []
+        self._wait = {-1: FIRST_WAIT, +1: FIRST_WAIT}  # per direction: fewer, more
+        self._next_try = {-1: clock() + FIRST_WAIT, +1: clock() + FIRST_WAIT}
+        self._direction = -1  # tried first when both are due
+        self.changes = 0
+        self.tries: deque = deque(maxlen=32)  # (count tried, time ratio, kept): for the log
+
+    @property
+    def threads(self) -> int:
+        """The count the next step runs with."""
+        return self._probe if self._probe is not None else self.current
+
+    def observe(self, seconds: float, shape: int) -> None:
+        """A step of `shape` tokens took `seconds` with `self.threads` threads."""
+        if not self.auto:
+            return
+        recent = self._recent.get(shape)
+        if self._probe is not None:
+            if recent:
+                ratio = seconds / statistics.median(recent)
+                self._probe_ratios.append(ratio)
+                if ratio > SLOWDOWN or len(self._probe_ratios) >= PROBE_STEPS:
+                    self._judge()
+            return
+        if recent is None:
+            recent = self._recent[shape] = deque(maxlen=3)
+        recent.append(seconds)
+        usual = self._usual.get(shape, seconds)
+        self._slow_run = self._slow_run + 1 if seconds > SLOWDOWN * usual else 0
+        self._usual[shape] = usual + 0.1 * (seconds - usual)
+        if max(seconds, usual) < MIN_STEP or len(recent) < recent.maxlen:
+            return
+        if self._slow_run >= SLOW_RUN and self.current > 1:
+            self._try(-1)
+        else:
+            now = self._clock()
+            for direction in (self._direction, -self._direction):
+                if (1 <= self.current + direction <= self.max_threads
+                        and now >= self._next_try[direction]):
+                    self._direction = -direction
+                    self._try(direction)
+                    break
+
+    def _try(self, direction: int) -> None:
+        self._probe = self.current + direction
+        self._probe_direction = direction
+        self._probe_ratios = []
+        self._slow_run = 0
+        self._apply(self._probe)
+
+    def _judge(self) -> None:
+        ratio = statistics.median(self._probe_ratios)
+        direction, candidate = self._probe_direction, self._probe
+        self._probe = None
+        self.tries.append((candidate, round(ratio, 2), ratio <= WIN))
+        if ratio <= WIN:
+            log.info("%s: %d compute threads instead of %d (steps took %.0f%% of the time)",
+                     self._name, candidate, self.current, 100 * ratio)
+            self.current = candidate
+            self._apply(candidate)  # the same count: lets the owner see the change
+            self.changes += 1
+            self._recent.clear()
+            self._usual.clear()
+            self._wait = {-1: FIRST_WAIT, +1: FIRST_WAIT}
+            self._direction = direction  # keep going while it pays
+        else:
+            self._apply(self.current)
+            self._wait[direction] = min(MAX_WAIT, 2 * self._wait[direction])
+        now = self._clock()
+        self._next_try = {d: now + wait for d, wait in self._wait.items()}
+

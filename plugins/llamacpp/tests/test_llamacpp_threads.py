@@ -1,0 +1,129 @@
+"""Threads chosen at run time (`threads = "auto"`): the tuner's rules, and a real contention run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from llama_api.types import GenerateRequest, LoadContext, ModelSpec
+from llama_api_llamacpp.threads import FIRST_WAIT, ThreadTuner, machine_cores
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def drive(tuner, clock, step_seconds, steps):
+    """Run `steps` steps whose time depends on the thread count: step_seconds(n)."""
+    for _ in range(steps):
+        seconds = step_seconds(tuner.threads)
+        clock.now += seconds
+        tuner.observe(seconds, 1)
+
+
+def test_a_collapsing_count_falls_to_one_thread_and_stays():
+    clock, applied = Clock(), []
+    tuner = ThreadTuner(2, 2, applied.append, clock=clock)
+    drive(tuner, clock, lambda n: 0.030, 20)  # idle machine: 2 threads, no reason to move
+    drive(tuner, clock, lambda n: 0.500 if n == 2 else 0.045, 12)  # a core taken
+    assert tuner.current == 1 and applied[-1] == 1
+    drive(tuner, clock, lambda n: 0.500 if n == 2 else 0.045, 200)  # it tries 2 again, rarely
+    assert tuner.current == 1
+    assert applied.count(2) <= 6, applied  # a lost try waits twice as long as the last
+
+
+def test_a_faster_count_is_found_upwards_and_a_slower_one_is_left():
+    clock, applied = Clock(), []
+    tuner = ThreadTuner(1, 4, applied.append, clock=clock)
+    drive(tuner, clock, lambda n: {1: 0.040, 2: 0.024, 3: 0.020, 4: 0.030}[n], 400)
+    assert tuner.current == 3
+    assert tuner.changes == 2
+
+
+def test_fixed_threads_and_tiny_steps_are_never_tuned():
+    clock, applied = Clock(), []
+    fixed = ThreadTuner(2, 8, applied.append, auto=False, clock=clock)
+    drive(fixed, clock, lambda n: 0.5, 50)
+    tiny = ThreadTuner(1, 8, applied.append, clock=clock)
+    drive(tiny, clock, lambda n: 0.0002, int(10 * FIRST_WAIT / 0.0002))
+    assert applied == [] and fixed.threads == 2 and fixed.max_threads == 2
+    assert tiny.threads == 1
+
+
+def test_threads_option(tiny_path):
+    import llama_api_llamacpp as plugin
+
+    loaded = []
+    try:
+        for options, want in (({}, ("auto", machine_cores())), ({"threads": 1}, ("fixed", 1)),
+                              ({"n_threads": 1}, ("fixed", 1))):
+            model = plugin.load_model(spec=ModelSpec(id="t", backend="llamacpp",
+                                                     path=str(tiny_path), options=options),
+                                      context=LoadContext(n_threads=1))
+            loaded.append(model)
+            assert (model.info["threads"], model.info["max_threads"]) == want
+            assert model.info["n_threads"] == 1
+        from llama_api import errors
+
+        with pytest.raises(errors.ModelLoadError, match="threads"):
+            plugin.load_model(spec=ModelSpec(id="t", backend="llamacpp", path=str(tiny_path),
+                                             options={"threads": "many"}),
+                              context=LoadContext(n_threads=1))
+    finally:
+        for model in loaded:
+            plugin.unload_model(model=model)
+
+
+def tokens_per_second(model, n_tokens, eos):
+    count, first = 0, None
+    for delta in model.generate(GenerateRequest(
+            prompt="Once upon a time, in a small village by the sea,", max_tokens=n_tokens,
+            temperature=0.0, logit_bias={eos: -100.0}), threading.Event()):
+        if delta.text:
+            count += 1
+            if first is None:
+                first = time.perf_counter()
+    return (count - 1) / (time.perf_counter() - first)
+
+
+@pytest.mark.skipif(machine_cores() < 2, reason="needs 2 cores")
+def test_with_a_core_taken_auto_threads_fall_to_one_and_stay_fast(smollm2_spec):
+    pytest.importorskip("llama_cpp")
+    import llama_api_llamacpp as plugin
+    from llama_api_llamacpp.gguf_meta import read_kv
+
+    eos = read_kv(smollm2_spec.path)["tokenizer.ggml.eos_token_id"]
+    cores = sorted(os.sched_getaffinity(0))
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    os.sched_setaffinity(busy.pid, {cores[0]})
+    models = []
+    try:
+        def load(options):
+            spec = ModelSpec(id=smollm2_spec.id, backend="llamacpp", path=smollm2_spec.path,
+                             options={"n_ctx": 512, "n_parallel": 2, **options})
+            models.append(plugin.load_model(spec=spec, context=LoadContext(n_threads=2)))
+            return models[-1]
+
+        fixed = load({"threads": 2})
+        auto = load({"threads": "auto"})
+        time.sleep(0.5)  # the busy loop owns its core
+        fixed_rate = tokens_per_second(fixed, 12, eos)
+        tokens_per_second(auto, 64, eos)  # it finds its count
+        auto_rate = tokens_per_second(auto, 48, eos)
+        assert auto.threads.current == 1 and auto.info["n_threads"] == 1, auto.threads.tries
+        assert auto.lib.llama_n_threads(auto.engine.ctx) == auto.threads.threads
+        assert auto_rate >= 3 * fixed_rate, (auto_rate, fixed_rate)
+    finally:
+        busy.kill()
+        busy.wait()
+        for model in models:
+            plugin.unload_model(model=model)
