@@ -169,9 +169,11 @@ class LlamaCppModel:
             from llama_api_llamacpp.batching import BatchEngine
 
             self.engine = BatchEngine(self, options.n_parallel, self.n_ctx,
-                                      n_batch=options.n_batch, unified=options.kv_unified)
+                                      n_batch=options.n_batch, unified=options.kv_unified,
+                                      prefill_chunk=options.prefill_chunk)
             self.slots = options.n_parallel
             self.info["kv_unified"] = self.engine.unified
+            self.info["prefill_chunk"] = options.prefill_chunk
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ class Sequence:
 
 class BatchEngine:
     def __init__(self, model, n_parallel: int, n_ctx_per_seq: int, n_batch: int = 512,
-                 unified: bool = True):
+                 unified: bool = True, prefill_chunk: int = 128):
         lib = model.lib
         llm = model.llm
         from llama_cpp import _internals as internals
@@ -96,6 +96,7 @@ class BatchEngine:
         self.n_ctx_per_seq = n_ctx_per_seq
         params.embeddings = False
         self.n_batch = int(params.n_batch)
+        self.prefill_chunk = max(1, prefill_chunk)  # prompt tokens per step beside streams
         with _without_seq_overflow_warning(lib):
             self.context = internals.LlamaContext(model=llm._model, params=params,
                                                   verbose=False)
@@ -251,10 +252,14 @@ class BatchEngine:
                     outputs.append((n, seq))
                     n += 1
             scored: list[tuple[int, Sequence, int]] = []  # (batch index, seq, next token)
+            # Prompts fill the rest of the batch; while streams run, only a chunk per step,
+            # so that a long prompt delays their next token by one chunk's decode at most.
+            room = self.n_batch - n if n == 0 else min(self.n_batch - n, self.prefill_chunk)
             for seq in active:
-                if not seq.tokens or n >= self.n_batch:
+                if not seq.tokens or room <= 0:
                     continue
-                take = min(len(seq.tokens), self.n_batch - n)
+                take = min(len(seq.tokens), room)
+                room -= take
                 chunk, seq.tokens = seq.tokens[:take], seq.tokens[take:]
                 seq.decoded.extend(chunk)
                 for j, token in enumerate(chunk):

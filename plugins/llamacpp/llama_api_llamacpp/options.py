@@ -21,6 +21,9 @@ DEFAULT_MAX_CTX = 4096
 MAX_AUTO_PARALLEL = 4
 DEFAULT_KV_CACHE_MB = 1024
 DEFAULT_N_BATCH = 512
+# Prompt tokens decoded per step beside running streams (continuous batching): a new
+# request's long prompt delays their next token by about one such chunk.
+DEFAULT_PREFILL_CHUNK = 128
 # Sampling defaults (llama.cpp's own), overridable per model with options["sampling"].
 SAMPLING_DEFAULTS = {
     "temperature": 0.8,
@@ -43,7 +46,8 @@ PASSTHROUGH = {
 # Options this backend reads itself.
 OWN = {"n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers", "embedding", "pooling",
        "normalize", "chat_template", "chat_format", "verbose", "sampling", "max_tokens",
-       "n_parallel", "kv_cache_mb", "kv_unified", "reasoning_tags", "threads"}
+       "n_parallel", "kv_cache_mb", "kv_unified", "reasoning_tags", "threads",
+       "prefill_chunk"}
 # The context the plain `Llama` object keeps when the batch engine makes its own.
 ENGINE_SIDE_CTX = 256
 
@@ -65,6 +69,7 @@ class LoadOptions:
     n_batch: int = DEFAULT_N_BATCH
     kv_unified: bool = True
     reasoning_tags: ReasoningTags | None = None  # the tags the model thinks in
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK
     threads_auto: bool = False  # change the count at run time (threads.py), up to max_threads
     max_threads: int = 1
     n_threads_batch: int | None = None  # set: prompt chunks keep this count
@@ -157,6 +162,7 @@ def parse_options(spec, kv: dict, meta: dict, n_threads: int | None) -> LoadOpti
         n_batch=int(opts.get("n_batch") or DEFAULT_N_BATCH),
         kv_unified=bool(opts.get("kv_unified", True)),
         reasoning_tags=reasoning_tags(spec.id, opts.get("reasoning_tags"), chat_template),
+        prefill_chunk=max(1, int(opts.get("prefill_chunk") or DEFAULT_PREFILL_CHUNK)),
         threads_auto=threads_auto,
         max_threads=machine_cores() if threads_auto else threads,
         n_threads_batch=int(opts["n_threads_batch"]) if opts.get("n_threads_batch") else None,
