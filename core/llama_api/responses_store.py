@@ -4,9 +4,10 @@ Each row holds a response object, the input items it was asked with, and the id 
 response it continued, so that `previous_response_id` can rebuild the conversation. The
 file is opened on first use (a server that never serves /v1/responses never touches the
 disk), in WAL mode so that readers never wait for a writer. Responses older than the TTL
-are invisible at once and deleted when the store opens and, at most once a minute, on a
-write. Reads run in a worker thread (`anyio.to_thread`), one call at a time; the one write
-per response is a single INSERT.
+are invisible at once and deleted in a worker thread, when the store opens and at most once
+a minute after. Every call runs in a worker thread (`anyio.to_thread`) except the stream's
+`put_blocking`, one INSERT; reads and writes have a connection each, so that the INSERT
+never waits for a long read (a 1000-link conversation).
 Any SQLite or file-system error becomes `StoreUnavailable` (503, naming the file).
 """
 
@@ -27,6 +28,7 @@ from llama_api import errors
 FILE_NAME = "responses.sqlite3"
 PRUNE_EVERY = 60.0  # seconds between prunes on write
 MAX_CHAIN = 1000  # previous_response_id links followed at most
+READ, WRITE = "read", "write"  # the two connections
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -66,20 +68,26 @@ class ResponsesStore:
     def __init__(self, data_dir: Path, ttl: float = 0):
         self.path = Path(data_dir) / FILE_NAME
         self.ttl = ttl
-        self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-        self._last_prune = 0.0
+        self._db: dict[str, sqlite3.Connection] = {}  # READ and WRITE, opened on first use
+        self._locks = {READ: threading.Lock(), WRITE: threading.Lock()}
+        self._last_prune = -PRUNE_EVERY - 1.0  # due at the first call
 
     # -- the async API the routes use ---------------------------------------------------
 
     async def ready(self) -> None:
         """Open the file now (in a thread), so that a store that can't open fails first."""
         await self._run(lambda db: None)
+        await self._run(lambda db: None, role=WRITE)
+
+    async def put(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
+        """Keep a finished response."""
+        await self._run(self._put, response, input_items, role=WRITE)
 
     def put_blocking(self, response: dict[str, Any], input_items: list[dict[str, Any]]) -> None:
-        """Keep a finished response; one small INSERT, so it runs on the caller's thread
-        (a stream renderer stores the response before it sends `response.completed`)."""
-        self._locked(self._put, response, input_items)
+        """`put` on the caller's thread, for a stream renderer, which stores the response
+        before it sends `response.completed`: one INSERT on the writer connection (opened
+        by `ready`), which no read holds."""
+        self._locked(WRITE, self._put, response, input_items)
 
     async def get(self, response_id: str, param: str | None = None) -> dict[str, Any]:
         """The stored response, or ResponseNotFound."""
@@ -104,30 +112,37 @@ class ResponsesStore:
                 for item in [*input_items, *response["output"]]]
 
     async def delete(self, response_id: str) -> None:
-        if not await self._run(self._delete, response_id):
+        if not await self._run(self._delete, response_id, role=WRITE):
             raise ResponseNotFound(response_id)
 
     def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+        for role, lock in self._locks.items():
+            with lock:
+                db = self._db.pop(role, None)
+                if db is not None:
+                    db.close()
 
     # -- in the worker thread -------------------------------------------------------------
 
-    async def _run(self, function, *args):
-        return await anyio.to_thread.run_sync(self._locked, function, *args)
+    async def _run(self, function, *args, role: str = READ):
+        return await anyio.to_thread.run_sync(self._pruned_then, role, function, *args)
 
-    def _locked(self, function, *args):
-        with self._lock:
+    def _pruned_then(self, role: str, function, *args):
+        if time.monotonic() - self._last_prune > PRUNE_EVERY:
+            self._locked(WRITE, self._prune)
+        return self._locked(role, function, *args)
+
+    def _locked(self, role: str, function, *args):
+        with self._locks[role]:
             try:
-                return function(self._connection(), *args)
+                return function(self._connection(role), *args)
             except (sqlite3.Error, OSError) as exc:
                 raise StoreUnavailable(
                     f"The responses store {self.path} is unavailable: {exc}.") from None
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
+    def _connection(self, role: str) -> sqlite3.Connection:
+        db = self._db.get(role)
+        if db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             try:
@@ -135,12 +150,11 @@ class ResponsesStore:
                 db.execute("PRAGMA synchronous=NORMAL")  # durable across crashes, not power cuts
                 db.execute("PRAGMA busy_timeout=2000")
                 db.executescript(SCHEMA)
-                self._prune(db)
             except sqlite3.Error:
                 db.close()
                 raise
-            self._db = db
-        return self._db
+            self._db[role] = db
+        return db
 
     def _oldest_kept(self) -> float:
         return time.time() - self.ttl if self.ttl > 0 else float("-inf")
@@ -151,8 +165,6 @@ class ResponsesStore:
             db.execute("DELETE FROM responses WHERE created_at < ?", (self._oldest_kept(),))
 
     def _put(self, db, response, input_items) -> None:
-        if time.monotonic() - self._last_prune > PRUNE_EVERY:
-            self._prune(db)
         db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?)", (
             response["id"], response["created_at"], response.get("previous_response_id"),
             json.dumps(input_items), json.dumps(response)))
