@@ -14,12 +14,11 @@ How Anthropic's turns become the core's chat messages:
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from llama_api import errors
-from llama_api.api.choices import Choice
+from llama_api.api.choices import Choice, new_id
 from llama_api.api.streaming import Event
 from llama_api.errors import BadRequest, NotSupported
 from llama_api.schemas_anthropic import (
@@ -40,10 +39,6 @@ from llama_api.schemas_anthropic import (
 from llama_api.types import Delta, GenerateRequest, TokenizeRequest, TokenizeResult, ToolChoice
 
 BLOCK_SEPARATOR = "\n\n"
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:24]}"
 
 
 def message_request(body: MessagesRequest) -> GenerateRequest:
@@ -272,8 +267,8 @@ class MessageEvents:
             yield self._delta({"type": "text_delta", "text": delta.text})
         for call in delta.tool_calls or []:
             yield from self._switch(("tool", call.index), {
-                "type": "tool_use", "id": call.id or new_id("toolu"), "name": call.name or "",
-                "input": {}})
+                "type": "tool_use", "id": call.id or new_id("toolu", sep="_"),
+                "name": call.name or "", "input": {}})
             if call.arguments:
                 yield self._delta({"type": "input_json_delta", "partial_json": call.arguments})
         self.stop_sequence = delta.stop_sequence or self.stop_sequence

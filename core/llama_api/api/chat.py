@@ -3,11 +3,10 @@ tools, tool_choice, response_format), the choices to a response or chunks."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from llama_api.api.choices import Choice
-from llama_api.api.openai_common import OpenAIChunks, sampling_fields, usage_dict, vary_seed
+from llama_api.api.openai_common import OpenAIChunks, openai_response, sampling_fields, vary_seed
 from llama_api.errors import BadRequest, NotSupported
 from llama_api.schemas import (
     ChatCompletionRequest,
@@ -150,22 +149,10 @@ def chat_message(choice: Choice) -> dict:
 
 
 def chat_response(response_id: str, model: str, choices: list[Choice], usage: Usage) -> dict:
-    return {
-        "id": response_id,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": c.index,
-                "message": chat_message(c),
-                "logprobs": chat_logprobs(c.logprobs) if c.logprobs else None,
-                "finish_reason": c.finish_reason or "stop",
-            }
-            for c in choices
-        ],
-        "usage": usage_dict(usage),
-    }
+    return openai_response("chat.completion", response_id, model, choices, usage, lambda c: {
+        "message": chat_message(c),
+        "logprobs": chat_logprobs(c.logprobs) if c.logprobs else None,
+    })
 
 
 def delta_body(delta: Delta) -> dict[str, Any]:

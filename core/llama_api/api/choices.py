@@ -1,7 +1,7 @@
 """Run the choices of one request on the model's slots, and gather what each produces.
 
 No HTTP here: `generate_choices` feeds (choice index, delta) pairs to a callback; the
-plain and the streaming routes decide what to do with them.
+plain and the streaming paths (`routes.generation`) decide what to do with them.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ from llama_api.types import Delta, GenerateRequest, ModelSpec, TokenLogprob, Usa
 Emit = Callable[[int, Delta], Awaitable[None]]
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+def new_id(prefix: str, sep: str = "-") -> str:
+    """A response or call id: `chatcmpl-...` (OpenAI), `msg_...` with `sep="_"` (Anthropic)."""
+    return f"{prefix}{sep}{uuid.uuid4().hex[:24]}"
 
 
 async def generate_choices(scheduler: Scheduler, spec: ModelSpec,
@@ -100,18 +101,6 @@ class Choice:
             self.stop_sequence = delta.stop_sequence
         if delta.usage is not None:
             self.usage = delta.usage
-
-
-async def collect_choices(scheduler: Scheduler, spec: ModelSpec,
-                          requests: list[GenerateRequest]) -> list[Choice]:
-    """Generate every choice to its end."""
-    choices = [Choice(i) for i in range(len(requests))]
-
-    async def add(index: int, delta: Delta) -> None:
-        choices[index].add(delta)
-
-    await generate_choices(scheduler, spec, requests, add)
-    return choices
 
 
 def total_usage(choices: list[Choice], prompts: int) -> Usage:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from llama_api.api.choices import Choice
-from llama_api.api.openai_common import OpenAIChunks, sampling_fields, usage_dict, vary_seed
-from llama_api.errors import BadRequest, NotSupported
+from llama_api.api.openai_common import OpenAIChunks, openai_response, sampling_fields, vary_seed
+from llama_api.errors import BadRequest
 from llama_api.schemas import CompletionRequest
 from llama_api.types import Delta, GenerateRequest, TokenLogprob, Usage
 
@@ -52,22 +51,10 @@ def completion_logprobs(tokens: list[TokenLogprob], offset: int = 0) -> dict[str
 
 
 def completion_response(response_id: str, model: str, choices: list[Choice], usage: Usage) -> dict:
-    return {
-        "id": response_id,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": c.index,
-                "text": "".join(c.text),
-                "logprobs": completion_logprobs(c.logprobs) if c.logprobs else None,
-                "finish_reason": c.finish_reason or "stop",
-            }
-            for c in choices
-        ],
-        "usage": usage_dict(usage),
-    }
+    return openai_response("text_completion", response_id, model, choices, usage, lambda c: {
+        "text": "".join(c.text),
+        "logprobs": completion_logprobs(c.logprobs) if c.logprobs else None,
+    })
 
 
 class CompletionChunks(OpenAIChunks):

@@ -1,8 +1,10 @@
-"""What every OpenAI resource shares: sampling fields, usage, and the chunk stream's frame."""
+"""What every OpenAI resource shares: sampling fields, usage, the whole response's envelope
+and the chunk stream's frame."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from llama_api.api.choices import Choice, total_usage
@@ -46,6 +48,20 @@ def usage_dict(usage: Usage) -> dict[str, int]:
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
+
+
+def openai_response(object_: str, response_id: str, model: str, choices: list[Choice],
+                    usage: Usage, choice_fields: Callable[[Choice], dict[str, Any]]) -> dict:
+    """A whole completion or chat completion: the envelope around each choice's fields."""
+    return {
+        "id": response_id,
+        "object": object_,
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": c.index, **choice_fields(c),
+                     "finish_reason": c.finish_reason or "stop"} for c in choices],
+        "usage": usage_dict(usage),
     }
 
 

@@ -1,6 +1,6 @@
 """POST /v1/responses and the stored responses: the request to input items and one
-normalized GenerateRequest, the conversation a `previous_response_id` continues, the answer
-(plain or streamed through the one `EventStream`), and the input items list.
+normalized GenerateRequest, the conversation a `previous_response_id` continues, the renderer
+and the plain answer that `routes.generation` runs, and the input items list.
 
 Input items are kept in one canonical shape (a message's content is a list of text parts,
 every item has an id): that is what `input_items` lists, and what a later turn reads back.
@@ -8,17 +8,14 @@ every item has an id): that is what `input_items` lists, and what a later turn r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from litestar import Request, Response
-
 from llama_api import errors
-from llama_api.api.choices import generate_choices
 from llama_api.api.error_responses import OPENAI_ERRORS
-from llama_api.api.http import json_response, until_done_or_disconnected
 from llama_api.api.responses_output import ResponseEvents, openai_id, text_part
-from llama_api.api.streaming import Event, EventStream
+from llama_api.api.streaming import Event
 from llama_api.errors import BadRequest, NotSupported
 from llama_api.responses_store import ResponsesStore
 from llama_api.schemas_responses import (
@@ -237,31 +234,31 @@ class ResponseErrors:
 
 # -- the routes' work -------------------------------------------------------------------
 
-async def create(request: Request, body: ResponseRequest) -> Response:
-    state = request.app.state
-    store: ResponsesStore = state.responses
+async def prepare(store: ResponsesStore, body: ResponseRequest
+                  ) -> tuple[list[GenerateRequest], ResponseEvents, Callable]:
+    """The one GenerateRequest, the renderer (of the stream, and of the plain answer's
+    state), and the plain answer: the finished response, stored first in a thread."""
     refuse_unsupported(body)
     items = input_items(body)
     history = (await store.conversation(body.previous_response_id)
                if body.previous_response_id else [])
     generate = generate_request(body, history, items)
-    spec = state.registry.resolve(body.model)  # 404 before any work
-    keep = None
-    if body.store is not False:
-        await store.ready()
-        keep = partial(store.put_blocking, input_items=items)
+    stored = body.store is not False
+    if stored:
+        await store.ready()  # a store that can't open fails before any work
+    # A stream stores its response just before `response.completed`, on the event loop:
+    # one INSERT on the store's own writer connection, which reads never hold.
+    keep = partial(store.put_blocking, input_items=items) if stored and body.stream else None
     events = ResponseEvents(echoed_fields(body), keep=keep,
                             parallel_tool_calls=body.parallel_tool_calls is not False)
-    run = partial(generate_choices, state.scheduler, spec, [generate])
-    if body.stream:
-        return EventStream(run, 1, events, ResponseErrors(events))
 
-    async def collect(index, delta) -> None:
-        for _ in events.delta(index, delta):
-            pass
+    async def answer(_choices) -> dict[str, Any]:
+        response = events.complete()
+        if stored:
+            await store.put(response, items)
+        return response
 
-    await until_done_or_disconnected(request, partial(run, collect))
-    return json_response(events.complete())
+    return [generate], events, answer
 
 
 def input_items_page(items: list[dict[str, Any]], *, order: str, limit: int,

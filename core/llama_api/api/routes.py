@@ -6,6 +6,7 @@ answer, and a stream renderer; `generation` picks the plain or the streamed path
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Annotated, Literal, TypeVar
@@ -16,31 +17,44 @@ from litestar.params import Body, FromPath, FromQuery, QueryParameter
 from llama_api.api import anthropic, chat, completions, embeddings, models, responses
 from llama_api.api import rerank as reranking
 from llama_api.api import tokenize as tokenizing
-from llama_api.api.choices import Choice, collect_choices, generate_choices, new_id, total_usage
+from llama_api.api.choices import Choice, generate_choices, new_id, total_usage
 from llama_api.api.error_responses import error_shape
 from llama_api.api.http import json_response, until_done_or_disconnected
-from llama_api.api.streaming import EventStream, StreamRenderer
+from llama_api.api.streaming import ErrorShape, EventStream, StreamRenderer
 from llama_api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from llama_api.schemas_anthropic import MessagesInput, MessagesRequest
 from llama_api.schemas_responses import MAX_INPUT_ITEMS_PAGE, ResponseRequest
 from llama_api.schemas_tokens import DetokenizeBody, RerankBody, TokenizeBody
-from llama_api.types import GenerateRequest
+from llama_api.types import Delta, GenerateRequest
 
 T = TypeVar("T")
 
 
 async def generation(request: Request, model: str, requests: list[GenerateRequest], *,
-                     stream: bool, answer: Callable[[list[Choice]], dict],
-                     renderer: StreamRenderer) -> Response:
-    """Run the choices; answer with one JSON body (`answer`) or a stream (`renderer`)."""
+                     stream: bool, answer: Callable[[list[Choice]], dict | Awaitable[dict]],
+                     renderer: StreamRenderer, render_plain: bool = False,
+                     errors: ErrorShape | None = None) -> Response:
+    """Run the choices; answer with one JSON body (`answer`) or a stream (`renderer`).
+
+    `render_plain`: the plain answer is read from the renderer's state (Responses), so the
+    renderer sees the deltas there too. `errors`: the stream's error shape, when the
+    route's API isn't enough to tell it (Responses fails with its own event)."""
     state = request.app.state
     spec = state.registry.resolve(model)  # 404 before any work
+    run = partial(generate_choices, state.scheduler, spec, requests)
     if stream:
-        return EventStream(partial(generate_choices, state.scheduler, spec, requests),
-                           len(requests), renderer, error_shape(request))
-    choices = await until_done_or_disconnected(
-        request, partial(collect_choices, state.scheduler, spec, requests))
-    return json_response(answer(choices))
+        return EventStream(run, len(requests), renderer, errors or error_shape(request))
+    choices = [Choice(i) for i in range(len(requests))]
+
+    async def collect(index: int, delta: Delta) -> None:
+        choices[index].add(delta)
+        if render_plain:
+            for _ in renderer.delta(index, delta):
+                pass
+
+    await until_done_or_disconnected(request, partial(run, collect))
+    body = answer(choices)
+    return json_response(await body if inspect.isawaitable(body) else body)
 
 
 async def on_worker(request: Request, model: str, call: Callable[[object], Awaitable[T]]) -> T:
@@ -98,14 +112,8 @@ class OpenAIController(Controller):
     @post("/embeddings", status_code=200, summary="Embeddings of texts or token lists")
     async def embeddings(self, request: Request, data: Annotated[EmbeddingRequest, Body()]) -> Response:
         embed_request = embeddings.embed_request(data)
-        state = request.app.state
-        spec = state.registry.resolve(data.model)
-
-        async def work():  # a client that hangs up while queued gives up its place
-            async with state.scheduler.lease(spec) as worker:
-                return await worker.embed(embed_request)
-
-        result = await until_done_or_disconnected(request, work)
+        result = await on_worker(request, data.model,
+                                 lambda worker: worker.embed(embed_request))
         return json_response(embeddings.embeddings_response(data, result))
 
 
@@ -115,7 +123,7 @@ class AnthropicController(Controller):
     @post("/messages", status_code=200, opt=anthropic.ROUTE_OPT,
           summary="Create a message (Anthropic Messages API)")
     async def messages(self, request: Request, data: Annotated[MessagesRequest, Body()]) -> Response:
-        message_id = anthropic.new_id("msg")
+        message_id = new_id("msg", sep="_")
         return await generation(
             request, data.model, [anthropic.message_request(data)], stream=bool(data.stream),
             answer=lambda choices: anthropic.message_response(message_id, data.model, choices[0]),
@@ -135,7 +143,11 @@ class ResponsesController(Controller):
 
     @post("", status_code=200, summary="Create a model response (OpenAI Responses API)")
     async def create(self, request: Request, data: Annotated[ResponseRequest, Body()]) -> Response:
-        return await responses.create(request, data)
+        store = request.app.state.responses
+        requests, events, answer = await responses.prepare(store, data)
+        return await generation(
+            request, data.model, requests, stream=bool(data.stream), renderer=events,
+            render_plain=True, errors=responses.ResponseErrors(events), answer=answer)
 
     @get("/{response_id:str}", summary="A stored response")
     async def retrieve(self, request: Request, response_id: FromPath[str]) -> Response:
