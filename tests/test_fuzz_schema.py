@@ -211,6 +211,9 @@ def test_every_route_survives_fuzzing(fuzz_server, schema):
           f"{tally.server_errors} 5xx, {tally.lost} lost, "
           f"{time.perf_counter() - started:.1f}s (budget {EXAMPLES} per route and mode; "
           f"nothing to negate: {', '.join(tally.skipped) or 'none'})")
+    if tally.server_errors:
+        log = fuzz_server.server_log()
+        tally.failures.append("server log:\n" + log[log.find("Traceback"):][-3000:])
     assert not tally.failures, "\n".join(tally.failures)
     # The server still answers a good request after all that.
     ok = fuzz_server.post("/v1/chat/completions", json={
@@ -230,3 +233,17 @@ def test_schema_documents_error_codes(schema):
             if lacking:
                 missing[f"{operation.method.upper()} {operation.path}"] = sorted(lacking)
     assert not missing, missing
+
+
+def test_schema_states_the_bounds_the_server_checks(schema):
+    """What the fuzzer generates from: bounds of 0, bounds in unions and maps are there."""
+    parts = schema.raw_schema["components"]["schemas"]
+    chat = parts["ChatCompletionRequest"]["properties"]
+    assert chat["temperature"]["minimum"] == 0 and chat["top_k"]["minimum"] == 0
+    assert chat["top_p"]["minimum"] == 0 and chat["top_p"]["maximum"] == 1
+    assert chat["repeat_penalty"]["exclusiveMinimum"] == 0
+    assert chat["stop"]["maxItems"] == 16
+    assert chat["logit_bias"]["propertyNames"] == {"pattern": "^[0-9]+$"}
+    assert chat["logit_bias"]["additionalProperties"]["maximum"] == 100
+    embedding_input = parts["EmbeddingRequest"]["properties"]["input"]
+    assert embedding_input["minItems"] == 1 and embedding_input["maxItems"] == 2048

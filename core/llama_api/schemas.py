@@ -20,15 +20,33 @@ MAX_STOP = 16
 MAX_LOGPROBS = 20
 MAX_EMBED_INPUTS = 2048
 
-TokenId = Annotated[int, Meta(ge=0)]
+
+
+def documented(**schema: Any) -> Meta:
+    """Write `schema` (fields of Litestar's `Schema`) into /schema as it is. Litestar leaves
+    out a bound of 0 (it tests the bound's truth) and the bounds of a union's arms or a map's
+    values; without this, clients and the schema fuzzer never see them."""
+    return Meta(extra_json_schema={"extra": schema})
+
+
+# llama.cpp reads token ids as 32-bit integers; a larger id is a 400 naming the field.
+MAX_TOKEN_ID = 2**31 - 1
+TokenId = Annotated[int, Meta(ge=0, le=MAX_TOKEN_ID), documented(minimum=0)]
 AtLeastOne = Annotated[int, Meta(ge=1)]
-NonNegativeInt = Annotated[int, Meta(ge=0)]
-NonNegative = Annotated[float, Meta(ge=0.0)]
-Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
+NonNegativeInt = Annotated[int, Meta(ge=0), documented(minimum=0)]
+NonNegative = Annotated[float, Meta(ge=0.0), documented(minimum=0.0)]
+Fraction = Annotated[float, Meta(ge=0.0, le=1.0), documented(minimum=0.0)]
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 Bias = Annotated[float, Meta(ge=-100.0, le=100.0)]
 # Logits are divided by it: 0 would divide by zero (1 = no penalty).
-PenaltyFactor = Annotated[float, Meta(gt=0.0)]
+PenaltyFactor = Annotated[float, Meta(gt=0.0), documented(exclusive_minimum=0.0)]
+# JSON object keys that msgspec reads as token ids, and their bias.
+LogitBias = Annotated[dict[TokenId, Bias], documented(
+    property_names={"pattern": "^[0-9]+$"},
+    additional_properties={"type": "number", "minimum": -100.0, "maximum": 100.0})]
+Logprobs = Annotated[int, Meta(ge=0, le=MAX_LOGPROBS), documented(minimum=0)]
+Stop = Annotated[str | Annotated[list[str], Meta(max_length=MAX_STOP)],
+                 documented(max_items=MAX_STOP)]
 
 
 class StreamOptions(msgspec.Struct, kw_only=True):
@@ -46,15 +64,15 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     n: Annotated[int, Meta(ge=1, le=MAX_N)] | None = None
-    stop: str | Annotated[list[str], Meta(max_length=MAX_STOP)] | None = None
+    stop: Stop | None = None
     seed: int | None = None
     # JSON keys are strings; msgspec reads them as token ids (a key that isn't one is a 400).
-    logit_bias: dict[TokenId, Bias] | None = None
+    logit_bias: LogitBias | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: str | None = None
     # llama.cpp sampling extras that some clients send; passed to the backend as `extra`.
-    mirostat_mode: Annotated[int, Meta(ge=0, le=2)] | None = None
+    mirostat_mode: Annotated[int, Meta(ge=0, le=2), documented(minimum=0)] | None = None
     mirostat_tau: NonNegative | None = None
     mirostat_eta: NonNegative | None = None
     typical_p: Fraction | None = None
@@ -72,7 +90,7 @@ EXTRA_SAMPLING_FIELDS = ("mirostat_mode", "mirostat_tau", "mirostat_eta", "typic
 class CompletionRequest(SamplingFields, kw_only=True):
     # A string, strings, a token list or token lists (a mix is refused when normalized).
     prompt: str | list[str | TokenId | list[TokenId]] = ""
-    logprobs: Annotated[int, Meta(ge=0, le=MAX_LOGPROBS)] | None = None
+    logprobs: Logprobs | None = None
     echo: bool | None = None
     suffix: str | None = None
     best_of: AtLeastOne | None = None
@@ -141,7 +159,7 @@ class JsonSchemaFormat(msgspec.Struct, tag="json_schema", tag_field="type", kw_o
 class ChatCompletionRequest(SamplingFields, kw_only=True):
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
     logprobs: bool | None = None
-    top_logprobs: Annotated[int, Meta(ge=0, le=MAX_LOGPROBS)] | None = None
+    top_logprobs: Logprobs | None = None
     max_completion_tokens: AtLeastOne | None = None
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -160,9 +178,10 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
 class EmbeddingRequest(msgspec.Struct, kw_only=True):
     model: str
     # A string, strings, a token list or token lists; none of them empty.
-    input: (Annotated[str, Meta(min_length=1)]
-            | Annotated[list[str | TokenId | list[TokenId]],
-                        Meta(min_length=1, max_length=MAX_EMBED_INPUTS)])
+    input: Annotated[Annotated[str, Meta(min_length=1)]
+                     | Annotated[list[str | TokenId | list[TokenId]],
+                                 Meta(min_length=1, max_length=MAX_EMBED_INPUTS)],
+                     documented(min_length=1, min_items=1, max_items=MAX_EMBED_INPUTS)]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: AtLeastOne | None = None
     user: str | None = None
