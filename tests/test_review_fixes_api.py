@@ -3,12 +3,17 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+from array import array
 
 import anyio
+import pytest
 
+from llama_api import errors
 from llama_api.responses_store import READ, ResponsesStore
+from llama_api.worker import vectors_to_bytes
 
 
 def stored(n: int, created_at: float) -> dict:
@@ -63,3 +68,65 @@ def test_put_stores_in_a_thread(tmp_path):
     assert threads and threads[0] is not threading.main_thread()
     assert anyio.run(store.input_items, "r1") == [{"id": "i"}]
     store.close()
+
+
+# -- `dimensions`, decided once in the worker (review #7) ------------------------------
+
+def floats(data: bytes, dims: int) -> list[list[float]]:
+    values = array("f")
+    values.frombytes(data)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return [values[i:i + dims].tolist() for i in range(0, len(values), dims)]
+
+
+@pytest.mark.parametrize("as_numpy", [False, True], ids=["lists", "numpy"])
+def test_fewer_dimensions_cut_each_vector_and_renormalize_it(as_numpy):
+    rows = [[3.0, 4.0, 12.0], [0.0, 0.0, 5.0], [1.0, 1.0, 1.0]]
+    embeddings = pytest.importorskip("numpy").array(rows) if as_numpy else rows
+    data, count, dims = vectors_to_bytes(embeddings, dimensions=2)
+    assert (count, dims) == (3, 2)
+    cut = floats(data, dims)
+    assert cut[0] == pytest.approx([0.6, 0.8])
+    assert cut[1] == [0.0, 0.0]  # a zero vector stays zero, not NaN
+    assert cut[2] == pytest.approx([2 ** -0.5, 2 ** -0.5])
+    # the model's own width, or none asked: the vectors as the backend made them
+    for dimensions in (3, None):
+        data, _, dims = vectors_to_bytes(embeddings, dimensions)
+        assert dims == 3 and floats(data, 3) == rows
+
+
+@pytest.mark.parametrize("as_numpy", [False, True], ids=["lists", "numpy"])
+def test_more_dimensions_than_the_model_makes_is_a_400_naming_its_width(as_numpy):
+    rows = [[0.5] * 8]
+    embeddings = pytest.importorskip("numpy").array(rows) if as_numpy else rows
+    with pytest.raises(errors.BadRequest) as info:
+        vectors_to_bytes(embeddings, dimensions=9)
+    assert info.value.param == "dimensions"
+    assert "8-dimensional" in info.value.message
+
+
+# -- the embeddings plugin's estimate takes the core's GPU answer (review #3) ----------
+
+def test_the_embeddings_estimate_puts_auto_on_the_gpu_the_core_reports(tmp_path, monkeypatch):
+    pytest.importorskip("llama_api_embeddings")
+    import llama_api.memory
+    import llama_api_embeddings as plugin
+    from llama_api.types import ModelSpec
+
+    def no_detection():
+        raise AssertionError("the plugin detected the GPU itself")
+
+    monkeypatch.setattr(llama_api.memory, "gpu_total", no_detection)
+    folder = tmp_path / "encoder"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    with open(folder / "model.safetensors", "wb") as f:
+        f.truncate(2**20)
+    spec = ModelSpec(id="enc", backend="transformers", path=str(folder),
+                     options={"device": "auto"})
+    host, gpu = plugin.estimate_memory(spec=spec, gpu=True)
+    assert gpu == 2**20 and host < 2**30
+    host, gpu = plugin.estimate_memory(spec=spec, gpu=False)
+    assert gpu == 0 and host > 2**20
+    assert plugin.estimate_memory(spec=spec) == (host, gpu)  # a core that passes spec alone

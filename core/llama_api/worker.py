@@ -8,6 +8,7 @@ is imported, so C libraries that print can't corrupt the channel.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
@@ -204,23 +205,45 @@ class Outbox:
                     log.warning("could not write to the server")
 
 
-def vectors_to_bytes(embeddings) -> tuple[bytes, int, int]:
-    """Rows of floats (lists or a numpy array) as little-endian float32 bytes."""
+def vectors_to_bytes(embeddings, dimensions: int | None = None) -> tuple[bytes, int, int]:
+    """Rows of floats (lists or a numpy array) as little-endian float32 bytes, shortened
+    to `dimensions` values (see `shortened`)."""
     if hasattr(embeddings, "astype"):  # numpy, without importing it here
         matrix = embeddings.astype("<f4")
         if matrix.ndim != 2:
             raise errors.LlamaApiError(f"backend returned a {matrix.ndim}-D embedding array")
+        if shortened(dimensions, matrix.shape[1]):
+            matrix = matrix[:, :dimensions]
+            norms = (matrix * matrix).sum(axis=1, keepdims=True) ** 0.5
+            matrix = (matrix / norms.clip(min=1e-12)).astype("<f4")
         return matrix.tobytes(), matrix.shape[0], matrix.shape[1]
     rows = [list(map(float, row)) for row in embeddings]
     dims = len(rows[0]) if rows else 0
+    if any(len(row) != dims for row in rows):
+        raise errors.LlamaApiError("backend returned vectors of different lengths")
+    if rows and shortened(dimensions, dims):
+        rows, dims = [unit(row[:dimensions]) for row in rows], dimensions
     data = array("f")
     for row in rows:
-        if len(row) != dims:
-            raise errors.LlamaApiError("backend returned vectors of different lengths")
         data.extend(row)
     if sys.byteorder != "little":
         data.byteswap()
     return data.tobytes(), len(rows), dims
+
+
+def shortened(dimensions: int | None, width: int) -> bool:
+    """Whether the vectors are cut to `dimensions` values (each then L2-renormalized, as
+    OpenAI shortens its embeddings). Decided here, for every backend: more than the
+    model's `width` is a 400 naming it; the HTTP edge checked `dimensions` >= 1."""
+    if dimensions is not None and dimensions > width:
+        raise errors.BadRequest(f"`dimensions` is {dimensions}, but this model makes "
+                                f"{width}-dimensional vectors.", param="dimensions")
+    return dimensions is not None and dimensions < width
+
+
+def unit(row: list[float]) -> list[float]:
+    norm = math.sqrt(sum(value * value for value in row))
+    return [value / norm for value in row] if norm > 0 else row
 
 
 class Worker:
@@ -286,21 +309,16 @@ class Worker:
         finally:
             self.cancels.pop(message.id, None)
 
-    def run_embed(self, message: protocol.Embed) -> None:
-        try:
-            result = self.plugins.hook.embed(model=self.model, request=message.request)
-            if result is None:
-                raise errors.NotSupported("this model does not make embeddings")
-            data, count, dims = vectors_to_bytes(result.embeddings)
-            if result.batch_size:
-                log.debug("request %s: %d vector(s), computed in a batch of %d rows",
-                          message.id, count, result.batch_size)
-            self.channel.send(protocol.Embedded(
-                id=message.id, data=data, count=count, dims=dims,
-                prompt_tokens=result.prompt_tokens,
-            ))
-        except Exception as exc:
-            self.channel.send(failure(message.id, exc))
+    def embedded(self, message: protocol.Embed) -> protocol.Embedded:
+        result = self.plugins.hook.embed(model=self.model, request=message.request)
+        if result is None:
+            raise errors.NotSupported("this model does not make embeddings")
+        data, count, dims = vectors_to_bytes(result.embeddings, message.request.dimensions)
+        if result.batch_size:
+            log.debug("request %s: %d vector(s), computed in a batch of %d rows",
+                      message.id, count, result.batch_size)
+        return protocol.Embedded(id=message.id, data=data, count=count, dims=dims,
+                                 prompt_tokens=result.prompt_tokens)
 
     def answer(self, request_id: int, compute) -> None:
         """Send `compute()`'s message, or the failure that it raised."""
@@ -348,7 +366,7 @@ class Worker:
                     self.cancels[message.id] = threading.Event()
                     self.pool.submit(self.run_generate, message)
                 case protocol.Embed():
-                    self.pool.submit(self.run_embed, message)
+                    self.pool.submit(self.answer, message.id, partial(self.embedded, message))
                 case protocol.Tokenize():
                     self.pool.submit(self.answer, message.id, partial(self.tokenized, message))
                 case protocol.Detokenize():

@@ -111,9 +111,11 @@ def unload_model(model):
 
 
 @hookimpl
-def estimate_memory(spec):
+def estimate_memory(spec, gpu=False):
+    # `gpu`: the server has a GPU budget (the core detected it); a default, so that a core
+    # whose hook passes `spec` alone still calls this.
     if spec.backend not in BACKENDS:
         return None
     from llama_api_embeddings.memory import estimate_memory as estimate
 
-    return estimate(spec)
+    return estimate(spec, gpu)

@@ -2,7 +2,7 @@
 
 - transformers: the weight files (safetensors, else PyTorch .bin), rescaled when the
   `dtype` option changes the stored precision; on the GPU when `device` is cuda (or auto
-  with a GPU present); plus torch and transformers in the worker.
+  with a GPU budget, as the core says); plus torch and transformers in the worker.
 - tfhub: the SavedModel's variables, plus TensorFlow in the worker.
 The activations of a batch (small for sentence encoders) are not counted.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llama_api.memory import gpu_total
 from llama_api_embeddings.common import option
 from llama_api_embeddings.discovery import read_json
 
@@ -44,9 +43,10 @@ def folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
-def estimate(spec, gpu: bool | None = None) -> tuple[int, int] | None:
+def estimate(spec, gpu: bool = False) -> tuple[int, int] | None:
     """(host bytes, GPU bytes) for a transformers or tfhub model; None for other backends
-    or a folder that isn't there."""
+    or a folder that isn't there. `gpu`: the server has a GPU budget (`device = "auto"`
+    then loads on the GPU)."""
     folder = Path(spec.path or "").expanduser()
     if not folder.is_dir():
         return None
@@ -58,18 +58,15 @@ def estimate(spec, gpu: bool | None = None) -> tuple[int, int] | None:
         return None
     weights = int(weight_bytes(folder) * _dtype_ratio(spec, folder))
     device = str(option(spec, "device", "cpu"))
-    if device == "auto":
-        on_gpu = bool(gpu_total()) if gpu is None else gpu
-    else:
-        on_gpu = device.startswith("cuda")
+    on_gpu = gpu if device == "auto" else device.startswith("cuda")
     if on_gpu:
         return TORCH_RUNTIME_BYTES, weights
     return weights + TORCH_RUNTIME_BYTES, 0
 
 
-def estimate_memory(spec) -> tuple[int, int] | None:
+def estimate_memory(spec, gpu: bool = False) -> tuple[int, int] | None:
     """The `estimate_memory` hook's answer; None when it isn't ours or can't be read."""
     try:
-        return estimate(spec)
+        return estimate(spec, gpu)
     except OSError:
         return None
