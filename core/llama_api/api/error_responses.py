@@ -83,6 +83,15 @@ def undecodable_body_handler(request: Request, exc: UnicodeDecodeError) -> Respo
         code="invalid_value"))
 
 
+def too_deep_handler(request: Request, exc: RecursionError) -> Response:
+    # msgspec gives up on JSON nested past its depth limit with a RecursionError that
+    # Litestar lets through; any other RecursionError is a bug of ours.
+    if "deserializing" not in str(exc):
+        return internal_error_handler(request, exc)
+    return error_response(request, errors.BadRequest(
+        "Invalid request body: JSON nested too deeply.", code="invalid_value"))
+
+
 def http_error_handler(request: Request, exc: HTTPException) -> Response:
     if exc.status_code == 404:
         message = f"No route {request.method} {request.url.path}. See /schema for the API."
@@ -102,6 +111,7 @@ EXCEPTION_HANDLERS = {
     errors.LlamaApiError: api_error_handler,
     ValidationException: validation_error_handler,
     UnicodeDecodeError: undecodable_body_handler,
+    RecursionError: too_deep_handler,
     HTTPException: http_error_handler,
     Exception: internal_error_handler,
 }
