@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
-import threading
 from pathlib import Path
 
 from llama_api import errors
 from llama_api.types import RerankResult
-from llama_api_embeddings.common import as_bool, option
+from llama_api_embeddings.common import option
 from llama_api_embeddings.discovery import read_json
 
 log = logging.getLogger(__name__)
@@ -96,35 +94,26 @@ class CrossEncoderReranker:
     backend = "transformers"
 
     def __init__(self, spec, context):
-        from llama_api_embeddings.batching import Batcher
-        from llama_api_embeddings.transformers_backend import resolve_folder
+        from llama_api_embeddings.loading import Setup, max_length
 
         self.spec = spec
-        if not as_bool(option(spec, "allow_download", False)):
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        self.n_threads = max(1, int(option(spec, "n_threads", context.n_threads) or 1))
-        os.environ.setdefault("RAYON_NUM_THREADS", str(self.n_threads))
-
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.torch = torch
-        torch.set_num_threads(self.n_threads)
-        folder = resolve_folder(spec)
+        setup = Setup(spec, context)
+        self.torch, self.n_threads = setup.torch, setup.n_threads
+        self.tokenizer, self.tokenizer_lock = setup.tokenizer, setup.tokenizer_lock
+        self.chat_template = setup.chat_template
+        folder = setup.folder
         config = read_json(folder / "config.json") or {}
         if labels(config) != 1:
             raise errors.ModelLoadError(
                 f"model {spec.id!r}: {folder} classifies into {labels(config)} labels; a "
                 "reranker (cross-encoder) has one")
-        trust = as_bool(option(spec, "trust_remote_code", False))
+        from transformers import AutoModelForSequenceClassification
+
         context.report(f"loading cross-encoder from {folder}")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True,
-                                                           trust_remote_code=trust)
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                str(folder), local_files_only=True, trust_remote_code=trust)
-            self.device = torch.device(str(option(spec, "device", "cpu")))
+                str(folder), local_files_only=True, trust_remote_code=setup.trust)
+            self.device = self.torch.device(str(option(spec, "device", "cpu")))
             self.model.to(self.device)
         except Exception as exc:
             raise errors.ModelLoadError(
@@ -132,31 +121,14 @@ class CrossEncoderReranker:
             ) from exc
         self.model.eval()
         self.activation = load_activation(spec.id, activation_path(folder, config))
-        self.max_length = self._max_length(folder, config)
-        self.tokenizer_lock = threading.Lock()
-        self.batcher = Batcher(
-            self._compute,
-            max_batch=int(option(spec, "max_batch_size", 32)),
-            max_wait=float(option(spec, "batch_wait_ms", 5)) / 1000.0,
-            setup=lambda: torch.set_num_threads(self.n_threads),
-            name=f"rerank-{spec.id}",
-        )
-        self.slots = int(spec.slots or option(spec, "slots", 64))
+        saved = read_json(folder / "sentence_bert_config.json") or {}
+        self.max_length = max_length(spec, self.tokenizer, config, saved.get("max_seq_length"))
+        self.batcher = setup.batcher(self._compute, 32, "rerank")
+        self.slots = setup.slots()
         self.info = {"backend": self.backend, "task": TASK, "path": str(folder),
                      "max_length": self.max_length, "device": str(self.device),
                      "activation": type(self.activation).__name__,
                      "n_threads": self.n_threads, "max_batch_size": self.batcher.max_batch}
-
-    def _max_length(self, folder: Path, config: dict) -> int:
-        """sentence-transformers' max_seq_length, else the tokenizer's, capped at the model's
-        positions."""
-        saved = read_json(folder / "sentence_bert_config.json") or {}
-        limit = int(option(self.spec, "max_length", saved.get("max_seq_length") or 0) or 0)
-        tokenizer_limit = getattr(self.tokenizer, "model_max_length", 0) or 0
-        if not limit and 0 < tokenizer_limit < 1_000_000:  # transformers' "unset" is huge
-            limit = tokenizer_limit
-        positions = config.get("max_position_embeddings") or 512
-        return max(2, min(limit or positions, positions))
 
     def rerank(self, request) -> RerankResult:
         pairs = [(request.query, document) for document in request.documents]

@@ -22,9 +22,7 @@ from llama_api_embeddings.batching import Batcher
 from llama_api_embeddings.common import (
     BatchedEmbedResult,
     as_bool,
-    check_dimensions,
     option,
-    shorten,
 )
 
 log = logging.getLogger(__name__)
@@ -146,11 +144,10 @@ class TFHubEmbedder:
             raise errors.NotSupported(
                 "this TensorFlow Hub model takes text, not token ids", param="input"
             )
-        check_dimensions(request.dimensions, self.dims)
         texts = list(request.input)
         vectors, job = self.batcher.run(texts)  # one compute thread: TF runs a batch at a time
         return BatchedEmbedResult(
-            embeddings=shorten(vectors, request.dimensions),
+            embeddings=vectors,
             # These models tokenize inside the graph and don't expose a count:
             # usage counts whitespace-separated words instead.
             prompt_tokens=sum(len(text.split()) for text in texts),

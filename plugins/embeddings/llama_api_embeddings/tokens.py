@@ -1,26 +1,23 @@
 """Tokenize and detokenize with a transformers model's own (Hugging Face) tokenizer.
 
 Serves both the encoders and the cross-encoders: anything with `tokenizer`,
-`tokenizer_lock`, `max_length` and `spec`. Imported only in the worker.
+`tokenizer_lock`, `chat_template`, `max_length` and `spec` (see `loading.Setup`). Imported only in the worker.
 """
 
 from __future__ import annotations
 
 from llama_api import errors
-from llama_api.chat_template import ChatTemplate
 from llama_api.types import TokenizeResult
 
 
 def chat_text(model, request) -> str:
-    """Messages rendered with the tokenizer's chat template and the generation prompt."""
-    source = getattr(model.tokenizer, "chat_template", None)
-    if not isinstance(source, str) or not source:
+    """Messages rendered with the chat template (compiled at load) and the generation
+    prompt."""
+    if model.chat_template is None:
         raise errors.BadRequest(f"model {model.spec.id} has no chat template to render "
                                 "messages with; send `prompt`", param="messages")
-    template = ChatTemplate(source, bos_token=model.tokenizer.bos_token or "",
-                            eos_token=model.tokenizer.eos_token or "")
     extra = {"tools": request.tools} if request.tools else {}
-    return template.render(request.messages, add_generation_prompt=True, **extra)
+    return model.chat_template.render(request.messages, add_generation_prompt=True, **extra)
 
 
 def tokenize(model, request) -> TokenizeResult:

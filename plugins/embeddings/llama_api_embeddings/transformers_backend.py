@@ -7,21 +7,12 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
-import threading
-from pathlib import Path
 from typing import Any
 
 from llama_api import errors
 from llama_api_embeddings import discovery, sentence_modules
-from llama_api_embeddings.batching import Batcher
-from llama_api_embeddings.common import (
-    BatchedEmbedResult,
-    as_bool,
-    check_dimensions,
-    option,
-    shorten,
-)
+from llama_api_embeddings.common import BatchedEmbedResult, as_bool, option
+from llama_api_embeddings.loading import Setup, max_length
 
 log = logging.getLogger(__name__)
 
@@ -31,35 +22,6 @@ KNOWN_OPTIONS = {
     "allow_download", "n_threads", "max_batch_size", "max_batch_tokens", "batch_wait_ms",
     "slots", "revision", "cache_dir",
 }
-
-
-def resolve_folder(spec) -> Path:
-    """A local folder for spec.path: a folder, or a Hugging Face id found in the local cache."""
-    path = spec.path or spec.id
-    if Path(path).expanduser().is_dir():
-        return Path(path).expanduser()
-    allow_download = as_bool(option(spec, "allow_download", False)) or not as_bool(
-        option(spec, "local_files_only", True)
-    )
-    try:
-        from huggingface_hub import snapshot_download
-
-        folder = snapshot_download(
-            repo_id=path,
-            revision=option(spec, "revision"),
-            cache_dir=option(spec, "cache_dir"),
-            local_files_only=not allow_download,
-        )
-    except Exception as exc:
-        hint = "" if allow_download else (
-            " (only the local Hugging Face cache is searched; set the model option "
-            "allow_download: true to fetch it)"
-        )
-        raise errors.ModelLoadError(
-            f"model {spec.id!r}: {path!r} is not a folder and not in the Hugging Face "
-            f"cache{hint}: {type(exc).__name__}: {exc}"
-        ) from exc
-    return Path(folder)
 
 
 class TransformersEmbedder:
@@ -72,26 +34,11 @@ class TransformersEmbedder:
         if unknown:
             log.warning("model %s: unknown options ignored: %s", spec.id, sorted(unknown))
         self.spec = spec
-        allow_download = as_bool(option(spec, "allow_download", False)) or not as_bool(
-            option(spec, "local_files_only", True)
-        )
-        if not allow_download:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        self.n_threads = max(1, int(option(spec, "n_threads", context.n_threads) or 1))
-        # The tokenizers library's thread pool follows the same budget (read on first use).
-        os.environ.setdefault("RAYON_NUM_THREADS", str(self.n_threads))
-
-        import torch
-        import transformers
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
-        transformers.utils.logging.disable_progress_bar()
-
-        self.torch = torch
-        torch.set_num_threads(self.n_threads)
-        folder = resolve_folder(spec)
-        self.folder = folder
+        setup = Setup(spec, context)
+        folder = setup.folder
+        self.torch, self.folder, self.n_threads = setup.torch, folder, setup.n_threads
+        self.tokenizer, self.tokenizer_lock = setup.tokenizer, setup.tokenizer_lock
+        self.chat_template = setup.chat_template
         settings = discovery.sentence_transformers_settings(folder)
         if settings.get("unsupported"):
             raise errors.ModelLoadError(
@@ -99,15 +46,11 @@ class TransformersEmbedder:
                 f"can't run: {', '.join(settings['unsupported'])} (it runs the encoder, "
                 f"Pooling, {', '.join(discovery.OUTPUT_MODULES)})"
             )
-        trust = as_bool(option(spec, "trust_remote_code", False))
+        from transformers import AutoConfig, AutoModel
 
-        context.report(f"loading tokenizer from {folder}")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(
-                str(folder), local_files_only=True, trust_remote_code=trust
-            )
             config = AutoConfig.from_pretrained(
-                str(folder), local_files_only=True, trust_remote_code=trust
+                str(folder), local_files_only=True, trust_remote_code=setup.trust
             )
             context.report("loading weights", 0.3)
             model_class = AutoModel
@@ -116,7 +59,8 @@ class TransformersEmbedder:
 
                 model_class = T5EncoderModel
             dtype = self._dtype(option(spec, "dtype"))
-            kwargs: dict[str, Any] = {"local_files_only": True, "trust_remote_code": trust}
+            kwargs: dict[str, Any] = {"local_files_only": True,
+                                      "trust_remote_code": setup.trust}
             if dtype is not None:
                 kwargs["dtype"] = dtype
             self.model = model_class.from_pretrained(str(folder), **kwargs)
@@ -159,9 +103,8 @@ class TransformersEmbedder:
             ) from exc
         self.normalize = sentence_modules.normalize in self.outputs
 
-        limit = self._model_max_length(config)
-        self.max_length = int(option(spec, "max_length", settings.get("max_length", limit)))
-        self.max_length = max(2, min(self.max_length, limit))
+        self.max_length = max_length(spec, self.tokenizer, config.to_dict(),
+                                     settings.get("max_length"))
 
         # Token layout: the special tokens wrapped around one text.
         self.head, self.tail = self._special_tokens()
@@ -178,20 +121,13 @@ class TransformersEmbedder:
             if self.prefix else []
         )
         self.prompt_tokens = self._prompt_tokens()
-        self.tokenizer_lock = threading.Lock()
 
         # Rows are sorted by length and run in micro-batches of at most this many tokens
         # (padding included): on CPU, small batches of similar lengths waste the least.
         default_tokens = 1024 if self.device.type == "cpu" else 16384
         self.max_batch_tokens = int(option(spec, "max_batch_tokens", default_tokens))
-        self.batcher = Batcher(
-            self._compute,
-            max_batch=int(option(spec, "max_batch_size", 64)),
-            max_wait=float(option(spec, "batch_wait_ms", 5)) / 1000.0,
-            setup=lambda: torch.set_num_threads(self.n_threads),
-            name=f"embed-{spec.id}",
-        )
-        self.slots = int(spec.slots or option(spec, "slots", 64))
+        self.batcher = setup.batcher(self._compute, 64, "embed")
+        self.slots = setup.slots()
 
         context.report("warming up", 0.9)
         warm, _ = self._compute(["warm up"])
@@ -227,14 +163,6 @@ class TransformersEmbedder:
             return self.torch.device(name)
         except Exception as exc:
             raise errors.ModelLoadError(f"model {self.spec.id!r}: bad device {name!r}") from exc
-
-    def _model_max_length(self, config) -> int:
-        limit = getattr(self.tokenizer, "model_max_length", None) or 0
-        if not limit or limit > 1_000_000:  # transformers' "unset" sentinel is huge
-            limit = getattr(config, "max_position_embeddings", 0) or 512
-            if getattr(config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"}:
-                limit -= 2  # their position ids start after the padding index
-        return int(limit)
 
     def _special_tokens(self) -> tuple[list[int], list[int]]:
         """The special token ids the tokenizer puts before and after one text ([CLS], [SEP])."""
@@ -334,10 +262,9 @@ class TransformersEmbedder:
         return next((n for p, n in self.prompt_tokens.items() if text.startswith(p)), 0)
 
     def embed(self, request) -> BatchedEmbedResult:
-        # The core checked the input (count, no empty item, one kind); the vocabulary,
-        # the length limit and the vector size are this model's.
+        # The core checked the input (count, no empty item, one kind) and cuts the vectors
+        # to `dimensions`; the vocabulary and the length limit are this model's.
         token_ids = not isinstance(request.input[0], str)
-        check_dimensions(request.dimensions, self.dims)
         # Texts are tokenized on the compute thread, a whole batch at once; token ids
         # are checked here, so that a bad one fails only its own request.
         self.batcher.announce()
@@ -348,7 +275,7 @@ class TransformersEmbedder:
             raise
         (vectors, lengths), job = self.batcher.run(rows, announced=True)
         return BatchedEmbedResult(
-            embeddings=shorten(vectors, request.dimensions),
+            embeddings=vectors,
             prompt_tokens=int(lengths.sum()),
             batch_size=job.batch_size,
             batch_requests=job.batch_requests,

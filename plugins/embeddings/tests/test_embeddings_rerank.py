@@ -175,3 +175,50 @@ def test_tokenize_round_trips_with_the_models_tokenizer(server, minilm_path):
     too_big = httpx.post(server.url + "/detokenize", timeout=120, json={
         "model": "all-MiniLM-L6-v2", "tokens": [10**6]})
     assert too_big.status_code == 400 and too_big.json()["error"]["param"] == "tokens"
+
+
+def test_an_xlm_roberta_reranker_without_a_tokenizer_limit_reads_within_its_positions(
+        minilm_path, tmp_path, helpers, monkeypatch):
+    """Review #8: its position ids start after the padding index, so it reads two tokens
+    fewer than max_position_embeddings; a long pair used to index past them (a 503)."""
+    import json
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(minilm_path))
+    tokenizer.chat_template = "{% for m in messages %}{{ m.content }} {% endfor %}"
+    torch.manual_seed(0)
+    config = transformers.XLMRobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+        num_attention_heads=2, intermediate_size=64, num_labels=1,
+        max_position_embeddings=34, pad_token_id=1)
+    folder = tmp_path / "xlmr-reranker"
+    transformers.XLMRobertaForSequenceClassification(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    saved = json.loads((folder / "tokenizer_config.json").read_text())
+    saved.pop("model_max_length", None)  # as some converted rerankers ship it
+    (folder / "tokenizer_config.json").write_text(json.dumps(saved))
+
+    model = helpers.load(ModelSpec(id="xlmr", backend="transformers", path=str(folder),
+                                   plugin="embeddings"), n_threads=1)
+    try:
+        assert model.info["max_length"] == 32
+        result = plugin.rerank(model=model, request=RerankRequest(
+            query="cats " * 40, documents=["a kitten naps " * 40, "short"]))
+        assert len(result.scores) == 2 and result.prompt_tokens <= 2 * 32
+
+        # Review #13: the chat template was compiled at load, not per request.
+        from llama_api.chat_template import ChatTemplate
+        from llama_api.types import TokenizeRequest
+
+        def compile_again(*args, **kwargs):
+            raise AssertionError("the chat template was compiled again")
+
+        monkeypatch.setattr(ChatTemplate, "__init__", compile_again)
+
+        for _ in range(2):
+            tokens = plugin.tokenize(model=model, request=TokenizeRequest(
+                messages=[{"role": "user", "content": "hello"}], add_special_tokens=False))
+            assert tokens.tokens == tokenizer("hello ", add_special_tokens=False)["input_ids"]
+    finally:
+        plugin.unload_model(model=model)

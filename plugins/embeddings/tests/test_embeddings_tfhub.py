@@ -12,6 +12,7 @@ import pytest
 import llama_api_embeddings as plugin
 from llama_api import errors
 from llama_api.types import EmbedRequest, ModelSpec
+from llama_api.worker import vectors_to_bytes
 
 DIMS = 6
 
@@ -62,11 +63,13 @@ def test_load_embed_unload(tfhub_model):
 
 
 def test_dimensions_and_errors(tfhub_model):
-    short = plugin.embed(model=tfhub_model, request=EmbedRequest(input=["a b"], dimensions=2))
-    assert short.embeddings.shape == (1, 2)
-    assert np.isclose(np.linalg.norm(short.embeddings), 1.0)
+    full = plugin.embed(model=tfhub_model, request=EmbedRequest(input=["a b"], dimensions=2))
+    assert full.embeddings.shape == (1, DIMS)  # `dimensions` is the core's (the worker's)
+    data, count, dims = vectors_to_bytes(full.embeddings, 2)
+    assert (count, dims) == (1, 2)
+    assert np.isclose(np.linalg.norm(np.frombuffer(data, dtype="<f4")), 1.0)
     with pytest.raises(errors.BadRequest) as info:
-        plugin.embed(model=tfhub_model, request=EmbedRequest(input=["a"], dimensions=DIMS + 1))
+        vectors_to_bytes(full.embeddings, DIMS + 1)
     assert info.value.param == "dimensions"
     with pytest.raises(errors.NotSupported):
         plugin.embed(model=tfhub_model, request=EmbedRequest(input=[[1, 2, 3]]))
