@@ -5,6 +5,8 @@ A model is a `*.echo` file holding JSON options:
   slots        requests run at once (default 1)
   load_delay   seconds spent loading (default 0)
   fail_load    a load error message to raise
+  raise_load   a message for a plain RuntimeError while loading (a backend bug)
+  abort_load   true: the process aborts while loading (SIGABRT, as a crashing C library)
   noisy        write to fd 1 while loading and generating, as chatty C libraries do
   stall        seconds to pause before token number `stall_after` (default 0: none)
 The file's bytes are the model's "weights": the worker holds them in memory, and the
@@ -134,6 +136,10 @@ def load_model(spec, context):
         raise errors.ModelLoadError(f"cannot read echo model {spec.path}: {exc}") from None
     if options.get("fail_load"):
         raise errors.ModelLoadError(f"{Path(spec.path).name}: {options['fail_load']}")
+    if options.get("raise_load"):  # a backend bug while loading
+        raise RuntimeError(options["raise_load"])
+    if options.get("abort_load"):  # a C library that crashes the process while loading
+        os.abort()
     if options.get("noisy"):
         os.write(1, b"noise on stdout while loading\n")
     load_delay = float(options.get("load_delay", 0))
