@@ -29,14 +29,18 @@ def discover_models(models_dir):
 
 
 @hookspec(firstresult=True)
-def estimate_memory(spec):
+def estimate_memory(spec, gpu):
     """Return the bytes loading `spec` will take, as `(host, gpu)`; None if it isn't yours.
 
-    Runs in the server process before a load, so keep it cheap (file sizes, headers).
-    Count the weights, caches and buffers, and what the backend's libraries add to a
-    process; the core adds the bare worker. Stops at the first non-None result.
+    Runs in the server process before a load, in a thread; the core keeps the answer until
+    the spec or its file changes. Keep it cheap (file sizes, headers). Count the weights,
+    caches and buffers, and what the backend's libraries add to a process; the core adds
+    the bare worker. Stops at the first non-None result.
 
     :param spec: the `llama_api.types.ModelSpec` about to load.
+    :param gpu: whether the server has a GPU budget (a GPU detected, or
+        `--max-gpu-memory` given): count what goes on the GPU only then. The core has
+        detected it, so a plugin needn't (an implementation may take `spec` alone).
     """
 
 

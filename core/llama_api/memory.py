@@ -4,7 +4,8 @@
   a container's cgroup limit when lower; the VRAM of every NVIDIA GPU, summed). Unknown
   (no GPU, no /proc) means unlimited.
 - A model's need before it loads: the bare worker process plus what its plugin's
-  `estimate_memory(spec)` hook says (weights, caches, the backend's libraries).
+  `estimate_memory(spec, gpu)` hook says (weights, caches, the backend's libraries), kept
+  until the model's spec or its file's modification time changes.
 - After it loads, what its worker measures (resident set now, GPU memory of its pid)
   stands in for the estimate.
 
@@ -14,6 +15,7 @@ The GPU code (nvidia-smi) is kept small and has not been run on a GPU machine he
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -173,6 +175,7 @@ class MemoryBudget:
     def __init__(self, limits: Footprint, plugins=None):
         self.limits = limits
         self._plugins = plugins  # a llama_api.plugins.Plugins; found on first use if None
+        self._estimates: dict[tuple, Footprint] = {}  # by spec and file modification time
 
     @classmethod
     def from_settings(cls, settings, plugins=None) -> MemoryBudget:
@@ -183,19 +186,25 @@ class MemoryBudget:
         return cls(limits, plugins)
 
     def estimate(self, spec) -> Footprint:
-        """What loading `spec` will take: the bare worker plus its plugin's estimate."""
+        """What loading `spec` will take: the bare worker plus its plugin's estimate. The
+        plugin reads files (and may run tools): call from a thread. Kept until the spec or
+        its file's modification time changes."""
+        key = (repr(spec), modification_time(spec.path))  # repr: any option, even a huge int
+        if key in self._estimates:
+            return self._estimates[key]
         if self._plugins is None:
             from llama_api.plugins import Plugins
 
             self._plugins = Plugins()
         try:
-            found = self._plugins.hook.estimate_memory(spec=spec)
+            found = self._plugins.hook.estimate_memory(spec=spec, gpu=bool(self.limits.gpu))
         except Exception:  # a plugin's estimate is advice: never fail a request on it
             log.exception("estimate_memory failed for %s", spec.id)
             found = None
         model = Footprint(*(int(x or 0) for x in found)) if found else Footprint()
         need = model + Footprint(WORKER_BASE_BYTES, 0)
         log.info("model %s: estimated %s", spec.id, describe(need))
+        self._estimates[key] = need
         return need
 
     def refuse_if_never_fits(self, model_id: str, need: Footprint) -> None:
@@ -214,19 +223,21 @@ class MemoryBudget:
         return ((not self.limits.host or used.host + need.host <= self.limits.host)
                 and (not self.limits.gpu or used.gpu + need.gpu <= self.limits.gpu))
 
-    def measure(self, pid: int | None, estimate: Footprint) -> Footprint:
-        """A loaded worker's footprint: its RSS, and its GPU memory where a GPU limit
-        applies (nvidia-smi, blocking: call from a thread); the estimate where unreadable."""
+    def measure(self, pid: int | None, held: Footprint, gpu: bool = False) -> Footprint:
+        """A worker's footprint now: its RSS (it grows as caches fill), and with `gpu` its GPU
+        memory where a GPU limit applies (nvidia-smi); what `held` says where unreadable.
+        Reads /proc (and runs nvidia-smi): call from a thread."""
         host = rss(pid) if pid else None
-        gpu = gpu_used_by(pid) if pid and self.limits.gpu else None
-        return Footprint(estimate.host if host is None else host,
-                         estimate.gpu if gpu is None else gpu)
+        used_gpu = gpu_used_by(pid) if gpu and pid and self.limits.gpu else None
+        return Footprint(held.host if host is None else host,
+                         held.gpu if used_gpu is None else used_gpu)
 
-    @staticmethod
-    def remeasure(pid: int | None, held: Footprint) -> Footprint:
-        """`held` with the worker's RSS read again (it grows as caches fill)."""
-        host = rss(pid) if pid else None
-        return held if host is None else Footprint(host, held.gpu)
+
+def modification_time(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns if path else None
+    except OSError:
+        return None
 
 
 def describe(footprint: Footprint) -> str:

@@ -203,9 +203,8 @@ class _SchedulerGauges:
         scheduler = self.metrics.scheduler
         if scheduler is not None:
             for model_id, entry in scheduler.loaded().items():
-                in_use = entry.worker.slots - entry.slots.value
-                running.add_metric([model_id], in_use)
-                waiting.add_metric([model_id], max(0, entry.users - in_use))
+                running.add_metric([model_id], entry.in_use)
+                waiting.add_metric([model_id], entry.queued)
                 loaded.add_metric([model_id], 1)
                 held = memory.rss(entry.worker.pid) if entry.worker.pid else None
                 if held is not None:

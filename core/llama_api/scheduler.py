@@ -74,19 +74,33 @@ class Entry:
     """A model that is loading or loaded (or, in `Scheduler.unloading`, being unloaded)."""
 
     spec: ModelSpec
-    worker: WorkerProcess | None = None
     ready: anyio.Event = field(default_factory=anyio.Event)
     error: errors.LlamaApiError | None = None
     slots: anyio.Semaphore | None = None
     users: int = 0  # requests that hold or wait for this model's slots
     last_used: float = field(default_factory=time.monotonic)
-    process: WorkerProcess | None = None  # the process, from its start (worker: once loaded)
+    process: WorkerProcess | None = None  # the process, from its start
     load_seconds: float | None = None
     memory: Footprint = field(default_factory=Footprint)  # estimated, then measured once loaded
 
     @property
+    def worker(self) -> WorkerProcess | None:
+        """The process once it has loaded the model; None while loading or after a failure."""
+        return self.process if self.ready.is_set() and self.error is None else None
+
+    @property
     def state(self) -> str:
         return "loaded" if self.worker is not None else "loading"
+
+    @property
+    def in_use(self) -> int:
+        """Slots held by requests now (0 until loaded)."""
+        return self.worker.slots - self.slots.value if self.worker is not None else 0
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a slot (or for the load)."""
+        return max(0, self.users - self.in_use)
 
     def idle_timeout(self, default: float) -> float:
         return default if self.spec.idle_timeout is None else self.spec.idle_timeout
@@ -179,14 +193,20 @@ class Scheduler:
                 entry.users += 1
                 return entry
             if need is None:
-                need = self.memory.estimate(spec)
+                # A plugin's estimate reads files (and may run nvidia-smi): off the event loop.
+                need = await anyio.to_thread.run_sync(self.memory.estimate, spec)
                 self.memory.refuse_if_never_fits(spec.id, need)
-            if (len(self.entries) + self._stopping < self.settings.max_workers
-                    and self.memory.fits(need, self._memory_held())):
-                entry = Entry(spec=spec, users=1, memory=need)
-                self.entries[spec.id] = entry
-                self._task_group.start_soon(self._load, entry)
-                return entry
+                continue  # another request may have started this model meanwhile
+            if len(self.entries) + self._stopping < self.settings.max_workers:
+                held = await self._memory_held()
+                if spec.id in self.entries:
+                    continue  # started by another request while we measured
+                if (len(self.entries) + self._stopping < self.settings.max_workers
+                        and self.memory.fits(need, held)):
+                    entry = Entry(spec=spec, users=1, memory=need)
+                    self.entries[spec.id] = entry
+                    self._task_group.start_soon(self._load, entry)
+                    return entry
             victim = self._least_recently_used_idle()
             if victim is not None:
                 log.info("unloading %s (holding %s) to make room for %s", victim.spec.id,
@@ -226,13 +246,17 @@ class Scheduler:
                 f"{self.settings.max_workers}. Unpin or unload one (POST /admin/models/ID/unpin).",
                 code="all_models_pinned")
 
-    def _memory_held(self) -> list[Footprint]:
+    async def _memory_held(self) -> list[Footprint]:
         """What the models hold (those being unloaded too): measured once loaded (RSS, read
-        now), else estimated."""
+        now, in a thread: it walks /proc), else estimated."""
         held = [*self.entries.values(), *self.unloading.values()]
-        for entry in held:
-            if entry.worker is not None:
-                entry.memory = self.memory.remeasure(entry.worker.pid, entry.memory)
+        loaded = [(entry, entry.worker.pid) for entry in held if entry.worker is not None]
+
+        def measure_all() -> list[Footprint]:
+            return [self.memory.measure(pid, entry.memory) for entry, pid in loaded]
+
+        for (entry, _), measured in zip(loaded, await anyio.to_thread.run_sync(measure_all)):
+            entry.memory = measured
         return [entry.memory for entry in held]
 
     def _refuse_if_pinned_hold_the_memory(self, spec: ModelSpec, need: Footprint) -> None:
@@ -260,8 +284,11 @@ class Scheduler:
         worker.request_timeout = self.settings.request_timeout
         worker.load_timeout = self.settings.load_timeout
         entry.process = worker
+        estimate = entry.memory
         try:
             await worker.start(self._task_group)
+            measured = await anyio.to_thread.run_sync(self.memory.measure, worker.pid,
+                                                      estimate, True)
         except anyio.get_cancelled_exc_class():
             await worker.stop()  # shutdown while loading: end the process, don't wait on it
             raise
@@ -277,12 +304,9 @@ class Scheduler:
                     f"the worker for model {entry.spec.id!r} exited right after loading; "
                     "see the server log")
             else:
-                entry.worker = worker
                 entry.slots = anyio.Semaphore(worker.slots)
                 entry.load_seconds = time.perf_counter() - started
-                estimate = entry.memory
-                entry.memory = await anyio.to_thread.run_sync(
-                    self.memory.measure, worker.pid, estimate)
+                entry.memory = measured
                 log.info(
                     "model %s loaded in %.2fs (pid %s, %s slot(s)); memory estimated %s, "
                     "measured %s", entry.spec.id, entry.load_seconds, worker.pid, worker.slots,
@@ -320,7 +344,7 @@ class Scheduler:
 
     def _worker_exited(self, worker: WorkerProcess) -> None:
         entry = self.entries.get(worker.spec.id)
-        if entry is not None and entry.worker is worker:
+        if entry is not None and entry.process is worker:
             log.error("worker for %s (pid %s) died; it will be reloaded on the next request",
                       worker.spec.id, worker.pid)
             del self.entries[worker.spec.id]
@@ -337,7 +361,10 @@ class Scheduler:
                         and entry.spec.id not in self.pinned
                         and now - entry.last_used >= timeout):
                     log.info("model %s idle for %.0fs: unloading", entry.spec.id, timeout)
-                    await self._unload(entry, "idle")
+                    try:
+                        await self._unload(entry, "idle")
+                    except Exception:  # one failed unload must not end the scheduler (and app)
+                        log.exception("unloading idle model %s failed", entry.spec.id)
 
     # -- what an operator asks for ----------------------------------------------------
 
