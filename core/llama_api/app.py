@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import anyio
+import anyio.lowlevel
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
@@ -106,6 +109,24 @@ def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None
                               else f"Missing {what}: {how}.")
 
 
+def publish_model_changes(events: EventBus):
+    """A registry's `on_change`: publish `model_added` and `model_removed` events on the event
+    loop that calls this, from that loop or from any thread (a rescan runs in one)."""
+    loop, loop_thread = anyio.lowlevel.current_token(), threading.get_ident()
+
+    def on_change(added: list[str], removed: list[str]) -> None:
+        def publish() -> None:
+            for model_id in added:
+                events.publish("model_added", model_id)
+            for model_id in removed:
+                events.publish("model_removed", model_id)
+        if threading.get_ident() == loop_thread:
+            publish()
+        else:
+            anyio.from_thread.run_sync(publish, token=loop)
+    return on_change
+
+
 def create_app(config: ServerConfig | None = None, plugins: Plugins | None = None) -> Litestar:
     config = config or ServerConfig()
     plugins = plugins or Plugins()
@@ -114,25 +135,28 @@ def create_app(config: ServerConfig | None = None, plugins: Plugins | None = Non
     async def lifespan(app: Litestar):
         started = time.perf_counter()
         app.state.plugins = plugins
-        app.state.registry = Registry.build(plugins, config.models_dir, config.config)
+        app.state.events = EventBus()
+        app.state.registry = registry = Registry.build(plugins, config.models_dir, config.config)
+        registry.on_change = publish_model_changes(app.state.events)
         app.state.api_keys = [key.encode() for key in config.api_keys]
         app.state.admin_keys = [key.encode() for key in config.admin_keys]
         app.state.metrics_auth = config.metrics_auth
         app.state.models_dir = config.models_dir
         app.state.keepalive = config.keepalive
-        app.state.events = EventBus()
         app.state.metrics = metrics = Metrics()
         app.state.events.listen(metrics.on_event)
         app.state.responses = ResponsesStore(config.data_dir, config.responses_ttl)
-        log.info("%d model(s) available: %s", len(app.state.registry.models),
-                 ", ".join(app.state.registry.models) or "none")
-        scheduling = Scheduler(config.scheduling, events=app.state.events, observer=metrics,
-                               plugins=plugins)
-        async with scheduling.running() as scheduler:
-            app.state.scheduler = metrics.scheduler = scheduler
-            log.info("ready in %.2fs", time.perf_counter() - started)
-            yield
-        app.state.responses.close()
+        try:
+            models = registry.known  # just scanned
+            log.info("%d model(s) available: %s", len(models), ", ".join(models) or "none")
+            scheduling = Scheduler(config.scheduling, events=app.state.events, observer=metrics,
+                                   plugins=plugins)
+            async with scheduling.running() as scheduler:
+                app.state.scheduler = metrics.scheduler = scheduler
+                log.info("ready in %.2fs", time.perf_counter() - started)
+                yield
+        finally:
+            app.state.responses.close()
 
     return Litestar(
         route_handlers=[*ROUTES, *OPERATOR_ROUTES],

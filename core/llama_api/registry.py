@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import anyio
 import msgspec
 
 from llama_api import errors
@@ -74,33 +77,47 @@ def read_config(path: Path, backends: dict[str, str]) -> list[ModelSpec]:
     return specs
 
 
+class Catalog(NamedTuple):
+    """The models by id, and every id and alias to its model's id: replaced as one value."""
+
+    models: dict[str, ModelSpec]
+    names: dict[str, str]
+
+
+def catalog_of(specs: list[ModelSpec]) -> Catalog:
+    models: dict[str, ModelSpec] = {}
+    for spec in specs:
+        models.setdefault(spec.id, spec)
+    # Ids first, so an alias can't hide another model's id.
+    names = {model_id: model_id for model_id in models}
+    for spec in models.values():
+        for alias in spec.aliases:
+            owner = names.setdefault(alias, spec.id)
+            if owner != spec.id:
+                log.warning("alias %r of model %r is ignored: it already names model %r",
+                            alias, spec.id, owner)
+    return Catalog(models, names)
+
+
 class Registry:
     """Every servable model by id and alias. Configured models win over discovered ones.
 
     A registry built from a models folder rescans it when the folder changes (a model
     pulled or copied in while the server runs): on each listing and on a name it does not
-    know. The check is cheap: a walk of the folder's directories, no file is read.
+    know. The check is a walk of the folder's directories, no file is read; the async
+    methods (`current`, `find`) do it in a thread, off the event loop. A rescan may run in
+    a thread while the event loop reads: it builds a new catalog and swaps it in with one
+    assignment, and rescans take turns. `on_change(added, removed)` is told of every
+    rescan that changed something, in the thread that ran it.
     """
 
-    def __init__(self, specs: list[ModelSpec], source: Source | None = None):
+    def __init__(self, specs: list[ModelSpec], source: Source | None = None,
+                 on_change: Callable[[list[str], list[str]], None] | None = None):
         self._source = source
         self._signature = folder_signature(source.models_dir) if source else None
-        self._index(specs)
-
-    def _index(self, specs: list[ModelSpec]) -> None:
-        self._models: dict[str, ModelSpec] = {}
-        for spec in specs:
-            if spec.id in self._models:
-                continue
-            self._models[spec.id] = spec
-        # Ids first, so an alias can't hide another model's id.
-        self._names = {model_id: model_id for model_id in self._models}
-        for spec in self._models.values():
-            for alias in spec.aliases:
-                owner = self._names.setdefault(alias, spec.id)
-                if owner != spec.id:
-                    log.warning("alias %r of model %r is ignored: it already names model %r",
-                                alias, spec.id, owner)
+        self._catalog = catalog_of(specs)
+        self._rescanning = threading.Lock()
+        self.on_change = on_change
 
     @classmethod
     def build(cls, plugins: Plugins, models_dir: Path | None, config: Path | None) -> Registry:
@@ -110,8 +127,19 @@ class Registry:
 
     @property
     def models(self) -> dict[str, ModelSpec]:
+        """The models, after a rescan if the folder changed (blocking: see `current`)."""
         self.rescan_if_changed()
-        return self._models
+        return self._catalog.models
+
+    @property
+    def known(self) -> dict[str, ModelSpec]:
+        """The models as of the last scan, without looking at the folder."""
+        return self._catalog.models
+
+    async def current(self) -> dict[str, ModelSpec]:
+        """`models`, with the folder checked in a thread."""
+        await anyio.to_thread.run_sync(self.rescan_if_changed)
+        return self._catalog.models
 
     def rescan_if_changed(self) -> bool:
         """Rediscover the models folder if it changed since the last scan; True if it did."""
@@ -126,27 +154,42 @@ class Registry:
         """Rediscover the models folder now; the model ids (added, removed)."""
         if self._source is None:
             return [], []
-        # The signature is taken before the scan: a change during the scan shows next time.
-        self._signature = folder_signature(self._source.models_dir)
-        before = set(self._models)
-        self._index(self._source.specs())
-        added, removed = sorted(set(self._models) - before), sorted(before - set(self._models))
+        with self._rescanning:
+            # The signature is taken before the scan: a change during the scan shows next time.
+            self._signature = folder_signature(self._source.models_dir)
+            before = self._catalog.models
+            self._catalog = catalog = catalog_of(self._source.specs())
+        added = sorted(set(catalog.models) - set(before))
+        removed = sorted(set(before) - set(catalog.models))
         if added or removed:
             log.info("models folder changed: added %s, removed %s",
                      added or "none", removed or "none")
+            if self.on_change is not None:
+                self.on_change(added, removed)
         return added, removed
 
     def resolve(self, name: str) -> ModelSpec:
-        model_id = self._names.get(name)
-        if model_id is None and self.rescan_if_changed():
-            model_id = self._names.get(name)
+        """The model `name` (an id or an alias) names; 404 listing the models if none."""
+        if name not in self._catalog.names:
+            self.rescan_if_changed()
+        return self._spec_named(name)
+
+    async def find(self, name: str) -> ModelSpec:
+        """`resolve`, with the folder checked in a thread when the name is unknown."""
+        if name not in self._catalog.names:
+            await anyio.to_thread.run_sync(self.rescan_if_changed)
+        return self._spec_named(name)
+
+    def _spec_named(self, name: str) -> ModelSpec:
+        catalog = self._catalog  # one catalog throughout, whatever a rescan swaps in
+        model_id = catalog.names.get(name)
         if model_id is None:
-            available = ", ".join(sorted(self._models)) or "none (put a model in the models folder)"
+            available = ", ".join(sorted(catalog.models)) or "none (put a model in the models folder)"
             raise errors.ModelNotFound(
                 f"The model {name!r} does not exist. Available models: {available}.",
                 param="model",
             )
-        return self._models[model_id]
+        return catalog.models[model_id]
 
 
 class Source:

@@ -21,8 +21,6 @@ from llama_api.metrics import CONTENT_TYPE
 from llama_api.scheduler import Entry, Scheduler
 from llama_api.types import ModelSpec
 
-KEEP_ALIVE_SECONDS = 15.0
-
 
 class LoadOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pin: bool = False
@@ -61,9 +59,7 @@ def model_status(spec: ModelSpec, scheduler: Scheduler) -> dict[str, Any]:
     if state == "loading" and progress is not None:
         status["progress"] = {"message": progress.message, "fraction": progress.fraction}
     if entry is not None and entry.worker is not None:
-        in_use = entry.worker.slots - entry.slots.value
-        status.update(slots=entry.worker.slots, slots_in_use=in_use,
-                      queued=max(0, entry.users - in_use))
+        status.update(slots=entry.worker.slots, slots_in_use=entry.in_use, queued=entry.queued)
     return status
 
 
@@ -87,16 +83,15 @@ class AdminController(Controller):
     @get("/models", summary="Every model, with its state, worker, memory and queue")
     async def list_models(self, request: Request) -> Response:
         state = request.app.state
-        registry, scheduler = state.registry, state.scheduler
-        registry.rescan_if_changed()
-        return json_response({"models": [model_status(spec, scheduler)
-                                         for spec in registry.models.values()],
+        scheduler = state.scheduler
+        models = await state.registry.current()
+        return json_response({"models": [model_status(spec, scheduler) for spec in models.values()],
                               "queued": scheduler.queued()})
 
     @get("/models/{model_id:path}", summary="One model, as in /admin/models")
     async def get_model(self, request: Request, model_id: str) -> Response:
         state = request.app.state
-        spec = state.registry.resolve(model_id.lstrip("/"))
+        spec = await state.registry.find(model_id.lstrip("/"))
         return json_response(model_status(spec, state.scheduler))
 
     @post("/models/{target:path}", status_code=200,
@@ -111,7 +106,7 @@ class AdminController(Controller):
                 f"No route POST {request.url.path}: the actions are "
                 "/admin/models/ID/load, /unload, /pin and /unpin.", status=404)
         state = request.app.state
-        spec = state.registry.resolve(model_id)
+        spec = await state.registry.find(model_id)
         scheduler = state.scheduler
         body = await request.body()
         if action == "load":
@@ -126,25 +121,21 @@ class AdminController(Controller):
 
     @post("/rescan", status_code=200, summary="Look for new or removed models in the models folder now")
     async def rescan(self, request: Request) -> Response:
-        state = request.app.state
-        added, removed = await anyio.to_thread.run_sync(state.registry.rescan)
-        for model_id in added:
-            state.events.publish("model_added", model_id)
-        for model_id in removed:
-            state.events.publish("model_removed", model_id)
-        return json_response({"added": added, "removed": removed,
-                              "models": sorted(state.registry.models)})
+        registry = request.app.state.registry  # it publishes model_added and model_removed
+        added, removed = await anyio.to_thread.run_sync(registry.rescan)
+        return json_response({"added": added, "removed": removed, "models": sorted(registry.known)})
 
     @get("/events", summary="Server-sent events: loads, unloads, evictions, crashes, pins")
     async def events(self, request: Request) -> ServerSentEvent:
         bus = request.app.state.events
+        keepalive = request.app.state.keepalive  # --keepalive, as every stream; 0 = never
 
         async def stream():
             async with bus.subscribe() as subscription:
                 # Subscribed: whatever happens from now on reaches this client.
                 yield ServerSentEventMessage(comment="connected", data=None)
                 while True:
-                    with anyio.move_on_after(KEEP_ALIVE_SECONDS) as waited:
+                    with anyio.move_on_after(keepalive or None) as waited:
                         event = await subscription.next()
                     if waited.cancelled_caught:
                         yield ServerSentEventMessage(comment="keep-alive", data=None)
