@@ -68,7 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "starting with # are skipped); LLAMA_API_KEYS=key1,key2 adds more")
     serve.add_argument("--admin-key", action="append", default=[], metavar="KEY",
                        help="key for /admin and, by default, /metrics; repeat for several "
-                            "(without one, /admin takes the API keys)")
+                            "(without one, /admin takes the API keys; visible in `ps`: "
+                            "prefer --admin-key-file)")
+    serve.add_argument("--admin-key-file", type=Path, default=None, metavar="FILE",
+                       help="read admin keys from FILE, one per line, as --api-key-file; "
+                            "LLAMA_API_ADMIN_KEY=key1,key2 adds more")
     serve.add_argument("--metrics-auth", choices=["admin", "api", "none"], default="admin",
                        help="who may read /metrics: the admin key (the API key when no admin "
                             "key is set), the API key, or anyone (default: %(default)s)")
@@ -229,11 +233,17 @@ def serve(args) -> int:
     except OSError as exc:
         print(f"error: --api-key-file: {exc}", file=sys.stderr)
         return 2
+    try:
+        admin_keys = collect_api_keys(args.admin_key, args.admin_key_file,
+                                      os.environ.get("LLAMA_API_ADMIN_KEY"))
+    except OSError as exc:
+        print(f"error: --admin-key-file: {exc}", file=sys.stderr)
+        return 2
     config = ServerConfig(
         models_dir=args.models_dir,
         config=args.config,
         api_keys=api_keys,
-        admin_keys=[key.strip() for key in args.admin_key if key.strip()],
+        admin_keys=admin_keys,
         metrics_auth=args.metrics_auth,
         scheduling=Settings(
             max_workers=args.max_workers,
@@ -250,12 +260,13 @@ def serve(args) -> int:
         keepalive=args.keepalive,
         cors_origins=args.cors_origin,
     )
+    from llama_api.plugins import Plugins
+    from llama_api.registry import read_config
+
+    plugins = Plugins()  # once: the app serves with these
     if args.config is not None:  # fail fast, before binding the port
         try:
-            from llama_api.plugins import Plugins
-            from llama_api.registry import read_config
-
-            read_config(args.config, Plugins().backends())
+            read_config(args.config, plugins.backends())
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -264,7 +275,7 @@ def serve(args) -> int:
     if config.admin_keys:
         logging.getLogger("llama_api.cli").info("admin keys required: %d key(s)",
                                                 len(config.admin_keys))
-    app = create_app(config)
+    app = create_app(config, plugins)
     run_until_signalled(uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, log_config=None,
         access_log=args.log_level == "debug", timeout_graceful_shutdown=args.grace_period,
@@ -316,11 +327,12 @@ def list_models(args) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    models = registry.known  # just scanned
     print("Models:")
-    if not registry.models:
+    if not models:
         print(f"  none found in {args.models_dir}/")
-    width = max([len(model_id) for model_id in registry.models] + [8])
-    for spec in registry.models.values():
+    width = max([len(model_id) for model_id in models] + [8])
+    for spec in models.values():
         aliases = f"  (aliases: {', '.join(spec.aliases)})" if spec.aliases else ""
         print(f"  {spec.id:<{width}}  {spec.backend:<12}  {spec.path}{aliases}")
     print("Plugins:")

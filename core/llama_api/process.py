@@ -35,6 +35,10 @@ from llama_api.types import (
 
 log = logging.getLogger("llama_api.process")
 
+# The server's own secrets, kept out of every worker (where a backend's traceback or
+# environment dump could show them). HF_TOKEN stays: a backend may download from the Hub.
+SERVER_SECRETS = ("LLAMA_API_KEYS", "LLAMA_API_ADMIN_KEY")
+
 
 def error_from(failed: protocol.Failed) -> errors.LlamaApiError:
     cls = errors.ERROR_KINDS.get(failed.kind, errors.LlamaApiError)
@@ -70,7 +74,7 @@ class WorkerProcess:
 
     async def start(self, task_group: TaskGroup) -> None:
         """Start the process and load the model; raises ModelLoadError on failure."""
-        env = dict(os.environ)
+        env = {name: value for name, value in os.environ.items() if name not in SERVER_SECRETS}
         # One thread budget for every threading library the backend may use.
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                      "RAYON_NUM_THREADS"):
@@ -239,9 +243,12 @@ class WorkerProcess:
         return errors.WorkerCrashed(self._crash_message())
 
     def _crash_message(self) -> str:
+        return f"the worker for model {self.spec.id!r} stopped unexpectedly ({self._exit_how()})"
+
+    def _exit_how(self) -> str:
+        """How the process ended: 'exit code N' or 'signal N'."""
         code = self._process.returncode if self._process else None
-        how = f"exit code {code}" if code is None or code >= 0 else f"signal {-code}"
-        return f"the worker for model {self.spec.id!r} stopped unexpectedly ({how})"
+        return f"exit code {code}" if code is None or code >= 0 else f"signal {-code}"
 
     async def _send(self, message) -> None:
         try:
@@ -316,7 +323,7 @@ class WorkerProcess:
         if not self._loaded.is_set():
             self._load_error = errors.ModelLoadError(
                 f"the worker for model {self.spec.id!r} exited while loading "
-                f"({self._crash_message().split('(')[-1]}; see the server log"
+                f"({self._exit_how()}); see the server log"
             )
             self._loaded.set()
         for send in self._pending.values():
