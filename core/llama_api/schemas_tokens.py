@@ -13,13 +13,9 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from llama_api.schemas import ChatMessage, Tool
+from llama_api.schemas import ChatMessage, TokenId, Tool
 
-# llama.cpp reads token ids as 32-bit integers.
-MAX_TOKEN_ID = 2**31 - 1
 MAX_RERANK_DOCUMENTS = 1024
-
-TokenId = Annotated[int, Meta(ge=0, le=MAX_TOKEN_ID)]
 
 
 class TokenizeBody(msgspec.Struct, kw_only=True):

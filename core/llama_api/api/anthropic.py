@@ -181,9 +181,10 @@ def tool_input(call: dict[str, Any]) -> dict[str, Any]:
         parsed = json.loads(arguments)
     except ValueError:
         parsed = None
-    if not isinstance(parsed, dict):
-        raise errors.LlamaApiError(f"The model called tool {call['function']['name']!r} with "
-                                   f"arguments that are not a JSON object: {arguments[:200]!r}")
+    if not isinstance(parsed, dict):  # the model's fault, not the client's nor a server bug
+        raise errors.BackendUnavailable(
+            f"The model called tool {call['function']['name']!r} with arguments that are not "
+            f"a JSON object: {arguments[:200]!r}", code="invalid_tool_arguments")
     return parsed
 
 
