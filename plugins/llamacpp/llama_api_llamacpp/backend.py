@@ -122,6 +122,8 @@ class LlamaCppModel:
         self.sampling = options.sampling
         self.default_seed = options.default_seed
         self.completion_max_tokens = options.completion_max_tokens
+        self.speculative = options.speculative
+        self.draft_tokens = options.draft_tokens
         self._pieces: dict[int, bytes] = {}
         # Cancel during a long prompt: llama.cpp polls this between graph nodes. It is set only
         # while a prompt is decoded (a Python call per node would slow every token down).
@@ -174,6 +176,7 @@ class LlamaCppModel:
             self.slots = options.n_parallel
             self.info["kv_unified"] = self.engine.unified
             self.info["prefill_chunk"] = options.prefill_chunk
+            self.info["speculative"] = options.speculative
 
     # -- helpers ---------------------------------------------------------------------------
 

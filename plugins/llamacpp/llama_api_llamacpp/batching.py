@@ -47,7 +47,8 @@ def _without_seq_overflow_warning(lib):
 class Sequence:
     """One request inside the engine."""
 
-    def __init__(self, tokens, sampler, limit, logprobs_fn, cancelled, prompt_logprobs=False):
+    def __init__(self, tokens, sampler, limit, logprobs_fn, cancelled, prompt_logprobs=False,
+                 drafter=None):
         self.tokens = tokens  # prompt tokens still to decode
         self.sampler = sampler  # an internals.LlamaSampler (kept alive here)
         self.limit = limit
@@ -64,6 +65,8 @@ class Sequence:
         self.prompt_logprobs = prompt_logprobs
         self.prompt = list(tokens)
         self.prompt_lps: list = []
+        self.drafter = drafter  # speculative.NgramDrafter, or None
+        self.draft: list[int] = []  # drafted tokens decoded in this step after next_token
 
     def stop(self):
         self.stopped = True
@@ -110,6 +113,7 @@ class BatchEngine:
         # What each sequence slot's KV cells hold, for reusing a common prompt prefix.
         self.cached: list[list[int]] = [[] for _ in range(n_parallel)]
         self.reused_tokens = 0  # prompt tokens not decoded again thanks to the cache
+        self.drafted = self.accepted = 0  # speculative tokens decoded, and kept
         log.info("%s: %d sequences decode together, %s KV cache of %d cells; each sequence "
                  "is capped at n_ctx=%d tokens (trained context %d)",
                  model.spec.id, n_parallel, "one shared" if unified else "a per-sequence",
@@ -219,7 +223,6 @@ class BatchEngine:
 
     def _run(self, active: list[Sequence]) -> bool:
         """Run steps until closed (True); an exception escapes to `_loop`."""
-        vocab = self.model.vocab
         batch = self.batch
         while True:
             with self.wake:
@@ -251,6 +254,13 @@ class BatchEngine:
                     seq.next_token = None
                     outputs.append((n, seq))
                     n += 1
+                    if seq.drafter is not None:  # its draft follows, each with logits
+                        room = min(self.n_batch - n, seq.limit - seq.generated - 1)
+                        seq.draft = seq.drafter.draft()[:max(0, room)]
+                        self.drafted += len(seq.draft)
+                        for j, token in enumerate(seq.draft):
+                            self._add(batch, n, token, seq.n_past + j, seq.seq_id, True)
+                            n += 1
             scored: list[tuple[int, Sequence, int]] = []  # (batch index, seq, next token)
             # Prompts fill the rest of the batch; while streams run, only a chunk per step,
             # so that a long prompt delays their next token by one chunk's decode at most.
@@ -304,25 +314,42 @@ class BatchEngine:
                         active.remove(seq)
                         self._finish(seq)
                         continue
-                try:
-                    token = lib.llama_sampler_sample(seq.sampler.sampler, self.ctx, index)
-                    logprobs = seq.logprobs_fn(token, self.ctx, index) if seq.logprobs_fn else None
-                except Exception as exc:  # noqa: BLE001 -- never let one request kill the engine
+                if not self._sample(seq, index):
                     active.remove(seq)
-                    self._finish(seq, exc)
-                    continue
-                if lib.llama_vocab_is_eog(vocab, token):
-                    seq.out.put((token, logprobs))
-                    active.remove(seq)
-                    self._finish(seq)
-                    continue
-                seq.out.put((token, logprobs))
+
+    def _sample(self, seq: Sequence, index: int) -> bool:
+        """Sample the sequence's next token at batch `index`, then on through its draft
+        while the draft holds what was sampled; False when the sequence ended here."""
+        lib = self.lib
+        draft, seq.draft = seq.draft, []
+        for j in range(len(draft) + 1):
+            try:
+                token = lib.llama_sampler_sample(seq.sampler.sampler, self.ctx, index + j)
+                logprobs = (seq.logprobs_fn(token, self.ctx, index + j)
+                            if seq.logprobs_fn else None)
+            except Exception as exc:  # noqa: BLE001 -- never let one request kill the engine
+                self._finish(seq, exc)
+                return False
+            seq.out.put((token, logprobs))
+            ended = lib.llama_vocab_is_eog(self.model.vocab, token)
+            if not ended:
                 seq.generated += 1
-                if seq.generated >= seq.limit:
-                    active.remove(seq)
-                    self._finish(seq)
-                else:
-                    seq.next_token = token
+                ended = seq.generated >= seq.limit
+                if seq.drafter is not None:
+                    seq.drafter.extend((token,))
+            if not ended and j < len(draft) and token == draft[j]:
+                seq.decoded.append(token)  # its drafted cell holds the right token
+                self.accepted += 1
+                seq.n_past += 1
+                continue
+            if j < len(draft):  # the rest of the draft was wrong: forget its cells
+                lib.llama_memory_seq_rm(self.memory, seq.seq_id, seq.n_past, -1)
+            if ended:
+                self._finish(seq)
+                return False
+            seq.next_token = token
+            return True
+        return True
 
     @staticmethod
     def _add(batch, i, token, pos, seq_id, logits):

@@ -14,6 +14,7 @@ from functools import partial
 from llama_api.types import Delta, Usage
 from llama_api_llamacpp.batching import PROMPT, Sequence
 from llama_api_llamacpp.sampling import build_sampler, first_prompt_logprob, token_logprobs
+from llama_api_llamacpp.speculative import NgramDrafter
 from llama_api_llamacpp.textstream import TextStream
 
 # Prompts at least this long can be cancelled while llama.cpp reads them (plain path).
@@ -126,8 +127,11 @@ class Run:
 def batched_tokens(run: Run):
     """Tokens that the batch engine samples for this run, among the other sequences."""
     engine = run.model.engine
+    drafter = None
+    if run.model.speculative == "ngram":
+        drafter = NgramDrafter(run.tokens, run.model.draft_tokens)
     seq = Sequence(list(run.tokens), run.sampler(), run.limit, run.logprobs_fn(),
-                   run.cancelled, prompt_logprobs=run.prompt_logprobs)
+                   run.cancelled, prompt_logprobs=run.prompt_logprobs, drafter=drafter)
     engine.submit(seq)
     try:
         for token, lps in engine.tokens(seq):

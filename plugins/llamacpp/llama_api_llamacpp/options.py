@@ -24,6 +24,7 @@ DEFAULT_N_BATCH = 512
 # Prompt tokens decoded per step beside running streams (continuous batching): a new
 # request's long prompt delays their next token by about one such chunk.
 DEFAULT_PREFILL_CHUNK = 128
+DEFAULT_DRAFT_TOKENS = 8  # most drafted tokens per step (speculative = "ngram")
 # Sampling defaults (llama.cpp's own), overridable per model with options["sampling"].
 SAMPLING_DEFAULTS = {
     "temperature": 0.8,
@@ -47,7 +48,7 @@ PASSTHROUGH = {
 OWN = {"n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers", "embedding", "pooling",
        "normalize", "chat_template", "chat_format", "verbose", "sampling", "max_tokens",
        "n_parallel", "kv_cache_mb", "kv_unified", "reasoning_tags", "threads",
-       "prefill_chunk"}
+       "prefill_chunk", "speculative", "draft_tokens"}
 # The context the plain `Llama` object keeps when the batch engine makes its own.
 ENGINE_SIDE_CTX = 256
 
@@ -70,6 +71,8 @@ class LoadOptions:
     kv_unified: bool = True
     reasoning_tags: ReasoningTags | None = None  # the tags the model thinks in
     prefill_chunk: int = DEFAULT_PREFILL_CHUNK
+    speculative: str | None = None  # "ngram": prompt lookup drafts (speculative.py)
+    draft_tokens: int = DEFAULT_DRAFT_TOKENS
     threads_auto: bool = False  # change the count at run time (threads.py), up to max_threads
     max_threads: int = 1
     n_threads_batch: int | None = None  # set: prompt chunks keep this count
@@ -163,10 +166,25 @@ def parse_options(spec, kv: dict, meta: dict, n_threads: int | None) -> LoadOpti
         kv_unified=bool(opts.get("kv_unified", True)),
         reasoning_tags=reasoning_tags(spec.id, opts.get("reasoning_tags"), chat_template),
         prefill_chunk=max(1, int(opts.get("prefill_chunk") or DEFAULT_PREFILL_CHUNK)),
+        speculative=_speculative(spec.id, opts.get("speculative"), n_parallel),
+        draft_tokens=max(1, int(opts.get("draft_tokens") or DEFAULT_DRAFT_TOKENS)),
         threads_auto=threads_auto,
         max_threads=machine_cores() if threads_auto else threads,
         n_threads_batch=int(opts["n_threads_batch"]) if opts.get("n_threads_batch") else None,
     )
+
+
+def _speculative(model_id: str, mode, n_parallel: int) -> str | None:
+    if mode in (None, False, "none", ""):
+        return None
+    if mode != "ngram":
+        raise errors.ModelLoadError(
+            f"{model_id}: speculative must be \"ngram\" (or none), not {mode!r}")
+    if n_parallel <= 1:
+        log.warning("%s: speculative decoding runs in the batch engine only (n_parallel > 1)",
+                    model_id)
+        return None
+    return mode
 
 
 def _threads(model_id: str, opts: dict, budget: int | None) -> tuple[int, bool]:

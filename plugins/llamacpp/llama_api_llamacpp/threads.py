@@ -25,7 +25,7 @@ from collections import deque
 log = logging.getLogger("llama_api_llamacpp")
 
 MIN_STEP = 0.002  # seconds; shorter steps are left alone
-PROBE_STEPS = 3  # steps a candidate count runs before it is judged
+PROBE_STEPS = 3  # steps a candidate count runs before it is judged (after one to settle)
 WIN = 0.85  # a candidate's steps must take at most this share of the current count's
 SLOWDOWN = 2.5  # a step this many times its usual time means the load changed
 SLOW_RUN = 3  # that many such steps in a row: try one thread fewer now
@@ -77,7 +77,9 @@ class ThreadTuner:
             return
         recent = self._recent.get(shape)
         if self._probe is not None:
-            if recent:
+            if self._probe_warming:  # the first step after a change settles the threads
+                self._probe_warming = False
+            elif recent:
                 ratio = seconds / statistics.median(recent)
                 self._probe_ratios.append(ratio)
                 if ratio > SLOWDOWN or len(self._probe_ratios) >= PROBE_STEPS:
@@ -106,6 +108,7 @@ class ThreadTuner:
         self._probe = self.current + direction
         self._probe_direction = direction
         self._probe_ratios = []
+        self._probe_warming = True
         self._slow_run = 0
         self._apply(self._probe)
 

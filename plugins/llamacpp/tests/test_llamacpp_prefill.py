@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from itertools import pairwise
 
 import pytest
 
@@ -73,7 +74,7 @@ def test_a_long_prompt_mid_stream_delays_the_stream_by_about_one_chunk(smollm2_s
         events["long_done"] = True
         runner.join(timeout=120)
         prefill = events["first"] - events["submitted"]
-        during = [b - a for a, b in zip(arrivals, arrivals[1:])
+        during = [b - a for a, b in pairwise(arrivals)
                   if events["submitted"] <= b <= events["first"]]
         chunks = n_prompt / 64
         # the stream kept going while the prompt was read: one token per chunk at least

@@ -103,6 +103,10 @@ def test_with_a_core_taken_auto_threads_fall_to_one_and_stay_fast(smollm2_spec):
 
     eos = read_kv(smollm2_spec.path)["tokenizer.ggml.eos_token_id"]
     cores = sorted(os.sched_getaffinity(0))
+    if os.getloadavg()[0] > len(cores) - 0.5:
+        # Other processes already fill the cores: then 2 threads get more CPU share than 1
+        # and the tuner rightly keeps 2; this test is about one core taken, the rest idle.
+        pytest.skip(f"the machine is already loaded (load average {os.getloadavg()[0]:.1f})")
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     os.sched_setaffinity(busy.pid, {cores[0]})
     models = []
