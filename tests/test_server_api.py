@@ -82,6 +82,18 @@ def test_embeddings_float_and_base64_agree(client, api):
     assert floats.usage.prompt_tokens == 3
 
 
+def test_dimensions_cut_and_renormalize_every_backend_s_vectors_or_name_the_width(client, api):
+    full = api.embeddings.create(model="fast", input="hello").data[0].embedding
+    short = api.embeddings.create(model="fast", input="hello", dimensions=3).data[0].embedding
+    norm = sum(x * x for x in full[:3]) ** 0.5
+    assert short == pytest.approx([x / norm for x in full[:3]], rel=1e-5)
+    too_wide = client.post(client.v1 + "/embeddings",
+                           json={"model": "fast", "input": "hello", "dimensions": 9})
+    assert too_wide.status_code == 400
+    error = too_wide.json()["error"]
+    assert error["param"] == "dimensions" and "8" in error["message"]
+
+
 def test_unknown_fields_are_ignored_and_nulls_count_as_absent(client):
     body = {"model": "fast", "messages": [{"role": "user", "content": "x y"}],
             "max_tokens": None, "temperature": None, "stop": None, "n": None,

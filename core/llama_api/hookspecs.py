@@ -87,6 +87,7 @@ def embed(model, request):
 
     Stops at the first non-None result. May be called from several threads at once when
     the model has more than one slot (that is how a backend batches across requests).
+    Return full-width vectors: the core applies `request.dimensions`.
 
     :param model: the object `load_model` returned.
     :param request: a `llama_api.types.EmbedRequest`.

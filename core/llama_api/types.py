@@ -147,7 +147,7 @@ class EmbedRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Texts (or token id lists) to embed."""
 
     input: list[str | list[int]]  # all strings, or all token-id lists
-    dimensions: int | None = None
+    dimensions: int | None = None  # applied by the core (worker); backends ignore it
 
 
 class EmbedResult(msgspec.Struct, kw_only=True):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from llama_api.plugins import Plugins
-from llama_api.registry import Registry
 from llama_api.scheduler import Entry, Scheduler
 from llama_api.types import ModelSpec
 
@@ -24,15 +23,10 @@ def model_card(spec: ModelSpec, entry: Entry | None) -> dict:
     return card
 
 
-def model_list(registry: Registry, scheduler: Scheduler) -> dict:
+def model_list(specs: dict[str, ModelSpec], scheduler: Scheduler) -> dict:
     loaded = scheduler.loaded()
     return {"object": "list",
-            "data": [model_card(spec, loaded.get(spec.id)) for spec in registry.models.values()]}
-
-
-def one_model(registry: Registry, scheduler: Scheduler, model_id: str) -> dict:
-    spec = registry.resolve(model_id)
-    return model_card(spec, scheduler.loaded().get(spec.id))
+            "data": [model_card(spec, loaded.get(spec.id)) for spec in specs.values()]}
 
 
 def health(scheduler: Scheduler, plugins: Plugins) -> dict:

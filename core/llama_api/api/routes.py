@@ -40,7 +40,7 @@ async def generation(request: Request, model: str, requests: list[GenerateReques
     renderer sees the deltas there too. `errors`: the stream's error shape, when the
     route's API isn't enough to tell it (Responses fails with its own event)."""
     state = request.app.state
-    spec = state.registry.resolve(model)  # 404 before any work
+    spec = await state.registry.find(model)  # 404 before any work
     run = partial(generate_choices, state.scheduler, spec, requests)
     if stream:
         return EventStream(run, len(requests), renderer, errors or error_shape(request))
@@ -60,7 +60,7 @@ async def generation(request: Request, model: str, requests: list[GenerateReques
 async def on_worker(request: Request, model: str, call: Callable[[object], Awaitable[T]]) -> T:
     """`await call(worker)` on a leased worker for `model` (a non-generating request)."""
     state = request.app.state
-    spec = state.registry.resolve(model)  # 404 before any work
+    spec = await state.registry.find(model)  # 404 before any work
 
     async def work():  # a client that hangs up while queued gives up its place
         async with state.scheduler.lease(spec) as worker:
@@ -79,13 +79,13 @@ class OpenAIController(Controller):
     @get("/models", summary="List every model this server can serve")
     async def list_models(self, request: Request) -> Response:
         state = request.app.state
-        return json_response(models.model_list(state.registry, state.scheduler))
+        return json_response(models.model_list(await state.registry.current(), state.scheduler))
 
     @get("/models/{model_id:path}", summary="Describe one model")
     async def get_model(self, request: Request, model_id: str) -> Response:
         state = request.app.state
-        return json_response(models.one_model(state.registry, state.scheduler,
-                                              model_id.lstrip("/")))
+        spec = await state.registry.find(model_id.lstrip("/"))
+        return json_response(models.model_card(spec, state.scheduler.loaded().get(spec.id)))
 
     @post("/completions", status_code=200, summary="Text completion (OpenAI legacy API)")
     async def completions(self, request: Request, data: Annotated[CompletionRequest, Body()]) -> Response:

@@ -266,7 +266,7 @@ def echo_tool_calls(model, request, words):
 def embed(model, request):
     if not isinstance(model, EchoModel):
         return None
-    dims = request.dimensions or 8
+    dims = 8  # the core cuts to `dimensions`
     vectors, tokens = [], 0
     for item in request.input:
         text = item if isinstance(item, str) else " ".join(map(str, item))
