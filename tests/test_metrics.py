@@ -71,6 +71,20 @@ def test_requests_tokens_and_latencies_are_counted_by_route_and_model(client):
     assert value(m, "llama_api_requests_waiting", model="fast") == 0
 
 
+def test_a_worker_s_info_follows_what_the_backend_says_while_it_serves(client):
+    from llama_api.testing import wait_for
+
+    for _ in range(2):
+        assert chat(client, "fast").status_code == 200
+
+    def served():
+        return client.get(client.v1 + "/models/fast").json()["worker"]["info"]["served"]
+
+    assert wait_for(lambda: served() == 2, timeout=10)
+    threads = client.get(client.v1 + "/models/fast").json()["worker"]["info"]["n_threads"]
+    assert value(scrape(client), "llama_api_worker_threads", model="fast") == threads >= 1
+
+
 def test_a_client_string_never_becomes_a_label(client):
     assert chat(client, "made-up-model-xyz").status_code == 404
     reply = client.get("/v1/models/another-made-up-name")

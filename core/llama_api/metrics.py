@@ -200,6 +200,9 @@ class _SchedulerGauges:
         rss = GaugeMetricFamily("llama_api_worker_rss_bytes",
                                 "Resident memory of the model's worker and its children",
                                 labels=["model"])
+        threads = GaugeMetricFamily("llama_api_worker_threads",
+                                    "Compute threads the model's worker runs with now "
+                                    "(backends that choose them at run time)", labels=["model"])
         scheduler = self.metrics.scheduler
         if scheduler is not None:
             for model_id, entry in scheduler.loaded().items():
@@ -209,9 +212,12 @@ class _SchedulerGauges:
                 held = memory.rss(entry.worker.pid) if entry.worker.pid else None
                 if held is not None:
                     rss.add_metric([model_id], held)
+                now = entry.worker.info.get("n_threads")
+                if isinstance(now, int):
+                    threads.add_metric([model_id], now)
             for model_id in sorted(scheduler.pinned):
                 pinned.add_metric([model_id], 1)
-        return [running, waiting, loaded, pinned, rss]
+        return [running, waiting, loaded, pinned, rss, threads]
 
 
 def request_middleware(app):

@@ -298,6 +298,8 @@ class WorkerProcess:
 
     def _dispatch(self, message: protocol.FromWorker) -> None:
         match message:
+            case protocol.InfoChanged():
+                self.info = message.info
             case protocol.Progress():
                 self.progress = message
                 fraction = "" if message.fraction is None else f" ({message.fraction:.0%})"

@@ -84,6 +84,12 @@ class Loaded(msgspec.Struct, tag=True, kw_only=True):
     info: dict[str, Any] = {}
 
 
+class InfoChanged(msgspec.Struct, tag=True, kw_only=True):
+    """The model's `info` after it changed while serving (the threads it runs with now)."""
+
+    info: dict[str, Any] = {}
+
+
 class LoadFailed(msgspec.Struct, tag=True, kw_only=True):
     """The model did not load; `kind` is "ModelLoadError" for a failure the backend expected."""
 
@@ -135,7 +141,7 @@ class Failed(msgspec.Struct, tag=True, kw_only=True):
 
 
 ToWorker = Load | Generate | Embed | Tokenize | Detokenize | Rerank | Cancel | Shutdown
-FromWorker = (Progress | Loaded | LoadFailed | Deltas | Embedded | Tokenized | Detokenized
+FromWorker = (Progress | Loaded | InfoChanged | LoadFailed | Deltas | Embedded | Tokenized | Detokenized
               | Reranked | Failed)
 
 _encoder = msgspec.msgpack.Encoder()

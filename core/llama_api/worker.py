@@ -259,6 +259,8 @@ class Worker:
         self.model = None
         self.model_id = ""
         self.cancels: dict[int, threading.Event] = {}
+        self.info: dict = {}  # what the server was last told of the model's info
+        self.info_lock = threading.Lock()
         self.pool: ThreadPoolExecutor | None = None
         self.outbox = Outbox(channel)
 
@@ -286,7 +288,16 @@ class Worker:
         self.pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="request")
         info = dict(getattr(model, "info", {}) or {})
         info.setdefault("load_seconds", round(time.perf_counter() - started, 3))
+        self.info = info
         self.channel.send(protocol.Loaded(slots=slots, info=info))
+
+    def report_info(self) -> None:
+        """Tell the server when the model's info changed (after a request, never per token)."""
+        with self.info_lock:
+            current = {**self.info, **(getattr(self.model, "info", None) or {})}
+            if current != self.info:
+                self.info = current
+                self.channel.send(protocol.InfoChanged(info=current))
 
     def run_generate(self, message: protocol.Generate) -> None:
         cancelled = self.cancels[message.id]
@@ -308,6 +319,7 @@ class Worker:
             self.outbox.finish(message.id, failure(message.id, exc))
         finally:
             self.cancels.pop(message.id, None)
+            self.report_info()
 
     def embedded(self, message: protocol.Embed) -> protocol.Embedded:
         result = self.plugins.hook.embed(model=self.model, request=message.request)

@@ -96,7 +96,8 @@ class EchoModel:
         self.noisy = bool(options.get("noisy"))
         self.stall = float(options.get("stall", 0))
         self.stall_after = int(options.get("stall_after", 0))
-        self.info = {"delay": self.delay}
+        # `served` changes as it serves: the worker tells the server (InfoChanged)
+        self.info = {"delay": self.delay, "served": 0}
         self.weights = b""  # the file's bytes, held as a model holds its weights
         self.tokenizes = options.get("tokenizer", True) is not False
         self.reranks = options.get("rerank", True) is not False
@@ -148,6 +149,7 @@ def load_model(spec, context):
         time.sleep(load_delay / 4)
     model = EchoModel(spec, options)
     model.weights = Path(spec.path).read_bytes()
+    model.info["n_threads"] = context.n_threads
     return model
 
 
@@ -245,6 +247,7 @@ def echo_tokens(model, request, words, cancelled):
         if cancelled.is_set():
             record("cancelled", model, produced=produced)
     record("end", model, produced=produced)
+    model.info["served"] += 1
     yield Delta(finish_reason=finish, stop_sequence=stops.matched,
                 usage=Usage(prompt_tokens=len(words), completion_tokens=produced))
 
