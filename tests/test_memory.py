@@ -193,3 +193,16 @@ def test_an_encoder_is_estimated_from_its_safetensors_and_dtype(tmp_path):
     assert estimate(device="auto") == (4 * MiB + runtime, 0)  # no GPU: on the CPU
     missing = ModelSpec(id="gone", backend="transformers", path=str(tmp_path / "gone"))
     assert embeddings_memory.estimate_memory(missing) is None
+
+
+def test_plugins_hear_of_a_gpu_even_when_its_memory_is_unlimited(monkeypatch):
+    """--max-gpu-memory 0 means no limit, not no GPU: estimates still place layers on it
+    (nvidia-smi is the part faked: this machine has no GPU)."""
+    from llama_api.scheduler import Settings
+
+    monkeypatch.setattr(memory, "gpu_total", lambda: 80 * 2**30)
+    unlimited = memory.MemoryBudget.from_settings(Settings(max_gpu_memory=0))
+    assert (unlimited.limits.gpu, unlimited.gpu) == (0, True)
+    assert memory.MemoryBudget.from_settings(Settings()).gpu is True
+    monkeypatch.setattr(memory, "gpu_total", lambda: None)
+    assert memory.MemoryBudget.from_settings(Settings(max_gpu_memory=0)).gpu is False

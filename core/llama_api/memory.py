@@ -172,18 +172,21 @@ def gpu_used_by(pid: int) -> int | None:
 class MemoryBudget:
     """Decides whether one more model fits beside those loaded."""
 
-    def __init__(self, limits: Footprint, plugins=None):
+    def __init__(self, limits: Footprint, plugins=None, gpu: bool | None = None):
         self.limits = limits
+        # Whether models may go on a GPU: there is one, even with --max-gpu-memory 0 (no limit).
+        self.gpu = bool(limits.gpu) if gpu is None else gpu
         self._plugins = plugins  # a llama_api.plugins.Plugins; found on first use if None
         self._estimates: dict[tuple, Footprint] = {}  # by spec and file modification time
 
     @classmethod
     def from_settings(cls, settings, plugins=None) -> MemoryBudget:
         limits = default_limits(settings.max_memory, settings.max_gpu_memory)
+        gpu = bool(limits.gpu) or (settings.max_gpu_memory == 0 and gpu_total() is not None)
         log.info("memory limits: host %s, GPU %s",
                  format_size(limits.host) if limits.host else "unlimited",
-                 format_size(limits.gpu) if limits.gpu else "unlimited")
-        return cls(limits, plugins)
+                 format_size(limits.gpu) if limits.gpu else ("unlimited" if gpu else "none"))
+        return cls(limits, plugins, gpu=gpu)
 
     def estimate(self, spec) -> Footprint:
         """What loading `spec` will take: the bare worker plus its plugin's estimate. The
@@ -197,7 +200,7 @@ class MemoryBudget:
 
             self._plugins = Plugins()
         try:
-            found = self._plugins.hook.estimate_memory(spec=spec, gpu=bool(self.limits.gpu))
+            found = self._plugins.hook.estimate_memory(spec=spec, gpu=self.gpu)
         except Exception:  # a plugin's estimate is advice: never fail a request on it
             log.exception("estimate_memory failed for %s", spec.id)
             found = None
