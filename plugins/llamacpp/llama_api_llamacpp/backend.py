@@ -125,6 +125,7 @@ class LlamaCppModel:
         self.speculative = options.speculative
         self.draft_tokens = options.draft_tokens
         self._pieces: dict[int, bytes] = {}
+        self._special_pieces: dict[int, bytes] = {}  # piece(token, special=True)
         # Cancel during a long prompt: llama.cpp polls this between graph nodes. It is set only
         # while a prompt is decoded (a Python call per node would slow every token down).
         self._abort_event: threading.Event | None = None
@@ -186,16 +187,35 @@ class LlamaCppModel:
         raw = self.lib.llama_vocab_get_text(self.vocab, token)
         return raw.decode("utf-8", errors="replace") if raw else ""
 
-    def piece(self, token: int) -> bytes:
-        """A token's bytes (special tokens render as nothing)."""
-        cached = self._pieces.get(token)
+    def piece(self, token: int, special: bool = False) -> bytes:
+        """A token's bytes; special tokens render as nothing unless `special` (their text)."""
+        cache = self._special_pieces if special else self._pieces
+        cached = cache.get(token)
         if cached is None:
-            with self._piece_lock:
-                n = self.lib.llama_token_to_piece(self.vocab, token, self._piece_buf, 256, 0,
-                                                  False)
-                cached = self._piece_buf.raw[:n] if n > 0 else b""
-            self._pieces[token] = cached
+            cached = self._token_piece(token, special)
+            cache[token] = cached
         return cached
+
+    def _token_piece(self, token: int, special: bool) -> bytes:
+        """Ask llama.cpp once per token (cached by `piece`): a negative answer is the size
+        a piece longer than the buffer needs, asked again with that size."""
+        with self._piece_lock:
+            n = self.lib.llama_token_to_piece(self.vocab, token, self._piece_buf,
+                                              len(self._piece_buf), 0, special)
+            if n >= 0:
+                return self._piece_buf.raw[:n]
+        buffer = ctypes.create_string_buffer(-n)
+        n = self.lib.llama_token_to_piece(self.vocab, token, buffer, len(buffer), 0, special)
+        return buffer.raw[:max(n, 0)]
+
+    def check_ids(self, ids, param: str) -> list[int]:
+        """Token ids a client sent, as a list; a 400 naming `param` for one this vocabulary
+        lacks (the core has checked that they are >= 0)."""
+        bad = [token for token in ids if not 0 <= token < self.n_vocab]
+        if bad:
+            raise errors.BadRequest(f"token id {bad[0]} is out of range: model {self.spec.id} "
+                                    f"has {self.n_vocab} tokens", param=param)
+        return list(ids)
 
     def _show_tag_tokens(self, tags) -> None:
         """Thinking tags that are special tokens of their own (which `piece` renders as
@@ -275,7 +295,7 @@ class LlamaCppModel:
             if request.echo:
                 echo = self._prompt_text(request.prompt)
         elif isinstance(request.prompt, list):
-            tokens = self._checked_ids(request.prompt)
+            tokens = self.check_ids(request.prompt, "prompt")
             if request.echo:
                 echo = self._prompt_text(tokens)
         else:
@@ -289,12 +309,6 @@ class LlamaCppModel:
                 f"{len(tokens)} tokens; shorten the prompt or load the model with a larger "
                 "n_ctx", param="messages" if request.messages is not None else "prompt")
         return tokens, stop, echo, thinking_open
-
-    def _checked_ids(self, ids: list[int]) -> list[int]:
-        bad = [t for t in ids if not 0 <= t < self.n_vocab]
-        if bad:
-            raise errors.BadRequest(f"token ids out of range: {bad[:5]}", param="prompt")
-        return list(ids)
 
     def _prompt_text(self, prompt: str | list[int] | None) -> str:
         if isinstance(prompt, list):
@@ -311,7 +325,7 @@ class LlamaCppModel:
                 "(prefix/suffix/middle) tokens", param="suffix")
         pre, suf, mid = self.fim_tokens
         if isinstance(prefix, list):
-            prefix_ids = self._checked_ids(prefix)
+            prefix_ids = self.check_ids(prefix, "prompt")
         else:
             prefix_ids = self.tokenize(prefix or "", add_bos=False, special=False)
         suffix_ids = self.tokenize(suffix, add_bos=False, special=False)
@@ -329,10 +343,7 @@ class LlamaCppModel:
     def _logit_bias(self, logit_bias: dict[int, float] | None) -> dict[int, float] | None:
         if not logit_bias:
             return None
-        bad = [token for token in logit_bias if token >= self.n_vocab]
-        if bad:
-            raise errors.BadRequest(f"logit_bias token {bad[0]} is out of range (this model "
-                                    f"has {self.n_vocab} tokens)", param="logit_bias")
+        self.check_ids(logit_bias, "logit_bias")
         return logit_bias
 
 

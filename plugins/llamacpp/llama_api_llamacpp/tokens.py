@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 
-from llama_api import errors
 from llama_api.types import TokenizeResult
 
 
@@ -28,9 +27,7 @@ def tokenize(model, request) -> TokenizeResult:
 
 def spelling(model, token: int) -> str | list[int]:
     """A token's text, special tokens included; its bytes when they are not UTF-8 alone."""
-    buffer = ctypes.create_string_buffer(256)
-    n = model.lib.llama_token_to_piece(model.vocab, token, buffer, len(buffer), 0, True)
-    raw = buffer.raw[:max(n, 0)]
+    raw = model.piece(token, special=True)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -38,10 +35,7 @@ def spelling(model, token: int) -> str | list[int]:
 
 
 def detokenize(model, tokens: list[int]) -> str:
-    bad = [token for token in tokens if token >= model.n_vocab]
-    if bad:
-        raise errors.BadRequest(f"token id {bad[0]} is out of range: model {model.spec.id} "
-                                f"has {model.n_vocab} tokens", param="tokens")
+    model.check_ids(tokens, "tokens")
     if not tokens:
         return ""
     lib = model.lib

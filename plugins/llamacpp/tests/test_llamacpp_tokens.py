@@ -66,6 +66,23 @@ def test_messages_without_a_chat_template_and_ids_out_of_range_are_400s(tiny_dir
         plugin.unload_model(model=model)
 
 
+def test_a_piece_longer_than_256_bytes_is_spelled_whole(tmp_path):
+    from llama_api_llamacpp.tiny import write_tiny_gguf
+
+    long_token = "<|" + "long" * 80 + "|>"  # 324 bytes
+    model = load(write_tiny_gguf(tmp_path / "long.gguf", special_tokens=[long_token]),
+                 "tiny-long", n_parallel=1)
+    try:
+        got = tokenize(model, text=f"hello{long_token}", add_special_tokens=False,
+                       with_pieces=True)
+        assert got.pieces[-1] == long_token
+        assert model.piece(got.tokens[-1], special=True) == long_token.encode()
+        assert model.piece(got.tokens[-1]) == b""  # generated text leaves control tokens out
+        assert plugin.detokenize(model=model, tokens=got.tokens).endswith(long_token)
+    finally:
+        plugin.unload_model(model=model)
+
+
 # -- a GGUF reranker -------------------------------------------------------------------
 
 def rank_head(seed: int = 7) -> dict[str, np.ndarray]:
