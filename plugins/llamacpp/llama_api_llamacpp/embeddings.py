@@ -1,4 +1,8 @@
-"""Embeddings: pooled vectors of token sequences, several sequences per llama.cpp batch."""
+"""Embeddings: pooled vectors of token sequences, several sequences per llama.cpp batch.
+
+`decode_sequences` is the batch loop embeddings and the reranker share. `dimensions` is
+the core's (the worker cuts and renormalizes): the vectors leave here at full width.
+"""
 
 from __future__ import annotations
 
@@ -16,75 +20,78 @@ def embed(model, request) -> EmbedResult:
         if isinstance(item, str):
             tokens = model.tokenize(item, add_bos=model.add_bos, special=False)
         else:
-            tokens = [int(t) for t in item]
-            if any(not 0 <= t < model.n_vocab for t in tokens):
-                raise errors.BadRequest(f"input {i} has token ids out of range", param="input")
+            tokens = model.check_ids(item, "input")
         if not tokens:
             raise errors.BadRequest(f"input {i} is empty", param="input")
         token_lists.append(tokens)
-    limit = min(model.n_ctx, model.llm.n_batch)
-    for i, tokens in enumerate(token_lists):
-        if len(tokens) > limit:
-            raise errors.ContextLengthExceeded(
-                f"input {i} has {len(tokens)} tokens, but this model reads at most {limit} "
-                "tokens per input", param="input")
-    with model.lock:
-        vectors = embed_tokens(model, token_lists)
     import numpy as np
 
-    matrix = np.asarray(vectors, dtype=np.float32)
-    if request.dimensions:
-        matrix = matrix[:, : request.dimensions]
+    matrix = np.stack(decode_sequences(model, token_lists, pooled_vectors(model),
+                                       what="input", param="input"))
     if model.normalize:
         norms = np.linalg.norm(matrix, axis=1, keepdims=True)
         matrix = matrix / np.maximum(norms, 1e-12)
     return EmbedResult(embeddings=matrix, prompt_tokens=sum(map(len, token_lists)))
 
 
-def embed_tokens(model, token_lists):
-    """Pooled vectors (mean-pools models without pooling), holding model.lock.
-    Like Llama.embed, but on token ids."""
+def pooled_vectors(model):
+    """A reader for `decode_sequences`: each sequence's pooled vector (the mean of its
+    token vectors for a model without pooling). Like Llama.embed, but on token ids."""
     import numpy as np
 
-    llm, lib = model.llm, model.lib
-    n_embd = llm.n_embd()
-    n_batch = llm.n_batch
+    lib, ctx = model.lib, model.ctx
+    n_embd = model.llm.n_embd()
+    if model.llm.pooling_type() != lib.LLAMA_POOLING_TYPE_NONE:
+        def read(sizes: list[int]) -> list:
+            return [np.ctypeslib.as_array(lib.llama_get_embeddings_seq(ctx, seq),
+                                          shape=(n_embd,)).copy()
+                    for seq in range(len(sizes))]
+        return read
+
+    def mean_of_rows(sizes: list[int]) -> list:
+        rows = np.ctypeslib.as_array(lib.llama_get_embeddings(ctx), shape=(sum(sizes), n_embd))
+        ends = np.cumsum(sizes)
+        return [rows[end - size:end].mean(axis=0) for size, end in zip(sizes, ends)]
+    return mean_of_rows
+
+
+def decode_sequences(model, token_lists: list[list[int]], read, what: str, param: str) -> list:
+    """Decode each token list as a sequence of its own, packing as many as fit into each
+    llama.cpp batch, and return what `read(sizes)` gives for each sequence after its batch
+    is decoded (`sizes`: the token counts of that batch's sequences, in order; sequence
+    ids count from 0 in every batch). Takes model.lock. A list longer than a batch or the
+    context is a ContextLengthExceeded naming `what` {index} and `param`."""
+    llm = model.llm
+    limit = min(model.n_ctx, llm.n_batch)
+    for i, tokens in enumerate(token_lists):
+        if len(tokens) > limit:
+            raise errors.ContextLengthExceeded(
+                f"{what} {i} has {len(tokens)} tokens, but model {model.spec.id} reads at "
+                f"most {limit} tokens per sequence", param=param)
     n_seq_max = max(1, int(llm.context_params.n_seq_max))
-    pooled = llm.pooling_type() != lib.LLAMA_POOLING_TYPE_NONE
-    batch = llm._batch
-    out = []
+    out: list = []
+    with model.lock:
+        batch = llm._batch
 
-    def flush(sizes):
-        llm._ctx.kv_cache_clear()
-        llm._ctx.decode(batch)
+        def flush(sizes: list[int]) -> None:
+            llm._ctx.kv_cache_clear()
+            llm._ctx.decode(batch)
+            batch.reset()
+            out.extend(read(sizes))
+
         batch.reset()
-        if pooled:
-            for i in range(len(sizes)):
-                ptr = lib.llama_get_embeddings_seq(model.ctx, i)
-                out.append(np.ctypeslib.as_array(ptr, shape=(n_embd,)).copy())
-        else:
-            ptr = lib.llama_get_embeddings(model.ctx)
-            rows = np.ctypeslib.as_array(ptr, shape=(sum(sizes), n_embd))
-            pos = 0
-            for size in sizes:
-                out.append(rows[pos:pos + size].mean(axis=0))
-                pos += size
-
-    batch.reset()
-    sizes: list[int] = []
-    total = 0
-    try:
-        for tokens in token_lists:
-            if sizes and (total + len(tokens) > n_batch or len(sizes) >= n_seq_max):
+        sizes: list[int] = []
+        try:
+            for tokens in token_lists:
+                if sizes and (sum(sizes) + len(tokens) > llm.n_batch or len(sizes) >= n_seq_max):
+                    flush(sizes)
+                    sizes = []
+                batch.add_sequence(tokens, len(sizes), True)
+                sizes.append(len(tokens))
+            if sizes:
                 flush(sizes)
-                sizes, total = [], 0
-            batch.add_sequence(tokens, len(sizes), True)
-            sizes.append(len(tokens))
-            total += len(tokens)
-        if sizes:
-            flush(sizes)
-    finally:
-        batch.reset()
-        llm._ctx.kv_cache_clear()
-        llm.reset()
-    return np.stack(out)
+        finally:
+            batch.reset()
+            llm._ctx.kv_cache_clear()
+            llm.reset()
+    return out

@@ -1,7 +1,7 @@
 """GGUF rerankers (pooling type `rank`, e.g. bge-reranker): each (query, document) pair is
 one sequence laid out as the model's tokenizer lays out a pair (`pair_tokens`); the rank
 head's one output is the logit, turned into a score by a sigmoid, as sentence-transformers'
-CrossEncoder scores the same model. Pairs share llama.cpp batches (one sequence each).
+CrossEncoder scores the same model. Pairs share llama.cpp batches (one sequence each, `decode_sequences`).
 
 Runs in the worker. Models loaded without rank pooling can't rerank: a 400 naming them.
 """
@@ -12,6 +12,7 @@ import math
 
 from llama_api import errors
 from llama_api.types import RerankResult
+from llama_api_llamacpp.embeddings import decode_sequences
 
 
 def can_rerank(model) -> bool:
@@ -41,46 +42,12 @@ def rerank(model, request) -> RerankResult:
     query = model.tokenize(request.query, add_bos=False, special=False)
     pairs = [pair_tokens(model, query, model.tokenize(doc, add_bos=False, special=False))
              for doc in request.documents]
-    limit = min(model.n_ctx, model.llm.n_batch)
-    for i, tokens in enumerate(pairs):
-        if len(tokens) > limit:
-            raise errors.ContextLengthExceeded(
-                f"the query with document {i} is {len(tokens)} tokens, but model "
-                f"{model.spec.id} reads at most {limit}", param="documents")
-    with model.lock:
-        logits = rank_logits(model, pairs)
+    lib, ctx = model.lib, model.ctx
+
+    def rank_outputs(sizes: list[int]) -> list[float]:  # the rank head's one output each
+        return [float(lib.llama_get_embeddings_seq(ctx, seq)[0]) for seq in range(len(sizes))]
+
+    logits = decode_sequences(model, pairs, rank_outputs, what="the query with document",
+                              param="documents")
     return RerankResult(scores=[1.0 / (1.0 + math.exp(-x)) for x in logits],
                         prompt_tokens=sum(map(len, pairs)))
-
-
-def rank_logits(model, pairs: list[list[int]]) -> list[float]:
-    """The rank head's output for each pair, several pairs per decode; holding model.lock."""
-    llm, lib = model.llm, model.lib
-    n_seq_max = max(1, int(llm.context_params.n_seq_max))
-    batch = llm._batch
-    logits: list[float] = []
-
-    def flush(count: int) -> None:
-        llm._ctx.kv_cache_clear()
-        llm._ctx.decode(batch)
-        batch.reset()
-        logits.extend(float(lib.llama_get_embeddings_seq(model.ctx, seq)[0])
-                      for seq in range(count))
-
-    batch.reset()
-    count = total = 0
-    try:
-        for tokens in pairs:
-            if count and (total + len(tokens) > llm.n_batch or count >= n_seq_max):
-                flush(count)
-                count = total = 0
-            batch.add_sequence(tokens, count, True)
-            count += 1
-            total += len(tokens)
-        if count:
-            flush(count)
-    finally:
-        batch.reset()
-        llm._ctx.kv_cache_clear()
-        llm.reset()
-    return logits

@@ -457,15 +457,20 @@ def test_embeddings_are_pooled_normalized_with_exact_usage(embedder):
     assert result.prompt_tokens == expected
 
 
-def test_embedding_of_token_ids_and_dimensions(embedder):
+def test_embedding_of_token_ids_at_full_width(embedder):
     import numpy as np
 
     ids = embedder.tokenize("hello world", add_bos=embedder.add_bos, special=False)
     a = plugin.embed(model=embedder, request=EmbedRequest(input=[ids]))
     b = plugin.embed(model=embedder, request=EmbedRequest(input=["hello world"]))
     assert np.allclose(a.embeddings, b.embeddings, atol=1e-5)
+    # `dimensions` is the core's to apply (the worker cuts and renormalizes, for every
+    # backend; tests/test_review_fixes_api.py): the backend's vectors are whole.
     c = plugin.embed(model=embedder, request=EmbedRequest(input=["hello"], dimensions=16))
-    assert np.asarray(c.embeddings).shape == (1, 16)
+    assert np.asarray(c.embeddings).shape == (1, 64)
+    with pytest.raises(errors.BadRequest, match="out of range") as info:
+        plugin.embed(model=embedder, request=EmbedRequest(input=[[1, embedder.n_vocab]]))
+    assert info.value.param == "input"
 
 
 def test_generative_model_with_embedding_option(tiny_path, collect):
