@@ -61,6 +61,9 @@ class Sequence:
         self.generated = 0
         self.next_token = None
         self.stopped = False  # set by the reader (stop string found, client gone)
+        # The model sampled an end-of-generation token: checked here, once; the token itself
+        # is not sent, and the reader's choice ends with `stop`.
+        self.ended = False
         # echo with logprobs: logits at every prompt position (no cached prefix reused)
         self.prompt_logprobs = prompt_logprobs
         self.prompt = list(tokens)
@@ -136,7 +139,8 @@ class BatchEngine:
         return seq
 
     def tokens(self, seq: Sequence):
-        """Yield (token, logprobs) as the engine samples them; stop when the engine ends it."""
+        """Yield (token, logprobs) as the engine samples them; stop when the engine ends it
+        (`seq.ended`: at the model's end-of-generation token, which is not yielded)."""
         while True:
             try:
                 item = seq.out.get(timeout=1.0)
@@ -325,13 +329,13 @@ class BatchEngine:
         for j in range(len(draft) + 1):
             try:
                 token = lib.llama_sampler_sample(seq.sampler.sampler, self.ctx, index + j)
-                logprobs = (seq.logprobs_fn(token, self.ctx, index + j)
-                            if seq.logprobs_fn else None)
+                ended = seq.ended = bool(lib.llama_vocab_is_eog(self.model.vocab, token))
+                if not ended:
+                    seq.out.put((token, seq.logprobs_fn(token, self.ctx, index + j)
+                                 if seq.logprobs_fn else None))
             except Exception as exc:  # noqa: BLE001 -- never let one request kill the engine
                 self._finish(seq, exc)
                 return False
-            seq.out.put((token, logprobs))
-            ended = lib.llama_vocab_is_eog(self.model.vocab, token)
             if not ended:
                 seq.generated += 1
                 ended = seq.generated >= seq.limit

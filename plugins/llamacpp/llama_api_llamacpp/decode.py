@@ -1,9 +1,11 @@
 """The decode loop: one token loop, fed by the plain path or by the batch engine.
 
 A token source yields `(token, logprobs)` pairs, and first `(PROMPT, prompt logprobs)` when
-the request echoes its prompt with logprobs. The loop turns tokens into text (whole UTF-8
+the request echoes its prompt with logprobs. It ends at the model's end-of-generation token
+(not yielded), setting the run's finish to `stop`: the batch engine checks for that token
+in its own thread, so a token is checked once. The loop turns tokens into text (whole UTF-8
 characters, stop strings held back, a thinking model's reasoning split from its answer),
-counts them, and decides when the choice ends.
+counts them, and decides when the choice ends otherwise.
 """
 
 from __future__ import annotations
@@ -75,16 +77,12 @@ class Run:
         if self.limit <= 0 and not self.prompt_logprobs:
             return
         model = self.model
-        vocab, is_end = model.vocab, model.lib.llama_vocab_is_eog
         split = self.splitter.feed if self.splitter is not None else None
         source = batched_tokens(self) if model.engine is not None else plain_tokens(self)
         try:
             for token, lps in source:
                 if token is PROMPT:
                     yield Delta(text=self.echo, logprobs=lps)
-                elif is_end(vocab, token):  # ends the choice with `stop`; not counted
-                    self.finish = "stop"
-                    break
                 else:
                     text, done = self._accept(token)
                     if split is None:
@@ -138,6 +136,8 @@ def batched_tokens(run: Run):
             if token is PROMPT:  # the engine scores prompt tokens 1..n-1
                 lps = [first_prompt_logprob(run.model, run.tokens[0])] + lps
             yield token, lps
+        if seq.ended:
+            run.finish = "stop"
     finally:
         seq.stop()
 
@@ -161,6 +161,7 @@ def plain_tokens(run: Run):
         if abortable:
             model.abort_on(run.cancelled)
         resumed = None  # when the loop asked for the next token (not the prompt's)
+        is_end, vocab = model.lib.llama_vocab_is_eog, model.vocab
         try:
             for token in gen:
                 if abortable:
@@ -168,6 +169,9 @@ def plain_tokens(run: Run):
                     abortable = False
                 if resumed is not None:  # one decode and sample: a step for the tuner
                     model.threads.observe(time.perf_counter() - resumed, 1)
+                if is_end(vocab, token):  # ends the choice with `stop`; not counted
+                    run.finish = "stop"
+                    return
                 yield token, logprobs_fn(token, model.ctx, -1) if logprobs_fn else None
                 resumed = time.perf_counter()
         except RuntimeError:

@@ -100,6 +100,45 @@ def test_concurrent_greedy_equals_one_at_a_time(tiny_plain, batched):
         assert last_a.finish_reason == last_b.finish_reason
 
 
+class CountingEnds:
+    """A model's `lib` that counts the end-of-generation checks made through it."""
+
+    def __init__(self, real):
+        self.real = real
+        self.asked: list[int] = []
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def llama_vocab_is_eog(self, vocab, token):
+        self.asked.append(token)
+        return self.real.llama_vocab_is_eog(vocab, token)
+
+
+@pytest.mark.parametrize("path", ["batched", "plain"])
+def test_the_end_token_ends_with_stop_checked_once(request, path):
+    """The model's end token ends the choice with `stop`, neither sent nor counted; the
+    batch engine checks for it in its own thread, so the request thread never does (the
+    engine's `lib` is its own), and the plain path checks each token once."""
+    model = request.getfixturevalue("batched" if path == "batched" else "tiny_plain")
+    real = model.lib
+    eos = real.llama_vocab_eos(model.vocab)
+    counting = model.lib = CountingEnds(real)
+    try:
+        text, last = run(model, prompt=PROMPTS[0], max_tokens=20, temperature=0.0,
+                         logprobs=1, logit_bias={eos: 100.0})
+        ended = list(counting.asked)
+        _, full = run(model, prompt=PROMPTS[1], max_tokens=6, temperature=0.0)
+    finally:
+        model.lib = real
+    assert (text, last.finish_reason, last.usage.completion_tokens) == ("", "stop", 0)
+    assert full.finish_reason == "length" and full.usage.completion_tokens == 6
+    if path == "batched":
+        assert counting.asked == []
+    else:
+        assert ended == [eos] and len(counting.asked) == 1 + 6
+
+
 def test_more_requests_than_sequences_queue_up(batched):
     prompts = PROMPTS * 3
     with ThreadPoolExecutor(12) as pool:
