@@ -88,11 +88,17 @@ def load_model(spec, context):
     return load(spec, context)
 
 
-@hookimpl
-def unload_model(model):
+def _ours(model) -> bool:
+    """Whether `model` is one this plugin loaded (the hooks below run in the worker, where
+    the backend module is already imported)."""
     from llama_api_llamacpp.backend import LlamaCppModel
 
-    if not isinstance(model, LlamaCppModel):
+    return isinstance(model, LlamaCppModel)
+
+
+@hookimpl
+def unload_model(model):
+    if not _ours(model):
         return None
     model.close()
     return True
@@ -100,36 +106,30 @@ def unload_model(model):
 
 @hookimpl
 def generate(model, request, cancelled):
-    from llama_api_llamacpp.backend import LlamaCppModel
-
-    if not isinstance(model, LlamaCppModel):
+    if not _ours(model):
         return None
     return model.generate(request, cancelled)
 
 
 @hookimpl
 def embed(model, request):
-    from llama_api_llamacpp.backend import LlamaCppModel
-
-    if not isinstance(model, LlamaCppModel):
+    if not _ours(model):
         return None
     return model.embed(request)
 
 
 @hookimpl
-def estimate_memory(spec):
+def estimate_memory(spec, gpu):
     if spec.backend != BACKEND:
         return None
     from llama_api_llamacpp.memory import estimate_memory as estimate
 
-    return estimate(spec)
+    return estimate(spec, gpu)
 
 
 @hookimpl
 def tokenize(model, request):
-    from llama_api_llamacpp.backend import LlamaCppModel
-
-    if not isinstance(model, LlamaCppModel):
+    if not _ours(model):
         return None
     from llama_api_llamacpp import tokens
 
@@ -138,9 +138,7 @@ def tokenize(model, request):
 
 @hookimpl
 def detokenize(model, tokens):
-    from llama_api_llamacpp.backend import LlamaCppModel
-
-    if not isinstance(model, LlamaCppModel):
+    if not _ours(model):
         return None
     from llama_api_llamacpp.tokens import detokenize as spell
 
@@ -149,9 +147,7 @@ def detokenize(model, tokens):
 
 @hookimpl
 def rerank(model, request):
-    from llama_api_llamacpp.backend import LlamaCppModel
-
-    if not isinstance(model, LlamaCppModel):
+    if not _ours(model):
         return None
     from llama_api_llamacpp import reranker
 

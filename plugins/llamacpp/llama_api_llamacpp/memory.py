@@ -2,7 +2,7 @@
 
 Runs in the server process (the `estimate_memory` hook): the GGUF header and the load
 options only, no llama.cpp. The parts, each split between host and GPU by the share of
-layers offloaded (`n_gpu_layers`, when a GPU is present):
+layers offloaded (`n_gpu_layers`, when the core says the server has a GPU):
 - weights: the file's size;
 - KV cache: bytes per token (from the header) x n_ctx x the sequences decoded together;
 - compute buffers, per llama.cpp context: the attention scores and mask of one
@@ -18,7 +18,6 @@ import logging
 from pathlib import Path
 
 from llama_api import errors
-from llama_api.memory import gpu_total
 from llama_api_llamacpp.gguf_meta import GGUFError, read_kv, summarize
 from llama_api_llamacpp.options import parse_options
 
@@ -30,7 +29,6 @@ RUNTIME_BYTES = 32 * 2**20
 N_UBATCH = 512
 
 _headers: dict[tuple, dict] = {}
-_gpu_present: bool | None = None
 
 
 def _header(path: Path) -> dict:
@@ -40,13 +38,6 @@ def _header(path: Path) -> dict:
     if key not in _headers:
         _headers[key] = read_kv(path)
     return _headers[key]
-
-
-def _has_gpu() -> bool:
-    global _gpu_present
-    if _gpu_present is None:
-        _gpu_present = bool(gpu_total())
-    return _gpu_present
 
 
 def compute_bytes(n_ctx: int, n_ubatch: int, n_head: int, n_vocab: int,
@@ -66,9 +57,9 @@ def offloaded_share(n_gpu_layers: int, n_layer: int, gpu: bool) -> float:
     return min(n_gpu_layers, n_layer) / n_layer
 
 
-def estimate(spec, gpu: bool | None = None) -> tuple[int, int]:
-    """(host bytes, GPU bytes) loading `spec` will take; `gpu`: is one present (detected
-    when None)."""
+def estimate(spec, gpu: bool) -> tuple[int, int]:
+    """(host bytes, GPU bytes) loading `spec` will take; `gpu`: whether the server has a
+    GPU budget (the core decides; without one nothing counts as offloaded)."""
     path = Path(spec.path)
     kv = _header(path)
     meta = summarize(kv)
@@ -95,19 +86,18 @@ def estimate(spec, gpu: bool | None = None) -> tuple[int, int]:
         kv_cache += per_token * plain_ctx
         compute += compute_bytes(opts.n_ctx * opts.n_parallel, N_UBATCH, n_head, n_vocab, flash)
 
-    share = offloaded_share(int(params.get("n_gpu_layers", -1)), n_layer,
-                            _has_gpu() if gpu is None else gpu)
+    share = offloaded_share(int(params.get("n_gpu_layers", -1)), n_layer, gpu)
     kv_share = share if params.get("offload_kqv", True) else 0.0
     on_gpu = weights * share + kv_cache * kv_share + compute * share
     total = weights + kv_cache + compute
     return int(total - on_gpu) + RUNTIME_BYTES, int(on_gpu)
 
 
-def estimate_memory(spec) -> tuple[int, int] | None:
+def estimate_memory(spec, gpu: bool) -> tuple[int, int] | None:
     """The `estimate_memory` hook's answer for a llamacpp model; None when the file or its
     options can't be read (loading it then says why)."""
     try:
-        return estimate(spec)
+        return estimate(spec, gpu)
     except (GGUFError, OSError, ValueError, TypeError, KeyError, errors.LlamaApiError) as exc:
         log.warning("%s: no memory estimate: %s", spec.id, exc)
         return None

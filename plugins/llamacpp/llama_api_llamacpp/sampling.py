@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 
+from llama_api.schemas import EXTRA_SAMPLING_FIELDS
 from llama_api.types import TokenLogprob, TopLogprob
 from llama_api_llamacpp.options import SAMPLING_DEFAULTS
 
-# Extra sampling fields a client may send (request.extra).
-EXTRA_SAMPLING = {"typical_p", "mirostat_mode", "mirostat_tau", "mirostat_eta",
-                  "xtc_probability", "xtc_threshold"}
+# The extra fields (request.extra) that set the sampler chain; `grammar` is a constraint
+# (constraints.py).
+EXTRA_SAMPLING = tuple(name for name in EXTRA_SAMPLING_FIELDS if name != "grammar")
 
 
 def request_sampling(request, defaults: dict, default_seed: int | None) -> tuple[dict, int]:

@@ -83,6 +83,27 @@ def test_discovery_of_a_missing_folder_still_offers_smollm2(tmp_path):
         assert specs[0].meta["chat_template"] is True
 
 
+def test_estimate_memory_counts_the_gpu_only_when_the_core_says_there_is_one(
+        tiny_spec, monkeypatch):
+    """The core tells the hook whether the server has a GPU budget (review #3): the plugin
+    never looks for one itself."""
+    from llama_api import memory as core_memory
+    from llama_api.plugins import Plugins
+    from llama_api_llamacpp import memory
+
+    monkeypatch.setattr(core_memory, "_nvidia_smi",
+                        lambda *args: pytest.fail("the plugin looked for a GPU"))
+    host, on_gpu = plugin.estimate_memory(spec=tiny_spec, gpu=False)
+    assert on_gpu == 0 and host > memory.RUNTIME_BYTES
+    offloaded = plugin.estimate_memory(spec=tiny_spec, gpu=True)
+    # n_gpu_layers defaults to every layer: only the libraries stay on the host
+    assert offloaded[0] == memory.RUNTIME_BYTES and sum(offloaded) == host
+    other = ModelSpec(id="x", backend="transformers", path=tiny_spec.path)
+    assert plugin.estimate_memory(spec=other, gpu=True) is None
+    # as the core asks, through pluggy (whose spec names both arguments)
+    assert tuple(Plugins().hook.estimate_memory(spec=tiny_spec, gpu=True)) == offloaded
+
+
 def test_load_model_ignores_other_backends(tiny_path):
     spec = ModelSpec(id="x", backend="transformers", path=str(tiny_path))
     assert plugin.load_model(spec=spec, context=None) is None
