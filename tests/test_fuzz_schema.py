@@ -41,7 +41,10 @@ SEED = int(os.environ.get("LLAMA_API_FUZZ_SEED", "20261201"))
 NOT_YET_DOCUMENTED = {404, 413, 429, 503}
 # Models the fuzzer may name instead of a random string, so that good bodies reach a backend.
 # Not "broken": its 503 is by design (test_faults.py checks it).
-FUZZ_MODELS = {"fast": {}, "wide": {"slots": 2}, "broken": {"fail_load": "weights are corrupt"}}
+# A context bounds max_tokens, as a real model's does: without one, a fuzzed max_tokens of
+# 10^18 would generate for ever.
+FUZZ_MODELS = {"fast": {"context": 1000}, "wide": {"slots": 2, "context": 1000},
+               "broken": {"fail_load": "weights are corrupt"}}
 ECHO_MODELS = ["fast", "wide"]
 
 

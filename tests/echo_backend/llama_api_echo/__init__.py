@@ -7,13 +7,15 @@ A model is a `*.echo` file holding JSON options:
   fail_load    a load error message to raise
   raise_load   a message for a plain RuntimeError while loading (a backend bug)
   abort_load   true: the process aborts while loading (SIGABRT, as a crashing C library)
+  context      tokens a request's prompt words and max_tokens may add up to (default: no bound)
   noisy        write to fd 1 while loading and generating, as chatty C libraries do
   stall        seconds to pause before token number `stall_after` (default 0: none)
 The file's bytes are the model's "weights": the worker holds them in memory, and the
 `estimate_memory` hook says the model takes the file's size (pad the file to make a
 model that takes more).
-A prompt of more than 1000 words, or one whose words and max_tokens add up to more, is
-refused as a real backend refuses what its context can't hold (context_length_exceeded).
+A prompt of more than 1000 words is refused as a real backend refuses what its context
+can't hold (context_length_exceeded); so is one whose words and max_tokens add up to more
+than the model's `context` option, when it has one.
 A prompt containing the word SILENT makes generate yield nothing at all.
 A prompt containing the word RAISE makes generate raise a RuntimeError (a backend bug);
 the word MALFORMED makes it yield a delta whose usage holds a float (a backend bug that
@@ -96,6 +98,7 @@ class EchoModel:
         self.noisy = bool(options.get("noisy"))
         self.stall = float(options.get("stall", 0))
         self.stall_after = int(options.get("stall_after", 0))
+        self.context = int(options.get("context", 0))  # 0: max_tokens is not bounded
         # `served` changes as it serves: the worker tells the server (InfoChanged)
         self.info = {"delay": self.delay, "served": 0}
         self.weights = b""  # the file's bytes, held as a model holds its weights
@@ -181,10 +184,10 @@ def generate(model, request, cancelled):
     if len(words) > ECHO_CONTEXT:
         raise errors.ContextLengthExceeded(
             f"prompt has {len(words)} tokens, more than the context of 1000 tokens", param="messages")
-    if len(words) + (request.max_tokens or 0) > ECHO_CONTEXT:  # as a real context bounds it
+    if model.context and len(words) + (request.max_tokens or 0) > model.context:
         raise errors.ContextLengthExceeded(
             f"prompt ({len(words)} tokens) + max_tokens ({request.max_tokens}) is more than "
-            f"the context of {ECHO_CONTEXT} tokens", param="max_tokens")
+            f"the context of {model.context} tokens", param="max_tokens")
     if "CALL" in words and request.tools and request.tool_choice != "none":
         return echo_tool_calls(model, request, words)
     return echo_tokens(model, request, words, cancelled)
