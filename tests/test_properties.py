@@ -8,6 +8,8 @@ import time
 
 import msgspec
 import pytest
+
+pytest.importorskip("hypothesis")  # a test extra (with schemathesis, which brings it)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
