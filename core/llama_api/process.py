@@ -272,6 +272,9 @@ class WorkerProcess:
                         message = self._malformed(body, exc)
                     if message is not None:
                         self._dispatch(message)
+            frames.end()
+        except protocol.TruncatedFrame as exc:  # the worker died while writing a frame
+            self.log.error("worker pid=%s: %s", self.pid, exc)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
         finally:

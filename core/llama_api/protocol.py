@@ -155,11 +155,21 @@ def encode(message: ToWorker | FromWorker) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+class TruncatedFrame(EOFError):
+    """The byte stream ended inside a frame (the other side died while writing it)."""
+
+
 class FrameReader:
     """Splits a byte stream into frame bodies; feed it bytes as they arrive."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+
+    def end(self) -> None:
+        """The stream ended: raise TruncatedFrame if part of a frame is still held."""
+        if self._buffer:
+            raise TruncatedFrame(f"the stream ended inside a frame ({len(self._buffer)} "
+                                 "bytes of it arrived)")
 
     def feed(self, data: bytes) -> list[bytes]:
         """The bodies of the frames that `data` completes, in order."""
@@ -178,10 +188,12 @@ class FrameReader:
 
 
 def read_frames(read: Callable[[int], bytes], chunk_size: int = 1 << 16) -> Iterator[bytes]:
-    """Frame bodies from a blocking `read(n)` (e.g. os.read on a pipe) until it returns b""."""
+    """Frame bodies from a blocking `read(n)` (e.g. os.read on a pipe) until it returns b"";
+    TruncatedFrame if it ends inside a frame."""
     reader = FrameReader()
     while chunk := read(chunk_size):
         yield from reader.feed(chunk)
+    reader.end()
 
 
 # -- log lines on the worker's stderr -------------------------------------------------

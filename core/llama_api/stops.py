@@ -26,11 +26,16 @@ class StopHoldback:
         if not self.stops:
             return text
         buffer = self.held + text
-        first = -1
+        # The stop string that completes first, as if the text came one character at a
+        # time (so the cut can't change which of two overlapping stops wins); of two that
+        # end together, the longer.
+        first, first_end = -1, -1
         for stop in self.stops:
             index = buffer.find(stop)
-            if index != -1 and (first == -1 or index < first):
-                first, self.matched = index, stop
+            end = index + len(stop)
+            if index != -1 and (first == -1 or end < first_end
+                                or (end == first_end and index < first)):
+                first, first_end, self.matched = index, end, stop
         if first != -1:
             self.stopped = True
             self.held = ""

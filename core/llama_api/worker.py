@@ -50,7 +50,11 @@ class Channel:
 
     def receive(self) -> protocol.ToWorker | None:
         """The next message, or None once the server closed the pipe."""
-        body = next(self._frames, None)
+        try:
+            body = next(self._frames, None)
+        except protocol.TruncatedFrame as exc:  # the server died mid-write: nothing to answer
+            log.warning("%s; stopping", exc)
+            return None
         return None if body is None else protocol.to_worker_decoder.decode(body)
 
 
