@@ -11,7 +11,6 @@ import pytest
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
 
-from llama_api import hookimpl
 from llama_api.memory import format_size
 from llama_api.plugins import Plugins
 from llama_api.scheduler import Scheduler, Settings
@@ -23,19 +22,10 @@ from llama_api_llamacpp.tiny import write_tiny_gguf
 MiB = 2**20
 
 
-class GGUFEstimates:
-    """The llama.cpp plugin's estimate, for a plugin build that doesn't register it yet."""
-
-    @hookimpl
-    def estimate_memory(self, spec):
-        return gguf_memory.estimate_memory(spec) if spec.backend == "llamacpp" else None
-
-
 def llamacpp_plugins() -> Plugins:
     plugins = Plugins(only="llamacpp")
     registered = [impl.plugin_name for impl in plugins.hook.estimate_memory.get_hookimpls()]
-    if "llamacpp" not in registered:
-        plugins.pm.register(GGUFEstimates(), name="llamacpp-estimates")
+    assert "llamacpp" in registered  # the plugin estimates its GGUFs itself
     return plugins
 
 

@@ -109,13 +109,18 @@ def tool_deltas(run, mode: str, forced: str | None, names: set[str], parallel: b
 
 class AutoToolCalls:
     """Text that streams unless it turns into a tool call: an answer starting with "{" or
-    "[" (a bare JSON call), or a `<tool_call>` marker anywhere (text before it streams)."""
+    "[" (a bare JSON call), or a `<tool_call>` marker anywhere (text before it streams).
+
+    Space right before a marker belongs to the call, so trailing space is held until the
+    next text decides: the stream is then the same however the text was cut.
+    """
 
     def __init__(self, names: set[str]):
         self.names = names
         self.marker = StopHoldback([TOOL_OPEN])
         self.call_text: str | None = None  # from the start of what may be a call
         self.start = ""  # leading text until its first non-space character decides
+        self.space = ""  # trailing space of what was sent, held back
 
     def feed(self, text: str) -> str:
         if self.call_text is not None:
@@ -131,13 +136,14 @@ class AutoToolCalls:
                 return ""
             text, self.start = self.start, None
         buffered = self.marker.held + text
-        send = self.marker.feed(text)
+        send = self.space + self.marker.feed(text)
+        body = send.rstrip()
         if self.marker.stopped:  # what follows the marker is a call, or text after all
-            self.call_text = buffered[len(send):]
-            if not send.strip():  # only space before the call: keep it with the call
-                self.call_text, send = send + self.call_text, ""
-            return send
-        return send
+            self.call_text = send[len(body):] + buffered[len(send) - len(self.space):]
+            self.space = ""
+            return body
+        self.space = send[len(body):]
+        return body
 
     def finish(self) -> tuple[list[dict] | None, str]:
         """(the calls, None) or (None, the text still held back)."""
@@ -146,7 +152,7 @@ class AutoToolCalls:
             if calls:
                 return calls, ""
             return None, self.call_text
-        return None, (self.start or "") + self.marker.flush()
+        return None, (self.start or "") + self.space + self.marker.flush()
 
 
 def _call_deltas(calls):
