@@ -25,7 +25,7 @@ TENSORFLOW ?= $(call pin,tensorflow)
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
 TEST_TOOLS := pytest pytest-timeout httpx "openai>=1.40" "gguf>=0.10" sentence-transformers \
-              jsonschema ruff anthropic prometheus-client
+              jsonschema ruff anthropic prometheus-client schemathesis hypothesis
 
 PLUGINS := plugins/llamacpp plugins/embeddings plugins/exllama
 SOURCES := core/pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml) $(CONSTRAINTS)
