@@ -13,11 +13,15 @@ from bench.models import GEMMA, SMOLLM2, gemma_path, models_dir, smollm2_path
 from bench.results import Figure
 from bench.streams import BusyCore, request
 
+SETTLE_SECONDS = 1.0
+
 
 def warm_up(bench: Bench, labels: list[str]) -> None:
-    """One short untimed request each: loads models, fills caches, opens connections."""
+    """One short untimed request each: loads models, fills caches, opens connections; then a
+    pause, so that no load's aftermath is measured."""
     for label in labels:
         bench.stream(label, tokens=4)
+    time.sleep(SETTLE_SECONDS)
 
 
 def one_stream(bench: Bench) -> list[Figure]:
@@ -96,7 +100,10 @@ def two_models(bench: Bench) -> list[Figure]:
     rates = Figure("two_models_rates", "4. Two models at once: each one's decode rate",
                    "tok/s", None)
     total = Figure("two_models_sum", "4. Two models at once: the sum of each one's rate over "
-                   "its rate alone in process on every core", "x", None)
+                   "its rate alone", "x", None,
+                   note=("alone on the server: the other model loaded and idle, so a lone stream "
+                         "that gets every core is the reference; alone in process: llama-cpp-python "
+                         "with every core"))
     try:
         def alone(model):
             return bench.stream(API, model=model, path=models[model], url=server.url)
@@ -104,6 +111,7 @@ def two_models(bench: Bench) -> list[Figure]:
         for model, path in models.items():
             alone(model)  # load both workers
             bench.stream(IN_PROCESS, tokens=4, path=path)
+        time.sleep(SETTLE_SECONDS)
         tasks = ["in-process", "alone", "pair"]
         for r in range(bench.rounds):
             for task in rotated(tasks, r):
@@ -117,10 +125,12 @@ def two_models(bench: Bench) -> list[Figure]:
                 else:
                     for model, rate in pair_rates(bench, server.url, models).items():
                         rates.add(f"{model}, both at once", rate)
-            total.add("sum of the pair", sum(
-                rates.values[f"{m}, both at once"][-1] / rates.values[f"{m}, alone in process"][-1]
-                for m in models))
-            bench.log(f"two models, round {r + 1}: sum {total.values['sum of the pair'][-1]:.2f}x")
+            for alone_where in ("on the server", "in process"):
+                total.add(f"sum of the pair over each alone {alone_where}", sum(
+                    rates.values[f"{m}, both at once"][-1] / rates.values[f"{m}, alone {alone_where}"][-1]
+                    for m in models))
+            bench.log(f"two models, round {r + 1}: sum " + ", ".join(
+                f"{label} {values[-1]:.2f}x" for label, values in total.values.items()))
     finally:
         server.stop()
     return [rates, total]

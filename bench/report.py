@@ -40,7 +40,9 @@ def goals(figures: dict[str, Figure]) -> list[tuple[str, str, bool | None]]:
           ratio_at_least(API, 5.0))
 
     def pair(figure):
-        value = figure.median("sum of the pair")
+        # "One model alone on both cores": llama-cpp-python in process with every core. (A
+        # lone stream on a `--max-workers 2` server may hold only its share of the cores.)
+        value = figure.median("sum of the pair over each alone in process")
         return f"{fmt(value)}x", value >= 0.9
     check("two_models_sum", "Two models at once: sum >= 0.9x of one alone", pair)
 
@@ -128,8 +130,8 @@ def plots(figures: dict[str, Figure], levels: list[int], folder: Path) -> list[s
     return written
 
 
-def write(figures: dict[str, Figure], levels: list[int], header: dict, commands: dict[str, str],
-          skipped: dict[str, str], path: Path | None = None) -> Path:
+def write(figures: dict[str, Figure], levels: list[int], rounds: int, header: dict,
+          commands: dict[str, str], skipped: dict[str, str], path: Path | None = None) -> Path:
     path = path or DOCS / "benchmarks.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     images = plots(figures, levels, path.parent)
@@ -141,7 +143,11 @@ def write(figures: dict[str, Figure], levels: list[int], header: dict, commands:
              "machines do not compare."), "",
              "## Machine and versions", ""]
     lines += [f"- {key}: {value}" for key, value in header.items()]
-    lines += ["", "## Goals (issue 11)", "", "| goal | measured | met |", "| --- | --- | --- |"]
+    lines += ["", "## Goals (issue 11)", ""]
+    if rounds < 5:
+        lines += [(f"**A smoke run ({rounds} round(s)): these figures test the suite, they measure "
+                  "nothing.** The issue asks for the median of at least 5 rounds."), ""]
+    lines += ["| goal | measured | met |", "| --- | --- | --- |"]
     for goal, value, met in goals(figures):
         lines.append(f"| {goal} | {value} | {'yes' if met else 'no' if met is not None else '-'} |")
     if skipped:

@@ -126,7 +126,7 @@ def main(argv=None) -> int:
             server.stop()
     header["load average at the end"] = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     header["run time"] = f"{time.perf_counter() - began:.0f} s"
-    page = report.write(figures, bench.concurrency, header, bench.commands, bench.skipped,
+    page = report.write(figures, bench.concurrency, args.rounds, header, bench.commands, bench.skipped,
                         args.output)
     raw = page.with_suffix(".json") if args.quick else CACHE / "last-run.json"
     raw.write_text(json.dumps({"header": header, "figures": [f.to_json() for f in figures.values()],
