@@ -36,10 +36,9 @@ serve: $(VENV)/.serve
 	$(VENV)/bin/llama-api serve --host $(HOST) --port $(PORT) --models-dir models \
 		--max-workers $(MAX_WORKERS) $(SERVE_ARGS)
 
-test: $(VENV)/.test
+test: lint
 	$(PY) -m pytest
 
-# Not part of `make test` yet.
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
 

@@ -42,7 +42,7 @@ def environment():
         """`{% generation %}...{% endgeneration %}` (SmolLM3-style templates) marks the
         assistant's part for training masks; rendering a prompt keeps its body as is."""
 
-        tags = {"generation"}
+        tags = {"generation"}  # noqa: RUF012 - jinja2's Extension API: a class-level set
 
         def parse(self, parser):
             lineno = next(parser.stream).lineno

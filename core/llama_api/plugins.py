@@ -49,7 +49,7 @@ class Plugins:
             try:
                 module = ep.load()
                 self.pm.register(module, name=ep.name)
-            except Exception as exc:  # a broken plugin must not stop the server
+            except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the server
                 log.warning("plugin %s failed to load: %s", ep.name, exc)
                 self.broken[ep.name] = f"{type(exc).__name__}: {exc}"
         self.pm.check_pending()

@@ -122,8 +122,10 @@ class WorkerProcess:
                 try:
                     await self._send(protocol.Shutdown())
                     await process.stdin.aclose()
-                except Exception:
-                    pass
+                except (errors.LlamaApiError, OSError, anyio.BrokenResourceError,
+                        anyio.ClosedResourceError) as exc:  # it is going anyway: terminate next
+                    self.log.debug("worker pid=%s did not take the shutdown message: %s",
+                                   self.pid, exc)
                 for action in (None, process.terminate, process.kill):
                     if action is not None and process.returncode is None:
                         try:

@@ -114,7 +114,7 @@ class BackendConformance:
             async with running_worker(model_spec) as worker:
                 return await generate_all(worker, self.greedy(max_tokens=8))
 
-        text, deltas = anyio.run(main)
+        _text, deltas = anyio.run(main)
         last = deltas[-1]
         assert last.finish_reason in ("stop", "length")
         assert last.usage is not None and last.usage.prompt_tokens > 0
@@ -185,7 +185,7 @@ class BackendConformance:
                     break  # the client went away after the first piece
                 await stream.aclose()
                 with anyio.fail_after(60):
-                    text, deltas = await generate_all(worker, self.greedy(max_tokens=4))
+                    _text, deltas = await generate_all(worker, self.greedy(max_tokens=4))
                 return deltas
 
         deltas = anyio.run(main)

@@ -44,7 +44,8 @@ class Server:
 def serve(*args: str, env: dict[str, str] | None = None, startup_timeout: float = 60.0):
     """Run `python -m llama_api serve --port <free> *args` until the block ends."""
     port = free_port()
-    log_file = tempfile.NamedTemporaryFile(prefix="llama-api-", suffix=".log", delete=False)
+    # Kept after the block, for a failing test to read; closed in the finally below.
+    log_file = tempfile.NamedTemporaryFile(prefix="llama-api-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "-m", "llama_api", "serve", "--port", str(port), *args],
         stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
