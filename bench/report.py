@@ -113,7 +113,7 @@ def plots(figures: dict[str, Figure], levels: list[int], folder: Path) -> list[s
         labels = [label for label in busy.values if label in idle.values]
         fig, ax = plt.subplots(figsize=(7, 4))
         xs = range(len(labels))
-        ax.bar([x - 0.2 for x in xs], [idle.median(lab) for lab in labels], 0.4, label="idle machine")
+        ax.bar([x - 0.2 for x in xs], [idle.median(lab) for lab in labels], 0.4, label="no busy loop")
         ax.bar([x + 0.2 for x in xs], [busy.median(lab) for lab in labels], 0.4,
                label="one core kept busy")
         ax.set_xticks(list(xs), [lab.replace(" llama-cpp-python", "\nllama-cpp-python") for lab in labels])
