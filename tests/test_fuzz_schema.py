@@ -4,10 +4,9 @@ models: positive and negative data, a fixed seed, a small example budget per rou
 client buffers a whole answer, and some routes stream without end (/admin/events), so here
 a stream is read for at most `STREAM_READ_S` seconds.
 
-Every answer must be: no 5xx; a status code the schema documents for the route (or one of
-`NOT_YET_DOCUMENTED` below); negative data refused with a 4xx; an error body in the route's API
-shape (OpenAI's `{"error": {...}}`, Anthropic's `{"type": "error", "error": {...}}` on
-/v1/messages). The routes come from /schema/openapi.json when the test runs, never a list.
+Every answer must be: no 5xx; a status code the schema documents for the route; negative
+data refused with a 4xx; an error body in the route's API shape (OpenAI's `{"error": {...}}`,
+Anthropic's `{"type": "error", "error": {...}}` on /v1/messages). The routes come from /schema/openapi.json when the test runs, never a list.
 """
 
 from __future__ import annotations
@@ -34,11 +33,6 @@ from schemathesis.specs.openapi.checks import negative_data_rejection
 EXAMPLES = int(os.environ.get("LLAMA_API_FUZZ_EXAMPLES", "10"))
 SEED = int(os.environ.get("LLAMA_API_FUZZ_SEED", "20261201"))
 
-# Codes every generating route can answer but whose routes don't document yet (routes.py
-# should declare them with `responses=`): an unknown model (404), a full queue (429), a model
-# that failed to load (503), a body over the size limit (413). Drop a code from here once the
-# schema documents it: `test_schema_documents_error_codes` turns red to say so.
-NOT_YET_DOCUMENTED = {404, 413, 429, 503}
 # Models the fuzzer may name instead of a random string, so that good bodies reach a backend.
 # Not "broken": its 503 is by design (test_faults.py checks it).
 # A context bounds max_tokens, as a real model's does: without one, a fuzzed max_tokens of
@@ -140,7 +134,7 @@ class Tally:
 def fuzz_operation(client, operation, mode: GenerationMode, tally: Tally) -> None:
     label = f"{operation.method.upper()} {operation.path} [{mode.value}]"
     path = operation.path
-    allowed = documented_codes(operation) | NOT_YET_DOCUMENTED
+    allowed = documented_codes(operation)
 
     @seed(SEED)
     @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=False,
@@ -224,15 +218,15 @@ def test_every_route_survives_fuzzing(fuzz_server, schema):
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "still here"
 
 
-@pytest.mark.xfail(reason="routes.py documents only 200 and 400 (Litestar's default): the "
-                          "generating routes should declare 404, 429 and 503 in `responses=`",
-                   strict=True)
 def test_schema_documents_error_codes(schema):
+    """A route that runs a model (its body names one) documents an unknown model, a full
+    queue and a failed load; one that only looks a model up (`{model_id}`) the unknown one."""
     missing = {}
     for operation in operations(schema):
         body = operation.definition.raw.get("requestBody")
-        if body or "{model_id" in operation.path:  # a route that names a model
-            lacking = {404, 429, 503} - documented_codes(operation)
+        needed = {404, 429, 503} if body else {404} if "{model_id" in operation.path else set()
+        if needed:
+            lacking = needed - documented_codes(operation)
             if lacking:
                 missing[f"{operation.method.upper()} {operation.path}"] = sorted(lacking)
     assert not missing, missing

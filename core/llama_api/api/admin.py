@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import anyio
 import msgspec
 from litestar import Controller, Request, Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from llama_api import errors, memory
+from llama_api.api import openapi
 from llama_api.api.http import json_response
 from llama_api.metrics import CONTENT_TYPE
 from llama_api.scheduler import Entry, Scheduler
@@ -76,11 +78,21 @@ def decode_options(body: bytes, type_):
                                 code="invalid_value") from None
 
 
+# Every admin route may refuse a caller (401, 403 with an API key where an admin key is set).
+ADMIN = (401, 403)
+
+
+class Readiness(msgspec.Struct):
+    status: Literal["ready", "not ready"]
+    problems: list[str]
+
+
 class AdminController(Controller):
     path = "/admin"
     opt: ClassVar[dict[str, Any]] = {"access": "admin"}
 
-    @get("/models", summary="Every model, with its state, worker, memory and queue")
+    @get("/models", responses=openapi.errors(*ADMIN),
+         summary="Every model, with its state, worker, memory and queue")
     async def list_models(self, request: Request) -> Response:
         state = request.app.state
         scheduler = state.scheduler
@@ -88,13 +100,14 @@ class AdminController(Controller):
         return json_response({"models": [model_status(spec, scheduler) for spec in models.values()],
                               "queued": scheduler.queued()})
 
-    @get("/models/{model_id:path}", summary="One model, as in /admin/models")
+    @get("/models/{model_id:path}", responses=openapi.errors(*ADMIN, 400, 404), summary="One model, as in /admin/models")
     async def get_model(self, request: Request, model_id: str) -> Response:
         state = request.app.state
         spec = await state.registry.find(model_id.lstrip("/"))
         return json_response(model_status(spec, state.scheduler))
 
     @post("/models/{target:path}", status_code=200,
+          responses=openapi.errors(*ADMIN, *openapi.READS_BODY, *openapi.RUNS_MODEL),
           summary="POST /admin/models/ID/load ({\"pin\": true} pins it too), .../unload "
                   "(409 while it serves, unless {\"force\": true}), .../pin, .../unpin")
     async def act(self, request: Request, target: str) -> Response:
@@ -119,13 +132,15 @@ class AdminController(Controller):
             scheduler.unpin(spec.id)
         return json_response(model_status(spec, scheduler))
 
-    @post("/rescan", status_code=200, summary="Look for new or removed models in the models folder now")
+    @post("/rescan", status_code=200, responses=openapi.errors(*ADMIN),
+          summary="Look for new or removed models in the models folder now")
     async def rescan(self, request: Request) -> Response:
         registry = request.app.state.registry  # it publishes model_added and model_removed
         added, removed = await anyio.to_thread.run_sync(registry.rescan)
         return json_response({"added": added, "removed": removed, "models": sorted(registry.known)})
 
-    @get("/events", summary="Server-sent events: loads, unloads, evictions, crashes, pins")
+    @get("/events", responses=openapi.errors(*ADMIN), media_type=openapi.EVENT_STREAM,
+         summary="Server-sent events: loads, unloads, evictions, crashes, pins")
     async def events(self, request: Request) -> ServerSentEvent:
         bus = request.app.state.events
         keepalive = request.app.state.keepalive  # --keepalive, as every stream; 0 = never
@@ -148,7 +163,7 @@ class AdminController(Controller):
 
 
 @get("/metrics", opt={"access": "metrics"}, summary="Prometheus metrics (text format)",
-     include_in_schema=True)
+     media_type=CONTENT_TYPE, responses=openapi.errors(*ADMIN))
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE)
 
@@ -165,11 +180,13 @@ def readiness_problems(plugins, models_dir) -> list[str]:
     return problems
 
 
-@get("/ready", opt={"public": True}, summary="Readiness: plugins loaded, models folder readable")
-async def ready(request: Request) -> Response:
+@get("/ready", opt={"public": True}, summary="Readiness: plugins loaded, models folder readable",
+     responses={503: ResponseSpec(Readiness, description="Not ready: `problems` says why",
+                                  generate_examples=False)})
+async def ready(request: Request) -> Response[Readiness]:
     state = request.app.state
     problems = readiness_problems(state.plugins, state.models_dir)
-    body = {"status": "not ready" if problems else "ready", "problems": problems}
+    body = Readiness(status="not ready" if problems else "ready", problems=problems)
     return Response(msgspec.json.encode(body), media_type="application/json",
                     status_code=503 if problems else 200)
 

@@ -14,7 +14,7 @@ from typing import Annotated, Literal, TypeVar
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import Body, FromPath, FromQuery, QueryParameter
 
-from llama_api.api import anthropic, chat, completions, embeddings, models, responses
+from llama_api.api import anthropic, chat, completions, embeddings, models, openapi, responses
 from llama_api.api import rerank as reranking
 from llama_api.api import tokenize as tokenizing
 from llama_api.api.choices import Choice, generate_choices, new_id, total_usage
@@ -28,6 +28,13 @@ from llama_api.schemas_tokens import DetokenizeBody, RerankBody, TokenizeBody
 from llama_api.types import Delta, GenerateRequest
 
 T = TypeVar("T")
+
+# What /schema says each kind of route answers besides its 200 (see `openapi`).
+MODEL_ERRORS = openapi.errors(*openapi.MODEL_REQUEST)
+ANTHROPIC_ERRORS = openapi.errors(*openapi.MODEL_REQUEST, shape=openapi.ANTHROPIC)
+STREAMS = openapi.JSONOrStream  # `stream: true` answers server-sent events
+# A stored response: its id in the path (and paging in the query), 404 when it is not kept.
+STORED_ERRORS = openapi.errors(400, 401, 404)
 
 
 async def generation(request: Request, model: str, requests: list[GenerateRequest], *,
@@ -76,18 +83,21 @@ def include_usage(body) -> bool:
 class OpenAIController(Controller):
     path = "/v1"
 
-    @get("/models", summary="List every model this server can serve")
+    @get("/models", responses=openapi.errors(*openapi.GUARDED),
+         summary="List every model this server can serve")
     async def list_models(self, request: Request) -> Response:
         state = request.app.state
         return json_response(models.model_list(await state.registry.current(), state.scheduler))
 
-    @get("/models/{model_id:path}", summary="Describe one model")
+    @get("/models/{model_id:path}", responses=openapi.errors(400, 401, 404),
+         summary="Describe one model")
     async def get_model(self, request: Request, model_id: str) -> Response:
         state = request.app.state
         spec = await state.registry.find(model_id.lstrip("/"))
         return json_response(models.model_card(spec, state.scheduler.loaded().get(spec.id)))
 
-    @post("/completions", status_code=200, summary="Text completion (OpenAI legacy API)")
+    @post("/completions", status_code=200, responses=MODEL_ERRORS, operation_class=STREAMS,
+          summary="Text completion (OpenAI legacy API)")
     async def completions(self, request: Request, data: Annotated[CompletionRequest, Body()]) -> Response:
         requests = completions.completion_requests(data)
         prompts = len(requests) // (data.n or 1)
@@ -99,7 +109,8 @@ class OpenAIController(Controller):
             renderer=completions.CompletionChunks(response_id, data.model, prompts,
                                                   include_usage(data), choices=len(requests)))
 
-    @post("/chat/completions", status_code=200, summary="Chat completion")
+    @post("/chat/completions", status_code=200, responses=MODEL_ERRORS, operation_class=STREAMS,
+          summary="Chat completion")
     async def chat_completions(self, request: Request, data: Annotated[ChatCompletionRequest, Body()]) -> Response:
         requests = chat.chat_requests(data)
         response_id = new_id("chatcmpl")
@@ -109,7 +120,8 @@ class OpenAIController(Controller):
                 response_id, data.model, choices, total_usage(choices, prompts=1)),
             renderer=chat.ChatChunks(response_id, data.model, 1, include_usage(data)))
 
-    @post("/embeddings", status_code=200, summary="Embeddings of texts or token lists")
+    @post("/embeddings", status_code=200, responses=MODEL_ERRORS,
+          summary="Embeddings of texts or token lists")
     async def embeddings(self, request: Request, data: Annotated[EmbeddingRequest, Body()]) -> Response:
         embed_request = embeddings.embed_request(data)
         result = await on_worker(request, data.model,
@@ -120,7 +132,8 @@ class OpenAIController(Controller):
 class AnthropicController(Controller):
     path = "/v1"
 
-    @post("/messages", status_code=200, opt=anthropic.ROUTE_OPT,
+    @post("/messages", status_code=200, opt=anthropic.ROUTE_OPT, responses=ANTHROPIC_ERRORS,
+          operation_class=STREAMS,
           summary="Create a message (Anthropic Messages API)")
     async def messages(self, request: Request, data: Annotated[MessagesRequest, Body()]) -> Response:
         message_id = new_id("msg", sep="_")
@@ -130,6 +143,7 @@ class AnthropicController(Controller):
             renderer=anthropic.MessageEvents(message_id, data.model))
 
     @post("/messages/count_tokens", status_code=200, opt=anthropic.ROUTE_OPT,
+          responses=ANTHROPIC_ERRORS,
           summary="Count a message request's input tokens (Anthropic Messages API)")
     async def count_tokens(self, request: Request, data: Annotated[MessagesInput, Body()]) -> Response:
         tokenize_request = anthropic.count_tokens_request(data)
@@ -141,7 +155,8 @@ class AnthropicController(Controller):
 class ResponsesController(Controller):
     path = "/v1/responses"
 
-    @post("", status_code=200, summary="Create a model response (OpenAI Responses API)")
+    @post("", status_code=200, responses=MODEL_ERRORS, operation_class=STREAMS,
+          summary="Create a model response (OpenAI Responses API)")
     async def create(self, request: Request, data: Annotated[ResponseRequest, Body()]) -> Response:
         store = request.app.state.responses
         requests, events, answer = await responses.prepare(store, data)
@@ -149,11 +164,12 @@ class ResponsesController(Controller):
             request, data.model, requests, stream=bool(data.stream), renderer=events,
             render_plain=True, errors=responses.ResponseErrors(events), answer=answer)
 
-    @get("/{response_id:str}", summary="A stored response")
+    @get("/{response_id:str}", responses=STORED_ERRORS, summary="A stored response")
     async def retrieve(self, request: Request, response_id: FromPath[str]) -> Response:
         return json_response(await request.app.state.responses.get(response_id))
 
-    @get("/{response_id:str}/input_items", summary="The input items of a stored response")
+    @get("/{response_id:str}/input_items", responses=STORED_ERRORS,
+         summary="The input items of a stored response")
     async def input_items(
         self, request: Request, response_id: FromPath[str],
         order: FromQuery[Literal["asc", "desc"]] = "desc",
@@ -164,13 +180,14 @@ class ResponsesController(Controller):
         return json_response(responses.input_items_page(items, order=order, limit=limit,
                                                         after=after))
 
-    @delete("/{response_id:str}", status_code=200, summary="Delete a stored response")
+    @delete("/{response_id:str}", status_code=200, responses=STORED_ERRORS,
+            summary="Delete a stored response")
     async def delete(self, request: Request, response_id: FromPath[str]) -> Response:
         await request.app.state.responses.delete(response_id)
         return json_response({"id": response_id, "object": "response", "deleted": True})
 
 
-@post(["/tokenize", "/v1/tokenize"], status_code=200,
+@post(["/tokenize", "/v1/tokenize"], status_code=200, responses=MODEL_ERRORS,
       summary="Token ids of a text or of chat messages, as the model reads them")
 async def tokenize(request: Request, data: Annotated[TokenizeBody, Body()]) -> Response:
     tokenize_request = tokenizing.tokenize_request(data)
@@ -179,13 +196,14 @@ async def tokenize(request: Request, data: Annotated[TokenizeBody, Body()]) -> R
     return json_response(tokenizing.tokenize_response(tokenize_request, result))
 
 
-@post(["/detokenize", "/v1/detokenize"], status_code=200, summary="The text token ids spell")
+@post(["/detokenize", "/v1/detokenize"], status_code=200, responses=MODEL_ERRORS,
+      summary="The text token ids spell")
 async def detokenize(request: Request, data: Annotated[DetokenizeBody, Body()]) -> Response:
     text = await on_worker(request, data.model, lambda worker: worker.detokenize(data.tokens))
     return json_response(tokenizing.detokenize_response(text))
 
 
-@post(["/v1/rerank", "/rerank"], status_code=200,
+@post(["/v1/rerank", "/rerank"], status_code=200, responses=MODEL_ERRORS,
       summary="Documents scored and sorted by relevance to a query (Jina/Cohere rerank)")
 async def rerank(request: Request, data: Annotated[RerankBody, Body()]) -> Response:
     rerank_request = reranking.rerank_request(data)
