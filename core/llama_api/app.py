@@ -17,10 +17,12 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 
 from llama_api import errors
 from llama_api.api.admin import OPERATOR_ROUTES
+from llama_api.api.body_timeout import DEFAULT_BODY_TIMEOUT, BodyTimeoutMiddleware
 from llama_api.api.error_responses import EXCEPTION_HANDLERS
 from llama_api.api.routes import ROUTES
 from llama_api.events import EventBus
@@ -49,6 +51,8 @@ class ServerConfig:
     keepalive: float = 5.0
     # Browser origins allowed to call the API (CORS), "*" for any; none: CORS stays off.
     cors_origins: list[str] = field(default_factory=list)
+    # The longest wait for the next piece of a request body; then 408 (0: no bound).
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
 
 
 def cors_config(origins: list[str]) -> CORSConfig | None:
@@ -160,7 +164,8 @@ def create_app(config: ServerConfig | None = None, plugins: Plugins | None = Non
 
     return Litestar(
         route_handlers=[*ROUTES, *OPERATOR_ROUTES],
-        middleware=[request_middleware],
+        middleware=[request_middleware,
+                    DefineMiddleware(BodyTimeoutMiddleware, seconds=config.body_timeout)],
         lifespan=[lifespan],
         guards=[api_key_guard],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--load-timeout", type=seconds, default=600.0, metavar="SECONDS",
                        help="kill a worker whose model takes longer than this to load; "
                             "0 = never (default: %(default)s)")
+    serve.add_argument("--body-timeout", type=seconds, default=30.0, metavar="SECONDS",
+                       help="answer 408 and close the connection when a request body's next "
+                            "piece takes longer than this to arrive; 0 = never "
+                            "(default: %(default)s)")
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                        help="let web pages from ORIGIN (e.g. http://localhost:3000, or *) "
                             "call the API; repeat for several (default: CORS off)")
@@ -259,6 +263,7 @@ def serve(args) -> int:
         responses_ttl=args.responses_ttl,
         keepalive=args.keepalive,
         cors_origins=args.cors_origin,
+        body_timeout=args.body_timeout,
     )
     from llama_api.plugins import Plugins
     from llama_api.registry import read_config
