@@ -39,8 +39,12 @@ def wall_time(monotonic: float) -> float:
 def model_status(spec: ModelSpec, scheduler: Scheduler) -> dict[str, Any]:
     """One model as an operator sees it; fields that don't apply to its state are null."""
     state = scheduler.state_of(spec.id)
-    entry: Entry | None = scheduler.entries.get(spec.id) or scheduler.unloading.get(spec.id)
+    # The entry the state describes: while a model unloads, a new load of it may already be
+    # in `entries`, with another process and no slots yet.
+    entry: Entry | None = (scheduler.unloading if state == "unloading"
+                           else scheduler.entries).get(spec.id)
     process = entry.process if entry is not None else None
+    worker = entry.worker if entry is not None else None
     status: dict[str, Any] = {
         "id": spec.id,
         "backend": spec.backend,
@@ -60,8 +64,8 @@ def model_status(spec: ModelSpec, scheduler: Scheduler) -> dict[str, Any]:
     progress = getattr(process, "progress", None)  # the worker's last Progress frame
     if state == "loading" and progress is not None:
         status["progress"] = {"message": progress.message, "fraction": progress.fraction}
-    if entry is not None and entry.worker is not None:
-        status.update(slots=entry.worker.slots, slots_in_use=entry.in_use, queued=entry.queued)
+    if worker is not None:
+        status.update(slots=worker.slots, slots_in_use=entry.in_use, queued=entry.queued)
     return status
 
 
