@@ -5,15 +5,18 @@ response it continued, so that `previous_response_id` can rebuild the conversati
 file is opened on first use (a server that never serves /v1/responses never touches the
 disk), in WAL mode so that readers never wait for a writer. Responses older than the TTL
 are invisible at once and deleted in a worker thread, when the store opens and at most once
-a minute after. Every call runs in a worker thread (`anyio.to_thread`) except the stream's
-`put_blocking`, one INSERT; reads and writes have a connection each, so that the INSERT
+a minute after; a prune that can't write (a full disk) is logged and tried again later, and
+never fails the call it came before. Every call runs in a worker thread (`anyio.to_thread`)
+except the stream's `put_blocking`, one INSERT; reads and writes have a connection each, so that the INSERT
 never waits for a long read (a 1000-link conversation).
-Any SQLite or file-system error becomes `StoreUnavailable` (503, naming the file).
+Any SQLite or file-system error becomes `StoreUnavailable` (503, naming the file); a write
+that found no room says so. SQLite's transactions leave nothing half-written behind.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -25,10 +28,14 @@ import anyio
 
 from llama_api import errors
 
+log = logging.getLogger(__name__)
+
 FILE_NAME = "responses.sqlite3"
 PRUNE_EVERY = 60.0  # seconds between prunes on write
 MAX_CHAIN = 1000  # previous_response_id links followed at most
 READ, WRITE = "read", "write"  # the two connections
+# What SQLite says when a write finds no room: a full disk, or a file-size limit (EFBIG).
+NO_ROOM = ("SQLITE_FULL", "SQLITE_IOERR_WRITE")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -129,7 +136,12 @@ class ResponsesStore:
 
     def _pruned_then(self, role: str, function, *args):
         if time.monotonic() - self._last_prune > PRUNE_EVERY:
-            self._locked(WRITE, self._prune)
+            self._last_prune = time.monotonic()
+            try:
+                self._locked(WRITE, self._prune)
+            except StoreUnavailable as exc:  # expired rows are invisible already: serve on
+                log.warning("pruning expired responses failed (retried in %.0fs): %s",
+                            PRUNE_EVERY, exc.message)
         return self._locked(role, function, *args)
 
     def _locked(self, role: str, function, *args):
@@ -137,8 +149,11 @@ class ResponsesStore:
             try:
                 return function(self._connection(role), *args)
             except (sqlite3.Error, OSError) as exc:
+                why = str(exc)
+                if getattr(exc, "sqlite_errorname", None) in NO_ROOM:
+                    why += " (a write found no room: is the disk full?)"
                 raise StoreUnavailable(
-                    f"The responses store {self.path} is unavailable: {exc}.") from None
+                    f"The responses store {self.path} is unavailable: {why}.") from None
 
     def _connection(self, role: str) -> sqlite3.Connection:
         db = self._db.get(role)
@@ -160,7 +175,6 @@ class ResponsesStore:
         return time.time() - self.ttl if self.ttl > 0 else float("-inf")
 
     def _prune(self, db: sqlite3.Connection) -> None:
-        self._last_prune = time.monotonic()
         if self.ttl > 0:
             db.execute("DELETE FROM responses WHERE created_at < ?", (self._oldest_kept(),))
 
