@@ -14,6 +14,7 @@ import anyio
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from llama_api import errors, memory
@@ -105,7 +106,7 @@ class AdminController(Controller):
                               "queued": scheduler.queued()})
 
     @get("/models/{model_id:path}", responses=openapi.errors(*ADMIN, 400, 404), summary="One model, as in /admin/models")
-    async def get_model(self, request: Request, model_id: str) -> Response:
+    async def get_model(self, request: Request, model_id: FromPath[str]) -> Response:
         state = request.app.state
         spec = await state.registry.find(model_id.lstrip("/"))
         return json_response(model_status(spec, state.scheduler))
@@ -114,7 +115,7 @@ class AdminController(Controller):
           responses=openapi.errors(*ADMIN, *openapi.READS_BODY, *openapi.RUNS_MODEL),
           summary="POST /admin/models/ID/load ({\"pin\": true} pins it too), .../unload "
                   "(409 while it serves, unless {\"force\": true}), .../pin, .../unpin")
-    async def act(self, request: Request, target: str) -> Response:
+    async def act(self, request: Request, target: FromPath[str]) -> Response:
         # One route for the four actions: a model id may hold slashes, and a `path`
         # parameter can only come last in a Litestar route.
         model_id, _, action = target.strip("/").rpartition("/")

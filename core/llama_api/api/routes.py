@@ -91,7 +91,7 @@ class OpenAIController(Controller):
 
     @get("/models/{model_id:path}", responses=openapi.errors(400, 401, 404),
          summary="Describe one model")
-    async def get_model(self, request: Request, model_id: str) -> Response:
+    async def get_model(self, request: Request, model_id: FromPath[str]) -> Response:
         state = request.app.state
         spec = await state.registry.find(model_id.lstrip("/"))
         return json_response(models.model_card(spec, state.scheduler.loaded().get(spec.id)))
