@@ -84,11 +84,12 @@ def matches(offered: list[bytes], keys: list[bytes]) -> bool:
     return matched
 
 
-def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+async def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     """Each route's opt says who may call it: `public`, or `access` "api" (the default),
     "admin" or "metrics" (as `metrics_auth` says). Admin routes need an admin key when one
     is set (an API key alone gets 403); with none set they are guarded like the API. An
-    admin key opens the API routes too."""
+    admin key opens the API routes too. Async, though it never waits: Litestar runs a sync
+    guard in a worker thread, a thread hop on every request."""
     if handler.opt.get("public"):
         return
     state = connection.app.state

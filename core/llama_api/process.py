@@ -22,6 +22,7 @@ import msgspec
 from anyio.abc import TaskGroup
 
 from llama_api import errors, protocol
+from llama_api.plugins import entry_point_value
 from llama_api.types import (
     Delta,
     EmbedRequest,
@@ -85,8 +86,11 @@ class WorkerProcess:
                        logging.getLevelName(self.log.getEffectiveLevel()))
         load = protocol.Load(spec=self.spec, n_threads=self.n_threads)
         protocol.encode(load)  # a spec msgpack can't carry fails here, before any process
+        # Scanned once per server (in a thread: it reads every distribution's metadata).
+        entry_point = await anyio.to_thread.run_sync(entry_point_value, self.spec.plugin)
         self._process = await anyio.open_process(
-            [sys.executable, "-m", "llama_api.worker", self.spec.plugin],
+            [sys.executable, "-m", "llama_api.worker", self.spec.plugin,
+             *([entry_point] if entry_point else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

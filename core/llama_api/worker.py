@@ -1,6 +1,7 @@
 """The worker process: loads one model through one plugin and serves it over a pipe.
 
-Run as `python -m llama_api.worker PLUGIN`. Frames come in on stdin and go out on a
+Run as `python -m llama_api.worker PLUGIN [MODULE:ATTR]` (the plugin's entry point, which
+spares the worker a scan of every installed distribution). Frames come in on stdin and go out on a
 duplicate of the original stdout; fd 1 itself is pointed at stderr before any backend
 is imported, so C libraries that print can't corrupt the channel.
 """
@@ -251,10 +252,10 @@ def unit(row: list[float]) -> list[float]:
 
 
 class Worker:
-    def __init__(self, plugin_name: str, channel: Channel):
+    def __init__(self, plugin_name: str, channel: Channel, entry_point: str | None = None):
         from llama_api.plugins import Plugins
 
-        self.plugins = Plugins(only=plugin_name)
+        self.plugins = Plugins(only=plugin_name, value=entry_point)
         if plugin_name in self.plugins.broken:
             raise errors.ModelLoadError(
                 f"plugin {plugin_name} failed to import: {self.plugins.broken[plugin_name]}"
@@ -408,6 +409,7 @@ class Worker:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     plugin_name = argv[0]
+    entry_point = argv[1] if len(argv) > 1 else None  # "module:attr", when the server knows it
     watch_parent()  # first: a worker never outlives its server, even mid-load
     # Keep the protocol on a private copy of stdout; anything printed goes to stderr.
     protocol_fd = os.dup(1)
@@ -426,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
         exc_info=(hook.exc_type, hook.exc_value, hook.exc_traceback))
     channel = Channel(read_fd=0, write_fd=protocol_fd)
     try:
-        worker = Worker(plugin_name, channel)
+        worker = Worker(plugin_name, channel, entry_point)
     except errors.LlamaApiError as exc:
         channel.send(load_failure(exc))
         return
