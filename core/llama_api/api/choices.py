@@ -59,6 +59,9 @@ async def generate_choices(scheduler: Scheduler, spec: ModelSpec,
                 queued.discard(scope)
 
     async with scheduler.lease(spec) as worker:
+        if len(requests) == 1 or worker.slots == 1:  # no other lease: no task group to run
+            await serve(worker)
+            return
         with errors.unwrapped():
             async with anyio.create_task_group() as task_group:
                 for _ in range(min(len(requests), worker.slots) - 1):
