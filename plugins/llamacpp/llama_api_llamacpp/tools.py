@@ -111,8 +111,8 @@ class AutoToolCalls:
     """Text that streams unless it turns into a tool call: an answer starting with "{" or
     "[" (a bare JSON call), or a `<tool_call>` marker anywhere (text before it streams).
 
-    Space right before a marker belongs to the call, so trailing space is held until the
-    next text decides: the stream is then the same however the text was cut.
+    Until the answer has said something other than space, its space is held: if a call
+    follows, the space belongs to it (the answer is only the call), however the text is cut.
     """
 
     def __init__(self, names: set[str]):
@@ -120,7 +120,8 @@ class AutoToolCalls:
         self.marker = StopHoldback([TOOL_OPEN])
         self.call_text: str | None = None  # from the start of what may be a call
         self.start = ""  # leading text until its first non-space character decides
-        self.space = ""  # trailing space of what was sent, held back
+        self.space = ""  # leading space held while nothing else has been sent
+        self.spoke = False  # text other than space has been sent
 
     def feed(self, text: str) -> str:
         if self.call_text is not None:
@@ -136,14 +137,18 @@ class AutoToolCalls:
                 return ""
             text, self.start = self.start, None
         buffered = self.marker.held + text
-        send = self.space + self.marker.feed(text)
-        body = send.rstrip()
+        before = self.marker.feed(text)
+        send = before
+        if not self.spoke:
+            send, self.space = self.space + before, ""
+            if not send.strip():
+                send, self.space = "", send
+            else:
+                self.spoke = True
         if self.marker.stopped:  # what follows the marker is a call, or text after all
-            self.call_text = send[len(body):] + buffered[len(send) - len(self.space):]
+            self.call_text = self.space + buffered[len(before):]
             self.space = ""
-            return body
-        self.space = send[len(body):]
-        return body
+        return send
 
     def finish(self) -> tuple[list[dict] | None, str]:
         """(the calls, None) or (None, the text still held back)."""
