@@ -61,7 +61,6 @@ class WorkerProcess:
         self._process: anyio.abc.Process | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, anyio.abc.ObjectSendStream] = {}
-        self._send_lock = anyio.Lock()
         self._loaded = anyio.Event()
         self._load_error: errors.LlamaApiError | None = None
         self._exited = anyio.Event()
@@ -261,11 +260,12 @@ class WorkerProcess:
             frame = protocol.encode(message)
         except OverflowError as exc:  # msgpack carries 64-bit integers; JSON has no bound
             raise errors.BadRequest(f"The request holds an integer out of range ({exc}).") from None
-        async with self._send_lock:
-            try:
-                await self._process.stdin.send(frame)
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
-                raise self._crash_error() from exc
+        # No lock: the stream writes each frame whole, in one synchronous write() before it
+        # waits (drain), so frames of concurrent requests can't interleave.
+        try:
+            await self._process.stdin.send(frame)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            raise self._crash_error() from exc
 
     async def _read_frames(self) -> None:
         frames = protocol.FrameReader()
