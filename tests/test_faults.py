@@ -157,3 +157,24 @@ def test_a_model_file_deleted_while_loaded(server):
     assert response.status_code in (404, 503), response.text
     assert response.json()["error"]["code"] in ("model_not_found", "model_load_failed")
     served(server)
+
+
+def test_a_crash_is_logged_with_the_worker_s_last_lines(client, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="llama_api")
+    reply = client.post(client.v1 + "/chat/completions", json={
+        "model": "noisy", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    assert reply.status_code == 200
+    pid = client.get("/health").json()["workers"]["noisy"]
+    os.kill(pid, signal.SIGKILL)
+    assert wait_for(lambda: not pid_exists(pid))
+
+    def crash_reports():
+        return [r.getMessage() for r in caplog.records
+                if r.levelno == logging.ERROR and "died" in r.getMessage()]
+
+    assert wait_for(lambda: crash_reports(), timeout=10)
+    [report] = crash_reports()
+    assert f"pid {pid}" in report
+    assert "noise on stdout while generating" in report  # what the worker printed last

@@ -15,6 +15,7 @@ import math
 import os
 import subprocess
 import sys
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 import anyio
@@ -56,6 +57,8 @@ class WorkerProcess:
         self.slots = 1
         self.info: dict = {}
         self.progress: protocol.Progress | None = None  # the latest report while loading
+        self.last_lines: deque[str] = deque(maxlen=10)  # what it printed last (crash reports)
+        self._stderr_done = anyio.Event()
         self.pid: int | None = None
         self.alive = False
         self._process: anyio.abc.Process | None = None
@@ -286,6 +289,8 @@ class WorkerProcess:
         finally:
             with anyio.CancelScope(shield=True):
                 await self._process.wait()
+                with anyio.move_on_after(1):  # its last words, for the crash report
+                    await self._stderr_done.wait()
             self._on_process_gone()
 
     def _malformed(self, body: bytes, exc: Exception) -> protocol.FromWorker | None:
@@ -355,10 +360,13 @@ class WorkerProcess:
                     self._log_worker_line(line)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
-        self._log_worker_line(buffer)
+        finally:
+            self._log_worker_line(buffer)
+            self._stderr_done.set()
 
     def _log_worker_line(self, line: bytes) -> None:
         text = line.decode(errors="replace").rstrip()
         if text.strip():
             level, text = protocol.parse_log_line(text)
             self.log.log(level, "%s", text)
+            self.last_lines.append(text)

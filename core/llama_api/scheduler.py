@@ -345,8 +345,9 @@ class Scheduler:
     def _worker_exited(self, worker: WorkerProcess) -> None:
         entry = self.entries.get(worker.spec.id)
         if entry is not None and entry.process is worker:
-            log.error("worker for %s (pid %s) died; it will be reloaded on the next request",
-                      worker.spec.id, worker.pid)
+            log.error("worker for %s (pid %s) died; it will be reloaded on the next request. "
+                      "Its last lines:\n%s", worker.spec.id, worker.pid,
+                      "\n".join(f"  {line}" for line in worker.last_lines) or "  (none)")
             del self.entries[worker.spec.id]
             self.events.publish("crashed", worker.spec.id, pid=worker.pid)
             self._notify()
