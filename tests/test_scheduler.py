@@ -73,6 +73,10 @@ class FakeWorker:
     def __init__(self, spec, n_threads, on_exit):
         self.spec, self.on_exit = spec, on_exit
         self.slots, self.info, self.pid, self.alive = 1, {}, 0, False
+        self.thread_budget = n_threads
+
+    async def share_cores(self, threads):
+        self.thread_budget = threads
 
     async def start(self, task_group):
         FakeWorker.started.append(self)
@@ -333,3 +337,29 @@ def test_a_crash_fails_only_the_request_it_was_serving(one_worker):
     assert failed.json()["error"]["code"] == "worker_crashed"
     assert succeeded.status_code == 200, succeeded.text
     assert server.health()["workers"]["slow"] != pid
+
+
+def test_busy_workers_share_the_cores_and_a_lone_one_gets_them_all(start_server, events_file):
+    from llama_api.scheduler import available_cores
+
+    cores = available_cores()
+    if cores < 2:
+        pytest.skip("one core: nothing to share")
+    with start_server("--max-workers", "2") as server:
+        chat(server, "slow", 1)
+        chat(server, "slower", 1)  # both loaded, idle
+
+        def budgets(model):
+            card = httpx.get(server.v1 + f"/models/{model}", timeout=10).json()
+            return card["worker"]["info"]["budgets"]
+
+        with ThreadPoolExecutor(2) as pool:
+            alone = pool.submit(chat, server, "slow", 40)  # ~2 s
+            assert wait_for(lambda: len(read_events(events_file)) > 4, timeout=10)
+            time.sleep(0.3)
+            both = pool.submit(chat, server, "slower", 10)  # runs while slow still does
+            assert both.result().status_code == 200 and alone.result().status_code == 200
+        assert wait_for(lambda: budgets("slow") and budgets("slower"), timeout=10)
+        # slow ran alone with every core, then shared them while slower ran too
+        assert budgets("slow")[:2] == [cores, cores // 2], budgets("slow")
+        assert cores // 2 in budgets("slower"), budgets("slower")

@@ -49,7 +49,9 @@ def load_model(spec, context):
     """Load a model whose `spec.backend` is one of yours and return it; else return None.
 
     Stops at the first non-None result. The returned object may carry `slots` (how many
-    requests it runs at once, default 1) and `info` (a dict shown in `/v1/models`).
+    requests it runs at once, default 1), `info` (a dict shown in `/v1/models`; a change
+    reaches the server after each request) and a `thread_budget(n)` method, which the
+    server calls with the cores the worker may use now (it shares them among busy workers).
     Raise `llama_api.errors.ModelLoadError` with a clear message when the model can't load.
 
     :param spec: the `llama_api.types.ModelSpec` to load.

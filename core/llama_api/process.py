@@ -57,6 +57,7 @@ class WorkerProcess:
         self.slots = 1
         self.info: dict = {}
         self.progress: protocol.Progress | None = None  # the latest report while loading
+        self.thread_budget = n_threads  # the cores it was last told it may use
         self.last_lines: deque[str] = deque(maxlen=10)  # what it printed last (crash reports)
         self._stderr_done = anyio.Event()
         self.pid: int | None = None
@@ -257,6 +258,15 @@ class WorkerProcess:
         """How the process ended: 'exit code N' or 'signal N'."""
         code = self._process.returncode if self._process else None
         return f"exit code {code}" if code is None or code >= 0 else f"signal {-code}"
+
+    async def share_cores(self, threads: int) -> None:
+        """Tell the worker how many cores it may compute on now (sent when it changes)."""
+        if self.alive and threads != self.thread_budget:
+            self.thread_budget = threads
+            try:
+                await self._send(protocol.ThreadBudget(threads=threads))
+            except errors.LlamaApiError:
+                pass  # it died meanwhile: the crash path reports it
 
     async def _send(self, message) -> None:
         try:

@@ -74,6 +74,12 @@ class Shutdown(msgspec.Struct, tag=True):
     pass
 
 
+class ThreadBudget(msgspec.Struct, tag=True, kw_only=True):
+    """The cores this worker may compute on now: the server shares them among busy workers."""
+
+    threads: int
+
+
 class Progress(msgspec.Struct, tag=True, kw_only=True):
     message: str
     fraction: float | None = None
@@ -140,7 +146,8 @@ class Failed(msgspec.Struct, tag=True, kw_only=True):
     code: str | None = None
 
 
-ToWorker = Load | Generate | Embed | Tokenize | Detokenize | Rerank | Cancel | Shutdown
+ToWorker = (Load | Generate | Embed | Tokenize | Detokenize | Rerank | Cancel | Shutdown
+            | ThreadBudget)
 FromWorker = (Progress | Loaded | InfoChanged | LoadFailed | Deltas | Embedded | Tokenized | Detokenized
               | Reranked | Failed)
 

@@ -123,6 +123,18 @@ class Scheduler:
         self._changed = anyio.Event()
         self._task_group: TaskGroup | None = None
 
+    def _share_cores(self) -> None:
+        """Busy workers share the machine's cores; idle ones need none. So a lone stream may
+        use every core, and two busy models never oversubscribe them (backends that choose
+        their threads at run time take the hint; --threads fixes the count instead)."""
+        if self.settings.threads_per_worker or self._task_group is None:
+            return
+        busy = [e.worker for e in self.entries.values() if e.worker is not None and e.in_use]
+        share = max(1, available_cores() // max(1, len(busy)))
+        for worker in busy:
+            if worker.thread_budget != share:
+                self._task_group.start_soon(worker.share_cores, share)
+
     @property
     def threads_per_worker(self) -> int:
         if self.settings.threads_per_worker:
@@ -173,12 +185,14 @@ class Scheduler:
                 try:
                     if not entry.worker.alive and attempt < 2:
                         continue  # it died while we queued: this request never reached it
+                    self._share_cores()
                     yield self.observer.leased(spec, entry.worker,
                                                time.perf_counter() - started - loading)
                     return
                 finally:
                     entry.last_used = time.monotonic()
                     entry.slots.release()
+                    self._share_cores()
             finally:
                 entry.users -= 1
                 entry.last_used = time.monotonic()

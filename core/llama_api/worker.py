@@ -394,6 +394,10 @@ class Worker:
                     event = self.cancels.get(message.id)
                     if event is not None:
                         event.set()
+                case protocol.ThreadBudget():
+                    budget = getattr(self.model, "thread_budget", None)
+                    if callable(budget):  # backends that choose their threads at run time
+                        budget(message.threads)
         if self.pool is not None:
             for event in list(self.cancels.values()):
                 event.set()

@@ -225,6 +225,11 @@ class LlamaCppModel:
             if len(ids) == 1 and not self.piece(ids[0]):
                 self._pieces[ids[0]] = tag.encode("utf-8")
 
+    def thread_budget(self, threads: int) -> None:
+        """The cores the server lets this worker use now (it shares them among busy workers):
+        the tuner stays within them from the next step on."""
+        self.threads.budget = threads
+
     def _set_threads(self, n: int) -> None:
         """Decode with n threads from the next step on (called between steps)."""
         ctx = self.engine.ctx if self.engine is not None else self.ctx

@@ -52,6 +52,9 @@ class ThreadTuner:
         self.auto = auto  # False: a fixed count (`threads = N`), observe does nothing
         self.max_threads = max(1, max_threads) if auto else max(1, start)
         self.current = min(max(1, start), self.max_threads)
+        # The cores the server lets this worker use now (set from another thread; read here
+        # between steps): None = all of max_threads.
+        self.budget: int | None = None
         self._apply = apply
         self._name = name
         self._clock = clock
@@ -71,9 +74,22 @@ class ThreadTuner:
         """The count the next step runs with."""
         return self._probe if self._probe is not None else self.current
 
+    @property
+    def ceiling(self) -> int:
+        """The most threads it may use now: its maximum, within the server's budget."""
+        budget = self.budget
+        return self.max_threads if budget is None else max(1, min(budget, self.max_threads))
+
     def observe(self, seconds: float, shape: int) -> None:
         """A step of `shape` tokens took `seconds` with `self.threads` threads."""
         if not self.auto:
+            return
+        if self.threads > self.ceiling:  # other workers got busy: give their cores back now
+            self._probe = None
+            self.current = self.ceiling
+            self._recent.clear()
+            self._usual.clear()
+            self._apply(self.current)
             return
         recent = self._recent.get(shape)
         if self._probe is not None:
@@ -98,7 +114,7 @@ class ThreadTuner:
         else:
             now = self._clock()
             for direction in (self._direction, -self._direction):
-                if (1 <= self.current + direction <= self.max_threads
+                if (1 <= self.current + direction <= self.ceiling
                         and now >= self._next_try[direction]):
                     self._direction = -direction
                     self._try(direction)

@@ -49,6 +49,21 @@ def test_a_faster_count_is_found_upwards_and_a_slower_one_is_left():
     assert tuner.changes == 2
 
 
+def test_the_server_s_budget_caps_the_count_from_the_next_step_and_lifting_it_frees_it():
+    clock, applied = Clock(), []
+    tuner = ThreadTuner(2, 2, applied.append, clock=clock)
+    drive(tuner, clock, lambda n: 0.030, 10)
+    assert tuner.threads == 2
+    tuner.budget = 1  # another worker got busy: the server shares the 2 cores
+    drive(tuner, clock, lambda n: 0.020 if n == 2 else 0.035, 1)
+    assert (tuner.threads, applied[-1]) == (1, 1)
+    drive(tuner, clock, lambda n: 0.020 if n == 2 else 0.035, 300)  # 2 would be faster...
+    assert tuner.current == 1 and 2 not in applied[applied.index(1):]  # ...but isn't its own
+    tuner.budget = 2  # alone again
+    drive(tuner, clock, lambda n: 0.020 if n == 2 else 0.035, 300)
+    assert tuner.current == 2
+
+
 def test_fixed_threads_and_tiny_steps_are_never_tuned():
     clock, applied = Clock(), []
     fixed = ThreadTuner(2, 8, applied.append, auto=False, clock=clock)

@@ -100,11 +100,15 @@ class EchoModel:
         self.stall_after = int(options.get("stall_after", 0))
         self.context = int(options.get("context", 0))  # 0: max_tokens is not bounded
         # `served` changes as it serves: the worker tells the server (InfoChanged)
-        self.info = {"delay": self.delay, "served": 0}
+        self.info = {"delay": self.delay, "served": 0, "budgets": []}
         self.weights = b""  # the file's bytes, held as a model holds its weights
         self.tokenizes = options.get("tokenizer", True) is not False
         self.reranks = options.get("rerank", True) is not False
         self.vocabulary: dict[int, str] = {}  # token id -> word, for the words seen
+
+    def thread_budget(self, threads: int) -> None:
+        """The cores the server says this worker may use now (recorded for tests)."""
+        self.info["budgets"] = [*self.info["budgets"], threads]
 
 
 @hookimpl
