@@ -90,9 +90,11 @@ def test_a_model_is_loading_while_it_loads(client, models_dir):
     (models_dir / "heavy.echo").write_text(json.dumps({"load_delay": 3}))
     with ThreadPoolExecutor(1) as pool:
         loading = pool.submit(act, client, "heavy", "load")
-        assert wait_for(lambda: status(client, "heavy")["state"] == "loading", timeout=10)
+        # "loading" starts before the process is spawned; once spawned, its pid shows.
+        assert wait_for(lambda: status(client, "heavy")["pid"] is not None, timeout=10)
         during = status(client, "heavy")
-        assert during["pid"] is not None and during["slots"] is None
+        assert during["state"] == "loading" and during["slots"] is None
+        assert pid_exists(during["pid"])
         if during["progress"] is not None:  # the worker's last progress frame
             assert during["progress"]["message"] == "loading heavy"
             assert 0 <= during["progress"]["fraction"] < 1

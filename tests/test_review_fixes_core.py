@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anyio
@@ -65,6 +66,37 @@ def test_names_resolve_while_rescans_in_threads_swap_the_catalog(tmp_path):
         sys.setswitchinterval(interval)
     assert failures == []
     assert len(registry.known) == 3000
+
+
+class SlowSource(ListedSource):
+    """A source whose discovery blocks until released: a rescan held in the middle."""
+
+    def __init__(self, models_dir: Path, specs: list[ModelSpec]):
+        super().__init__(models_dir, specs)
+        self.scanning, self.release = threading.Event(), threading.Event()
+
+    def specs(self) -> list[ModelSpec]:
+        self.scanning.set()
+        assert self.release.wait(10)
+        return super().specs()
+
+
+def test_a_name_asked_for_during_a_rescan_waits_for_the_new_catalog(tmp_path):
+    # CI once read the old catalog here: the first rescan had already recorded the folder as
+    # scanned, so a second caller saw "unchanged" and answered 404 for the model just added.
+    source = SlowSource(tmp_path, [ModelSpec(id="old", backend="echo")])
+    registry = Registry(list(source._specs), source)
+    source._specs.append(ModelSpec(id="new", backend="echo"))
+    (tmp_path / "new.echo").write_text("{}")
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(registry.resolve, "new")
+        assert source.scanning.wait(10)
+        second = pool.submit(registry.resolve, "new")
+        time.sleep(0.2)  # the second caller is now at the lock, or (the bug) answered already
+        assert not second.done()
+        source.release.set()
+        assert first.result(10).id == "new"
+        assert second.result(10).id == "new"
 
 
 def test_rescans_not_asked_for_by_admin_publish_model_events_too(client, models_dir):

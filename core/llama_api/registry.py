@@ -142,12 +142,18 @@ class Registry:
         return self._catalog.models
 
     def rescan_if_changed(self) -> bool:
-        """Rediscover the models folder if it changed since the last scan; True if it did."""
+        """Rediscover the models folder if it changed since the last scan; True if it did.
+
+        The check takes the rescan lock: a caller that comes while another thread rescans
+        waits for the new catalog rather than reading the old one (the folder's signature
+        already says "scanned")."""
         if self._source is None:
             return False
-        if folder_signature(self._source.models_dir) == self._signature:
-            return False
-        self.rescan()
+        with self._rescanning:
+            if folder_signature(self._source.models_dir) == self._signature:
+                return False
+            added, removed = self._scan()
+        self._announce(added, removed)
         return True
 
     def rescan(self) -> tuple[list[str], list[str]]:
@@ -155,18 +161,24 @@ class Registry:
         if self._source is None:
             return [], []
         with self._rescanning:
-            # The signature is taken before the scan: a change during the scan shows next time.
-            self._signature = folder_signature(self._source.models_dir)
-            before = self._catalog.models
-            self._catalog = catalog = catalog_of(self._source.specs())
-        added = sorted(set(catalog.models) - set(before))
-        removed = sorted(set(before) - set(catalog.models))
+            added, removed = self._scan()
+        self._announce(added, removed)
+        return added, removed
+
+    def _scan(self) -> tuple[list[str], list[str]]:
+        # Called with the rescan lock held. The signature is taken before the scan: a change
+        # during the scan shows next time.
+        self._signature = folder_signature(self._source.models_dir)
+        before = self._catalog.models
+        self._catalog = catalog = catalog_of(self._source.specs())
+        return sorted(set(catalog.models) - set(before)), sorted(set(before) - set(catalog.models))
+
+    def _announce(self, added: list[str], removed: list[str]) -> None:
         if added or removed:
             log.info("models folder changed: added %s, removed %s",
                      added or "none", removed or "none")
             if self.on_change is not None:
                 self.on_change(added, removed)
-        return added, removed
 
     def resolve(self, name: str) -> ModelSpec:
         """The model `name` (an id or an alias) names; 404 listing the models if none."""
