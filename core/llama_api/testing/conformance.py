@@ -12,7 +12,10 @@ Subclass `BackendConformance` in a plugin's tests and provide the fixtures:
         @pytest.fixture
         def bad_model_spec(self, tmp_path): ...  # a corrupt model file
 
-Every test runs the model in a real worker subprocess, as the server does.
+Every test runs the model in a real worker subprocess, as the server does. The load and
+load-error tests start their own worker; the others share one loaded worker per test class
+and model spec (a model that imports torch or TensorFlow takes seconds to load, a check takes
+milliseconds), so a spec fixture that returns the same spec each time loads it once.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import time
 from contextlib import asynccontextmanager
 
 import anyio
+import anyio.from_thread
+import msgspec
 import pytest
 
 from llama_api import errors
@@ -55,6 +60,41 @@ async def generate_all(worker: WorkerProcess, request: GenerateRequest):
     return "".join(d.text for d in deltas), deltas
 
 
+class SharedWorkers:
+    """Loaded workers that outlive one test, by model spec, on an event loop of their own (a
+    blocking portal): a test stays a plain function and hands its coroutine to `run`."""
+
+    def __init__(self, portal: anyio.from_thread.BlockingPortal):
+        self._portal = portal
+        self._running: dict[bytes, tuple[WorkerProcess, object]] = {}
+
+    def worker(self, spec: ModelSpec) -> WorkerProcess:
+        """A loaded worker for `spec`: the one kept from an earlier test if it still runs."""
+        key = msgspec.json.encode(spec)
+        kept = self._running.get(key)
+        if kept is not None and kept[0].alive:
+            return kept[0]
+        if kept is not None:
+            self._close(key)
+        context = self._portal.wrap_async_context_manager(running_worker(spec))
+        worker = context.__enter__()
+        self._running[key] = (worker, context)
+        return worker
+
+    def run(self, function, *args):
+        """`await function(*args)` on the workers' event loop; its result or its error."""
+        with errors.unwrapped():
+            return self._portal.call(function, *args)
+
+    def _close(self, key: bytes) -> None:
+        _worker, context = self._running.pop(key)
+        context.__exit__(None, None, None)
+
+    def close(self) -> None:
+        for key in list(self._running):
+            self._close(key)
+
+
 class BackendConformance:
     """What every backend must do. Override the class attributes to fit the backend."""
 
@@ -77,6 +117,21 @@ class BackendConformance:
     @pytest.fixture
     def bad_model_spec(self) -> ModelSpec:
         raise NotImplementedError("subclasses provide a `bad_model_spec` fixture")
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def shared_workers(cls):
+        with anyio.from_thread.start_blocking_portal() as portal:
+            workers = SharedWorkers(portal)
+            try:
+                yield workers
+            finally:
+                workers.close()
+
+    @pytest.fixture
+    def run_on_worker(self, shared_workers, model_spec):
+        """`run_on_worker(main)`: `await main(worker)` on the shared loaded worker."""
+        return lambda main: shared_workers.run(main, shared_workers.worker(model_spec))
 
     def greedy(self, **fields) -> GenerateRequest:
         return GenerateRequest(prompt=self.prompt, temperature=0.0, seed=1, **fields)
@@ -106,15 +161,14 @@ class BackendConformance:
 
     # -- generation ------------------------------------------------------------------
 
-    def test_generate_ends_with_finish_reason_and_usage(self, model_spec):
+    def test_generate_ends_with_finish_reason_and_usage(self, model_spec, run_on_worker):
         if not self.generates:
             pytest.skip("backend does not generate")
 
-        async def main():
-            async with running_worker(model_spec) as worker:
-                return await generate_all(worker, self.greedy(max_tokens=8))
+        async def main(worker):
+            return await generate_all(worker, self.greedy(max_tokens=8))
 
-        _text, deltas = anyio.run(main)
+        _text, deltas = run_on_worker(main)
         last = deltas[-1]
         assert last.finish_reason in ("stop", "length")
         assert last.usage is not None and last.usage.prompt_tokens > 0
@@ -122,18 +176,17 @@ class BackendConformance:
         if last.finish_reason == "length":
             assert last.usage.completion_tokens == 8
 
-    def test_stream_sends_text_as_it_is_generated(self, model_spec):
+    def test_stream_sends_text_as_it_is_generated(self, model_spec, run_on_worker):
         if not self.generates:
             pytest.skip("backend does not generate")
 
-        async def main():
-            async with running_worker(model_spec) as worker:
-                arrivals = []
-                async for delta in worker.generate(self.greedy(max_tokens=32)):
-                    arrivals.append((time.perf_counter(), delta))
-                return arrivals
+        async def main(worker):
+            arrivals = []
+            async for delta in worker.generate(self.greedy(max_tokens=32)):
+                arrivals.append((time.perf_counter(), delta))
+            return arrivals
 
-        arrivals = anyio.run(main)
+        arrivals = run_on_worker(main)
         last = arrivals[-1][1]
         if last.usage.completion_tokens < 2:
             pytest.skip("the model stopped after one token")
@@ -141,70 +194,66 @@ class BackendConformance:
         assert len(texts) >= 2, "all text arrived in one piece: nothing was streamed"
         assert arrivals[0][0] < arrivals[-1][0]
 
-    def test_greedy_generation_is_deterministic(self, model_spec):
+    def test_greedy_generation_is_deterministic(self, model_spec, run_on_worker):
         if not self.generates:
             pytest.skip("backend does not generate")
 
-        async def main():
-            async with running_worker(model_spec) as worker:
-                first, _ = await generate_all(worker, self.greedy(max_tokens=16))
-                second, _ = await generate_all(worker, self.greedy(max_tokens=16))
-                return first, second
+        async def main(worker):
+            first, _ = await generate_all(worker, self.greedy(max_tokens=16))
+            second, _ = await generate_all(worker, self.greedy(max_tokens=16))
+            return first, second
 
-        first, second = anyio.run(main)
+        first, second = run_on_worker(main)
         assert first == second
 
-    def test_stop_string_is_not_sent_and_ends_generation(self, model_spec):
+    def test_stop_string_is_not_sent_and_ends_generation(self, model_spec, run_on_worker):
         if not self.generates:
             pytest.skip("backend does not generate")
 
-        async def main():
-            async with running_worker(model_spec) as worker:
-                full, _ = await generate_all(worker, self.greedy(max_tokens=24))
-                stripped = full.strip()
-                if len(stripped) < 6:
-                    pytest.skip("output too short to pick a stop string from")
-                middle = full.index(stripped) + len(stripped) // 2
-                stop = full[middle:middle + 2]
-                text, deltas = await generate_all(worker, self.greedy(max_tokens=24, stop=[stop]))
-                return full, stop, text, deltas
+        async def main(worker):
+            full, _ = await generate_all(worker, self.greedy(max_tokens=24))
+            stripped = full.strip()
+            if len(stripped) < 6:
+                pytest.skip("output too short to pick a stop string from")
+            middle = full.index(stripped) + len(stripped) // 2
+            stop = full[middle:middle + 2]
+            text, deltas = await generate_all(worker, self.greedy(max_tokens=24, stop=[stop]))
+            return full, stop, text, deltas
 
-        full, stop, text, deltas = anyio.run(main)
+        full, stop, text, deltas = run_on_worker(main)
         assert stop not in text
         assert full.startswith(text)
         assert deltas[-1].finish_reason == "stop"
 
-    def test_cancel_stops_generation_and_the_worker_stays_usable(self, model_spec):
+    def test_cancel_stops_generation_and_the_worker_stays_usable(self, model_spec, run_on_worker):
         if not self.generates:
             pytest.skip("backend does not generate")
 
-        async def main():
-            async with running_worker(model_spec) as worker:
-                stream = worker.generate(self.greedy(max_tokens=self.long_max_tokens))
-                async for _ in stream:
-                    break  # the client went away after the first piece
-                await stream.aclose()
-                with anyio.fail_after(60):
-                    _text, deltas = await generate_all(worker, self.greedy(max_tokens=4))
-                return deltas
+        async def main(worker):
+            stream = worker.generate(self.greedy(max_tokens=self.long_max_tokens))
+            async for _ in stream:
+                break  # the client went away after the first piece
+            await stream.aclose()
+            with anyio.fail_after(60):
+                _text, deltas = await generate_all(worker, self.greedy(max_tokens=4))
+            return deltas
 
-        deltas = anyio.run(main)
+        deltas = run_on_worker(main)
         assert deltas[-1].finish_reason in ("stop", "length")
 
     # -- embeddings ------------------------------------------------------------------
 
-    def test_embed(self, model_spec):
+    def test_embed(self, model_spec, run_on_worker):
         inputs = ["hello world", "a second, longer sentence to embed"]
 
-        async def main():
-            async with running_worker(model_spec) as worker:
-                return await worker.embed(EmbedRequest(input=inputs))
+        async def main(worker):
+            return await worker.embed(EmbedRequest(input=inputs))
 
         if not self.embeds:
             with pytest.raises(errors.BadRequest):
-                anyio.run(main)
+                run_on_worker(main)
             return
-        result = anyio.run(main)
+        result = run_on_worker(main)
         assert result.count == len(inputs)
         assert result.dims > 0
         assert len(result.data) == result.count * result.dims * 4
@@ -212,31 +261,30 @@ class BackendConformance:
 
     # -- tokenize and rerank ---------------------------------------------------------
 
-    def run_or_refused(self, model_spec, main, can: bool | None, what: str):
-        """`anyio.run(main)`, or check the refusal: a 400 naming the model. `can` None: the
-        backend may do either (the test is skipped after a clean refusal)."""
+    def run_or_refused(self, model_spec, run_on_worker, main, can: bool | None, what: str):
+        """`run_on_worker(main)`, or check the refusal: a 400 naming the model. `can` None:
+        the backend may do either (the test is skipped after a clean refusal)."""
         if can is False:
             with pytest.raises(errors.BadRequest) as info:
-                anyio.run(main)
+                run_on_worker(main)
             assert model_spec.id in info.value.message
             return None
         try:
-            return anyio.run(main)
+            return run_on_worker(main)
         except errors.NotSupported as exc:
             if can:
                 raise
             assert model_spec.id in exc.message
             pytest.skip(f"backend does not {what} (refused cleanly)")
 
-    def test_tokenize_then_detokenize_gives_the_text_back(self, model_spec):
-        async def main():
-            async with running_worker(model_spec) as worker:
-                plain = await worker.tokenize(TokenizeRequest(
-                    text=self.tokenize_text, add_special_tokens=False, with_pieces=True))
-                special = await worker.tokenize(TokenizeRequest(text=self.tokenize_text))
-                return plain, special, await worker.detokenize(plain.tokens)
+    def test_tokenize_then_detokenize_gives_the_text_back(self, model_spec, run_on_worker):
+        async def main(worker):
+            plain = await worker.tokenize(TokenizeRequest(
+                text=self.tokenize_text, add_special_tokens=False, with_pieces=True))
+            special = await worker.tokenize(TokenizeRequest(text=self.tokenize_text))
+            return plain, special, await worker.detokenize(plain.tokens)
 
-        answer = self.run_or_refused(model_spec, main, self.tokenizes, "tokenize")
+        answer = self.run_or_refused(model_spec, run_on_worker, main, self.tokenizes, "tokenize")
         if answer is None:
             return
         plain, special, text = answer
@@ -245,15 +293,14 @@ class BackendConformance:
         assert text == self.tokenize_text
         assert len(special.tokens) >= len(plain.tokens)
 
-    def test_rerank_scores_every_document(self, model_spec):
+    def test_rerank_scores_every_document(self, model_spec, run_on_worker):
         documents = ["a first document", "a second, longer document to score"]
 
-        async def main():
-            async with running_worker(model_spec) as worker:
-                return await worker.rerank(RerankRequest(query="which document",
-                                                         documents=documents))
+        async def main(worker):
+            return await worker.rerank(RerankRequest(query="which document",
+                                                     documents=documents))
 
-        result = self.run_or_refused(model_spec, main, self.reranks, "rerank")
+        result = self.run_or_refused(model_spec, run_on_worker, main, self.reranks, "rerank")
         if result is None:
             return
         assert len(result.scores) == len(documents)

@@ -36,9 +36,11 @@ class TestTFHubConformance(BackendConformance):
     generates = False
     embeds = True
 
-    @pytest.fixture
-    def model_spec(self, tmp_path):
+    @pytest.fixture(scope="class")  # one SavedModel: the suite's shared worker loads it once
+    @classmethod
+    def model_spec(cls, tmp_path_factory):
         tf = pytest.importorskip("tensorflow")
+        tmp_path = tmp_path_factory.mktemp("tfhub")
 
         class Encoder(tf.Module):
             @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
