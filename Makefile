@@ -24,7 +24,7 @@ TENSORFLOW ?= $(call pin,tensorflow)
 # llama-cpp-python compiles llama.cpp; the multimodal part isn't used.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
-TEST_TOOLS := pytest pytest-timeout httpx "openai>=1.40" "gguf>=0.10" sentence-transformers \
+TEST_TOOLS := pytest pytest-timeout pytest-xdist httpx "openai>=1.40" "gguf>=0.10" sentence-transformers \
               jsonschema ruff anthropic prometheus-client schemathesis hypothesis
 
 PLUGINS := plugins/llamacpp plugins/embeddings plugins/exllama
@@ -36,8 +36,17 @@ serve: $(VENV)/.serve
 	$(VENV)/bin/llama-api serve --host $(HOST) --port $(PORT) --models-dir models \
 		--max-workers $(MAX_WORKERS) $(SERVE_ARGS)
 
+# `make test` runs the tests on TEST_JOBS processes at once (pytest-xdist, a whole file to
+# each, as the module-scoped servers expect), then, alone, the few marked `serial` because
+# they time themselves. TEST_JOBS=1 runs everything in one process.
+TEST_JOBS ?= 2
+SERIAL_TESTS = $(shell grep -rl --include='test_*.py' 'mark.serial' tests plugins)
+# Python caches bytecode for the test run: the hundreds of worker and server processes the
+# tests start then load compiled modules (some environments turn the cache off).
+test: export PYTHONDONTWRITEBYTECODE :=
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile -m "not serial"
+	$(PY) -m pytest -m serial $(SERIAL_TESTS)
 
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .

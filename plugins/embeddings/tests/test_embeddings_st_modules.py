@@ -7,6 +7,7 @@ equal `SentenceTransformer(folder).encode(...)`.
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
@@ -16,12 +17,29 @@ import llama_api_embeddings as plugin
 from llama_api import errors
 from llama_api.types import EmbedRequest, ModelSpec
 
-st = pytest.importorskip("sentence_transformers")
-torch = pytest.importorskip("torch")
-try:  # sentence-transformers 6 (5 and older: sentence_transformers.models)
-    from sentence_transformers.sentence_transformer import modules as st_modules
-except ImportError:
-    from sentence_transformers import models as st_modules
+
+class Imported:
+    """A module imported when a test first uses it, not when pytest collects this file (each
+    of the suite's parallel workers collects every file; sentence-transformers takes seconds to
+    import). The first name that imports wins; none: the test is skipped."""
+
+    def __init__(self, *names: str):
+        self._names = names
+
+    def __getattr__(self, attribute: str):
+        for name in self._names[:-1]:
+            try:
+                return getattr(importlib.import_module(name), attribute)
+            except ImportError:
+                continue
+        return getattr(pytest.importorskip(self._names[-1]), attribute)
+
+
+st = Imported("sentence_transformers")
+torch = Imported("torch")
+# sentence-transformers 6 (5 and older: sentence_transformers.models)
+st_modules = Imported("sentence_transformers.sentence_transformer.modules",
+                      "sentence_transformers.models")
 
 INSTRUCTION = "Represent the sentence for retrieval: "
 

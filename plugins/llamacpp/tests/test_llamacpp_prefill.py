@@ -46,6 +46,7 @@ def test_chunked_prompt_gives_the_same_greedy_output(tiny_path, tiny_plain):
         plugin.unload_model(model=model)
 
 
+@pytest.mark.serial  # alone: it compares gaps between tokens
 def test_a_long_prompt_mid_stream_delays_the_stream_by_about_one_chunk(smollm2_spec):
     model = load(smollm2_spec.path, "smol-chunks", prefill_chunk=64, n_ctx=2048)
     try:
