@@ -94,10 +94,12 @@ def schema(fuzz_server):
 def send(client: httpx.Client, arguments: dict) -> httpx.Response:
     """The answer, with at most STREAM_READ_BYTES of its body or STREAM_READ_S of its stream.
 
-    A GET answers at once or streams (/admin/events waits for events): 1 s without a byte
-    ends the read. A POST may first load a model: it gets 30 s."""
+    /admin/events streams and waits for events: 1 s without a byte ends its read. Any other
+    route answers, after loading a model perhaps: it gets 30 s."""
     started = time.monotonic()
-    read_timeout = 1.0 if arguments["method"].upper() == "GET" else 30.0
+    waits_for_events = arguments["method"].upper() == "GET" and \
+        "/admin/events" in arguments["url"]
+    read_timeout = 1.0 if waits_for_events else 30.0
     timeout = httpx.Timeout(30.0, read=read_timeout)
     with client.stream(**arguments, timeout=timeout) as response:
         body, deadline = b"", started + STREAM_READ_S

@@ -209,7 +209,8 @@ def test_stop_string_is_never_emitted_and_cancels_the_job(make_model):
 
 
 def test_concurrent_requests_are_batched_by_one_driver(make_model):
-    model = make_model(pieces=[f" w{i}" for i in range(20)], max_batch_size=4, delay=0.002)
+    # 0.4 s a job: the six threads have started long before the first four finish.
+    model = make_model(pieces=[f" w{i}" for i in range(20)], max_batch_size=4, delay=0.02)
     results = {}
 
     def run(i):

@@ -294,6 +294,7 @@ def test_gpu_in_process_load_generate_stream_cancel_unload(tiny_llama, library):
     assert mem_after <= mem_before + 64 * 1024 * 1024, "model tensors left on the GPU after unload"
 
 
+@pytest.mark.serial  # alone: it reads the whole GPU's free memory
 @pytest.mark.parametrize("library", LIBRARIES)
 def test_gpu_worker_process_unload_returns_gpu_memory(tiny_llama, library):
     """Through the core's worker subprocess: GPU memory goes back to its level before the load."""
