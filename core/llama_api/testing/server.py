@@ -11,8 +11,9 @@ import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 
 def free_port() -> int:
@@ -26,6 +27,7 @@ class Server:
     url: str  # http://127.0.0.1:PORT
     process: subprocess.Popen
     log_path: Path
+    log_file: IO[bytes] | None = field(default=None, repr=False)  # closed when it stops
 
     @property
     def v1(self) -> str:
@@ -40,35 +42,73 @@ class Server:
             return json.loads(response.read())
 
 
+class PortTaken(Exception):
+    """The free port was taken between `free_port` and the server's bind."""
+
+
+PORT_TRIES = 3
+
+
 @contextmanager
 def serve(*args: str, env: dict[str, str] | None = None, startup_timeout: float = 60.0):
-    """Run `python -m llama_api serve --port <free> *args` until the block ends."""
+    """Run `python -m llama_api serve --port <free> *args` until the block ends.
+
+    A port is free when chosen, but another process (a parallel test run, any client's
+    outgoing connection) may take it before the server binds: then it starts again on
+    another port."""
+    for _ in range(PORT_TRIES):
+        server = start(args, env)
+        try:
+            wait_until_ready(server, startup_timeout)
+            break
+        except PortTaken:
+            stop(server)
+        except BaseException:
+            stop(server)
+            raise
+    else:
+        raise RuntimeError(f"no free port in {PORT_TRIES} tries:\n{server.log()}")
+    try:
+        yield server
+    finally:
+        stop(server)
+
+
+def start(args, env: dict[str, str] | None) -> Server:
     port = free_port()
-    # Kept after the block, for a failing test to read; closed in the finally below.
+    # Kept after the block, for a failing test to read; closed in `stop`.
     log_file = tempfile.NamedTemporaryFile(prefix="llama-api-", suffix=".log", delete=False)  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "-m", "llama_api", "serve", "--port", str(port), *args],
         stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
-    server = Server(url=f"http://127.0.0.1:{port}", process=process, log_path=Path(log_file.name))
-    try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
-            try:
-                server.health()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server not ready in {startup_timeout}s:\n{server.log()}")
-                time.sleep(0.05)
-        yield server
-    finally:
-        process.terminate()
+    return Server(url=f"http://127.0.0.1:{port}", process=process, log_path=Path(log_file.name),
+                  log_file=log_file)
+
+
+def wait_until_ready(server: Server, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if server.process.poll() is not None:
+            log = server.log()
+            if "address already in use" in log.lower():
+                raise PortTaken(log)
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{log}")
         try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log_file.close()
+            server.health()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready in {timeout}s:\n{server.log()}") from None
+            time.sleep(0.05)
+
+
+def stop(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+    if server.log_file is not None:
+        server.log_file.close()
