@@ -138,7 +138,8 @@ def test_server_starts_with_a_broken_plugin_and_health_lists_it(start_server, br
         health = server.health()
         assert health["plugins"] == ["echo"]
         assert "needs libfoo" in health["broken_plugins"]["broken"]
-        reply = httpx.post(server.v1 + "/completions", json={"model": "fast", "prompt": "a"})
+        reply = httpx.post(server.v1 + "/completions", timeout=30,  # loads a worker
+                           json={"model": "fast", "prompt": "a"})
         assert reply.status_code == 200
 
 
@@ -196,7 +197,8 @@ def test_json_logs_are_one_object_per_line(start_server):
     import json
 
     with start_server("--log-format", "json") as server:
-        httpx.post(server.v1 + "/completions", json={"model": "fast", "prompt": "a", "max_tokens": 1})
+        httpx.post(server.v1 + "/completions", timeout=30,  # loads a worker
+                   json={"model": "fast", "prompt": "a", "max_tokens": 1})
         lines = [line for line in server.log().splitlines() if line.startswith("{")]
     records = [json.loads(line) for line in lines]
     assert any(r["logger"] == "llama_api.scheduler" for r in records)

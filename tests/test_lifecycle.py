@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -98,14 +99,19 @@ def test_the_grace_period_cuts_off_a_stream_that_runs_too_long(start_server):
 def test_kill_9_of_the_server_mid_load_leaves_no_worker_behind(start_server, models_dir):
     # 10 s between progress reports: no write to a dead pipe ends the worker within the test
     (models_dir / "sluggish.echo").write_text(json.dumps({"load_delay": 40}))
+    body = json.dumps({"model": "sluggish", "messages": USER, "max_tokens": 1}).encode()
     with start_server() as server:
-        with pytest.raises(httpx.ReadTimeout):  # the client gives up; the load goes on
-            httpx.post(server.v1 + "/chat/completions", timeout=0.5,
-                       json={"model": "sluggish", "messages": USER, "max_tokens": 1})
-        assert wait_for(lambda: len(children(server.process.pid)) == 1, timeout=5)
-        (worker,) = children(server.process.pid)
-        server.process.kill()  # no shutdown, no cleanup: only the kernel or the watch can act
-        server.process.wait(timeout=5)
+        host, port = server.url.removeprefix("http://").split(":")
+        # A raw request whose client stays until the load has begun (a worker is spawned):
+        # a client that hung up before the dispatch would leave nothing loading.
+        with socket.create_connection((host, int(port))) as client:
+            client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Type: application/json\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            assert wait_for(lambda: len(children(server.process.pid)) == 1, timeout=15)
+            (worker,) = children(server.process.pid)
+            server.process.kill()  # no shutdown, no cleanup: only the kernel or the watch can act
+            server.process.wait(timeout=5)
         assert wait_for(lambda: gone(worker), timeout=5), "the worker outlived a kill -9 of its server"
 
 
@@ -159,10 +165,11 @@ def test_api_keys_come_from_the_flag_a_file_and_the_environment(start_server, tm
     with start_server("--api-key", "sk-flag", "--api-key-file", str(key_file),
                       env={"LLAMA_API_KEYS": "sk-env-1, sk-env-2,"}) as server:
         for key in keys:
-            reply = httpx.get(server.v1 + "/models", headers={"Authorization": f"Bearer {key}"})
+            reply = httpx.get(server.v1 + "/models", headers={"Authorization": f"Bearer {key}"},
+                              timeout=30)
             assert reply.status_code == 200, key
         for header in ({}, {"Authorization": "Bearer # the operators' keys"}):
-            assert httpx.get(server.v1 + "/models", headers=header).status_code == 401
+            assert httpx.get(server.v1 + "/models", headers=header, timeout=30).status_code == 401
     log = server.log()
     assert "5 key(s)" in log
     assert not [key for key in keys if key in log], "a key was written to the log"

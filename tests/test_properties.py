@@ -294,7 +294,7 @@ def test_a_truncated_stream_ends_without_hanging_and_keeps_only_whole_frames(sen
             bodies.append(body)  # noqa: PERF402 (the frames read before the error)
     except protocol.TruncatedFrame:
         truncated = True
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 10  # it ends (a hang would not), even on a slow host
     decoded = [protocol.from_worker_decoder.decode(body) for body in bodies]
     assert decoded == sent[:len(decoded)] and len(decoded) < len(sent)
     # A cut between two frames is a clean end; a cut inside one is an error.
