@@ -231,7 +231,7 @@ def test_a_failed_step_fails_the_requests_in_flight_only(batched):
             run(batched, prompt=PROMPTS[0], max_tokens=5)
     finally:
         engine.lib = real
-    assert run(batched, prompt=PROMPTS[0], max_tokens=5)[1].usage.completion_tokens == 5
+    assert run(batched, prompt=PROMPTS[0], max_tokens=5, temperature=0.0)[1].usage.completion_tokens == 5
 
 
 def test_a_full_shared_kv_cache_still_gives_exact_answers(tiny_path, tiny_plain):
@@ -286,14 +286,14 @@ def test_no_room_in_the_kv_cache_is_a_clean_error(batched):
 
     engine.lib = NoRoom(1)  # once: the cached prefixes are dropped and the step retried
     try:
-        assert run(batched, prompt=PROMPTS[1], max_tokens=5)[1].usage.completion_tokens == 5
+        assert run(batched, prompt=PROMPTS[1], max_tokens=5, temperature=0.0)[1].usage.completion_tokens == 5
         calls.clear()
         engine.lib = NoRoom(10**6)
         with pytest.raises(errors.LlamaApiError, match="KV cache is full"):
             run(batched, prompt=PROMPTS[2], max_tokens=5)
     finally:
         engine.lib = real
-    assert run(batched, prompt=PROMPTS[2], max_tokens=5)[1].usage.completion_tokens == 5
+    assert run(batched, prompt=PROMPTS[2], max_tokens=5, temperature=0.0)[1].usage.completion_tokens == 5
 
 
 class TestBatchedTinyGGUF(BackendConformance):
