@@ -14,6 +14,7 @@ import httpx
 
 from bench import packages
 from bench.models import CACHE
+from llama_api.testing.processes import end
 
 BUILD_SCRIPT = Path(__file__).with_name("build_llama_server.sh")
 PYTHON_SERVER_EXTRAS = {"fastapi": "fastapi", "sse_starlette": "sse-starlette",
@@ -96,12 +97,7 @@ class Server:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        end(self.process)
 
 
 def llama_api(models_dir: Path, *args: str, plugins: str = "llamacpp", name: str = "llama-api",

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 import httpx
 
 from llama_api.testing import free_port
+from llama_api.testing.processes import end
 
 FILE_LIMIT = 1 << 20  # bytes any file of the server may reach
 # Prompt words are tokens (the echo model takes at most 1000), so a big store is long words.
@@ -62,12 +63,7 @@ def serve_with_file_limit(*args: str, limit: int):
                 time.sleep(0.05)
         yield url, process, log
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        end(process)
         drain.join(5)
 
 

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from llama_api.testing import pid_exists, wait_for
+from llama_api.testing.processes import children
 from llama_api_echo import USER
 
 
@@ -27,18 +28,6 @@ def gone(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return not pid_exists(pid)
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(stat.parent.name))
-    return found
 
 
 def refused(url: str) -> bool:

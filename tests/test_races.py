@@ -18,6 +18,7 @@ import pytest
 
 from llama_api import protocol
 from llama_api.testing import pid_exists, serve, wait_for
+from llama_api.testing.processes import children
 from llama_api.types import Delta, Usage
 from llama_api_echo import USER, chat, read_events
 
@@ -103,20 +104,6 @@ def test_streaming_client_that_hangs_up_while_queued_leaves_the_queue(queue_of_o
     assert queued.status_code == 200, queued.text
     starts = [e for e in read_events(events_file) if e["event"] == "start"]
     assert len(starts) == 2, "the abandoned stream still generated"
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in os.listdir("/proc"):
-        if stat.isdigit():
-            try:
-                with open(f"/proc/{stat}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(stat))
-    return found
 
 
 def test_a_spec_the_worker_pipe_cannot_carry_leaves_no_process_behind(start_server, tmp_path,

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from llama_api.testing.processes import end
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -104,11 +106,6 @@ def wait_until_ready(server: Server, timeout: float) -> None:
 
 
 def stop(server: Server) -> None:
-    server.process.terminate()
-    try:
-        server.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        server.process.kill()
-        server.process.wait()
+    end(server.process)
     if server.log_file is not None:
         server.log_file.close()
