@@ -20,7 +20,7 @@ from llama_api import protocol
 from llama_api.testing import pid_exists, serve, wait_for
 from llama_api.testing.processes import children
 from llama_api.types import Delta, Usage
-from llama_api_echo import USER, chat, read_events
+from llama_api_echo import USER, chat, model_status, read_events, wait_for_start
 
 
 @pytest.fixture(scope="module")
@@ -51,22 +51,6 @@ def sent(server, path: str, body: dict):
         yield connection
 
 
-def model_status(server, model: str) -> dict:
-    return httpx.get(server.url + f"/admin/models/{model}", timeout=10).json()
-
-
-def started(events_file, model: str) -> bool:
-    """Wait until a generation of `model` has started (the echo backend's events)."""
-    def seen() -> bool:
-        try:
-            return any(e["event"] == "start" and e["model"] == model
-                       for e in read_events(events_file))
-        except ValueError:  # a line being written
-            return False
-
-    return wait_for(seen, timeout=15)
-
-
 def test_shutdown_while_a_model_loads_ends_its_worker(start_server, models_dir):
     (models_dir / "sluggish.echo").write_text(json.dumps({"load_delay": 2}))
     with start_server() as server:
@@ -92,7 +76,7 @@ def test_streaming_client_that_hangs_up_while_queued_leaves_the_queue(queue_of_o
     events_file.unlink(missing_ok=True)
     with ThreadPoolExecutor(1) as pool:
         busy = pool.submit(chat, server, "slow", 60)  # holds the one slot ~3 s
-        assert started(events_file, "slow"), "the busy request never started"
+        assert wait_for_start(events_file, "slow"), "the busy request never started"
         with sent(server, "/v1/chat/completions",  # queued behind it; gives up
                   {"model": "slow", "messages": USER, "max_tokens": 50, "stream": True}):
             assert wait_for(lambda: model_status(server, "slow")["queued"] == 1), "never queued"
@@ -137,7 +121,7 @@ def test_embeddings_client_that_hangs_up_while_queued_leaves_the_queue(queue_of_
     events_file.unlink(missing_ok=True)
     with ThreadPoolExecutor(1) as pool:
         busy = pool.submit(chat, server, "slow", 60)  # holds the one slot ~3 s
-        assert started(events_file, "slow"), "the busy request never started"
+        assert wait_for_start(events_file, "slow"), "the busy request never started"
         with sent(server, "/v1/embeddings", {"model": "slow", "input": "hello"}):  # queued; gives up
             assert wait_for(lambda: model_status(server, "slow")["queued"] == 1), "never queued"
         assert wait_for(lambda: model_status(server, "slow")["queued"] == 0), \

@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from llama_api.testing import pid_exists, serve, wait_for
-from llama_api_echo import USER, chat, read_events
+from llama_api_echo import USER, chat, model_status, read_events, wait_for_start
 
 # The models of the shared servers (as in conftest.py's models_dir).
 SHARED_MODELS = {"fast": {}, "slow": {"delay": 0.05}, "slower": {"delay": 0.05},
@@ -53,22 +53,6 @@ def one_worker(tmp_path_factory):
 def two_workers(tmp_path_factory):
     with shared_server(tmp_path_factory.mktemp("two-workers"), "--max-workers", "2") as running:
         yield running
-
-
-def started(events_file: Path, model: str, count: int = 1) -> bool:
-    """Wait until `count` generations of `model` have started (the echo backend's events)."""
-    def seen() -> bool:
-        try:
-            events = read_events(events_file)
-        except ValueError:  # a line being written
-            return False
-        return sum(e["event"] == "start" and e["model"] == model for e in events) >= count
-
-    return wait_for(seen, timeout=15)
-
-
-def model_status(server, model: str) -> dict:
-    return httpx.get(server.url + f"/admin/models/{model}", timeout=10).json()
 
 
 def spans(events: list[dict]) -> dict[str, tuple[float, float]]:
@@ -254,7 +238,7 @@ def test_queue_overflow_gets_429_with_retry_after(start_server, events_file):
         events_file.unlink(missing_ok=True)
         with ThreadPoolExecutor(1) as pool:
             busy = pool.submit(chat, server, "slow", 60)  # ~3 s
-            assert started(events_file, "slow"), "the busy request never started"
+            assert wait_for_start(events_file, "slow"), "the busy request never started"
             refused = chat(server, "slow", 1)
             assert busy.result().status_code == 200
     assert refused.status_code == 429
@@ -268,7 +252,7 @@ def test_queue_waits_for_a_busy_worker_within_its_bound(one_worker):
     events_file.unlink(missing_ok=True)
     with ThreadPoolExecutor(2) as pool:
         busy = pool.submit(chat, server, "slow", 20)
-        assert started(events_file, "slow"), "the busy request never started"
+        assert wait_for_start(events_file, "slow"), "the busy request never started"
         other = pool.submit(chat, server, "fast", 2)  # waits until "slow" is idle
         assert busy.result().status_code == 200
         assert other.result().status_code == 200
@@ -347,7 +331,7 @@ def test_a_crash_fails_only_the_request_it_was_serving(one_worker):
     events_file.unlink(missing_ok=True)
     with ThreadPoolExecutor(2) as pool:
         serving = pool.submit(chat, server, "slow", 100)  # ~5 s
-        assert started(events_file, "slow"), "the first request never started generating"
+        assert wait_for_start(events_file, "slow"), "the first request never started generating"
         queued = pool.submit(chat, server, "slow", 3)  # waits for the slot
         assert wait_for(lambda: model_status(server, "slow")["queued"] == 1), "never queued"
         os.kill(pid, signal.SIGKILL)

@@ -72,11 +72,22 @@ def record(event: str, model: EchoModel, **fields) -> None:
 
 
 def read_events(path) -> list[dict]:
-    """The events the workers recorded, oldest first."""
+    """The events the workers recorded, oldest first; a line still being written waits for
+    the next read (tests poll this while workers append)."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    complete = text[:text.rfind("\n") + 1]
+    return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
+def wait_for_start(events_file, model: str, count: int = 1) -> bool:
+    """Wait (up to 15 s) until `count` generations of `model` have started."""
+    from llama_api.testing import wait_for
+
+    return wait_for(lambda: sum(e["event"] == "start" and e["model"] == model
+                                for e in read_events(events_file)) >= count, timeout=15)
 
 
 USER = [{"role": "user", "content": "tick tock"}]
@@ -88,6 +99,13 @@ def chat(server, model: str, max_tokens: int = 10, **extra):
 
     return httpx.post(server.v1 + "/chat/completions", timeout=60,
                       json={"model": model, "messages": USER, "max_tokens": max_tokens, **extra})
+
+
+def model_status(server, model: str) -> dict:
+    """What a test server's /admin/models/<model> says."""
+    import httpx
+
+    return httpx.get(server.url + f"/admin/models/{model}", timeout=10).json()
 
 
 class EchoModel:
