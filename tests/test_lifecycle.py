@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 
 from llama_api.testing import pid_exists, wait_for
 from llama_api.testing.processes import children
+from llama_api.testing.server import held_request
 from llama_api_echo import USER
 
 
@@ -88,15 +88,11 @@ def test_the_grace_period_cuts_off_a_stream_that_runs_too_long(start_server):
 def test_kill_9_of_the_server_mid_load_leaves_no_worker_behind(start_server, models_dir):
     # 10 s between progress reports: no write to a dead pipe ends the worker within the test
     (models_dir / "sluggish.echo").write_text(json.dumps({"load_delay": 40}))
-    body = json.dumps({"model": "sluggish", "messages": USER, "max_tokens": 1}).encode()
+    body = {"model": "sluggish", "messages": USER, "max_tokens": 1}
     with start_server() as server:
-        host, port = server.url.removeprefix("http://").split(":")
-        # A raw request whose client stays until the load has begun (a worker is spawned):
-        # a client that hung up before the dispatch would leave nothing loading.
-        with socket.create_connection((host, int(port))) as client:
-            client.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
-                           b"Content-Type: application/json\r\n"
-                           b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        # The client stays until the load has begun (a worker is spawned): a client that
+        # hung up before the dispatch would leave nothing loading.
+        with held_request(server, "/v1/chat/completions", body):
             assert wait_for(lambda: len(children(server.process.pid)) == 1, timeout=15)
             (worker,) = children(server.process.pid)
             server.process.kill()  # no shutdown, no cleanup: only the kernel or the watch can act

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
-from contextlib import contextmanager
 
 import httpx
 import msgspec
@@ -19,6 +17,7 @@ import pytest
 from llama_api import protocol
 from llama_api.testing import pid_exists, serve, wait_for
 from llama_api.testing.processes import children
+from llama_api.testing.server import held_request
 from llama_api.types import Delta, Usage
 from llama_api_echo import USER, chat, model_status, read_events, wait_for_start
 
@@ -38,23 +37,10 @@ def queue_of_one(tmp_path_factory):
         yield server, events
 
 
-@contextmanager
-def sent(server, path: str, body: dict):
-    """POST `body` on a raw connection that stays open for the block and is closed (the
-    client hangs up) when it ends: the test chooses the moment, no client timeout does."""
-    host, port = server.url.removeprefix("http://").rsplit(":", 1)
-    data = json.dumps(body).encode()
-    with socket.create_connection((host, int(port)), timeout=10) as connection:
-        connection.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
-                           f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                           f"\r\n".encode() + data)
-        yield connection
-
-
 def test_shutdown_while_a_model_loads_ends_its_worker(start_server, models_dir):
     (models_dir / "sluggish.echo").write_text(json.dumps({"load_delay": 2}))
     with start_server() as server:
-        with sent(server, "/v1/chat/completions",
+        with held_request(server, "/v1/chat/completions",
                   {"model": "sluggish", "messages": USER, "max_tokens": 1}):
             assert wait_for(lambda: len(children(server.process.pid)) == 1, timeout=5)
         # the client gave up during the load
@@ -77,7 +63,7 @@ def test_streaming_client_that_hangs_up_while_queued_leaves_the_queue(queue_of_o
     with ThreadPoolExecutor(1) as pool:
         busy = pool.submit(chat, server, "slow", 60)  # holds the one slot ~3 s
         assert wait_for_start(events_file, "slow"), "the busy request never started"
-        with sent(server, "/v1/chat/completions",  # queued behind it; gives up
+        with held_request(server, "/v1/chat/completions",  # queued behind it; gives up
                   {"model": "slow", "messages": USER, "max_tokens": 50, "stream": True}):
             assert wait_for(lambda: model_status(server, "slow")["queued"] == 1), "never queued"
         assert wait_for(lambda: model_status(server, "slow")["queued"] == 0), \
@@ -122,7 +108,7 @@ def test_embeddings_client_that_hangs_up_while_queued_leaves_the_queue(queue_of_
     with ThreadPoolExecutor(1) as pool:
         busy = pool.submit(chat, server, "slow", 60)  # holds the one slot ~3 s
         assert wait_for_start(events_file, "slow"), "the busy request never started"
-        with sent(server, "/v1/embeddings", {"model": "slow", "input": "hello"}):  # queued; gives up
+        with held_request(server, "/v1/embeddings", {"model": "slow", "input": "hello"}):  # queued; gives up
             assert wait_for(lambda: model_status(server, "slow")["queued"] == 1), "never queued"
         assert wait_for(lambda: model_status(server, "slow")["queued"] == 0), \
             "the request that hung up kept its place in the queue"

@@ -18,6 +18,20 @@ from typing import IO
 from llama_api.testing.processes import end
 
 
+@contextmanager
+def held_request(server: Server, path: str, body: dict):
+    """POST `body` to `path` on a raw connection that stays open for the block; the client
+    hangs up when the block ends. The test picks the moment (after the server has queued the
+    request, or begun its load), not a client timeout."""
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    data = json.dumps(body).encode()
+    with socket.create_connection((host, int(port)), timeout=10) as connection:
+        connection.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\n"
+                           f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+                           f"\r\n".encode() + data)
+        yield connection
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
