@@ -57,7 +57,8 @@ def load(spec, context) -> LlamaCppModel:
                    + (f", KV cache {kv_mb:.0f} MB" if kv_mb is not None else "") + ")", 0.0)
     try:
         with _no_library_chat_handlers():
-            llm = llama_cpp.Llama(**options.llama_params)
+            llm = llama_cpp.Llama(**options.llama_params,
+                                  flash_attn=_plain_flash_attn(llama_cpp, options.flash_attn))
     except Exception as exc:  # llama.cpp says only "Failed to load model from file"
         raise errors.ModelLoadError(
             f"llama.cpp could not load {path}: {exc} (corrupt or unsupported GGUF: "
@@ -71,6 +72,13 @@ def load(spec, context) -> LlamaCppModel:
     model.info["kv_cache_mb"] = round(kv_mb, 1) if kv_mb is not None else None
     context.report(f"loaded {path.name}", 1.0)
     return model
+
+
+def _plain_flash_attn(llama_cpp, mode: str) -> bool:
+    """`Llama` takes only on or off. "auto" is on where llama.cpp runs on the CPU alone
+    (its CPU backend has flash attention for every model); a GPU build leaves it to the
+    batch engine's context, which passes "auto" to llama.cpp."""
+    return mode == "on" or (mode == "auto" and not llama_cpp.llama_supports_gpu_offload())
 
 
 class _UnusedChatHandler:
@@ -164,6 +172,7 @@ class LlamaCppModel:
             "reasoning_tags": [self.reasoning_tags.open, self.reasoning_tags.close]
             if self.reasoning_tags else None,
             "fill_in_middle": self.fim_tokens is not None,
+            "flash_attn": options.flash_attn,
         }
         self._n_threads_batch = options.n_threads_batch
         self.threads = ThreadTuner(options.n_threads, options.max_threads, self._set_threads,
@@ -173,7 +182,8 @@ class LlamaCppModel:
 
             self.engine = BatchEngine(self, options.n_parallel, self.n_ctx,
                                       n_batch=options.n_batch, unified=options.kv_unified,
-                                      prefill_chunk=options.prefill_chunk)
+                                      prefill_chunk=options.prefill_chunk,
+                                      flash_attn=options.flash_attn)
             self.slots = options.n_parallel
             self.info["kv_unified"] = self.engine.unified
             self.info["prefill_chunk"] = options.prefill_chunk

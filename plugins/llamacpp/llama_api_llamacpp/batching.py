@@ -77,7 +77,7 @@ class Sequence:
 
 class BatchEngine:
     def __init__(self, model, n_parallel: int, n_ctx_per_seq: int, n_batch: int = 512,
-                 unified: bool = True, prefill_chunk: int = 128):
+                 unified: bool = True, prefill_chunk: int = 128, flash_attn: str = "auto"):
         lib = model.lib
         llm = model.llm
         from llama_cpp import _internals as internals
@@ -101,6 +101,9 @@ class BatchEngine:
         self.unified = bool(unified)
         self.n_ctx_per_seq = n_ctx_per_seq
         params.embeddings = False
+        params.flash_attn_type = {"on": lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                                  "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+                                  }.get(flash_attn, lib.LLAMA_FLASH_ATTN_TYPE_AUTO)
         self.n_batch = int(params.n_batch)
         self.prefill_chunk = max(1, prefill_chunk)  # prompt tokens per step beside streams
         with _without_seq_overflow_warning(lib):

@@ -72,7 +72,7 @@ def estimate(spec, gpu: bool) -> tuple[int, int]:
     n_vocab = (vocab.get("array_length", 0) if isinstance(vocab, dict)
                else len(vocab) if isinstance(vocab, list) else 0)
     params = opts.llama_params
-    flash = bool(params.get("flash_attn", False))
+    flash = opts.flash_attn == "on"  # "auto" may turn it off: count the larger buffer
 
     weights = path.stat().st_size
     kv_cache = int((opts.kv_cache_mb or 0) * 2**20)

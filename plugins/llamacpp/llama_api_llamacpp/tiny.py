@@ -28,6 +28,11 @@ THINK_TEMPLATE = CHATML_TEMPLATE.replace("message['content']",
                                          "message['content'].split('</think>')[-1]")
 THINK_OPEN_TEMPLATE = THINK_TEMPLATE.replace("'<|assistant|>'", "'<|assistant|><think>\\n'")
 THINK_TOKENS = ["<think>", "</think>"]
+# Load options for outputs compared token for token across batch shapes (batched against
+# alone, a chunked prompt against a whole one): flash attention sums in half precision in an
+# order that depends on the batch, so over a long greedy answer of a random-weight model a
+# near tie can flip.
+EXACT_OPTIONS = {"flash_attn": "off"}
 # Fill-in-the-middle control tokens, declared in the header as llama.cpp reads them.
 FIM_TOKENS = {"fim_pre": "<|fim_prefix|>", "fim_suf": "<|fim_suffix|>",
               "fim_mid": "<|fim_middle|>"}

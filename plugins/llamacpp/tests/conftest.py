@@ -8,7 +8,7 @@ import pytest
 
 import llama_api_llamacpp as plugin
 from llama_api.types import GenerateRequest, LoadContext, ModelSpec
-from llama_api_llamacpp.tiny import write_tiny_bert_gguf, write_tiny_gguf
+from llama_api_llamacpp.tiny import EXACT_OPTIONS, write_tiny_bert_gguf, write_tiny_gguf
 
 # Tests share two cores with other suites: one thread is far steadier than two.
 THREADS = 1
@@ -48,9 +48,11 @@ def tiny_default(tiny_spec):
 
 @pytest.fixture(scope="session")
 def tiny_plain(tiny_path):
-    """The tiny model with `n_parallel: 1`: one request at a time on the high-level path."""
+    """The tiny model with `n_parallel: 1`: one request at a time on the high-level path.
+    Without flash attention, as the batch engines that tests compare with it token for token
+    (`EXACT_OPTIONS`)."""
     model = load(ModelSpec(id="tiny-plain", backend="llamacpp", path=str(tiny_path),
-                           plugin="llamacpp", options={"n_parallel": 1}))
+                           plugin="llamacpp", options={"n_parallel": 1, **EXACT_OPTIONS}))
     yield model
     plugin.unload_model(model=model)
 

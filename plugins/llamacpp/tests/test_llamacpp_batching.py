@@ -13,6 +13,7 @@ from llama_api.types import GenerateRequest, LoadContext, ModelSpec
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
 import llama_api_llamacpp as plugin
+from llama_api_llamacpp.tiny import EXACT_OPTIONS
 
 PROMPTS = ["hello world", "the cat is a dog", "yes no yes no", "Paris weather"]
 
@@ -20,7 +21,7 @@ PROMPTS = ["hello world", "the cat is a dog", "yes no yes no", "Paris weather"]
 @pytest.fixture(scope="module")
 def batched(tiny_path):
     spec = ModelSpec(id="tiny-par", backend="llamacpp", path=str(tiny_path),
-                     options={"n_parallel": 4})
+                     options={"n_parallel": 4, **EXACT_OPTIONS})
     model = plugin.load_model(spec=spec, context=LoadContext(n_threads=1))
     yield model
     plugin.unload_model(model=model)
@@ -238,7 +239,7 @@ def test_a_full_shared_kv_cache_still_gives_exact_answers(tiny_path, tiny_plain)
     # 4 sequences of 256 tokens each fill the shared cache (4 x 256 cells) to the last cell,
     # twice (the second round reuses and trims the cached prefixes of the first).
     spec = ModelSpec(id="tiny-full", backend="llamacpp", path=str(tiny_path),
-                     options={"n_parallel": 4, "n_ctx": 256})
+                     options={"n_parallel": 4, "n_ctx": 256, **EXACT_OPTIONS})
     model = plugin.load_model(spec=spec, context=LoadContext(n_threads=1))
     try:
         assert model.info["kv_unified"] is True
@@ -345,3 +346,25 @@ def test_no_sequence_passes_its_own_context(batched):
     # through generate, max_tokens is cut to the room left instead
     _, last = run(batched, prompt=[5] * 2040, max_tokens=100, temperature=0.0)
     assert last.usage.prompt_tokens + last.usage.completion_tokens <= 2048
+
+
+def test_flash_attention_is_auto_by_default_and_can_be_fixed(tiny_path, tiny_default):
+    lib = tiny_default.lib
+    assert tiny_default.info["flash_attn"] == "auto"
+    assert tiny_default.engine.context.params.flash_attn_type == lib.LLAMA_FLASH_ATTN_TYPE_AUTO
+    expected = run(tiny_default, prompt="hello world", max_tokens=12, temperature=0.0)
+    for mode, flash_type in (("off", lib.LLAMA_FLASH_ATTN_TYPE_DISABLED),
+                             (True, lib.LLAMA_FLASH_ATTN_TYPE_ENABLED)):
+        spec = ModelSpec(id="tiny-fa", backend="llamacpp", path=str(tiny_path),
+                         options={"n_parallel": 2, "flash_attn": mode})
+        model = plugin.load_model(spec=spec, context=LoadContext(n_threads=1))
+        try:
+            assert model.engine.context.params.flash_attn_type == flash_type
+            text, last = run(model, prompt="hello world", max_tokens=12, temperature=0.0)
+            assert last.usage == expected[1].usage and text
+        finally:
+            plugin.unload_model(model=model)
+    with pytest.raises(Exception, match="flash_attn must be"):
+        plugin.load_model(spec=ModelSpec(id="tiny-fa", backend="llamacpp", path=str(tiny_path),
+                                         options={"flash_attn": "sometimes"}),
+                          context=LoadContext(n_threads=1))

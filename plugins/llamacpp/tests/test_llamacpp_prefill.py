@@ -13,6 +13,7 @@ from llama_api.types import GenerateRequest, LoadContext, ModelSpec
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
 import llama_api_llamacpp as plugin
+from llama_api_llamacpp.tiny import EXACT_OPTIONS
 
 LONG = "The quick brown fox jumps over the lazy dog near the river bank. " * 80
 
@@ -29,7 +30,7 @@ def text_of(model, prompt, max_tokens):
 
 
 def test_chunked_prompt_gives_the_same_greedy_output(tiny_path, tiny_plain):
-    model = load(tiny_path, "tiny-chunks", prefill_chunk=16)
+    model = load(tiny_path, "tiny-chunks", prefill_chunk=16, **EXACT_OPTIONS)
     try:
         assert model.engine.prefill_chunk == 16 and model.info["prefill_chunk"] == 16
         alone = text_of(tiny_plain, LONG[:1200], 20)

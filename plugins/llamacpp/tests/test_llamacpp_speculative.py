@@ -13,6 +13,7 @@ from llama_api_llamacpp.speculative import NgramDrafter
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
 import llama_api_llamacpp as plugin
+from llama_api_llamacpp.tiny import EXACT_OPTIONS
 
 PROMPTS = ["hello world hello world hello", "the cat is a dog the cat is a", "yes no yes no yes",
            "abc abc abc abc"]
@@ -44,8 +45,8 @@ def run(model, prompt, **fields):
 
 @pytest.fixture(scope="module")
 def tiny_pair(tiny_path):
-    plain, spec = load(tiny_path, "tiny-plain2"), load(tiny_path, "tiny-spec", speculative="ngram",
-                                                       draft_tokens=4)
+    plain = load(tiny_path, "tiny-plain2", **EXACT_OPTIONS)
+    spec = load(tiny_path, "tiny-spec", speculative="ngram", draft_tokens=4, **EXACT_OPTIONS)
     yield plain, spec
     plugin.unload_model(model=plain)
     plugin.unload_model(model=spec)
