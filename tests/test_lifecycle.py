@@ -8,26 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from llama_api.testing import pid_exists, wait_for
-from llama_api.testing.processes import children
+from llama_api.testing.processes import children, gone
 from llama_api.testing.server import held_request
 from llama_api_echo import USER
-
-
-# Until the worker calls lifeline.watch_parent() at start, its orphan test cannot pass.
-def gone(pid: int) -> bool:
-    """Ended: no such process, or a zombie waiting for init to reap it."""
-    if not pid_exists(pid):
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return not pid_exists(pid)
 
 
 def refused(url: str) -> bool:

@@ -158,6 +158,7 @@ def create_app(config: ServerConfig | None = None, plugins: Plugins | None = Non
                                    plugins=plugins)
             async with scheduling.running() as scheduler:
                 app.state.scheduler = metrics.scheduler = scheduler
+                scheduler.keep_spares(spec.plugin for spec in models.values())
                 log.info("ready in %.2fs", time.perf_counter() - started)
                 yield
         finally:

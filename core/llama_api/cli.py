@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="unload a model idle this long; 0 = never (default: %(default)s)")
     serve.add_argument("--threads", type=positive, default=None, metavar="N",
                        help="threads per worker (default: the cores shared among --max-workers)")
+    serve.add_argument("--spare-worker", action="store_true",
+                       help="keep one worker process per plugin in use started ahead, its "
+                            "libraries imported, so that a model not loaded yet starts in its "
+                            "load time alone (costs an idle process each)")
     serve.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE",
                        help="host RAM all workers may hold, e.g. 8G; idle models are unloaded "
                             "to make room (default: 90%% of RAM; 0: no limit)")
@@ -258,6 +262,7 @@ def serve(args) -> int:
             max_gpu_memory=args.max_gpu_memory,
             request_timeout=args.request_timeout,
             load_timeout=args.load_timeout,
+            spare_workers=args.spare_worker,
         ),
         data_dir=args.data_dir or default_data_dir(),
         responses_ttl=args.responses_ttl,

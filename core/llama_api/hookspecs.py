@@ -44,6 +44,17 @@ def estimate_memory(spec, gpu):
     """
 
 
+@hookspec
+def prepare_worker():
+    """Import what `load_model` will need (heavy libraries); return nothing.
+
+    Called once in every worker process of this plugin, before it is given a model. A spare
+    worker (`serve --spare-worker`) runs it ahead of any request, so that a model not yet
+    loaded then starts in its load time alone. Optional; an exception is logged, and
+    `load_model` then reports what is wrong.
+    """
+
+
 @hookspec(firstresult=True)
 def load_model(spec, context):
     """Load a model whose `spec.backend` is one of yours and return it; else return None.

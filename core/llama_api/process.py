@@ -73,11 +73,28 @@ class WorkerProcess:
         self.request_timeout = 0.0  # a request may wait this long for the worker's next frame
         self.load_timeout = 0.0  # a load may take this long
         self.log = logging.getLogger(f"llama_api.worker.{spec.id}")
+        self.is_spare = False  # started ahead, no model yet (`spare`)
 
     # -- lifecycle -------------------------------------------------------------------
 
+    @classmethod
+    def spare(cls, plugin: str, n_threads: int, on_exit: Callable[[WorkerProcess], None]):
+        """A worker for `plugin` with no model yet: `spawn` it now (the interpreter starts
+        and imports the plugin's libraries), `load(spec)` it when a model is asked for."""
+        worker = cls(ModelSpec(id=f"(spare {plugin} worker)", backend="", path="",
+                               plugin=plugin), n_threads, on_exit)
+        worker.is_spare = True
+        return worker
+
     async def start(self, task_group: TaskGroup) -> None:
         """Start the process and load the model; raises ModelLoadError on failure."""
+        # A spec msgpack can't carry fails here, before any process starts.
+        protocol.encode(protocol.Load(spec=self.spec, n_threads=self.n_threads))
+        await self.spawn(task_group)
+        await self.load(self.spec)
+
+    async def spawn(self, task_group: TaskGroup) -> None:
+        """Start the process; it imports its plugin and waits for a model."""
         env = {name: value for name, value in os.environ.items() if name not in SERVER_SECRETS}
         # One thread budget for every threading library the backend may use.
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -87,8 +104,6 @@ class WorkerProcess:
         # The worker logs what the server would show of it, and no more.
         env.setdefault("LLAMA_API_WORKER_LOG_LEVEL",
                        logging.getLevelName(self.log.getEffectiveLevel()))
-        load = protocol.Load(spec=self.spec, n_threads=self.n_threads)
-        protocol.encode(load)  # a spec msgpack can't carry fails here, before any process
         # Scanned once per server (in a thread: it reads every distribution's metadata).
         entry_point = await anyio.to_thread.run_sync(entry_point_value, self.spec.plugin)
         self._process = await anyio.open_process(
@@ -104,8 +119,14 @@ class WorkerProcess:
         task_group.start_soon(self._read_frames)
         task_group.start_soon(self._drain_stderr)
         self.log.info("started worker pid=%s threads=%s", self.pid, self.n_threads)
+
+    async def load(self, spec: ModelSpec) -> None:
+        """Have the spawned process load `spec`; raises ModelLoadError on failure."""
+        self.spec = spec
+        self.is_spare = False
+        self.log = logging.getLogger(f"llama_api.worker.{spec.id}")
         try:
-            await self._send(load)
+            await self._send(protocol.Load(spec=spec, n_threads=self.n_threads))
         except errors.WorkerCrashed:
             pass  # the process died before reading; _read_frames reports why
         with anyio.move_on_after(self.load_timeout or None):

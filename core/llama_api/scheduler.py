@@ -12,6 +12,10 @@
 - A pinned model is never evicted nor unloaded for idleness; when every worker holds a
   pinned model, a request for another one is refused with 409 instead of waiting forever.
 - Loads, unloads, evictions and crashes are published as events (`llama_api.events`).
+- With `spare_workers`, one process per plugin in use is started ahead, its libraries
+  imported; a model's load takes it, so a cold start costs the load alone, and another
+  spare starts once that load is done. Spares hold no model: they don't count against
+  `max_workers` or the memory limit.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class Settings:
     # request_timeout seconds, or a load takes longer than load_timeout; 0 = no limit.
     request_timeout: float = 300.0
     load_timeout: float = 600.0
+    spare_workers: bool = False  # keep a started worker per plugin in use (see above)
 
 
 class LeaseObserver:
@@ -122,6 +127,7 @@ class Scheduler:
         self._waiting = 0
         self._changed = anyio.Event()
         self._task_group: TaskGroup | None = None
+        self.spares: dict[str, WorkerProcess] = {}  # plugin -> a started worker, no model yet
 
     def _share_cores(self) -> None:
         """Busy workers share the machine's cores; idle ones need none. So a lone stream may
@@ -157,9 +163,51 @@ class Scheduler:
                 task_group.cancel_scope.cancel()
 
     async def unload_all(self) -> None:
+        spares, self.spares = list(self.spares.values()), {}
+        self.settings.spare_workers = False  # none started from here on
         async with anyio.create_task_group() as task_group:
             for entry in list(self.entries.values()):
                 task_group.start_soon(self._unload, entry, "shutdown")
+            for spare in spares:
+                task_group.start_soon(spare.stop)
+
+    # -- spare workers ---------------------------------------------------------------
+
+    def keep_spares(self, plugins) -> None:
+        """Start a spare worker for each of these plugins (with `spare_workers` on)."""
+        for plugin in sorted(set(plugins)):
+            self._start_spare(plugin)
+
+    def _start_spare(self, plugin: str) -> None:
+        if (not self.settings.spare_workers or self._task_group is None or not plugin
+                or plugin in self.spares):
+            return
+        spare = WorkerProcess.spare(plugin, self.threads_per_worker, on_exit=self._worker_exited)
+        self.spares[plugin] = spare
+        self._task_group.start_soon(self._spawn_spare, spare)
+
+    async def _spawn_spare(self, spare: WorkerProcess) -> None:
+        try:
+            await spare.spawn(self._task_group)
+        except (OSError, errors.LlamaApiError) as exc:  # loads then start their own workers
+            log.warning("could not start a spare %s worker: %s", spare.spec.plugin, exc)
+            if self.spares.get(spare.spec.plugin) is spare:
+                del self.spares[spare.spec.plugin]
+            return
+        if self.spares.get(spare.spec.plugin) is not spare:  # shut down while it started
+            await spare.stop()
+
+    def _take_spare(self, plugin: str) -> WorkerProcess | None:
+        """The plugin's spare once its process is up; None if there is none, or it is still
+        starting (a new worker is then as quick), or it died (it is reaped)."""
+        spare = self.spares.get(plugin)
+        if spare is None or spare.pid is None:
+            return None
+        del self.spares[plugin]
+        if not spare.alive:
+            self._task_group.start_soon(spare.stop)
+            return None
+        return spare
 
     # -- leasing ---------------------------------------------------------------------
 
@@ -294,13 +342,21 @@ class Scheduler:
         started = time.perf_counter()
         log.info("loading model %s (backend %s)", entry.spec.id, entry.spec.backend)
         self.events.publish("loading", entry.spec.id, backend=entry.spec.backend)
-        worker = WorkerProcess(entry.spec, self.threads_per_worker, on_exit=self._worker_exited)
+        worker = self._take_spare(entry.spec.plugin)
+        spare = worker is not None
+        if worker is None:
+            worker = WorkerProcess(entry.spec, self.threads_per_worker,
+                                   on_exit=self._worker_exited)
         worker.request_timeout = self.settings.request_timeout
         worker.load_timeout = self.settings.load_timeout
         entry.process = worker
         estimate = entry.memory
         try:
-            await worker.start(self._task_group)
+            if spare:
+                log.info("model %s loads in spare worker pid %s", entry.spec.id, worker.pid)
+                await worker.load(entry.spec)
+            else:
+                await worker.start(self._task_group)
             measured = await anyio.to_thread.run_sync(self.memory.measure, worker.pid,
                                                       estimate, True)
         except anyio.get_cancelled_exc_class():
@@ -337,6 +393,7 @@ class Scheduler:
                 del self.entries[entry.spec.id]  # the next request tries again
         entry.ready.set()
         self._notify()
+        self._start_spare(entry.spec.plugin)  # after the load: it doesn't compete for cores
 
     async def _unload(self, entry: Entry, reason: str = "request") -> None:
         """End the entry's worker; `reason`: "request", "idle", "evicted" or "shutdown"."""

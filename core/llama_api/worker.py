@@ -260,6 +260,10 @@ class Worker:
             raise errors.ModelLoadError(
                 f"plugin {plugin_name} failed to import: {self.plugins.broken[plugin_name]}"
             )
+        try:  # before any Load: a spare worker does it ahead of the request
+            self.plugins.hook.prepare_worker()
+        except Exception:  # load_model then says what is wrong
+            log.exception("plugin %s could not prepare the worker", plugin_name)
         self.channel = channel
         self.model = None
         self.model_id = ""

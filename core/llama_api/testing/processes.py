@@ -16,6 +16,14 @@ def pid_exists(pid: int) -> bool:
     return True
 
 
+def gone(pid: int) -> bool:
+    """Ended: no such process, or a zombie waiting for its new parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return not pid_exists(pid)
+
+
 def wait_for(predicate, timeout: float = 10.0) -> bool:
     """Poll `predicate()` until it is true (True) or `timeout` seconds pass (False)."""
     deadline = time.monotonic() + timeout

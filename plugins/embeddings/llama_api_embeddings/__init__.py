@@ -48,6 +48,16 @@ def discover_models(models_dir):
 
 
 @hookimpl
+def prepare_worker():
+    # torch and transformers take seconds to import; TensorFlow (tfhub) waits for its load
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        pass  # load_model says what is missing
+
+
+@hookimpl
 def load_model(spec, context):
     if spec.backend == "transformers":
         from llama_api_embeddings import reranker

@@ -29,7 +29,7 @@ from llama_api_llamacpp.tools import tool_deltas
 log = logging.getLogger("llama_api_llamacpp")
 
 
-def _import_llama_cpp():
+def import_llama_cpp():
     try:
         import llama_cpp
     except ImportError as exc:
@@ -41,7 +41,7 @@ def _import_llama_cpp():
 
 
 def load(spec, context) -> LlamaCppModel:
-    llama_cpp = _import_llama_cpp()
+    llama_cpp = import_llama_cpp()
     path = Path(spec.path)
     if not path.is_file():
         raise errors.ModelLoadError(f"model file not found: {path}")

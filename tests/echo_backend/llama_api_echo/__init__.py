@@ -33,7 +33,8 @@ prompt is read), and detokenize spells back the words the worker has seen (other
 document by the share of the query's words it holds (case-insensitive); option
 `rerank: false` makes a model that can't rerank.
 Set LLAMA_API_ECHO_EVENTS to a file path to have the worker append one JSON line per
-event (start, end, cancelled) with its model, pid and time; `start` also holds what the
+event (prepared: a worker started, before any model; start, end, cancelled) with its
+model, pid and time; `start` also holds what the
 core handed the backend (`request`: the normalized fields tests check).
 """
 
@@ -62,10 +63,11 @@ from llama_api.types import (
 )
 
 
-def record(event: str, model: EchoModel, **fields) -> None:
+def record(event: str, model: EchoModel | None, **fields) -> None:
     path = os.environ.get("LLAMA_API_ECHO_EVENTS")
     if path:
-        line = json.dumps({"event": event, "model": model.id, "pid": os.getpid(),
+        line = json.dumps({"event": event, "model": model.id if model else None,
+                           "pid": os.getpid(),
                            "time": time.time(), **fields})
         with open(path, "a") as f:
             f.write(line + "\n")
@@ -150,6 +152,11 @@ def estimate_memory(spec):
         return (Path(spec.path).stat().st_size, 0)
     except OSError:
         return None
+
+
+@hookimpl
+def prepare_worker():
+    record("prepared", None)
 
 
 @hookimpl
