@@ -55,6 +55,15 @@ def test_header_of_a_bad_file(tmp_path):
         read_meta(truncated)
 
 
+def test_a_header_cut_inside_its_vocabulary_is_an_error(tiny_path, tmp_path):
+    data = tiny_path.read_bytes()
+    at = data.index("▁weather".encode())  # a token string in the (skipped) vocabulary array
+    for cut in (at - 3, at + 2):  # inside a length, inside a string
+        (tmp_path / "cut.gguf").write_bytes(data[:cut])
+        with pytest.raises(GGUFError, match="truncated"):
+            read_kv(tmp_path / "cut.gguf")
+
+
 def test_discovery_is_recursive_with_ids_from_file_stems(tiny_dir, tmp_path):
     specs = {spec.id: spec for spec in plugin.discover_models(models_dir=tiny_dir)}
     assert {"tiny", "tiny-base", "tiny-embed"} <= set(specs)
