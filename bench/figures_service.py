@@ -55,9 +55,9 @@ def cold_round(bench: Bench, figure: Figure, task: str, urls: dict[str, str]) ->
         url = urls[task]
         response = bench.client.post(f"{url}/admin/models/{SMOLLM2}/unload", json={})
         response.raise_for_status()
-        if task == COLD_SPARE:  # the spare started after the last load: wait until it is up
-            time.sleep(2.0)
         figure.add(task, bench.stream(API, tokens=4, url=url).ttft)
+        if task == COLD_SPARE:  # its next spare starts now: let it, before the next measure
+            time.sleep(2.0)
     elif task == RAW:
         figure.add(task, raw_load_seconds(smollm2_path(), bench.threads))
     else:

@@ -10,7 +10,7 @@ import httpx
 
 from llama_api.testing import wait_for
 from llama_api.testing.processes import children, gone
-from llama_api_echo import chat, read_events
+from llama_api_echo import USER, chat, read_events, wait_for_start
 
 
 def prepared(events_file) -> list[int]:
@@ -71,3 +71,18 @@ def test_without_the_flag_no_worker_starts_before_a_request(server, events_file)
     assert children(server.process.pid) == []
     assert chat(server, "fast").status_code == 200
     assert children(server.process.pid) == [server.health()["workers"]["fast"]]
+
+
+def test_the_next_spare_waits_until_no_request_runs(start_server, events_file):
+    with start_server("--spare-worker") as server:
+        assert wait_for(lambda: spare_ready(server, events_file, set()), timeout=20)
+        spare = spare_ready(server, events_file, set())
+        with httpx.stream("POST", server.v1 + "/chat/completions", timeout=30, json={
+                "model": "slow", "messages": USER, "max_tokens": 40, "stream": True}) as response:
+            lines = response.iter_lines()
+            assert next(line for line in lines if line.startswith("data: "))  # loaded, streaming
+            assert wait_for_start(events_file, "slow")
+            # 2 s of tokens left: a spare starting now would take cores from this stream
+            assert not wait_for(lambda: set(children(server.process.pid)) != {spare}, timeout=1)
+            assert [line for line in lines if line.startswith("data: ")][-1] == "data: [DONE]"
+        assert wait_for(lambda: spare_ready(server, events_file, {spare}), timeout=20)

@@ -13,9 +13,9 @@
   pinned model, a request for another one is refused with 409 instead of waiting forever.
 - Loads, unloads, evictions and crashes are published as events (`llama_api.events`).
 - With `spare_workers`, one process per plugin in use is started ahead, its libraries
-  imported; a model's load takes it, so a cold start costs the load alone, and another
-  spare starts once that load is done. Spares hold no model: they don't count against
-  `max_workers` or the memory limit.
+  imported; a model's load takes it, so a cold start costs the load alone. Another spare
+  starts when no request is running (its start would take cores from them). Spares hold no
+  model: they don't count against `max_workers` or the memory limit.
 """
 
 from __future__ import annotations
@@ -128,6 +128,7 @@ class Scheduler:
         self._changed = anyio.Event()
         self._task_group: TaskGroup | None = None
         self.spares: dict[str, WorkerProcess] = {}  # plugin -> a started worker, no model yet
+        self._spares_wanted: set[str] = set()  # plugins whose spare starts once all is idle
 
     def _share_cores(self) -> None:
         """Busy workers share the machine's cores; idle ones need none. So a lone stream may
@@ -165,6 +166,7 @@ class Scheduler:
     async def unload_all(self) -> None:
         spares, self.spares = list(self.spares.values()), {}
         self.settings.spare_workers = False  # none started from here on
+        self._spares_wanted.clear()
         async with anyio.create_task_group() as task_group:
             for entry in list(self.entries.values()):
                 task_group.start_soon(self._unload, entry, "shutdown")
@@ -174,17 +176,22 @@ class Scheduler:
     # -- spare workers ---------------------------------------------------------------
 
     def keep_spares(self, plugins) -> None:
-        """Start a spare worker for each of these plugins (with `spare_workers` on)."""
-        for plugin in sorted(set(plugins)):
-            self._start_spare(plugin)
+        """Start a spare worker for each of these plugins (with `spare_workers` on), and
+        another one after each load, once no request runs."""
+        if self.settings.spare_workers:
+            self._spares_wanted.update(plugin for plugin in plugins if plugin)
+            self._start_spares_when_idle()
 
-    def _start_spare(self, plugin: str) -> None:
-        if (not self.settings.spare_workers or self._task_group is None or not plugin
-                or plugin in self.spares):
+    def _start_spares_when_idle(self) -> None:
+        if (not self._spares_wanted or self._task_group is None
+                or any(entry.users for entry in self.entries.values())):
             return
-        spare = WorkerProcess.spare(plugin, self.threads_per_worker, on_exit=self._worker_exited)
-        self.spares[plugin] = spare
-        self._task_group.start_soon(self._spawn_spare, spare)
+        for plugin in sorted(self._spares_wanted - set(self.spares)):
+            spare = WorkerProcess.spare(plugin, self.threads_per_worker,
+                                        on_exit=self._worker_exited)
+            self.spares[plugin] = spare
+            self._task_group.start_soon(self._spawn_spare, spare)
+        self._spares_wanted.clear()
 
     async def _spawn_spare(self, spare: WorkerProcess) -> None:
         try:
@@ -245,6 +252,7 @@ class Scheduler:
                 entry.users -= 1
                 entry.last_used = time.monotonic()
                 self._notify()
+                self._start_spares_when_idle()
 
     async def _claim(self, spec: ModelSpec) -> Entry:
         """Find or start the entry for a model and count this request as its user."""
@@ -393,7 +401,7 @@ class Scheduler:
                 del self.entries[entry.spec.id]  # the next request tries again
         entry.ready.set()
         self._notify()
-        self._start_spare(entry.spec.plugin)  # after the load: it doesn't compete for cores
+        self.keep_spares([entry.spec.plugin])
 
     async def _unload(self, entry: Entry, reason: str = "request") -> None:
         """End the entry's worker; `reason`: "request", "idle", "evicted" or "shutdown"."""
@@ -451,6 +459,7 @@ class Scheduler:
             entry.users -= 1
             entry.last_used = time.monotonic()
             self._notify()
+            self._start_spares_when_idle()
         if pin:
             self.pin(spec.id)
         return entry
