@@ -97,9 +97,6 @@ class GenerateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     split_reasoning: bool = True
     # Extra backend-specific sampling fields the client sent (mirostat, grammar, ...).
     extra: dict[str, Any] = {}
-    # Whether the client reads the deltas as they come (False: it waits for the whole answer,
-    # so the worker sends them in fewer frames).
-    stream: bool = True
 
 
 class TopLogprob(msgspec.Struct, array_like=True):

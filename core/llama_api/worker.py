@@ -27,9 +27,6 @@ log = logging.getLogger("llama_api.worker")
 # Coalesce deltas into one frame per this many seconds: one frame per token costs
 # the compute threads a few percent (see shared/MODELS.md).
 FLUSH_INTERVAL = 0.025
-# A request the client reads whole (not streamed) gets its deltas at most this often: a short
-# answer is one frame, and a long one sends 4 a second (well within --request-timeout).
-HELD_INTERVAL = 0.25
 
 
 class Channel:
@@ -138,8 +135,7 @@ class Outbox:
     A stream's first delta (and the first after a pause of FLUSH_INTERVAL) goes out at once,
     from the thread that made it. Later ones wait for the next tick, when the writer sends
     every stream's pending deltas in one write: at most one frame per stream per tick, and
-    no delta waits longer than a tick, even while its backend stalls. A request that is not
-    streamed (`open(id, streamed=False)`) ticks every HELD_INTERVAL, first delta included.
+    no delta waits longer than a tick, even while its backend stalls.
     """
 
     def __init__(self, channel: Channel, interval: float = FLUSH_INTERVAL):
@@ -147,20 +143,10 @@ class Outbox:
         self._interval = interval
         self._pending: dict[int, list[Delta]] = {}
         self._last_sent: dict[int, float] = {}  # request id -> when its last frame went out
-        self._held: set[int] = set()  # requests not streamed: they tick every HELD_INTERVAL
         self._wake = threading.Condition()
         self._closed = False
         self._writer = threading.Thread(target=self._write_ticks, name="outbox", daemon=True)
         self._writer.start()
-
-    def open(self, request_id: int, streamed: bool) -> None:
-        if not streamed:
-            with self._wake:
-                self._held.add(request_id)
-                self._last_sent[request_id] = time.monotonic()  # as if a frame just left
-
-    def _interval_of(self, request_id: int) -> float:
-        return HELD_INTERVAL if request_id in self._held else self._interval
 
     def add(self, request_id: int, delta: Delta) -> None:
         with self._wake:
@@ -169,12 +155,12 @@ class Outbox:
                 pending.append(delta)
                 return
             last = self._last_sent.get(request_id)
-            if last is None or time.monotonic() - last >= self._interval_of(request_id):
+            if last is None or time.monotonic() - last >= self._interval:
                 self._send([(request_id, [delta])])
                 return
             self._pending[request_id] = [delta]
-            # The writer may be waiting for a later tick (another stream's, or a held
-            # request's): it works out the next one again.
+            # The writer may be waiting for a later tick (another stream's, due after this
+            # one's): it works out the next one again.
             self._wake.notify()
 
     def finish(self, request_id: int, failed: protocol.Failed | None = None) -> None:
@@ -182,7 +168,6 @@ class Outbox:
         with self._wake:
             pending = self._pending.pop(request_id, [])
             self._last_sent.pop(request_id, None)
-            self._held.discard(request_id)
             if failed is not None:
                 self._channel.send(failed)
             else:
@@ -209,8 +194,8 @@ class Outbox:
                 if not self._pending:
                     self._wake.wait()
                     continue
-                due = min(self._last_sent.get(request_id, 0.0) + self._interval_of(request_id)
-                          for request_id in self._pending)
+                due = min(self._last_sent.get(request_id, 0.0)
+                          for request_id in self._pending) + self._interval
                 wait = due - time.monotonic()
                 if wait > 0:
                     self._wake.wait(wait)
@@ -323,7 +308,6 @@ class Worker:
 
     def run_generate(self, message: protocol.Generate) -> None:
         cancelled = self.cancels[message.id]
-        self.outbox.open(message.id, streamed=message.request.stream)
         try:
             stream = self.plugins.hook.generate(
                 model=self.model, request=message.request, cancelled=cancelled

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Annotated, Literal, TypeVar
 
-import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import Body, FromPath, FromQuery, QueryParameter
 
@@ -49,8 +48,6 @@ async def generation(request: Request, model: str, requests: list[GenerateReques
     route's API isn't enough to tell it (Responses fails with its own event)."""
     state = request.app.state
     spec = await state.registry.find(model)  # 404 before any work
-    if not stream:  # the client waits for the whole answer: the worker sends fewer frames
-        requests = [msgspec.structs.replace(r, stream=False) for r in requests]
     run = partial(generate_choices, state.scheduler, spec, requests)
     if stream:
         return EventStream(run, len(requests), renderer, errors or error_shape(request))
