@@ -10,7 +10,8 @@ in the step: only steps of one shape compare). Now and then it tries one thread 
 more (alternately, never past 1..max) for a few steps and keeps the count if those steps
 are clearly faster than the recent ones at the current count; a candidate that loses is
 tried again after twice as long (1 s up to 30 s), one that wins resets its wait. A run of
-steps much slower than usual (another process took a core) tries one fewer at once. Steps
+steps twice as slow as before it (another process took a core) tries one fewer at once,
+however long the wait; if that loses too, the slower time is the new usual one. Steps
 shorter than 2 ms are not worth tuning (tiny models): the count stays as it started.
 """
 
@@ -27,7 +28,7 @@ log = logging.getLogger("llama_api_llamacpp")
 MIN_STEP = 0.002  # seconds; shorter steps are left alone
 PROBE_STEPS = 3  # steps a candidate count runs before it is judged (after one to settle)
 WIN = 0.85  # a candidate's steps must take at most this share of the current count's
-SLOWDOWN = 2.5  # a step this many times its usual time means the load changed
+SLOWDOWN = 2.0  # a step this many times its usual time means the load changed
 SLOW_RUN = 3  # that many such steps in a row: try one thread fewer now
 FIRST_WAIT = 1.0  # seconds before a candidate is tried (again, after a win)
 MAX_WAIT = 30.0  # the longest wait, after repeated losses
@@ -104,21 +105,28 @@ class ThreadTuner:
         if recent is None:
             recent = self._recent[shape] = deque(maxlen=3)
         recent.append(seconds)
-        usual = self._usual.get(shape, seconds)
-        self._slow_run = self._slow_run + 1 if seconds > SLOWDOWN * usual else 0
-        self._usual[shape] = usual + 0.1 * (seconds - usual)
+        usual = self._usual.setdefault(shape, seconds)
+        if seconds > SLOWDOWN * usual:
+            # Judged against the time before the run: `usual` moves only once it is over.
+            self._slow_run += 1
+        else:
+            self._slow_run = 0
+            self._usual[shape] = usual + 0.1 * (seconds - usual)
         if max(seconds, usual) < MIN_STEP or len(recent) < recent.maxlen:
             return
-        if self._slow_run >= SLOW_RUN and self.current > 1:
-            self._try(-1)
-        else:
-            now = self._clock()
-            for direction in (self._direction, -self._direction):
-                if (1 <= self.current + direction <= self.ceiling
-                        and now >= self._next_try[direction]):
-                    self._direction = -direction
-                    self._try(direction)
-                    break
+        if self._slow_run >= SLOW_RUN:
+            self._slow_run = 0
+            if self.current > 1:
+                self._try(-1)
+                return
+            self._usual[shape] = statistics.median(recent)  # one thread already: the new normal
+        now = self._clock()
+        for direction in (self._direction, -self._direction):
+            if (1 <= self.current + direction <= self.ceiling
+                    and now >= self._next_try[direction]):
+                self._direction = -direction
+                self._try(direction)
+                break
 
     def _try(self, direction: int) -> None:
         self._probe = self.current + direction
@@ -146,6 +154,10 @@ class ThreadTuner:
         else:
             self._apply(self.current)
             self._wait[direction] = min(MAX_WAIT, 2 * self._wait[direction])
+            # The current count's recent steps are its time now (after a slow run, the new
+            # normal): later slow runs are judged against it.
+            self._usual.update({shape: statistics.median(times)
+                                for shape, times in self._recent.items() if times})
         now = self._clock()
         self._next_try = {d: now + wait for d, wait in self._wait.items()}
 

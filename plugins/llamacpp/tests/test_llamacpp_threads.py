@@ -166,3 +166,28 @@ def test_with_a_core_taken_auto_threads_fall_to_one_and_are_not_slower(smollm2_s
         busy.wait()
         for model in models:
             plugin.unload_model(model=model)
+
+
+def quiet_for_long(tuner, clock):
+    """Ten minutes of steady steps: every try lost, so the waits have grown to their longest."""
+    drive(tuner, clock, lambda n: 0.030 if n == 2 else 0.060, 20_000)
+    assert tuner.current == 2
+
+
+def test_a_core_taken_after_a_long_quiet_spell_drops_a_thread_within_a_few_steps():
+    clock, applied = Clock(), []
+    tuner = ThreadTuner(2, 2, applied.append, clock=clock)
+    quiet_for_long(tuner, clock)
+    # Three times slower at 2 threads, 1 thread now faster: react now, not at the next try.
+    drive(tuner, clock, lambda n: 0.090 if n == 2 else 0.060, 10)
+    assert tuner.current == 1
+
+
+def test_a_slowdown_no_count_escapes_becomes_the_usual_time():
+    clock, applied = Clock(), []
+    tuner = ThreadTuner(2, 2, applied.append, clock=clock)
+    quiet_for_long(tuner, clock)
+    tries = applied.count(1)
+    drive(tuner, clock, lambda n: 0.090 if n == 2 else 0.180, 300)  # 27 s, 2 threads still best
+    assert tuner.current == 2
+    assert applied.count(1) - tries <= 2  # one try after the slow run, not one every few steps
