@@ -8,6 +8,7 @@ from pathlib import Path
 from bench import packages
 from bench.context import API
 from bench.figures_service import COLD, COLD_SPARE, RAW
+from bench.figures_speculative import NGRAM
 from bench.results import Figure, fmt, spread
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -54,6 +55,8 @@ def goals(figures: dict[str, Figure]) -> list[tuple[str, str, bool | None]]:
         return f"raw load + {spare:.2f} s with --spare-worker ({plain:.2f} s without)", spare <= 0.3
     check("cold_start", "Cold start: TTFT <= raw load + 0.3 s", cold)
     check("overhead_rate", "Per-request overhead: rate >= llama-server's", ratio_at_least(API, 1.0))
+    check("speculative", "Speculative (n-gram), repeating a given text: >= 1.3x tokens/s",
+          ratio_at_least(NGRAM, 1.3))
     return found
 
 
