@@ -11,8 +11,9 @@ more (alternately, never past 1..max) for a few steps and keeps the count if tho
 are clearly faster than the recent ones at the current count; a candidate that loses is
 tried again after twice as long (1 s up to 30 s), one that wins resets its wait. A run of
 steps twice as slow as before it (another process took a core) tries one fewer at once,
-however long the wait; if that loses too, the slower time is the new usual one. Steps
-shorter than 2 ms are not worth tuning (tiny models): the count stays as it started.
+however long the wait, and keeps it if it is a little faster; if not, the slower time is the
+new usual one. Steps shorter than 2 ms are not worth tuning (tiny models): the count stays
+as it started.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ log = logging.getLogger("llama_api_llamacpp")
 MIN_STEP = 0.002  # seconds; shorter steps are left alone
 PROBE_STEPS = 3  # steps a candidate count runs before it is judged (after one to settle)
 WIN = 0.85  # a candidate's steps must take at most this share of the current count's
+FORCED_WIN = 0.95  # the same, for the count tried after a slow run
 SLOWDOWN = 2.0  # a step this many times its usual time means the load changed
 SLOW_RUN = 3  # that many such steps in a row: try one thread fewer now
 FIRST_WAIT = 1.0  # seconds before a candidate is tried (again, after a win)
@@ -117,7 +119,7 @@ class ThreadTuner:
         if self._slow_run >= SLOW_RUN:
             self._slow_run = 0
             if self.current > 1:
-                self._try(-1)
+                self._try(-1, forced=True)
                 return
             self._usual[shape] = statistics.median(recent)  # one thread already: the new normal
         now = self._clock()
@@ -128,9 +130,11 @@ class ThreadTuner:
                 self._try(direction)
                 break
 
-    def _try(self, direction: int) -> None:
+    def _try(self, direction: int, forced: bool = False) -> None:
         self._probe = self.current + direction
         self._probe_direction = direction
+        # After a slow run the current count is known to suffer: a count a little faster wins.
+        self._probe_win = FORCED_WIN if forced else WIN
         self._probe_ratios = []
         self._probe_warming = True
         self._slow_run = 0
@@ -140,8 +144,9 @@ class ThreadTuner:
         ratio = statistics.median(self._probe_ratios)
         direction, candidate = self._probe_direction, self._probe
         self._probe = None
-        self.tries.append((candidate, round(ratio, 2), ratio <= WIN))
-        if ratio <= WIN:
+        won = ratio <= self._probe_win
+        self.tries.append((candidate, round(ratio, 2), won))
+        if won:
             log.info("%s: %d compute threads instead of %d (steps took %.0f%% of the time)",
                      self._name, candidate, self.current, 100 * ratio)
             self.current = candidate
