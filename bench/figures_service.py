@@ -37,6 +37,7 @@ def cold_start(bench: Bench) -> list[Figure]:
     spare = servers.llama_api(models_dir("main", {SMOLLM2: smollm2_path()}), "--spare-worker",
                               name="llama-api --spare-worker")
     bench.start(spare)
+    time.sleep(2.0)  # its spare starts once it serves: let it import before round 1
     urls = {COLD: bench.servers[API].url, COLD_SPARE: spare.url}
     tasks = [COLD_SPARE, COLD, RAW, CPP_COLD]
     try:
