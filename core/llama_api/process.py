@@ -73,7 +73,6 @@ class WorkerProcess:
         self.request_timeout = 0.0  # a request may wait this long for the worker's next frame
         self.load_timeout = 0.0  # a load may take this long
         self.log = logging.getLogger(f"llama_api.worker.{spec.id}")
-        self.is_spare = False  # started ahead, no model yet (`spare`)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -81,10 +80,8 @@ class WorkerProcess:
     def spare(cls, plugin: str, n_threads: int, on_exit: Callable[[WorkerProcess], None]):
         """A worker for `plugin` with no model yet: `spawn` it now (the interpreter starts
         and imports the plugin's libraries), `load(spec)` it when a model is asked for."""
-        worker = cls(ModelSpec(id=f"(spare {plugin} worker)", backend="", path="",
-                               plugin=plugin), n_threads, on_exit)
-        worker.is_spare = True
-        return worker
+        return cls(ModelSpec(id=f"(spare {plugin} worker)", backend="", path="", plugin=plugin),
+                   n_threads, on_exit)
 
     async def start(self, task_group: TaskGroup) -> None:
         """Start the process and load the model; raises ModelLoadError on failure."""
@@ -123,7 +120,6 @@ class WorkerProcess:
     async def load(self, spec: ModelSpec) -> None:
         """Have the spawned process load `spec`; raises ModelLoadError on failure."""
         self.spec = spec
-        self.is_spare = False
         self.log = logging.getLogger(f"llama_api.worker.{spec.id}")
         try:
             await self._send(protocol.Load(spec=spec, n_threads=self.n_threads))
