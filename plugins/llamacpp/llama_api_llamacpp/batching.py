@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from bisect import insort
 from collections import deque
 
 from llama_api import errors
@@ -242,11 +243,10 @@ class BatchEngine:
                 while self.incoming and self.free:
                     seq = self.incoming.popleft()
                     self._admit(seq)
-                    active.append(seq)
-                    # Tokens go into the batch by sequence id: with a KV buffer per sequence
-                    # llama.cpp puts only consecutive ids in one micro-batch, so 4 streams in
-                    # the order 3, 2, 1, 0 took 4 graph runs per step instead of one.
-                    active.sort(key=lambda s: s.seq_id)
+                    # Kept in sequence id order, as tokens go into the batch: with a KV buffer
+                    # per sequence llama.cpp puts only consecutive ids in one micro-batch, so
+                    # 4 streams in the order 3, 2, 1, 0 took 4 graph runs per step.
+                    insort(active, seq, key=lambda s: s.seq_id)
             # drop what the readers gave up on
             for seq in [s for s in active if s.stopped or s.cancelled.is_set()]:
                 active.remove(seq)
