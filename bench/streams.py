@@ -36,12 +36,17 @@ class Stream:
         return (self.tokens - 1) / (self.last - self.first) if self.last > self.first else 0.0
 
 
-def completion_body(model: str, tokens: int, stop_ids: tuple[int, ...], **more) -> dict:
+def completion_body(model: str, tokens: int, stop_ids: tuple[int, ...], stream: bool = True,
+                    **more) -> dict:
     """Greedy, `tokens` long: every end-of-generation token biased away (and `ignore_eos`
-    for the servers that know it; the others ignore the field)."""
-    return {"model": model, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0,
+    for the servers that know it; the others ignore the field). Streamed with usage in the
+    last chunk, or (`stream=False`) one JSON answer."""
+    body = {"model": model, "prompt": PROMPT, "max_tokens": tokens, "temperature": 0,
             "logit_bias": {str(i): -100 for i in stop_ids}, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}, **more}
+            "stream": stream, **more}
+    if stream:
+        body.setdefault("stream_options", {"include_usage": True})
+    return body
 
 
 def reported_tokens(chunk: dict) -> int | None:
