@@ -168,25 +168,25 @@ def test_with_a_core_taken_auto_threads_fall_to_one_and_are_not_slower(smollm2_s
             plugin.unload_model(model=model)
 
 
-def quiet_for_long(tuner, clock):
-    """Ten minutes of steady steps: every try lost, so the waits have grown to their longest."""
+def after_a_long_quiet_spell():
+    """(tuner, clock, applied counts) after ten minutes of steady steps at 2 threads of 2:
+    every try lost, so the waits have grown to their longest."""
+    clock, applied = Clock(), []
+    tuner = ThreadTuner(2, 2, applied.append, clock=clock)
     drive(tuner, clock, lambda n: 0.030 if n == 2 else 0.060, 20_000)
     assert tuner.current == 2
+    return tuner, clock, applied
 
 
 def test_a_core_taken_after_a_long_quiet_spell_drops_a_thread_within_a_few_steps():
-    clock, applied = Clock(), []
-    tuner = ThreadTuner(2, 2, applied.append, clock=clock)
-    quiet_for_long(tuner, clock)
+    tuner, clock, _ = after_a_long_quiet_spell()
     # Three times slower at 2 threads, 1 thread now faster: react now, not at the next try.
     drive(tuner, clock, lambda n: 0.090 if n == 2 else 0.060, 10)
     assert tuner.current == 1
 
 
 def test_a_slowdown_no_count_escapes_becomes_the_usual_time():
-    clock, applied = Clock(), []
-    tuner = ThreadTuner(2, 2, applied.append, clock=clock)
-    quiet_for_long(tuner, clock)
+    tuner, clock, applied = after_a_long_quiet_spell()
     tries = applied.count(1)
     drive(tuner, clock, lambda n: 0.090 if n == 2 else 0.180, 300)  # 27 s, 2 threads still best
     assert tuner.current == 2
@@ -194,9 +194,7 @@ def test_a_slowdown_no_count_escapes_becomes_the_usual_time():
 
 
 def test_after_a_slow_run_one_thread_fewer_is_kept_if_a_little_faster():
-    clock, applied = Clock(), []
-    tuner = ThreadTuner(2, 2, applied.append, clock=clock)
-    quiet_for_long(tuner, clock)
+    tuner, clock, _ = after_a_long_quiet_spell()
     # A core taken: 2 threads 3x slower, 1 thread only a little faster than that (0.9x):
     # an ordinary try needs 0.85x, but after a slow run the current count is known to suffer.
     drive(tuner, clock, lambda n: 0.090 if n == 2 else 0.081, 10)
