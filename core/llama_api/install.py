@@ -1,7 +1,7 @@
 """`llama-api install PLUGIN`: pip-install a backend and its heavy dependencies with the right flags.
 
-PINS is the one place for the versions of the heavy dependencies: the Makefile reads them
-with `python core/llama_api/install.py pin NAME` (this file needs only the standard library).
+PINS, the versions of the heavy dependencies, come from pins.toml beside this file: the one
+place for them, which the Makefile reads too.
 """
 
 from __future__ import annotations
@@ -10,15 +10,20 @@ import os
 import shlex
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PINS = {
-    # The torch release whose CPU build pip can install without pulling CUDA libraries.
-    "torch": "torch==2.13.0",
-    # TensorFlow without CUDA, for TF Hub encoders (SavedModel folders).
-    "tensorflow": "tensorflow-cpu==2.21.0",
-}
+PINS_FILE = Path(__file__).with_name("pins.toml")
+
+
+def read_pins(path: Path = PINS_FILE) -> dict[str, str]:
+    """Name (`torch`, `tensorflow`) to pip requirement (`torch==...`)."""
+    with path.open("rb") as file:
+        return tomllib.load(file)
+
+
+PINS = read_pins()
 
 
 @dataclass
@@ -102,12 +107,8 @@ def run(steps: list[Step], dry_run: bool = False) -> int:
             continue
         result = subprocess.run(step.args, check=False, env={**os.environ, **step.env})
         if result.returncode != 0:
-            print(f"step {number} failed with exit code {result.returncode}", file=sys.stderr)
+            print(f"step {number} failed with exit code {result.returncode}: {step}",
+                  file=sys.stderr)
             return result.returncode
     return 0
 
-
-if __name__ == "__main__":  # `python core/llama_api/install.py pin torch`, for the Makefile
-    if len(sys.argv) != 3 or sys.argv[1] != "pin" or sys.argv[2] not in PINS:
-        sys.exit(f"usage: install.py pin {{{'|'.join(PINS)}}}")
-    print(PINS[sys.argv[2]])
