@@ -53,6 +53,9 @@ SERIAL_TESTS = $(shell grep -rl --include='test_*.py' 'mark.serial' tests plugin
 # Python caches bytecode for the test run: the hundreds of worker and server processes the
 # tests start then load compiled modules (some environments turn the cache off).
 test: export PYTHONDONTWRITEBYTECODE :=
+# The set-up installed every test dependency: a test that pytest.importorskip() would skip
+# fails instead (conftest.py), so that a broken install can't pass as skips.
+test: export LLAMA_API_STRICT_SKIPS := 1
 test: lint
 	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile -m "not serial"
 	$(PY) -m pytest -m serial $(SERIAL_TESTS)

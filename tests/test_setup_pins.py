@@ -1,13 +1,16 @@
 """The set-up: torch and TensorFlow pins read from one data file by the Makefile and
-`llama-api install`, on every supported Python."""
+`llama-api install`, on every supported Python; `make test`'s rule that a test skipped for a
+failed import is a failure."""
 
 from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -96,3 +99,91 @@ def test_a_pin_that_cannot_be_read_stops_make(tmp_path):
     result = make("-n", f"VENV={tmp_path / 'venv'}", "TORCH=", f"{tmp_path / 'venv'}/.serve")
     assert result.returncode != 0
     assert "TORCH is empty" in result.stderr
+
+
+def test_make_test_makes_skips_for_failed_imports_strict():
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: export LLAMA_API_STRICT_SKIPS := 1$", makefile, re.MULTILINE)
+
+
+# A test run in a folder of its own, with this repository's conftest.py.
+TESTS = {
+    "test_runtime.py": """
+        import pytest
+
+        @pytest.fixture
+        def tensorflow():
+            return pytest.importorskip("no_such_module_a", reason="TensorFlow is not installed")
+
+        def test_in_a_fixture(tensorflow):
+            pass
+
+        def test_in_the_test():
+            pytest.importorskip("no_such_module_b")
+
+        def test_one_core():
+            pytest.skip("one core: nothing to share")
+
+        @pytest.mark.skipif(True, reason="needs an NVIDIA GPU with CUDA")
+        def test_gpu():
+            pass
+
+        def test_found():
+            assert pytest.importorskip("json")
+        """,
+    "test_module.py": """
+        import pytest
+
+        pytest.importorskip("no_such_module_c")
+
+        def test_never_runs():
+            pass
+        """,
+}
+
+
+def run_pytest(folder: Path, *args: str, strict: bool) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "LLAMA_API_"))}
+    env.update(PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", COLUMNS="200")  # whole summary lines
+    if strict:
+        env["LLAMA_API_STRICT_SKIPS"] = "1"
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA",
+                           *args], cwd=folder, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    for name, text in TESTS.items():
+        (tmp_path / name).write_text(textwrap.dedent(text))
+    return tmp_path
+
+
+def test_without_the_rule_every_skip_is_a_skip(folder):
+    result = run_pytest(folder, strict=False)
+    assert result.returncode == 0, result.stdout
+    assert "1 passed, 5 skipped" in result.stdout
+
+
+@pytest.mark.parametrize("workers", [[], ["-p", "xdist.plugin", "-n", "2"]],
+                         ids=["serial", "xdist"])
+def test_strict_skips_fail_a_failed_import_and_keep_the_other_skips(folder, workers):
+    result = run_pytest(folder, "test_runtime.py", *workers, strict=True)
+    assert result.returncode == 1
+    summary = result.stdout.splitlines()[-1]
+    assert "1 failed" in summary and "1 passed" in summary and "2 skipped" in summary
+    assert "1 error" in summary, summary  # the fixture's import: an error at set-up
+    assert "FAILED test_runtime.py::test_in_the_test - could not import 'no_such_module_b'" \
+        in result.stdout
+    assert "ERROR test_runtime.py::test_in_a_fixture - TensorFlow is not installed" \
+        in result.stdout
+    assert "LLAMA_API_STRICT_SKIPS is set" in result.stdout
+
+
+def test_strict_skips_make_a_module_that_skips_itself_a_collection_error(folder):
+    result = run_pytest(folder, "test_module.py", strict=True)
+    assert result.returncode != 0
+    assert "ERROR test_module.py - could not import 'no_such_module_c'" in result.stdout
+    assert "1 error" in result.stdout.splitlines()[-1]
