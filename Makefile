@@ -30,8 +30,11 @@ TENSORFLOW ?= $(call pin,tensorflow)
 # On Linux, torch from PyPI is a CUDA build (GBs); without a GPU, take the CPU build from
 # PyTorch's own index: make serve TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 TORCH_INDEX_URL ?=
-# llama-cpp-python compiles llama.cpp; the multimodal part isn't used.
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# llama-cpp-python compiles llama.cpp for this machine's CPU (-march=native); the multimodal
+# part isn't used. On x86 without AMX: some VMs report AMX but fault on its first tile
+# instruction (SIGILL in every prompt of a quantized model); AMX only speeds up prompts.
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF $(if $(filter x86_64,$(shell uname -m)),	"-DCMAKE_C_FLAGS=$(NO_AMX)" "-DCMAKE_CXX_FLAGS=$(NO_AMX)")
 
 TEST_TOOLS := pytest pytest-timeout pytest-xdist httpx "openai>=1.40" "gguf>=0.10" sentence-transformers \
               jsonschema ruff anthropic prometheus-client schemathesis hypothesis

@@ -7,6 +7,7 @@ place for them, which the Makefile reads too.
 from __future__ import annotations
 
 import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -39,11 +40,18 @@ class Backend:
     before: tuple[tuple[str, ...], ...] = ()
 
 
+# llama.cpp is compiled for the machine's CPU (-march=native), but without AMX on x86: some
+# VMs report AMX and fault on its first tile instruction (SIGILL on every quantized prompt).
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+LLAMA_CPP_CMAKE = "-DLLAVA_BUILD=OFF" + (
+    f' "-DCMAKE_C_FLAGS={NO_AMX}" "-DCMAKE_CXX_FLAGS={NO_AMX}"'
+    if platform.machine() in ("x86_64", "AMD64") else "")
+
 BACKENDS = {
     "llamacpp": Backend(
         "llama-api-llamacpp",
-        build_env={"CMAKE_ARGS": "-DLLAVA_BUILD=OFF"},
-        cuda_build_env={"CMAKE_ARGS": "-DLLAVA_BUILD=OFF -DGGML_CUDA=on"},
+        build_env={"CMAKE_ARGS": LLAMA_CPP_CMAKE},
+        cuda_build_env={"CMAKE_ARGS": LLAMA_CPP_CMAKE + " -DGGML_CUDA=on"},
     ),
     "embeddings": Backend("llama-api-embeddings", needs_torch=True),
     # tensorflow-cpu first: the plugin's `tfhub` extra would let pip pick the CUDA build.
