@@ -35,10 +35,15 @@ if [ ! -d "$SRC/vendor/llama.cpp" ]; then
   [ -d "$CACHE/llama_cpp_python-$VERSION" ] && mv "$CACHE/llama_cpp_python-$VERSION" "$SRC"
 fi
 
+# As llama-cpp-python is built (the Makefile): native, without AMX on x86, which some VMs
+# report but fault on.
+NO_AMX=""
+[ "$(uname -m)" = x86_64 ] && NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
   cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
     -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF -DBUILD_SHARED_LIBS=OFF
+    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF -DBUILD_SHARED_LIBS=OFF \
+    -DCMAKE_C_FLAGS="$NO_AMX" -DCMAKE_CXX_FLAGS="$NO_AMX"
 fi
 nice -n 19 cmake --build "$BUILD" --target llama-server -j"$JOBS"
 } >&2
