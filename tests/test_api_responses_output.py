@@ -110,17 +110,17 @@ def test_the_store_follows_previous_ids_and_a_missing_link_cuts_the_conversation
 
     for n, previous in ((1, None), (2, "r1"), (3, "r2")):
         store.put_blocking({"id": f"r{n}", "created_at": 1e10, "previous_response_id": previous,
-                            "output": [said(f"out{n}")]}, [said(f"in{n}")])
+                            "output": [said(f"out{n}")]}, [said(f"in{n}")], None)
 
     def texts(response_id):
-        items = anyio.run(store.conversation, response_id)
+        items = anyio.run(store.conversation, response_id, None)
         return [item["content"][0]["text"] for item in items]
 
     assert texts("r3") == ["in1", "out1", "in2", "out2", "in3", "out3"]
-    anyio.run(store.delete, "r2")
+    anyio.run(store.delete, "r2", None)
     assert texts("r3") == ["in3", "out3"]
     try:
-        anyio.run(store.conversation, "r2")
+        anyio.run(store.conversation, "r2", None)
     except ResponseNotFound as exc:
         assert exc.status == 404 and exc.param == "previous_response_id"
     else:

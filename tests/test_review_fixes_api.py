@@ -26,7 +26,7 @@ def test_a_streams_write_does_not_wait_for_a_long_read(tmp_path):
     reading = store._locks[READ]  # as a 1000-link `conversation` holds it
     reading.acquire()
     done = threading.Event()
-    writer = threading.Thread(target=lambda: (store.put_blocking(stored(1, 1e10), []),
+    writer = threading.Thread(target=lambda: (store.put_blocking(stored(1, 1e10), [], None),
                                               done.set()))
     writer.start()
     try:
@@ -34,16 +34,16 @@ def test_a_streams_write_does_not_wait_for_a_long_read(tmp_path):
     finally:
         reading.release()
         writer.join()
-    assert anyio.run(store.get, "r1")["id"] == "r1"
+    assert anyio.run(store.get, "r1", None)["id"] == "r1"
     store.close()
 
 
 def test_the_ttl_prune_runs_in_a_thread_not_in_the_streams_write(tmp_path):
     store = ResponsesStore(tmp_path, ttl=60)
     anyio.run(store.ready)
-    store.put_blocking(stored(1, time.time() - 3600), [])  # expired already
+    store.put_blocking(stored(1, time.time() - 3600), [], None)  # expired already
     store._last_prune = time.monotonic() - 3600  # a prune is due
-    store.put_blocking(stored(2, time.time()), [])
+    store.put_blocking(stored(2, time.time()), [], None)
     with store._locks[READ]:
         rows = store._db[READ].execute("SELECT id FROM responses ORDER BY id").fetchall()
     assert [row[0] for row in rows] == ["r1", "r2"]  # the write on the loop did not prune
@@ -51,7 +51,7 @@ def test_the_ttl_prune_runs_in_a_thread_not_in_the_streams_write(tmp_path):
     on_threads = []
     prune = store._prune
     store._prune = lambda db: (on_threads.append(threading.current_thread()), prune(db))
-    assert anyio.run(store.get, "r2")["id"] == "r2"  # the next call prunes, in its thread
+    assert anyio.run(store.get, "r2", None)["id"] == "r2"  # the next call prunes, in its thread
     assert on_threads and on_threads[0] is not threading.main_thread()
     with store._locks[READ]:
         rows = store._db[READ].execute("SELECT id FROM responses").fetchall()
@@ -64,9 +64,9 @@ def test_put_stores_in_a_thread(tmp_path):
     threads = []
     put = store._put
     store._put = lambda db, *args: (threads.append(threading.current_thread()), put(db, *args))
-    anyio.run(store.put, stored(1, 1e10), [{"id": "i"}])
+    anyio.run(store.put, stored(1, 1e10), [{"id": "i"}], None)
     assert threads and threads[0] is not threading.main_thread()
-    assert anyio.run(store.input_items, "r1") == [{"id": "i"}]
+    assert anyio.run(store.input_items, "r1", None) == [{"id": "i"}]
     store.close()
 
 

@@ -75,13 +75,15 @@ def offered_keys(connection: ASGIConnection) -> list[bytes]:
     return offered
 
 
-def matches(offered: list[bytes], keys: list[bytes]) -> bool:
-    # Compare against every key so the time taken doesn't tell which one nearly matched.
-    matched = False
+def matching_key(offered: list[bytes], keys: list[bytes]) -> bytes | None:
+    """The configured key among `offered`, or None. Every pair is compared, so the time
+    taken doesn't tell which one nearly matched."""
+    found = None
     for candidate in offered:
         for key in keys:
-            matched |= hmac.compare_digest(candidate, key)
-    return matched
+            if hmac.compare_digest(candidate, key):
+                found = key
+    return found
 
 
 async def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
@@ -100,13 +102,17 @@ async def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -
         return
     offered = offered_keys(connection)
     if access == "admin" and state.admin_keys:
-        if matches(offered, state.admin_keys):
+        if matching_key(offered, state.admin_keys) is not None:
             return
-        if matches(offered, state.api_keys):
+        if matching_key(offered, state.api_keys) is not None:
             raise errors.Forbidden("This route needs an admin key; an API key is not enough.")
         what = "admin key"
     else:
-        if not state.api_keys or matches(offered, state.api_keys + state.admin_keys):
+        if not state.api_keys:
+            return
+        # The Responses store keeps what each key stored apart (api.http.request_key).
+        connection.state.api_key = matching_key(offered, state.api_keys + state.admin_keys)
+        if connection.state.api_key is not None:
             return
         what = "API key"
     how = f"send `Authorization: Bearer <key>` or `x-api-key: <key>` with an {what}"

@@ -234,13 +234,14 @@ class ResponseErrors:
 
 # -- the routes' work -------------------------------------------------------------------
 
-async def prepare(store: ResponsesStore, body: ResponseRequest
+async def prepare(store: ResponsesStore, body: ResponseRequest, key: bytes | None
                   ) -> tuple[list[GenerateRequest], ResponseEvents, Callable]:
     """The one GenerateRequest, the renderer (of the stream, and of the plain answer's
-    state), and the plain answer: the finished response, stored first in a thread."""
+    state), and the plain answer: the finished response, stored first in a thread, as
+    `key`'s (the API key of the request)."""
     refuse_unsupported(body)
     items = input_items(body)
-    history = (await store.conversation(body.previous_response_id)
+    history = (await store.conversation(body.previous_response_id, key)
                if body.previous_response_id else [])
     generate = generate_request(body, history, items)
     stored = body.store is not False
@@ -248,14 +249,15 @@ async def prepare(store: ResponsesStore, body: ResponseRequest
         await store.ready()  # a store that can't open fails before any work
     # A stream stores its response just before `response.completed`, on the event loop:
     # one INSERT on the store's own writer connection, which reads never hold.
-    keep = partial(store.put_blocking, input_items=items) if stored and body.stream else None
+    keep = (partial(store.put_blocking, input_items=items, key=key)
+            if stored and body.stream else None)
     events = ResponseEvents(echoed_fields(body), keep=keep,
                             parallel_tool_calls=body.parallel_tool_calls is not False)
 
     async def answer(_choices) -> dict[str, Any]:
         response = events.complete()
         if stored:
-            await store.put(response, items)
+            await store.put(response, items, key)
         return response
 
     return [generate], events, answer
