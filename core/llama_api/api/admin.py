@@ -12,14 +12,14 @@ from typing import Any, ClassVar, Literal
 
 import anyio
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, get, post, route
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from llama_api import errors, memory
 from llama_api.api import openapi
-from llama_api.api.http import json_response
+from llama_api.api.http import GET_OR_HEAD, json_response
 from llama_api.metrics import CONTENT_TYPE
 from llama_api.scheduler import Entry, Scheduler
 from llama_api.types import ModelSpec
@@ -185,9 +185,10 @@ def readiness_problems(plugins, models_dir) -> list[str]:
     return problems
 
 
-@get("/ready", opt={"public": True}, summary="Readiness: plugins loaded, models folder readable",
-     responses={503: ResponseSpec(Readiness, description="Not ready: `problems` says why",
-                                  generate_examples=False)})
+@route("/ready", http_method=GET_OR_HEAD, opt={"public": True},
+       summary="Readiness: plugins loaded, models folder readable",
+       responses={503: ResponseSpec(Readiness, description="Not ready: `problems` says why",
+                                    generate_examples=False)})
 async def ready(request: Request) -> Response[Readiness]:
     state = request.app.state
     problems = readiness_problems(state.plugins, state.models_dir)

@@ -8,7 +8,7 @@ from typing import TypeVar
 
 import anyio
 import msgspec
-from litestar import Request, Response
+from litestar import HttpMethod, Request, Response
 from litestar.types import Receive
 
 from llama_api import errors
@@ -16,6 +16,15 @@ from llama_api import errors
 log = logging.getLogger("llama_api.api")
 
 T = TypeVar("T")
+
+# The routes probed by load balancers and clients (Claude Code sends `HEAD /` first): HEAD
+# answers as GET does, without the body.
+GET_OR_HEAD = [HttpMethod.GET, HttpMethod.HEAD]
+
+
+def request_key(request: Request) -> bytes | None:
+    """The API key the app's guard let this request in with; None when the server has none."""
+    return request.state.get("api_key")
 
 
 def json_response(body: dict) -> Response:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Annotated, Literal, TypeVar
 
-from litestar import Controller, Request, Response, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post, route
 from litestar.params import Body, FromPath, FromQuery, QueryParameter
 
 from llama_api.api import anthropic, chat, completions, embeddings, models, openapi, responses
@@ -19,7 +19,12 @@ from llama_api.api import rerank as reranking
 from llama_api.api import tokenize as tokenizing
 from llama_api.api.choices import Choice, generate_choices, new_id, total_usage
 from llama_api.api.error_responses import error_shape
-from llama_api.api.http import json_response, until_done_or_disconnected
+from llama_api.api.http import (
+    GET_OR_HEAD,
+    json_response,
+    request_key,
+    until_done_or_disconnected,
+)
 from llama_api.api.streaming import ErrorShape, EventStream, StreamRenderer
 from llama_api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from llama_api.schemas_anthropic import MessagesInput, MessagesRequest
@@ -83,8 +88,8 @@ def include_usage(body) -> bool:
 class OpenAIController(Controller):
     path = "/v1"
 
-    @get("/models", responses=openapi.errors(*openapi.GUARDED),
-         summary="List every model this server can serve")
+    @route("/models", http_method=GET_OR_HEAD, responses=openapi.errors(*openapi.GUARDED),
+           summary="List every model this server can serve")
     async def list_models(self, request: Request) -> Response:
         state = request.app.state
         return json_response(models.model_list(await state.registry.current(), state.scheduler))
@@ -159,14 +164,15 @@ class ResponsesController(Controller):
           summary="Create a model response (OpenAI Responses API)")
     async def create(self, request: Request, data: Annotated[ResponseRequest, Body()]) -> Response:
         store = request.app.state.responses
-        requests, events, answer = await responses.prepare(store, data)
+        requests, events, answer = await responses.prepare(store, data, request_key(request))
         return await generation(
             request, data.model, requests, stream=bool(data.stream), renderer=events,
             render_plain=True, errors=responses.ResponseErrors(events), answer=answer)
 
     @get("/{response_id:str}", responses=STORED_ERRORS, summary="A stored response")
     async def retrieve(self, request: Request, response_id: FromPath[str]) -> Response:
-        return json_response(await request.app.state.responses.get(response_id))
+        return json_response(await request.app.state.responses.get(response_id,
+                                                                  request_key(request)))
 
     @get("/{response_id:str}/input_items", responses=STORED_ERRORS,
          summary="The input items of a stored response")
@@ -176,14 +182,14 @@ class ResponsesController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_INPUT_ITEMS_PAGE)] = 20,
         after: FromQuery[str | None] = None,
     ) -> Response:
-        items = await request.app.state.responses.input_items(response_id)
+        items = await request.app.state.responses.input_items(response_id, request_key(request))
         return json_response(responses.input_items_page(items, order=order, limit=limit,
                                                         after=after))
 
     @delete("/{response_id:str}", status_code=200, responses=STORED_ERRORS,
             summary="Delete a stored response")
     async def delete(self, request: Request, response_id: FromPath[str]) -> Response:
-        await request.app.state.responses.delete(response_id)
+        await request.app.state.responses.delete(response_id, request_key(request))
         return json_response({"id": response_id, "object": "response", "deleted": True})
 
 
@@ -211,11 +217,17 @@ async def rerank(request: Request, data: Annotated[RerankBody, Body()]) -> Respo
     return json_response(reranking.rerank_response(data, rerank_request, result))
 
 
-@get("/health", opt={"public": True}, summary="Liveness, and which models are loaded")
+@route("/health", http_method=GET_OR_HEAD, opt={"public": True},
+       summary="Liveness, and which models are loaded")
 async def health(request: Request) -> dict:
     state = request.app.state
     return models.health(state.scheduler, state.plugins)
 
 
+@route("/", http_method=GET_OR_HEAD, opt={"public": True}, summary="What this server is")
+async def index() -> dict:
+    return {"name": "llama-api", "api": "/v1", "health": "/health", "schema": "/schema"}
+
+
 ROUTES = [OpenAIController, AnthropicController, ResponsesController, tokenize, detokenize,
-          rerank, health]
+          rerank, health, index]
