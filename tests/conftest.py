@@ -88,13 +88,15 @@ def api(client):
 
 @pytest.fixture
 def start_server(models_dir, events_file):
-    """start_server(*args) runs a real server on the echo models (only the echo plugin)."""
+    """start_server(*args) runs a real server on the echo models (only the echo plugin);
+    `address_space` bounds its processes' virtual memory (see `serve`)."""
 
     @contextmanager
-    def start(*args: str, env: dict | None = None):
+    def start(*args: str, env: dict | None = None, address_space: int | None = None):
         environment = {"LLAMA_API_PLUGINS": "echo", "LLAMA_API_ECHO_EVENTS": str(events_file),
                        **(env or {})}
-        with serve("--models-dir", str(models_dir), *args, env=environment) as server:
+        with serve("--models-dir", str(models_dir), *args, env=environment,
+                   address_space=address_space) as server:
             yield server
 
     return start

@@ -68,7 +68,8 @@ class WorkerProcess:
         self._loaded = anyio.Event()
         self._load_error: errors.LlamaApiError | None = None
         self._exited = anyio.Event()
-        self._killed_for: str | None = None  # why the server killed it (a timeout), if it did
+        # Why the server killed it (a timeout, its memory), if it did: its requests' error.
+        self._killed_for: errors.WorkerCrashed | None = None
         # Seconds; 0 = no limit. The scheduler sets them from its settings.
         self.request_timeout = 0.0  # a request may wait this long for the worker's next frame
         self.load_timeout = 0.0  # a load may take this long
@@ -246,14 +247,18 @@ class WorkerProcess:
         """Kill a worker that stopped answering; returns what its requests are told."""
         message = (f"the worker for model {self.spec.id!r} (pid {self.pid}) {what} ({flag}) "
                    "and was killed")
+        self.kill(message, "worker_timeout")
+        return message
+
+    def kill(self, message: str, code: str) -> None:
+        """Kill the process now; its requests fail with 503 `code` and `message`."""
         self.log.error("%s", message)
-        self._killed_for = message
-        if self._process.returncode is None:
+        self._killed_for = errors.WorkerCrashed(message, code=code)
+        if self._process is not None and self._process.returncode is None:
             try:
                 self._process.kill()
             except ProcessLookupError:
                 pass
-        return message
 
     def _open(self):
         if not self.alive:
@@ -265,7 +270,7 @@ class WorkerProcess:
 
     def _crash_error(self) -> errors.WorkerCrashed:
         if self._killed_for is not None:
-            return errors.WorkerCrashed(self._killed_for, code="worker_timeout")
+            return errors.WorkerCrashed(self._killed_for.message, code=self._killed_for.code)
         return errors.WorkerCrashed(self._crash_message())
 
     def _crash_message(self) -> str:

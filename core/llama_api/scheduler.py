@@ -32,6 +32,7 @@ from anyio.abc import TaskGroup
 from llama_api import errors
 from llama_api.events import EventBus
 from llama_api.memory import Footprint, MemoryBudget, describe
+from llama_api.memory_watch import watch_memory
 from llama_api.process import WorkerProcess
 from llama_api.types import ModelSpec
 
@@ -156,6 +157,7 @@ class Scheduler:
         async with anyio.create_task_group() as task_group:
             self._task_group = task_group
             task_group.start_soon(self._unload_idle_models)
+            task_group.start_soon(watch_memory, self)
             try:
                 yield self
             finally:

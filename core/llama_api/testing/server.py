@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -66,14 +67,17 @@ PORT_TRIES = 3
 
 
 @contextmanager
-def serve(*args: str, env: dict[str, str] | None = None, startup_timeout: float = 60.0):
+def serve(*args: str, env: dict[str, str] | None = None, startup_timeout: float = 60.0,
+          address_space: int | None = None):
     """Run `python -m llama_api serve --port <free> *args` until the block ends.
 
     A port is free when chosen, but another process (a parallel test run, any client's
     outgoing connection) may take it before the server binds: then it starts again on
-    another port."""
+    another port. `address_space`: bytes of virtual memory the server and each of its
+    workers may map (RLIMIT_AS): a test of a request that could exhaust the machine fails
+    instead of waking the kernel's OOM killer."""
     for _ in range(PORT_TRIES):
-        server = start(args, env)
+        server = start(args, env, address_space)
         try:
             wait_until_ready(server, startup_timeout)
             break
@@ -90,13 +94,18 @@ def serve(*args: str, env: dict[str, str] | None = None, startup_timeout: float 
         stop(server)
 
 
-def start(args, env: dict[str, str] | None) -> Server:
+def start(args, env: dict[str, str] | None, address_space: int | None = None) -> Server:
     port = free_port()
     # Kept after the block, for a failing test to read; closed in `stop`.
     log_file = tempfile.NamedTemporaryFile(prefix="llama-api-", suffix=".log", delete=False)  # noqa: SIM115
+
+    def limit() -> None:  # in the child, before exec; its workers inherit it
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
     process = subprocess.Popen(
         [sys.executable, "-m", "llama_api", "serve", "--port", str(port), *args],
         stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        preexec_fn=limit if address_space else None,  # noqa: PLW1509 - no threads to fear here
     )
     return Server(url=f"http://127.0.0.1:{port}", process=process, log_path=Path(log_file.name),
                   log_file=log_file)

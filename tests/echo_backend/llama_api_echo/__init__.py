@@ -17,6 +17,8 @@ A prompt of more than 1000 words is refused as a real backend refuses what its c
 can't hold (context_length_exceeded); so is one whose words and max_tokens add up to more
 than the model's `context` option, when it has one.
 A prompt containing the word SILENT makes generate yield nothing at all.
+A prompt containing the word GROW makes the worker's memory grow by 16 MiB every 10 ms while
+it serves, up to 4 GiB, then answer "grown" (a runaway backend, for the memory watchdog).
 A prompt containing the word RAISE makes generate raise a RuntimeError (a backend bug);
 the word MALFORMED makes it yield a delta whose usage holds a float (a backend bug that
 encodes fine in the worker but does not decode as the protocol's types).
@@ -207,6 +209,8 @@ def generate(model, request, cancelled):
         return iter(())
     if "RAISE" in words:  # a backend bug, as a plain exception
         raise RuntimeError("echo was asked to fail")
+    if "GROW" in words:
+        return grow(model, cancelled)
     if "MALFORMED" in words:
         return iter([Delta(text="x", finish_reason="stop",
                            usage=Usage(prompt_tokens=0.5, completion_tokens=1))])
@@ -282,6 +286,19 @@ def echo_tokens(model, request, words, cancelled):
     model.info["served"] += 1
     yield Delta(finish_reason=finish, stop_sequence=stops.matched,
                 usage=Usage(prompt_tokens=len(words), completion_tokens=produced))
+
+
+def grow(model, cancelled):
+    """Hold more and more memory (pages written, so resident), at most 4 GiB."""
+    record("start", model)
+    held = []
+    for _ in range(256):
+        if cancelled.is_set():
+            return
+        held.append(b"\x01" * (16 * 2**20))
+        time.sleep(0.01)
+    yield Delta(text="grown", finish_reason="stop",
+                usage=Usage(prompt_tokens=1, completion_tokens=1))
 
 
 def echo_tool_calls(model, request, words):
