@@ -94,11 +94,17 @@ class CompletionRequest(SamplingFields, kw_only=True):
     echo: bool | None = None
     suffix: str | None = None
     best_of: AtLeastOne | None = None
+    # Default true: control-token spellings in a text prompt are the tokens (the prompt is
+    # the caller's own template); false reads the prompt as plain text.
+    parse_special: bool | None = None
 
 
 # -- chat -----------------------------------------------------------------------------
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+# OpenAI's (and Anthropic's) rule for a tool's name: an identifier, so that no name can carry
+# markup into the prompt the tools are shown in.
+ToolName = Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
 
 
 class ContentPart(msgspec.Struct, kw_only=True):
@@ -117,7 +123,7 @@ class ChatMessage(msgspec.Struct, kw_only=True):
 
 
 class FunctionDefinition(msgspec.Struct, kw_only=True):
-    name: Annotated[str, Meta(min_length=1)]
+    name: ToolName
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
@@ -129,7 +135,7 @@ class Tool(msgspec.Struct, kw_only=True):
 
 
 class FunctionName(msgspec.Struct, kw_only=True):
-    name: Annotated[str, Meta(min_length=1)]
+    name: ToolName
 
 
 class NamedToolChoice(msgspec.Struct, kw_only=True):

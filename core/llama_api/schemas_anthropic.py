@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from llama_api.schemas import MAX_STOP, AtLeastOne, Fraction, NonNegativeInt
+from llama_api.schemas import MAX_STOP, AtLeastOne, Fraction, NonNegativeInt, ToolName
 
 Name = Annotated[str, Meta(min_length=1)]
 
@@ -63,7 +63,7 @@ class Message(msgspec.Struct, kw_only=True):
 
 
 class Tool(msgspec.Struct, kw_only=True):
-    name: Name
+    name: ToolName
     description: str | None = None
     input_schema: dict[str, Any]
     # Anthropic's built-in tools (web search, bash, ...) carry a versioned type; a client
@@ -80,7 +80,7 @@ class ToolChoiceAny(msgspec.Struct, tag="any", tag_field="type", kw_only=True):
 
 
 class ToolChoiceTool(msgspec.Struct, tag="tool", tag_field="type", kw_only=True):
-    name: Name
+    name: ToolName
     disable_parallel_tool_use: bool | None = None
 
 

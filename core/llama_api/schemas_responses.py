@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from llama_api.schemas import AtLeastOne, Fraction, NonNegative
+from llama_api.schemas import AtLeastOne, Fraction, NonNegative, ToolName
 
 MAX_METADATA = 16
 MAX_INPUT_ITEMS_PAGE = 100
@@ -47,7 +47,7 @@ class ResponsesTool(msgspec.Struct, kw_only=True):
     """A function tool; any other `type` (web_search, file_search, ...) is refused."""
 
     type: str
-    name: Annotated[str, Meta(min_length=1)] | None = None
+    name: ToolName | None = None
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None

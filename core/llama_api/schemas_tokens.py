@@ -27,6 +27,9 @@ class TokenizeBody(msgspec.Struct, kw_only=True):
     messages: Annotated[list[ChatMessage], Meta(min_length=1)] | None = None
     tools: list[Tool] | None = None
     add_special_tokens: bool | None = None  # default true: BOS and the like, as a request has
+    # Default true: control-token spellings in `prompt` are the tokens, as a completion reads
+    # its prompt; messages are always read as plain text inside the chat template's markup.
+    parse_special: bool | None = None
     with_pieces: bool | None = None  # tokens as [{"id", "piece"}]
 
 

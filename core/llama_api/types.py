@@ -69,6 +69,9 @@ class GenerateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     """
 
     prompt: str | list[int] | None = None
+    # A text `prompt` is the caller's own template: control-token spellings in it are the
+    # tokens. False reads it as plain text. (Chat messages are always plain text.)
+    parse_special: bool = True
     # Fill in the middle: the text after the gap `prompt` leads into (completions only).
     suffix: str | None = None
     # [{"role", "content": str, "name"?, "tool_calls"?, "tool_call_id"?}, ...]
@@ -173,6 +176,7 @@ class TokenizeRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     messages: list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None
     add_special_tokens: bool = True
+    parse_special: bool = True  # `text` as a completion prompt reads it (messages: never)
     with_pieces: bool = False
 
 

@@ -31,7 +31,8 @@ def completion_requests(body: CompletionRequest) -> list[GenerateRequest]:
     fields = sampling_fields(body)
     return [
         GenerateRequest(prompt=prompt, suffix=body.suffix or None, logprobs=body.logprobs,
-                        echo=bool(body.echo), **{**fields, "seed": vary_seed(fields["seed"], j)})
+                        echo=bool(body.echo), parse_special=body.parse_special is not False,
+                        **{**fields, "seed": vary_seed(fields["seed"], j)})
         for prompt in prompts_of(body)
         for j in range(body.n or 1)
     ]

@@ -31,6 +31,7 @@ def tokenize_request(body: TokenizeBody) -> TokenizeRequest:
         messages=messages,
         tools=tools,
         add_special_tokens=body.add_special_tokens is not False,
+        parse_special=body.parse_special is not False,
         with_pieces=bool(body.with_pieces),
     )
 

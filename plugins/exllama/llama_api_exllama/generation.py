@@ -139,7 +139,7 @@ class ExllamaModel:
     def prompt_ids(self, request: GenerateRequest) -> list[int]:
         if request.messages is not None:
             return self.prompt.chat_ids(request.messages)
-        return self.prompt.completion_ids(request.prompt)
+        return self.prompt.completion_ids(request.prompt, request.parse_special)
 
     def check_request(self, request: GenerateRequest) -> None:
         # tool_choice "none" asks for no tool call: the tools can be left out of the prompt.

@@ -8,11 +8,14 @@ reading tokenizer.json, the same file exllamav2 and exllamav3 read.
 
 from __future__ import annotations
 
+import threading
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from llama_api import errors
 from llama_api.chat_template import ChatTemplate
+from llama_api.plain_text import Shield
 from llama_api_exllama.discovery import read_json
 
 
@@ -98,6 +101,7 @@ class PromptBuilder:
         except Exception as exc:
             raise errors.ModelLoadError(f"tokenizer.json does not load: {exc}") from exc
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        self._encoding = threading.Lock()  # `encode_special_tokens` is the tokenizer's state
         self.chat_template = load_chat_template(folder, chat_template_override)
         self.stop_token_ids = self._stop_token_ids()
         generation_config = read_json(folder / "generation_config.json") or {}
@@ -118,10 +122,23 @@ class PromptBuilder:
                 ids.append(token_id)
         return sorted(set(ids))
 
-    def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+    def encode_text(self, text: str, add_special_tokens: bool = True,
+                    parse_special: bool = True) -> list[int]:
+        """Token ids; `parse_special` False reads special tokens' spellings as text."""
+        with self._encoding:
+            self.tokenizer.encode_special_tokens = not parse_special
+            try:
+                return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+            finally:
+                self.tokenizer.encode_special_tokens = False
 
-    def completion_ids(self, prompt: str | list[int]) -> list[int]:
+    @cached_property
+    def shield(self) -> Shield:
+        """Keeps what clients wrote plain text (`llama_api.plain_text`)."""
+        return Shield(token.content for token in
+                      self.tokenizer.get_added_tokens_decoder().values() if token.special)
+
+    def completion_ids(self, prompt: str | list[int], parse_special: bool = True) -> list[int]:
         if isinstance(prompt, list):
             # The core checked they are ids >= 0; the vocabulary is this model's.
             bad = [t for t in prompt if t >= self.vocab_size]
@@ -131,7 +148,7 @@ class PromptBuilder:
                 )
             return list(prompt)
         # The tokenizer's post-processor adds BOS where the model wants one.
-        return self.encode_text(prompt, add_special_tokens=True)
+        return self.encode_text(prompt, add_special_tokens=True, parse_special=parse_special)
 
     def render_chat(self, messages: list[dict[str, Any]]) -> str:
         if self.chat_template is None:
@@ -144,5 +161,11 @@ class PromptBuilder:
         return self.chat_template.render(messages, add_generation_prompt=True)
 
     def chat_ids(self, messages: list[dict[str, Any]]) -> list[int]:
-        # The rendered text carries its own BOS and special tokens.
-        return self.encode_text(self.render_chat(messages), add_special_tokens=False)
+        # The rendered text carries its own BOS and special tokens; the client's text in it
+        # is plain, even where it spells a special token.
+        protected, swapped = self.shield.protect(messages)
+        ids: list[int] = []
+        for piece in self.shield.pieces(self.render_chat(protected), swapped):
+            ids += self.encode_text(piece.text, add_special_tokens=False,
+                                    parse_special=piece.special)
+        return ids

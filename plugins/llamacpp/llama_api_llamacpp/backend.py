@@ -20,7 +20,7 @@ from llama_api_llamacpp.constraints import Grammars
 from llama_api_llamacpp.decode import Run
 from llama_api_llamacpp.gguf_meta import EMBEDDING_ARCHS, GGUFError, read_kv, summarize
 from llama_api_llamacpp.options import LoadOptions, parse_options
-from llama_api_llamacpp.prompts import PromptBuilder, named_format
+from llama_api_llamacpp.prompts import ChatPrompt, PromptBuilder, named_format
 from llama_api_llamacpp.sampling import request_sampling
 from llama_api_llamacpp.thinking import prompt_opens, splitter_for
 from llama_api_llamacpp.threads import ThreadTuner
@@ -147,7 +147,7 @@ class LlamaCppModel:
             template = ChatTemplate(options.chat_template, bos_token=self.bos_text,
                                     eos_token=self.eos_text)
         formatter = named_format(spec.id, options.chat_format) if options.chat_format else None
-        self.prompts = PromptBuilder(spec.id, template, formatter)
+        self.prompts = PromptBuilder(spec.id, template, formatter, self.control_spellings)
         self.grammars = Grammars(llama_cpp, self.vocab)
         self.reasoning_tags = options.reasoning_tags
         if self.reasoning_tags is not None:
@@ -255,9 +255,29 @@ class LlamaCppModel:
     def tokenize(self, text: str, add_bos: bool, special: bool) -> list[int]:
         return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special)
 
-    def prompt_tokens(self, text: str) -> list[int]:
-        add_bos = self.add_bos and not (self.bos_text and text.startswith(self.bos_text))
-        return self.tokenize(text, add_bos=add_bos, special=True)
+    def prompt_tokens(self, text: str, special: bool = True, add_bos: bool = True) -> list[int]:
+        """A prompt's tokens, BOS first where the model wants one and the text has none
+        (`add_bos` False: never)."""
+        add_bos = add_bos and self.add_bos and not (self.bos_text and
+                                                    text.startswith(self.bos_text))
+        return self.tokenize(text, add_bos=add_bos, special=special)
+
+    def chat_tokens(self, prompt: ChatPrompt, add_bos: bool = True) -> list[int]:
+        """A rendered chat prompt's tokens: control tokens only where the template wrote them
+        (a client's text is plain, even where it spells one)."""
+        first, *rest = prompt.pieces
+        tokens = self.prompt_tokens(first.text, special=first.special, add_bos=add_bos)
+        for piece in rest:
+            tokens += self.tokenize(piece.text, add_bos=False, special=piece.special)
+        return tokens
+
+    def control_spellings(self) -> list[str]:
+        """The text of every control token: what special-token parsing would turn into one.
+        Asked once, by the first chat prompt (a pass over the vocabulary)."""
+        lib, vocab = self.lib, self.vocab
+        special = lib.LLAMA_TOKEN_ATTR_CONTROL | lib.LLAMA_TOKEN_ATTR_UNKNOWN
+        return [self._token_text(token) for token in range(self.n_vocab)
+                if lib.llama_vocab_get_attr(vocab, token) & special]
 
     def close(self) -> None:
         if self.engine is not None:
@@ -299,12 +319,12 @@ class LlamaCppModel:
         echo = None
         thinking_open = False
         if request.messages is not None:
-            text, format_stops = self.prompts.render(request.messages, constraint.tools,
-                                                     constraint.tool_name)
-            stop += format_stops
-            tokens = self.prompt_tokens(text)
+            prompt = self.prompts.render(request.messages, constraint.tools,
+                                         constraint.tool_name)
+            stop += prompt.stops
+            tokens = self.chat_tokens(prompt)
             thinking_open = self.reasoning_tags is not None and prompt_opens(
-                text, self.reasoning_tags)
+                prompt.text, self.reasoning_tags)
         elif request.suffix is not None:
             tokens = self._infill_tokens(request.prompt, request.suffix)
             if request.echo:
@@ -315,7 +335,7 @@ class LlamaCppModel:
                 echo = self._prompt_text(tokens)
         else:
             echo = (request.prompt or "") if request.echo else None
-            tokens = self.prompt_tokens(request.prompt or "")
+            tokens = self.prompt_tokens(request.prompt or "", special=request.parse_special)
         if not tokens:
             tokens = [self.lib.llama_vocab_bos(self.vocab)]
         if len(tokens) >= self.n_ctx:

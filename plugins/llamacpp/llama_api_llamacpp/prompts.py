@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
+from functools import cached_property
+from typing import NamedTuple
 
 from llama_api import errors
 from llama_api.chat_template import ChatTemplate
+from llama_api.plain_text import Piece, Shield
 from llama_api_llamacpp.tools import TOOL_CLOSE, TOOL_OPEN
+
+
+class ChatPrompt(NamedTuple):
+    """A rendered chat prompt: the template's text (special tokens parsed) and what clients
+    wrote (plain text) in order, and the stop strings the format adds."""
+
+    pieces: list[Piece]
+    stops: list[str]
+
+    @property
+    def text(self) -> str:
+        return "".join(piece.text for piece in self.pieces)
 
 
 class PromptBuilder:
@@ -14,12 +30,16 @@ class PromptBuilder:
 
     `template`: the model's Jinja chat template (Hugging Face conventions), or
     `formatter`: a llama-cpp-python chat format function; neither: the model can't chat.
+    `control_spellings`: the vocabulary's control tokens as text, asked for on the first
+    render (client text holding one stays plain text: `llama_api.plain_text`).
     """
 
-    def __init__(self, model_id: str, template: ChatTemplate | None = None, formatter=None):
+    def __init__(self, model_id: str, template: ChatTemplate | None = None, formatter=None,
+                 control_spellings: Callable[[], Iterable[str]] = tuple):
         self.model_id = model_id
         self.template = template
         self.formatter = formatter
+        self._control_spellings = control_spellings
         # A template that reads `tools` gets them; others get them described in a system
         # message, and tool traffic spelled out as text.
         self.knows_tools = bool(template is not None and "tools" in template.source)
@@ -28,9 +48,13 @@ class PromptBuilder:
     def can_chat(self) -> bool:
         return self.template is not None or self.formatter is not None
 
+    @cached_property
+    def shield(self) -> Shield:
+        return Shield(self._control_spellings())
+
     def render(self, messages: list[dict], tools: list[dict] | None = None,
-               forced: str | None = None) -> tuple[str, list[str]]:
-        """The prompt text and the stop strings the format adds."""
+               forced: str | None = None) -> ChatPrompt:
+        """The prompt, with what the client sent kept apart as plain text."""
         if not self.can_chat:
             raise errors.BadRequest(
                 f"model {self.model_id} has no chat template in its GGUF file, so it can't "
@@ -38,6 +62,7 @@ class PromptBuilder:
                 "`chat_template` (Jinja) or `chat_format` (e.g. chatml)",
                 param="messages",
             )
+        (messages, tools, forced), swapped = self.shield.protect((messages, tools, forced))
         messages = normalize_messages(messages, self.knows_tools)
         if tools and not self.knows_tools:
             system = tool_system_prompt(tools, forced)
@@ -48,9 +73,11 @@ class PromptBuilder:
         if self.formatter is not None:
             result = self.formatter(messages=messages)
             stop = result.stop or []
-            return result.prompt, [stop] if isinstance(stop, str) else list(stop)
+            return ChatPrompt(self.shield.pieces(result.prompt, swapped),
+                              [stop] if isinstance(stop, str) else list(stop))
         extra = {"tools": tools} if tools and self.knows_tools else {}
-        return self.template.render(messages, add_generation_prompt=True, **extra), []
+        text = self.template.render(messages, add_generation_prompt=True, **extra)
+        return ChatPrompt(self.shield.pieces(text, swapped), [])
 
 
 def named_format(model_id: str, name: str):

@@ -1,6 +1,7 @@
 """Tokenize and detokenize with the GGUF's own vocabulary, exactly as prompts are read:
-chat messages rendered by the model's PromptBuilder, text with BOS as `prompt_tokens` adds
-it, special tokens in the text parsed as such (llama.cpp's server does the same).
+chat messages rendered by the model's PromptBuilder (what clients wrote as plain text), text
+with BOS as `prompt_tokens` adds it, special tokens in the text parsed as such unless
+`parse_special` is off (as a completion's prompt).
 
 Runs in the worker; touches only the vocabulary (no context), so it needs no lock.
 """
@@ -14,13 +15,11 @@ from llama_api.types import TokenizeResult
 
 def tokenize(model, request) -> TokenizeResult:
     if request.messages is not None:
-        text, _ = model.prompts.render(request.messages, request.tools)
+        prompt = model.prompts.render(request.messages, request.tools)
+        tokens = model.chat_tokens(prompt, add_bos=request.add_special_tokens)
     else:
-        text = request.text or ""
-    if request.add_special_tokens:
-        tokens = model.prompt_tokens(text)
-    else:
-        tokens = model.tokenize(text, add_bos=False, special=True)
+        tokens = model.prompt_tokens(request.text or "", special=request.parse_special,
+                                     add_bos=request.add_special_tokens)
     pieces = [spelling(model, token) for token in tokens] if request.with_pieces else None
     return TokenizeResult(tokens=tokens, pieces=pieces, max_model_len=model.n_ctx)
 

@@ -618,7 +618,7 @@ def test_template_that_knows_tools_gets_them_hugging_face_style():
             {"id": "call_1", "type": "function",
              "function": {"name": "f", "arguments": "{\"x\": 1}"}}]},
     ]
-    prompt, _stops = prompts.render(messages, tools, None)
+    prompt = prompts.render(messages, tools, None).text
     assert '"description": "a <b> c"' in prompt  # no HTML escaping
     assert '<call>{"x": 1}</call>' in prompt  # arguments as a mapping, not a string
     assert "You can call these functions" not in prompt  # no system prompt injected

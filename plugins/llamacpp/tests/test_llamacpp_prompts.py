@@ -21,9 +21,10 @@ GENERATION_TEMPLATE = (
 
 def test_a_template_with_generation_tags_renders():
     prompts = PromptBuilder("m", ChatTemplate(GENERATION_TEMPLATE))
-    text, stops = prompts.render([{"role": "user", "content": "hi"},
-                                  {"role": "assistant", "content": "hello"},
-                                  {"role": "user", "content": "bye"}])
+    prompt = prompts.render([{"role": "user", "content": "hi"},
+                             {"role": "assistant", "content": "hello"},
+                             {"role": "user", "content": "bye"}])
+    text, stops = prompt.text, prompt.stops
     assert text == "<|user|>hi<|end|><|assistant|>hello<|end|><|user|>bye<|end|><|assistant|>"
     assert stops == []
 

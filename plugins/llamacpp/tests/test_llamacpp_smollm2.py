@@ -40,7 +40,7 @@ def test_coherent_chat_answers(smollm2, collect):
 
 def test_chat_template_comes_from_the_gguf(smollm2):
     assert "<|im_start|>" in smollm2.prompts.template.source
-    prompt = smollm2.prompts.render([{"role": "user", "content": "hi"}])[0]
+    prompt = smollm2.prompts.render([{"role": "user", "content": "hi"}]).text
     assert prompt.endswith("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
 
 
