@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llama_api import errors
+from llama_api_llamacpp.grammar_limits import check_grammar
 from llama_api_llamacpp.json_schema import schema_to_gbnf
 
 
@@ -73,9 +74,11 @@ class Grammars:
         return Constraint(self.gbnf(str(grammar), "grammar") if grammar else None)
 
     def gbnf(self, gbnf: str, what: str):
-        """A LlamaGrammar, checked by llama.cpp's parser first (a bad one would crash)."""
+        """A LlamaGrammar, checked against our limits (a grammar past them could crash the
+        worker or exhaust the machine) and by llama.cpp's parser first."""
         from llama_cpp.llama_grammar import LlamaGrammar
 
+        check_grammar(gbnf, what)
         sampler = self.lib.llama_sampler_init_grammar(self.vocab, gbnf.encode("utf-8"), b"root")
         if not sampler:
             raise errors.BadRequest(f"llama.cpp could not parse the grammar for {what}",

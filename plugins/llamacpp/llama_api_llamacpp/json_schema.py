@@ -4,6 +4,8 @@ The converter ignores several keywords (integer bounds among them) and lets raw 
 characters into strings, so its grammar could emit JSON that does not validate. Here a
 schema is first checked and rewritten (keywords we can't enforce are a 400), integers with
 bounds become exact range grammars built digit by digit, and the string rules are fixed.
+Every size a schema can ask for is checked against `grammar_limits` on the way, before
+the converter builds anything.
 """
 
 from __future__ import annotations
@@ -14,6 +16,16 @@ import math
 import re
 
 from llama_api import errors
+from llama_api_llamacpp import grammar_limits
+from llama_api_llamacpp.grammar_limits import (
+    MAX_ALTERNATIVES,
+    MAX_INTEGER_BOUND,
+    MAX_PATTERN,
+    MAX_PROPERTIES,
+    MAX_REPEAT,
+    MAX_SCHEMA_DEPTH,
+    MAX_SCHEMA_PARTS,
+)
 
 # Keywords that don't constrain a value.
 ANNOTATIONS = {"title", "description", "default", "examples", "$comment", "$schema", "$id",
@@ -44,8 +56,13 @@ def schema_to_gbnf(schema: dict, what: str) -> str:
     for a schema this backend can't enforce exactly."""
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+    grammar_limits.install()
     ranges: list[tuple[int | None, int | None]] = []
-    prepared = _Preparer(what, ranges).visit(copy.deepcopy(schema), "")
+    try:
+        prepared = _Preparer(what, ranges).visit(copy.deepcopy(schema), "")
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:  # a keyword's value of
+        raise errors.BadRequest(f"malformed JSON schema for {what}: {exc}",  # a wrong type
+                                param=what) from exc
     try:
         gbnf = json_schema_to_gbnf(json.dumps(prepared))
     except Exception as exc:  # the converter asserts on what it doesn't know
@@ -65,13 +82,36 @@ class _Preparer:
     def __init__(self, what: str, ranges: list):
         self.what = what
         self.ranges = ranges
+        self.depth = 0  # schemas inside schemas, here
+        self.parts = 0  # schemas and enum values seen so far
 
     def fail(self, path: str, message: str) -> errors.BadRequest:
         where = f" at {path}" if path else ""
         return errors.BadRequest(f"unsupported JSON schema for {self.what}{where}: {message}",
                                  param=self.what)
 
+    def limit(self, path: str, keyword: str, value, limit) -> None:
+        """A 400 naming the keyword, its value and the limit, for a value past it."""
+        if value is not None and not isinstance(value, bool) and \
+                isinstance(value, (int, float)) and not abs(value) <= limit:
+            raise grammar_limits.too_large(self.what, f" at {path}" if path else "", keyword,
+                                           value, limit)
+
+    def count(self, path: str, n: int) -> None:
+        self.parts += n
+        self.limit(path, "the schema's size (schemas and enum values)", self.parts,
+                   MAX_SCHEMA_PARTS)
+
     def visit(self, schema, path: str):
+        self.count(path, 1)
+        self.depth += 1
+        try:
+            self.limit(path, "the nesting of schemas", self.depth, MAX_SCHEMA_DEPTH)
+            return self._visit(schema, path)
+        finally:
+            self.depth -= 1
+
+    def _visit(self, schema, path: str):
         if schema is True:
             return {}
         if not isinstance(schema, dict):
@@ -99,6 +139,8 @@ class _Preparer:
                 options = own[key]
                 if not isinstance(options, list) or not options:
                     raise self.fail(path, f"{key} needs a list of schemas")
+                self.limit(path, f"the number of {key} schemas", len(options),
+                           MAX_ALTERNATIVES)
                 if key == "oneOf" and not _exclusive(options):
                     raise self.fail(path, "oneOf is supported only for alternatives of "
                                           "different types (use anyOf)")
@@ -137,6 +179,8 @@ class _Preparer:
         values = [schema["const"]] if "const" in schema else schema["enum"]
         if not isinstance(values, list) or not values:
             raise self.fail(path, "enum needs a list of values")
+        self.limit(path, "the number of enum values", len(values), MAX_ALTERNATIVES)
+        self.count(path, len(values))
         kinds = schema.get("type")
         if "const" in schema and "enum" in schema:
             values = [v for v in values if v in schema["enum"]]
@@ -151,6 +195,7 @@ class _Preparer:
         properties = schema.get("properties") or {}
         if not isinstance(properties, dict):
             raise self.fail(path, "properties must be an object")
+        self.limit(path, "the number of properties", len(properties), MAX_PROPERTIES)
         missing = [name for name in schema.get("required") or [] if name not in properties]
         if missing:
             raise self.fail(path, f"required {missing} have no schema in properties")
@@ -177,6 +222,7 @@ class _Preparer:
             if "minItems" in schema or "maxItems" in schema:
                 raise self.fail(path, "minItems/maxItems with a tuple (prefixItems)")
             tuple_items = schema.get("prefixItems", items)
+            self.limit(path, "the number of prefixItems", len(tuple_items), MAX_REPEAT)
             return {"type": "array", "items": [self.visit(s, f"{path}/prefixItems/{i}")
                                                 for i, s in enumerate(tuple_items)]}
         if items is False:
@@ -187,8 +233,10 @@ class _Preparer:
                                              f"{path}/items")}
         low, high = out.get("minItems", 0), out.get("maxItems")
         if not isinstance(low, int) or (high is not None and not isinstance(high, int)) \
-                or (high is not None and high < low):
-            raise self.fail(path, "minItems/maxItems must be integers, min <= max")
+                or (high is not None and high < low) or low < 0:
+            raise self.fail(path, "minItems/maxItems must be integers, 0 <= min <= max")
+        self.limit(path, "minItems", low, MAX_REPEAT)
+        self.limit(path, "maxItems", high, MAX_REPEAT)
         return out
 
     def _string(self, schema: dict, path: str) -> dict:
@@ -196,20 +244,30 @@ class _Preparer:
             if set(schema) & {"minLength", "maxLength", "format"}:
                 raise self.fail(path, "pattern together with minLength/maxLength/format")
             pattern = schema["pattern"]
+            if isinstance(pattern, str):
+                self.limit(path, "the length of pattern", len(pattern), MAX_PATTERN)
             problem = _pattern_problem(pattern)
             if problem:
                 raise self.fail(path, f"pattern {pattern!r}: {problem}")
             return {"type": "string", "pattern": _anchored(pattern)}
         fmt = schema.get("format")
         if fmt is not None:
-            if fmt not in FORMATS:
+            if not isinstance(fmt, str) or fmt not in FORMATS:
                 raise self.fail(path, f"string format {fmt!r} (supported: "
                                       f"{', '.join(sorted(FORMATS))})")
             if set(schema) & {"minLength", "maxLength"}:
                 raise self.fail(path, "format together with minLength/maxLength")
+        low, high = schema.get("minLength", 0), schema.get("maxLength")
+        if not isinstance(low, int) or (high is not None and not isinstance(high, int)) \
+                or (high is not None and high < low) or low < 0:
+            raise self.fail(path, "minLength/maxLength must be integers, 0 <= min <= max")
+        self.limit(path, "minLength", low, MAX_REPEAT)
+        self.limit(path, "maxLength", high, MAX_REPEAT)
         return schema
 
     def _integer(self, schema: dict, path: str) -> dict:
+        for keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+            self.limit(path, keyword, schema.get(keyword), MAX_INTEGER_BOUND)
         low = _bound(schema, "minimum", "exclusiveMinimum", math.ceil, +1)
         high = _bound(schema, "maximum", "exclusiveMaximum", math.floor, -1)
         if low is None and high is None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 
+import httpx
 import pytest
 
 import llama_api_llamacpp as plugin
+from llama_api.testing import serve
 from llama_api.types import GenerateRequest, LoadContext, ModelSpec
 from llama_api_llamacpp.tiny import EXACT_OPTIONS, write_tiny_bert_gguf, write_tiny_gguf
 
@@ -88,3 +90,23 @@ def _collect(model, cancelled=None, **fields):
 def collect():
     """collect(model, **GenerateRequest fields) -> (text, deltas), in-process."""
     return _collect
+
+
+@pytest.fixture(scope="module")
+def tiny_server(tiny_dir, tmp_path_factory):
+    """A real server on the tiny GGUF, its processes' address space bounded (4 GiB): a request
+    that could exhaust the machine fails the test instead of waking the OOM killer."""
+    folder = tmp_path_factory.mktemp("models")
+    (folder / "tiny.gguf").symlink_to(tiny_dir / "tiny.gguf")
+    with serve("--models-dir", str(folder), "--threads", "1", address_space=4 * 2**30,
+               env={"LLAMA_API_PLUGINS": "llamacpp"}) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def tiny_chat(tiny_server):
+    """tiny_chat(**fields): a chat completion on `tiny_server`'s model, `fields` in the body."""
+    def chat(**fields) -> httpx.Response:
+        return httpx.post(tiny_server.v1 + "/chat/completions", timeout=60, json={
+            "model": "tiny", "messages": [{"role": "user", "content": "hello"}], **fields})
+    return chat
