@@ -168,7 +168,7 @@ def test_a_prune_that_cannot_write_does_not_fail_the_reads(models_dir, tmp_path)
     with serve_with_file_limit(*args, limit=FILE_LIMIT) as (url, _process, _log):
         kept = respond(url, input="kept ONCE").json()
     with sqlite3.connect(data / "responses.sqlite3") as db:  # expired rows on many pages
-        db.executemany("INSERT INTO responses VALUES (?, ?, NULL, '[]', ?)", [
+        db.executemany("INSERT INTO responses VALUES (?, ?, NULL, '[]', ?, NULL)", [
             (f"resp_old{i}", time.time() - 7200, json.dumps({"pad": "p" * 2000}))
             for i in range(300)])
     db.close()

@@ -103,8 +103,9 @@ class CompletionRequest(SamplingFields, kw_only=True):
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 # OpenAI's (and Anthropic's) rule for a tool's name: an identifier, so that no name can carry
-# markup into the prompt the tools are shown in.
-ToolName = Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+# markup into the prompt the tools are shown in. (?!\n): Python's $ also matches before a
+# final newline.
+ToolName = Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}(?!\n)$")]
 
 
 class ContentPart(msgspec.Struct, kw_only=True):
