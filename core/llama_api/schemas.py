@@ -36,6 +36,7 @@ AtLeastOne = Annotated[int, Meta(ge=1)]
 NonNegativeInt = Annotated[int, Meta(ge=0), documented(minimum=0)]
 NonNegative = Annotated[float, Meta(ge=0.0), documented(minimum=0.0)]
 Fraction = Annotated[float, Meta(ge=0.0, le=1.0), documented(minimum=0.0)]
+Temperature = Annotated[float, Meta(ge=0.0, le=2.0), documented(minimum=0.0)]  # OpenAI's range
 Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 Bias = Annotated[float, Meta(ge=-100.0, le=100.0)]
 # Logits are divided by it: 0 would divide by zero (1 = no penalty).
@@ -56,7 +57,7 @@ class StreamOptions(msgspec.Struct, kw_only=True):
 class SamplingFields(msgspec.Struct, kw_only=True):
     model: str
     max_tokens: AtLeastOne | None = None
-    temperature: NonNegative | None = None
+    temperature: Temperature | None = None
     top_p: Fraction | None = None
     top_k: NonNegativeInt | None = None
     min_p: Fraction | None = None
@@ -178,6 +179,8 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     # How a thinking model's reasoning comes back: "none" leaves it inline in `content`;
     # otherwise it is split into `reasoning_content`.
     reasoning_format: Literal["none", "auto", "deepseek", "parsed"] | None = None
+    # "none" turns a thinking model's thinking off; any other effort leaves it on.
+    reasoning_effort: str | None = None
 
 
 # -- embeddings -----------------------------------------------------------------------

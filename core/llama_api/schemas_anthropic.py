@@ -58,7 +58,9 @@ ContentBlock = (TextBlock | ImageBlock | DocumentBlock | ToolUseBlock | ToolResu
 
 
 class Message(msgspec.Struct, kw_only=True):
-    role: Literal["user", "assistant"]
+    # A system message may come anywhere in `messages` (the current API; Claude Code sends
+    # one in every conversation).
+    role: Literal["user", "assistant", "system"]
     content: str | list[ContentBlock]
 
 
@@ -93,11 +95,17 @@ class Metadata(msgspec.Struct, kw_only=True):
 
 
 class Thinking(msgspec.Struct, kw_only=True):
-    """Accepted for compatibility: a model that thinks in tags always has its thinking
-    returned as `thinking` blocks."""
+    """`disabled` turns a thinking model's thinking off (where its chat template can);
+    `enabled` and `adaptive` leave it on. Its thinking comes back as `thinking` blocks."""
 
     type: Literal["enabled", "disabled", "adaptive"]
     budget_tokens: NonNegativeInt | None = None
+
+
+class OutputConfig(msgspec.Struct, kw_only=True):
+    """Claude Code sends `{"effort": "high"}`: any effort leaves thinking on."""
+
+    effort: str | None = None
 
 
 class MessagesInput(msgspec.Struct, kw_only=True):
@@ -109,6 +117,7 @@ class MessagesInput(msgspec.Struct, kw_only=True):
     tools: list[Tool] | None = None
     tool_choice: ToolChoiceAuto | ToolChoiceAny | ToolChoiceTool | ToolChoiceNone | None = None
     thinking: Thinking | None = None
+    output_config: OutputConfig | None = None
 
 
 class MessagesRequest(MessagesInput, kw_only=True):

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from llama_api.schemas import AtLeastOne, Fraction, NonNegative, ToolName
+from llama_api.schemas import AtLeastOne, Fraction, Temperature, ToolName
 
 MAX_METADATA = 16
 MAX_INPUT_ITEMS_PAGE = 100
@@ -44,13 +44,15 @@ class InputItem(msgspec.Struct, kw_only=True):
 
 
 class ResponsesTool(msgspec.Struct, kw_only=True):
-    """A function tool; any other `type` (web_search, file_search, ...) is refused."""
+    """A function tool, or a `namespace` of function tools (`tools`); a hosted tool (web
+    search, file search, ...) is left out of what the model is offered (`api.responses`)."""
 
     type: str
     name: ToolName | None = None
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+    tools: list[ResponsesTool] | None = None  # a namespace's function tools
 
 
 class ToolChoiceObject(msgspec.Struct, kw_only=True):
@@ -79,7 +81,8 @@ class TextConfig(msgspec.Struct, kw_only=True):
 
 
 class ReasoningConfig(msgspec.Struct, kw_only=True):
-    """Accepted and echoed back; a local model thinks as its template says."""
+    """`effort` "none" turns a thinking model's thinking off; `summary` is echoed back (a
+    local model's thinking comes back whole, as reasoning items)."""
 
     effort: str | None = None
     summary: str | None = None
@@ -90,7 +93,7 @@ class ResponseRequest(msgspec.Struct, kw_only=True):
     input: str | Annotated[list[InputItem], Meta(min_length=1)]
     instructions: str | None = None
     max_output_tokens: AtLeastOne | None = None
-    temperature: NonNegative | None = None
+    temperature: Temperature | None = None
     top_p: Fraction | None = None
     tools: list[ResponsesTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | ToolChoiceObject | None = None

@@ -98,6 +98,10 @@ class GenerateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     response_format: ResponseFormat | None = None
     # Split the model's thinking into `Delta.reasoning` (False: leave it in the text).
     split_reasoning: bool = True
+    # Whether a model that thinks should (each API's reasoning control: chat
+    # `reasoning_effort`, Responses `reasoning.effort`, Anthropic `thinking`); False turns
+    # thinking off where the model's chat template can (`enable_thinking`). None: its way.
+    think: bool | None = None
     # Extra backend-specific sampling fields the client sent (mirostat, grammar, ...).
     extra: dict[str, Any] = {}
 

@@ -2,7 +2,9 @@
 the choice to a message or to Anthropic's stream of named events, errors in Anthropic's shape.
 
 How Anthropic's turns become the core's chat messages:
-- `system` (a string or text blocks) is a leading system message;
+- `system` (a string or text blocks) is a leading system message, and a `system` turn inside
+  `messages` a system message in its place (a model whose chat template refuses that answers
+  400, naming the template's reason);
 - text blocks of one turn are joined with a blank line between them;
 - an assistant's `tool_use` blocks become its `tool_calls` (arguments as JSON text);
 - a user's `tool_result` blocks become `tool` messages, before the turn's text, as chat
@@ -55,6 +57,7 @@ def message_request(body: MessagesRequest) -> GenerateRequest:
         tool_choice=tool_choice,
         tool_name=tool_name,
         parallel_tool_calls=not one_call,
+        think=None if body.thinking is None else body.thinking.type != "disabled",
     )
 
 
@@ -103,6 +106,8 @@ def turn_messages(i: int, message: Message) -> list[dict[str, Any]]:
         else:  # thinking of an earlier turn: not part of the context
             assert isinstance(block, (ThinkingBlock, RedactedThinkingBlock))
     text = BLOCK_SEPARATOR.join(texts)
+    if message.role == "system":  # tool blocks were refused above: text only
+        return [{"role": "system", "content": text}]
     if message.role == "assistant":
         turn: dict[str, Any] = {"role": "assistant", "content": text}
         if calls:

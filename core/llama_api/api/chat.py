@@ -6,7 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from llama_api.api.choices import Choice
-from llama_api.api.openai_common import OpenAIChunks, openai_response, sampling_fields, vary_seed
+from llama_api.api.openai_common import (
+    OpenAIChunks,
+    openai_response,
+    sampling_fields,
+    think_for,
+    vary_seed,
+)
 from llama_api.errors import BadRequest, NotSupported
 from llama_api.schemas import (
     ChatCompletionRequest,
@@ -39,6 +45,7 @@ def chat_requests(body: ChatCompletionRequest) -> list[GenerateRequest]:
             parallel_tool_calls=body.parallel_tool_calls is not False,
             response_format=response_format(body),
             split_reasoning=body.reasoning_format != "none",
+            think=think_for(body.reasoning_effort),
             **{**fields, "seed": vary_seed(fields["seed"], j)},
         )
         for j in range(body.n or 1)

@@ -28,14 +28,30 @@ def error_body(message: str, type_: str, param: str | None = None,
 
 
 class OpenAIErrors:
+    """OpenAI's error shape. `fields`: how this route's API names the core's request fields
+    that a backend's error may name in `param` (a field and what is inside it)."""
+
+    def __init__(self, fields: dict[str, str] | None = None):
+        self.fields = fields or {}
+
     def body(self, exc: errors.LlamaApiError) -> dict[str, Any]:
-        return error_body(exc.message, exc.type, exc.param, exc.code)
+        return error_body(exc.message, exc.type, self.param(exc.param), exc.code)
+
+    def param(self, param: str | None) -> str | None:
+        head = re.match(r"[a-z_]+", param or "")
+        if head is None or head.group(0) not in self.fields:
+            return param
+        return self.fields[head.group(0)] + param[head.end():]
 
     def event(self, exc: errors.LlamaApiError) -> Event:
         return Event(self.body(exc))
 
 
 OPENAI_ERRORS = OpenAIErrors()
+# The Responses API reads its prompt from `input` and caps it with `max_output_tokens`; its
+# messages are not the request's items one for one, so an index is left out.
+RESPONSES_ERRORS = OpenAIErrors({"messages": "input", "prompt": "input",
+                                 "max_tokens": "max_output_tokens"})
 
 
 def error_shape(request: Request) -> ErrorShape:

@@ -15,6 +15,12 @@ from llama_api.types import Usage
 DONE = Event("[DONE]")
 
 
+def think_for(effort: str | None) -> bool | None:
+    """An OpenAI reasoning effort as `GenerateRequest.think`: "none" turns thinking off, any
+    other effort leaves it on; none given, the model thinks its own way."""
+    return None if effort is None else effort != "none"
+
+
 def sampling_fields(body: SamplingFields) -> dict[str, Any]:
     """The fields completions and chat share, as GenerateRequest keyword arguments.
 

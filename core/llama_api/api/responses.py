@@ -8,12 +8,14 @@ every item has an id): that is what `input_items` lists, and what a later turn r
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from llama_api import errors
-from llama_api.api.error_responses import OPENAI_ERRORS
+from llama_api.api.error_responses import RESPONSES_ERRORS
+from llama_api.api.openai_common import think_for
 from llama_api.api.responses_output import ResponseEvents, openai_id, text_part
 from llama_api.api.streaming import Event
 from llama_api.errors import BadRequest, NotSupported
@@ -22,6 +24,7 @@ from llama_api.schemas_responses import (
     InputContentPart,
     InputItem,
     ResponseRequest,
+    ResponsesTool,
     TextFormatJsonObject,
     TextFormatJsonSchema,
     ToolChoiceObject,
@@ -30,6 +33,8 @@ from llama_api.types import GenerateRequest, ResponseFormat, ToolChoice
 
 TEXT_PART_TYPES = ("input_text", "output_text", "text")
 
+log = logging.getLogger("llama_api.api")
+
 
 # -- the request ----------------------------------------------------------------------
 
@@ -37,13 +42,35 @@ def refuse_unsupported(body: ResponseRequest) -> None:
     if body.background:
         raise NotSupported("`background` mode is not supported: responses are generated "
                            "while the request waits (or streams).", param="background")
+
+
+def offered_tools(body: ResponseRequest) -> list[tuple[ResponsesTool, str | None]]:
+    """The function tools the model is offered, each with its namespace (None: none).
+    A namespace offers its function tools; a hosted tool (web search, file search, code
+    interpreter, computer use, image generation, remote MCP, ...) is left out, as the
+    server can't run it: logged once per model and kind."""
+    offered = []
     for i, tool in enumerate(body.tools or []):
-        if tool.type != "function":
-            raise NotSupported(f"`tools[{i}]` is a built-in {tool.type!r} tool; built-in "
-                               "tools are not supported, only function tools.",
-                               param=f"tools[{i}].type")
-        if not tool.name:
-            raise BadRequest(f"`tools[{i}].name` is required.", param=f"tools[{i}].name")
+        if tool.type == "namespace":
+            members = [(f"tools[{i}].tools[{j}]", member, tool.name)
+                       for j, member in enumerate(tool.tools or [])]
+        else:
+            members = [(f"tools[{i}]", tool, None)]
+        for where, member, namespace in members:
+            if member.type != "function":
+                if (body.model, member.type) not in LEFT_OUT:
+                    LEFT_OUT.add((body.model, member.type))
+                    log.warning("model %s: %r tools are left out of what the model is "
+                                "offered (this server runs function tools only)",
+                                body.model, member.type)
+                continue
+            if not member.name:
+                raise BadRequest(f"`{where}.name` is required.", param=f"{where}.name")
+            offered.append((member, namespace))
+    return offered
+
+
+LEFT_OUT: set[tuple[str, str]] = set()  # (model, tool type) pairs logged already
 
 
 def part_texts(param: str, parts: str | list[InputContentPart] | None) -> list[str]:
@@ -131,7 +158,8 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def tool_fields(body: ResponseRequest
                 ) -> tuple[list[dict[str, Any]] | None, ToolChoice | None, str | None]:
     tools = []
-    for tool in body.tools or []:
+    offered = [tool for tool, _ in offered_tools(body)]
+    for tool in offered:
         function = {"name": tool.name}
         if tool.description is not None:
             function["description"] = tool.description
@@ -149,7 +177,7 @@ def tool_fields(body: ResponseRequest
             return None, None, None
         raise BadRequest("`tool_choice` asks for a tool call but no tools were given.",
                          param="tool_choice")
-    names = [tool.name for tool in body.tools]
+    names = [tool.name for tool in offered]
     if name is not None and name not in names:
         raise BadRequest(f"`tool_choice` names function {name!r}, which is not among the "
                          f"tools ({', '.join(names)}).", param="tool_choice")
@@ -175,7 +203,8 @@ def generate_request(body: ResponseRequest, history: list[dict[str, Any]],
                            temperature=body.temperature, top_p=body.top_p, tools=tools,
                            tool_choice=tool_choice, tool_name=tool_name,
                            parallel_tool_calls=body.parallel_tool_calls is not False,
-                           response_format=response_format(body))
+                           response_format=response_format(body),
+                           think=think_for(body.reasoning.effort if body.reasoning else None))
 
 
 # -- the response object's echo of the request ----------------------------------------
@@ -211,7 +240,7 @@ def echoed_fields(body: ResponseRequest) -> dict[str, Any]:
         "tool_choice": choice or "auto",
         "tools": [{"type": "function", "name": tool.name, "description": tool.description,
                    "parameters": tool.parameters, "strict": tool.strict}
-                  for tool in body.tools or []],
+                  for tool, _ in offered_tools(body)],
         "top_p": body.top_p,
         "truncation": body.truncation or "disabled",
         "user": body.user,
@@ -226,7 +255,7 @@ class ResponseErrors:
         self.events = events
 
     def body(self, exc: errors.LlamaApiError) -> dict[str, Any]:
-        return OPENAI_ERRORS.body(exc)
+        return RESPONSES_ERRORS.body(exc)
 
     def event(self, exc: errors.LlamaApiError) -> Event:
         return self.events.failed(exc)
@@ -251,7 +280,8 @@ async def prepare(store: ResponsesStore, body: ResponseRequest, key: bytes | Non
     # one INSERT on the store's own writer connection, which reads never hold.
     keep = (partial(store.put_blocking, input_items=items, key=key)
             if stored and body.stream else None)
-    events = ResponseEvents(echoed_fields(body), keep=keep,
+    namespaces = {tool.name: namespace for tool, namespace in offered_tools(body) if namespace}
+    events = ResponseEvents(echoed_fields(body), keep=keep, namespaces=namespaces,
                             parallel_tool_calls=body.parallel_tool_calls is not False)
 
     async def answer(_choices) -> dict[str, Any]:

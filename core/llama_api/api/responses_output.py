@@ -55,15 +55,18 @@ def error_code(exc: errors.LlamaApiError) -> str:
 class ResponseEvents:
     """Output items and events of one response. `echoed`: the response object's fields that
     repeat the request (model, tools, text, ...); `keep(response)` stores the finished one
-    (it may raise `StoreUnavailable`)."""
+    (it may raise `StoreUnavailable`); `namespaces`: the namespace of each function offered
+    in one, which its calls carry."""
 
     def __init__(self, echoed: dict[str, Any], *, parallel_tool_calls: bool = True,
-                 keep: Callable[[dict[str, Any]], None] | None = None):
+                 keep: Callable[[dict[str, Any]], None] | None = None,
+                 namespaces: dict[str, str] | None = None):
         self.id = openai_id("resp")
         self.created_at = int(time.time())
         self.echoed = echoed
         self.parallel_tool_calls = parallel_tool_calls
         self.keep = keep
+        self.namespaces = namespaces or {}
         self.output: list[dict[str, Any]] = []
         self.open: dict[str, Any] | None = None  # the item being generated
         self.calls: dict[int, dict[str, Any]] = {}  # tool call index -> its item
@@ -173,6 +176,8 @@ class ResponseEvents:
             item = {"id": openai_id("fc"), "type": "function_call", "status": "in_progress",
                     "call_id": call.id or openai_id("call"), "name": call.name or "",
                     "arguments": ""}
+            if item["name"] in self.namespaces:
+                item["namespace"] = self.namespaces[item["name"]]
             self.calls[call.index] = item
             yield from self._add(item)
         elif call.name:

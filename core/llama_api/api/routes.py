@@ -18,7 +18,7 @@ from llama_api.api import anthropic, chat, completions, embeddings, models, open
 from llama_api.api import rerank as reranking
 from llama_api.api import tokenize as tokenizing
 from llama_api.api.choices import Choice, generate_choices, new_id, total_usage
-from llama_api.api.error_responses import error_shape
+from llama_api.api.error_responses import RESPONSES_ERRORS, error_shape
 from llama_api.api.http import (
     GET_OR_HEAD,
     json_response,
@@ -161,6 +161,7 @@ class ResponsesController(Controller):
     path = "/v1/responses"
 
     @post("", status_code=200, responses=MODEL_ERRORS, operation_class=STREAMS,
+          opt={"error_shape": RESPONSES_ERRORS},
           summary="Create a model response (OpenAI Responses API)")
     async def create(self, request: Request, data: Annotated[ResponseRequest, Body()]) -> Response:
         store = request.app.state.responses

@@ -320,7 +320,7 @@ class LlamaCppModel:
         thinking_open = False
         if request.messages is not None:
             prompt = self.prompts.render(request.messages, constraint.tools,
-                                         constraint.tool_name)
+                                         constraint.tool_name, request.think)
             stop += prompt.stops
             tokens = self.chat_tokens(prompt)
             thinking_open = self.reasoning_tags is not None and prompt_opens(

@@ -53,8 +53,9 @@ class PromptBuilder:
         return Shield(self._control_spellings())
 
     def render(self, messages: list[dict], tools: list[dict] | None = None,
-               forced: str | None = None) -> ChatPrompt:
-        """The prompt, with what the client sent kept apart as plain text."""
+               forced: str | None = None, think: bool | None = None) -> ChatPrompt:
+        """The prompt, with what the client sent kept apart as plain text. `think`: the
+        template's `enable_thinking` (Qwen3's convention), when the request says."""
         if not self.can_chat:
             raise errors.BadRequest(
                 f"model {self.model_id} has no chat template in its GGUF file, so it can't "
@@ -76,6 +77,8 @@ class PromptBuilder:
             return ChatPrompt(self.shield.pieces(result.prompt, swapped),
                               [stop] if isinstance(stop, str) else list(stop))
         extra = {"tools": tools} if tools and self.knows_tools else {}
+        if think is not None:
+            extra["enable_thinking"] = think
         text = self.template.render(messages, add_generation_prompt=True, **extra)
         return ChatPrompt(self.shield.pieces(text, swapped), [])
 

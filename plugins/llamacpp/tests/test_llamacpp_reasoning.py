@@ -182,3 +182,34 @@ def test_reasoning_comes_before_an_auto_tool_call():
     (call,) = [c for d in deltas for c in (d.tool_calls or [])]
     assert json.loads(call.arguments) == {"city": "Paris"}
     assert deltas[-1].finish_reason == "tool_calls"
+
+
+# Qwen3's convention: `enable_thinking` false closes an empty thinking block up front.
+SWITCH_TEMPLATE = THINK_OPEN_TEMPLATE.replace(
+    "'<|assistant|><think>\\n'",
+    "'<|assistant|><think>\\n' + ('\\n</think>\\n\\n' if enable_thinking is defined and "
+    "enable_thinking is false else '')")
+
+
+def test_thinking_off_reaches_a_template_that_can_turn_it_off(tmp_path, collect):
+    write_tiny_gguf(tmp_path / "switch.gguf", chat_template=SWITCH_TEMPLATE,
+                    special_tokens=THINK_TOKENS, seed=5)
+    model = load(spec(tmp_path, "switch", n_parallel=1))
+    try:
+        assert model.prompts.render(ASK, think=False).text.endswith("</think>\n\n")
+        assert model.prompts.render(ASK, think=True).text.endswith("<think>\n")
+        assert model.prompts.render(ASK).text.endswith("<think>\n")  # the model's way
+        answer = 'root ::= "yes cat"'
+        _, on = collect(model, messages=ASK, max_tokens=8, extra={"grammar": answer})
+        _, off = collect(model, messages=ASK, max_tokens=8, extra={"grammar": answer},
+                         think=False)
+        assert split(on) == ("yes cat", "")  # the prompt opened the thinking
+        assert split(off) == ("", "yes cat")  # the thinking was closed: it's the answer
+    finally:
+        plugin.unload_model(model=model)
+
+
+def test_a_model_that_does_not_think_takes_the_control_and_answers_alike(tiny_plain, collect):
+    text, _ = collect(tiny_plain, messages=ASK, max_tokens=6, temperature=0.0)
+    off, _ = collect(tiny_plain, messages=ASK, max_tokens=6, temperature=0.0, think=False)
+    assert off == text
