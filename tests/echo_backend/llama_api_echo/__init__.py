@@ -8,12 +8,14 @@ A model is a `*.echo` file holding JSON options:
   raise_load   a message for a plain RuntimeError while loading (a backend bug)
   abort_load   true: the process aborts while loading (SIGABRT, as a crashing C library)
   context      tokens a request's prompt words and max_tokens may add up to (default: no bound)
+  max_prompt   words a prompt may hold (default 1000; coding agents send thousands)
+  default_max_tokens  tokens generated when a request sets no max_tokens (default 16)
   noisy        write to fd 1 while loading and generating, as chatty C libraries do
   stall        seconds to pause before token number `stall_after` (default 0: none)
 The file's bytes are the model's "weights": the worker holds them in memory, and the
 `estimate_memory` hook says the model takes the file's size (pad the file to make a
 model that takes more).
-A prompt of more than 1000 words is refused as a real backend refuses what its context
+A prompt of more than `max_prompt` words is refused as a real backend refuses what its context
 can't hold (context_length_exceeded); so is one whose words and max_tokens add up to more
 than the model's `context` option, when it has one.
 A prompt containing the word SILENT makes generate yield nothing at all.
@@ -28,7 +30,8 @@ comes back as reasoning (unless the request asks to keep it inline).
 A prompt with the word ONCE says its words once and stops (finish_reason "stop"), as a model
 ends its turn. A prompt with the word CALL, sent with tools, calls each tool once (only the
 forced one under a named tool_choice) with arguments {"words": <prompt word count>} sent in
-two pieces, and finishes with "tool_calls".
+two pieces, and finishes with "tool_calls"; once the conversation holds a tool result (a
+"tool" message), it answers in words instead, as a model does when it has what it called for.
 Tokens are words: a word's id is a stable hash of it, `t<n>` is token n (as a token-id
 prompt is read), and detokenize spells back the words the worker has seen (others as
 `t<n>`). Option `tokenizer: false` makes a model without a tokenizer. Rerank scores a
@@ -121,6 +124,8 @@ class EchoModel:
         self.stall = float(options.get("stall", 0))
         self.stall_after = int(options.get("stall_after", 0))
         self.context = int(options.get("context", 0))  # 0: max_tokens is not bounded
+        self.max_prompt = int(options.get("max_prompt", ECHO_CONTEXT))
+        self.default_max_tokens = int(options.get("default_max_tokens", 16))
         # `served` changes as it serves: the worker tells the server (InfoChanged)
         self.info = {"delay": self.delay, "served": 0, "budgets": []}
         self.weights = b""  # the file's bytes, held as a model holds its weights
@@ -214,14 +219,16 @@ def generate(model, request, cancelled):
     if "MALFORMED" in words:
         return iter([Delta(text="x", finish_reason="stop",
                            usage=Usage(prompt_tokens=0.5, completion_tokens=1))])
-    if len(words) > ECHO_CONTEXT:
+    if len(words) > model.max_prompt:
         raise errors.ContextLengthExceeded(
-            f"prompt has {len(words)} tokens, more than the context of 1000 tokens", param="messages")
+            f"prompt has {len(words)} tokens, more than the context of {model.max_prompt} tokens",
+            param="messages")
     if model.context and len(words) + (request.max_tokens or 0) > model.context:
         raise errors.ContextLengthExceeded(
             f"prompt ({len(words)} tokens) + max_tokens ({request.max_tokens}) is more than "
             f"the context of {model.context} tokens", param="max_tokens")
-    if "CALL" in words and request.tools and request.tool_choice != "none":
+    answered = any(m.get("role") == "tool" for m in request.messages or [])
+    if "CALL" in words and request.tools and request.tool_choice != "none" and not answered:
         return echo_tool_calls(model, request, words)
     return echo_tokens(model, request, words, cancelled)
 
@@ -237,7 +244,7 @@ def received(request) -> dict:
 
 
 def echo_tokens(model, request, words, cancelled):
-    max_tokens = request.max_tokens or 16
+    max_tokens = request.max_tokens or model.default_max_tokens
     record("start", model, request=received(request))
     stops = StopHoldback(request.stop)
     thinking = (ReasoningSplitter() if request.split_reasoning and "<think>" in words
@@ -348,7 +355,7 @@ def tokenize(model, request):
     tokens = [word_id(word) for word in words]
     model.vocabulary.update(zip(tokens, words))
     return TokenizeResult(tokens=tokens, pieces=words if request.with_pieces else None,
-                          max_model_len=ECHO_CONTEXT)
+                          max_model_len=model.max_prompt)
 
 
 @hookimpl
