@@ -1,0 +1,141 @@
+"""The real coding agents against a real server on the echo backend: Claude Code (`claude -p`,
+the Messages API) and Codex (`codex exec`, the Responses API), each with its default settings
+apart from the server's address, a dummy key and the model. Each completes a turn and exits 0;
+when the model calls tools, the agent runs them and sends their results back.
+
+A recording proxy in front of the server shows what each agent sent. The echo model `agent`
+reads prompts of any length (an agent's system prompt has thousands of words) and says its
+prompt's words once (ONCE), so an answer holds the user's words; CALL makes it call every tool
+offered, once."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from llama_api.testing import serve
+
+sys.path.insert(0, str(Path(__file__).parent))  # node_clients.py sits beside this file
+from node_clients import (
+    claude_command,
+    claude_env,
+    codex_command,
+    codex_env,
+    recording_proxy,
+    require_node_clients,
+    run_client,
+)
+
+TIMEOUT = 120  # seconds a CLI may take for its turn (it takes a few on echo)
+AGENT = {"max_prompt": 100_000, "default_max_tokens": 50_000}
+ASKED = "then say pelican ONCE"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    require_node_clients()
+    folder = tmp_path_factory.mktemp("agents")
+    (folder / "models").mkdir()
+    (folder / "models" / "agent.echo").write_text(json.dumps(AGENT))
+    env = {"LLAMA_API_PLUGINS": "echo", "LLAMA_API_ECHO_EVENTS": str(folder / "events.jsonl")}
+    with serve("--models-dir", str(folder / "models"), env=env) as running:
+        yield running
+
+
+@pytest.fixture
+def proxy(server):
+    with recording_proxy(server.url) as recording:
+        yield recording
+
+
+def refused(posts) -> list[str]:
+    """What the server refused, as 'status: body', to show in a failing assertion."""
+    return [f"{r.status}: {r.answer[:600].decode(errors='replace')}"
+            for r in posts if r.status != 200]
+
+
+def sse_events(answer: bytes) -> list[dict]:
+    return [json.loads(line[5:]) for line in answer.decode().splitlines()
+            if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]")]
+
+
+# Claude Code
+
+def test_claude_code_prints_the_models_answer_and_exits_0(server, proxy, tmp_path):
+    finished = run_client(claude_command(f"Say hello, {ASKED}"),
+                          claude_env(proxy.url, "agent", tmp_path / "home"), tmp_path, TIMEOUT)
+    posts = proxy.posts("/v1/messages")
+    assert posts and not refused(posts), refused(posts)
+    assert finished.returncode == 0, str(finished)
+    assert f"Say hello, {ASKED}" in finished.stdout  # the echo model's answer, printed
+    assert {r.body["model"] for r in posts} == {"agent"}
+
+
+def test_claude_code_runs_the_called_tools_and_sends_their_results_back(server, proxy, tmp_path):
+    finished = run_client(claude_command(f"CALL your tools, {ASKED}"),
+                          claude_env(proxy.url, "agent", tmp_path / "home"), tmp_path, TIMEOUT)
+    posts = proxy.posts("/v1/messages")
+    assert posts and not refused(posts), refused(posts)
+    first = posts[0]
+    offered = {tool["name"] for tool in first.body["tools"]}
+    uses = [event["content_block"] for event in sse_events(first.answer)
+            if event.get("type") == "content_block_start"
+            and event["content_block"]["type"] == "tool_use"]
+    assert {use["name"] for use in uses} == offered  # echo calls each tool once
+    # the next request holds the calls and a tool_result for each (Claude Code's tools refuse
+    # echo's arguments, {"words": N}, so the results are errors: the round trip is the point)
+    followed = posts[1].body["messages"]
+    called = {block["id"] for message in followed if message["role"] == "assistant"
+              for block in message["content"] if block["type"] == "tool_use"}
+    results = {block["tool_use_id"] for message in followed if message["role"] == "user"
+               and isinstance(message["content"], list)
+               for block in message["content"] if block["type"] == "tool_result"}
+    assert called == results == {use["id"] for use in uses}
+    assert finished.returncode == 0, str(finished)
+    assert f"CALL your tools, {ASKED}" in finished.stdout  # the answer after the results
+
+
+# Codex
+
+def test_codex_exec_prints_the_models_answer_and_exits_0(server, proxy, tmp_path):
+    finished = run_client(codex_command(f"Say hello, {ASKED}"),
+                          codex_env(proxy.url, "agent", tmp_path / "home"), tmp_path, TIMEOUT)
+    posts = proxy.posts("/v1/responses")
+    assert posts and not refused(posts), refused(posts)
+    assert finished.returncode == 0, str(finished)
+    assert f"Say hello, {ASKED}" in finished.stdout  # the final message goes to stdout
+    assert {r.body["model"] for r in posts} == {"agent"}
+
+
+def function_names(tools: list[dict]) -> set[tuple[str | None, str]]:
+    """(namespace, name) of every function a request offers, namespaces' members included."""
+    names = set()
+    for tool in tools:
+        if tool["type"] == "function":
+            names.add((None, tool["name"]))
+        elif tool["type"] == "namespace":
+            names |= {(tool["name"], member["name"]) for member in tool["tools"]}
+    return names
+
+
+def test_codex_exec_runs_the_called_tools_and_sends_their_outputs_back(server, proxy, tmp_path):
+    finished = run_client(codex_command(f"CALL your tools, {ASKED}"),
+                          codex_env(proxy.url, "agent", tmp_path / "home"), tmp_path, TIMEOUT)
+    posts = proxy.posts("/v1/responses")
+    assert posts and not refused(posts), refused(posts)
+    first = posts[0]
+    calls = [event["item"] for event in sse_events(first.answer)
+             if event.get("type") == "response.output_item.done"
+             and event["item"]["type"] == "function_call"]
+    # every function is called, a namespace's members with their namespace
+    assert {(call.get("namespace"), call["name"]) for call in calls} == function_names(
+        first.body["tools"])
+    followed = posts[1].body["input"]
+    sent_back = {item["call_id"] for item in followed if item["type"] == "function_call"}
+    outputs = {item["call_id"] for item in followed if item["type"] == "function_call_output"}
+    assert sent_back == outputs == {call["call_id"] for call in calls}
+    assert finished.returncode == 0, str(finished)
+    assert f"CALL your tools, {ASKED}" in finished.stdout
