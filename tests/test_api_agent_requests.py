@@ -115,3 +115,14 @@ def test_a_namespaces_functions_are_offered_and_their_calls_carry_it(client, eve
 
 def received_last(events_file) -> dict:
     return [e for e in read_events(events_file) if e["event"] == "start"][-1]["request"]
+
+
+@pytest.mark.parametrize(("thinking", "budget"), [
+    ({"type": "enabled", "budget_tokens": 1024}, 1024),
+    ({"type": "adaptive"}, None), ({"type": "disabled"}, None)])
+def test_an_anthropic_thinking_budget_reaches_the_backend(client, events_file, thinking,
+                                                          budget):
+    reply = client.post(client.v1 + "/messages", json={
+        "model": "fast", "messages": ASK, "max_tokens": 8, "thinking": thinking})
+    assert reply.status_code == 200, reply.text
+    assert received(events_file).get("thinking_budget") == budget

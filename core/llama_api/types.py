@@ -102,6 +102,9 @@ class GenerateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     # `reasoning_effort`, Responses `reasoning.effort`, Anthropic `thinking`); False turns
     # thinking off where the model's chat template can (`enable_thinking`). None: its way.
     think: bool | None = None
+    # Tokens of thinking after which the backend closes the thinking and the model answers
+    # (Anthropic's `thinking.budget_tokens`); None: no budget.
+    thinking_budget: int | None = None
     # Extra backend-specific sampling fields the client sent (mirostat, grammar, ...).
     extra: dict[str, Any] = {}
 

@@ -58,6 +58,8 @@ def message_request(body: MessagesRequest) -> GenerateRequest:
         tool_name=tool_name,
         parallel_tool_calls=not one_call,
         think=None if body.thinking is None else body.thinking.type != "disabled",
+        thinking_budget=(body.thinking.budget_tokens
+                         if body.thinking and body.thinking.type == "enabled" else None),
     )
 
 

@@ -22,7 +22,7 @@ from llama_api_llamacpp.gguf_meta import EMBEDDING_ARCHS, GGUFError, read_kv, su
 from llama_api_llamacpp.options import LoadOptions, parse_options
 from llama_api_llamacpp.prompts import ChatPrompt, PromptBuilder, named_format
 from llama_api_llamacpp.sampling import request_sampling
-from llama_api_llamacpp.thinking import prompt_opens, splitter_for
+from llama_api_llamacpp.thinking import prompt_opens, splitter_for, thinking_budget
 from llama_api_llamacpp.threads import ThreadTuner
 from llama_api_llamacpp.tools import tool_deltas
 
@@ -150,8 +150,11 @@ class LlamaCppModel:
         self.prompts = PromptBuilder(spec.id, template, formatter, self.control_spellings)
         self.grammars = Grammars(llama_cpp, self.vocab)
         self.reasoning_tags = options.reasoning_tags
+        self.close_tag_tokens: list[int] = []  # what ends a spent thinking budget
         if self.reasoning_tags is not None:
             self._show_tag_tokens(self.reasoning_tags)
+            self.close_tag_tokens = self.tokenize(self.reasoning_tags.close, add_bos=False,
+                                                  special=True)
         # Fill in the middle: the model's prefix, suffix and middle tokens (all or none).
         fim = (llama_cpp.llama_vocab_fim_pre(self.vocab),
                llama_cpp.llama_vocab_fim_suf(self.vocab),
@@ -303,7 +306,8 @@ class LlamaCppModel:
         run = Run(self, tokens, sampling, seed, constraint.grammar,
                   self._logit_bias(request.logit_bias),
                   stop if constraint.streams_text else [], self._limit(request, len(tokens)),
-                  request.logprobs, cancelled, echo=echo, splitter=splitter)
+                  request.logprobs, cancelled, echo=echo, splitter=splitter,
+                  budget=thinking_budget(self, request, splitter, thinking_open))
         if constraint.tool_mode is None:
             return _text_deltas(run)
         return tool_deltas(run, constraint.tool_mode, constraint.tool_name,

@@ -18,6 +18,7 @@ from bisect import insort
 from collections import deque
 
 from llama_api import errors
+from llama_api_llamacpp.sampling import forcing_sampler
 
 log = logging.getLogger("llama_api_llamacpp")
 
@@ -49,7 +50,7 @@ class Sequence:
     """One request inside the engine."""
 
     def __init__(self, tokens, sampler, limit, logprobs_fn, cancelled, prompt_logprobs=False,
-                 drafter=None):
+                 drafter=None, budget=None):
         self.tokens = tokens  # prompt tokens still to decode
         self.sampler = sampler  # an internals.LlamaSampler (kept alive here)
         self.limit = limit
@@ -71,6 +72,10 @@ class Sequence:
         self.prompt_lps: list = []
         self.drafter = drafter  # speculative.NgramDrafter, or None
         self.draft: list[int] = []  # drafted tokens decoded in this step after next_token
+        # A thinking.ThinkingBudget, told each token; the tokens it asks for are written in
+        # place of the next samples (`forced`).
+        self.budget = budget
+        self.forced: deque[int] = deque()
 
     def stop(self):
         self.stopped = True
@@ -335,7 +340,9 @@ class BatchEngine:
         draft, seq.draft = seq.draft, []
         for j in range(len(draft) + 1):
             try:
-                token = lib.llama_sampler_sample(seq.sampler.sampler, self.ctx, index + j)
+                sampler = (forcing_sampler(self.model, seq.forced.popleft()) if seq.forced
+                           else seq.sampler)
+                token = lib.llama_sampler_sample(sampler.sampler, self.ctx, index + j)
                 ended = seq.ended = bool(lib.llama_vocab_is_eog(self.model.vocab, token))
                 if not ended:
                     seq.out.put((token, seq.logprobs_fn(token, self.ctx, index + j)
@@ -348,6 +355,8 @@ class BatchEngine:
                 ended = seq.generated >= seq.limit
                 if seq.drafter is not None:
                     seq.drafter.extend((token,))
+                if seq.budget is not None:
+                    seq.forced.extend(seq.budget.after(token))
             if not ended and j < len(draft) and token == draft[j]:
                 seq.decoded.append(token)  # its drafted cell holds the right token
                 self.accepted += 1

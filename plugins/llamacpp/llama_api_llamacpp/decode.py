@@ -11,11 +11,17 @@ counts them, and decides when the choice ends otherwise.
 from __future__ import annotations
 
 import time
+from collections import deque
 from functools import partial
 
 from llama_api.types import Delta, Usage
 from llama_api_llamacpp.batching import PROMPT, Sequence
-from llama_api_llamacpp.sampling import build_sampler, first_prompt_logprob, token_logprobs
+from llama_api_llamacpp.sampling import (
+    build_sampler,
+    first_prompt_logprob,
+    forcing_sampler,
+    token_logprobs,
+)
 from llama_api_llamacpp.speculative import NgramDrafter
 from llama_api_llamacpp.textstream import TextStream
 
@@ -28,11 +34,12 @@ class Run:
     the last delta.
 
     `splitter`: a `ReasoningSplitter` when the model's thinking is split from the answer
-    (None: all of it is text).
+    (None: all of it is text). `budget`: a `ThinkingBudget` that the token source asks,
+    after each token, for the tokens to write next in place of samples (`forced`).
     """
 
     def __init__(self, model, tokens, sampling, seed, grammar, logit_bias, stop, limit,
-                 logprobs, cancelled, echo=None, splitter=None):
+                 logprobs, cancelled, echo=None, splitter=None, budget=None):
         self.model = model
         self.tokens = tokens
         self.sampling = sampling
@@ -50,6 +57,8 @@ class Run:
         self.echo = echo
         self.prompt_logprobs = echo is not None and logprobs is not None
         self.splitter = splitter
+        self.budget = budget
+        self.forced: deque[int] = deque()
 
     @property
     def text(self) -> str:
@@ -129,7 +138,8 @@ def batched_tokens(run: Run):
     if run.model.speculative == "ngram":
         drafter = NgramDrafter(run.tokens, run.model.draft_tokens)
     seq = Sequence(list(run.tokens), run.sampler(), run.limit, run.logprobs_fn(),
-                   run.cancelled, prompt_logprobs=run.prompt_logprobs, drafter=drafter)
+                   run.cancelled, prompt_logprobs=run.prompt_logprobs, drafter=drafter,
+                   budget=run.budget)
     engine.submit(seq)
     try:
         for token, lps in engine.tokens(seq):
@@ -154,8 +164,9 @@ def plain_tokens(run: Run):
         if run.limit <= 0:
             return
         # Our own sampler chain replaces Llama._init_sampler (generate() calls it on its
-        # first step, so it stays set until the end).
-        llm._init_sampler = lambda **_ignored: run.sampler()
+        # first step, and keeps it as `llm._sampler`: swapped below for a forced token).
+        sampler = run.sampler()
+        llm._init_sampler = lambda **_ignored: sampler
         gen = llm.generate(run.tokens, reset=True)
         abortable = run.cancelled is not None and len(run.tokens) >= ABORTABLE_PROMPT
         if abortable:
@@ -173,6 +184,10 @@ def plain_tokens(run: Run):
                     run.finish = "stop"
                     return
                 yield token, logprobs_fn(token, model.ctx, -1) if logprobs_fn else None
+                if run.budget is not None:
+                    run.forced.extend(run.budget.after(token))
+                llm._sampler = (forcing_sampler(model, run.forced.popleft()) if run.forced
+                                else sampler)
                 resumed = time.perf_counter()
         except RuntimeError:
             if not (run.cancelled is not None and run.cancelled.is_set()):
@@ -183,6 +198,7 @@ def plain_tokens(run: Run):
                 model.abort_on(None)
             gen.close()
             llm.__dict__.pop("_init_sampler", None)
+            llm._sampler = None
 
 
 def plain_prompt_logprobs(run: Run) -> list:

@@ -33,6 +33,17 @@ def request_sampling(request, defaults: dict, default_seed: int | None) -> tuple
     return sampling, seed
 
 
+def forcing_sampler(model, token: int):
+    """A sampler that picks `token` whatever the logits say: the tokens a run must write
+    (the closing tag that ends a thinking budget) in place of one sample."""
+    from llama_cpp import _internals as internals
+
+    sampler = internals.LlamaSampler()
+    sampler.add_logit_bias(model.n_vocab, {token: 1e30})
+    sampler.add_greedy()
+    return sampler
+
+
 def build_sampler(model, sampling: dict, seed: int, grammar, logit_bias: dict | None):
     """The llama.cpp sampler chain for one request (native logit bias; penalties only
     when asked for)."""

@@ -37,6 +37,38 @@ def prompt_opens(prompt: str, tags: ReasoningTags) -> bool:
     return prompt.rstrip().endswith(tags.open)
 
 
+class ThinkingBudget:
+    """Ends a model's thinking after `budget` tokens, as llama-server's reasoning budget does:
+    the token source (the batch engine's thread, or the plain path) tells it each token it
+    produced, and writes the closing tag's tokens next when it says so; the model then goes
+    on with its answer. Its own splitter follows the tags, as the reader's does."""
+
+    def __init__(self, model, tags: ReasoningTags, inside: bool, budget: int):
+        self.model = model
+        self.splitter = ReasoningSplitter(tags, inside=inside)
+        self.left = budget
+
+    def after(self, token: int) -> list[int]:
+        """The tokens to write next, in place of samples (none while the budget lasts)."""
+        if self.left is None:
+            return []
+        self.splitter.feed(self.model.piece(token).decode("utf-8", errors="ignore"))
+        if self.splitter.state == "inside":
+            self.left -= 1
+            if self.left <= 0:
+                self.left = None  # spent: once
+                return list(self.model.close_tag_tokens)
+        return []
+
+
+def thinking_budget(model, request, splitter, prompt_open: bool) -> ThinkingBudget | None:
+    """The request's thinking budget, where its thinking is split (a chat answer of a model
+    that thinks in tags, free to think)."""
+    if request.thinking_budget is None or splitter is None:
+        return None
+    return ThinkingBudget(model, model.reasoning_tags, prompt_open, request.thinking_budget)
+
+
 def splitter_for(request, tags: ReasoningTags | None, prompt_open: bool, free_form: bool):
     """A splitter for this request's output, or None: only chat answers of a thinking model
     that asks for the split, and only when the output is not held to JSON (a schema or a

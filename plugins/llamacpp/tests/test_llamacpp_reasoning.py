@@ -213,3 +213,23 @@ def test_a_model_that_does_not_think_takes_the_control_and_answers_alike(tiny_pl
     text, _ = collect(tiny_plain, messages=ASK, max_tokens=6, temperature=0.0)
     off, _ = collect(tiny_plain, messages=ASK, max_tokens=6, temperature=0.0, think=False)
     assert off == text
+
+
+@pytest.mark.parametrize("options", [{}, {"n_parallel": 1}], ids=["default", "plain"])
+def test_a_thinking_budget_closes_the_thinking_and_the_model_answers(think_dir, collect,
+                                                                      options):
+    model = load(spec(think_dir, "think-open", **options))
+    try:
+        (close,) = model.tokenize("</think>", add_bos=False, special=True)
+        fields = {"messages": ASK, "max_tokens": 24, "temperature": 0.0,
+                  "logit_bias": {close: -100.0}}  # it would never close the thinking itself
+        _, unbounded = collect(model, **fields)
+        assert split(unbounded)[1] == ""  # all thinking
+        _, deltas = collect(model, thinking_budget=5, **fields)
+        reasoning, answer = split(deltas)
+        assert reasoning and answer
+        thought = model.tokenize(reasoning, add_bos=False, special=False)
+        assert len(thought) <= 6  # five tokens of thinking (a token may split in two)
+        assert deltas[-1].usage.completion_tokens == 24  # the tag counts as generated
+    finally:
+        plugin.unload_model(model=model)
