@@ -41,3 +41,15 @@ def test_keys_nested_values_and_a_forged_placeholder_are_swapped_too():
     pieces = SHIELD.pieces(rendered, swapped)
     assert "".join(p.text for p in pieces) == json.dumps(value, ensure_ascii=False)
     assert all(not p.special for p in pieces)
+
+
+def test_thousands_of_spellings_scan_text_full_of_their_first_character_quickly():
+    import time
+
+    shield = Shield([f"<unused{i}>" for i in range(6000)] + ["<|im_end|>", "<bos>"])
+    started = time.perf_counter()
+    protected, swapped = shield.protect(["<" * 100_000, "<div><span>x</span></div>" * 4000])
+    assert swapped == [] and protected[0] == "<" * 100_000
+    # A plain alternation took 9 s here; the trie, milliseconds. A bound far from both.
+    assert time.perf_counter() - started < 1.0
+    assert shield.protect("<unused59><unused5>x")[1] == ["<unused59>", "<unused5>"]

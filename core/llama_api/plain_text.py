@@ -35,11 +35,10 @@ class Shield:
     into a control token."""
 
     def __init__(self, spellings: Iterable[str]):
-        ordered = sorted({s for s in spellings if s}, key=len, reverse=True)
-        # Longest first, so that "<|im_start|>" wins over a shorter token it starts with.
-        self._controls = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        words = {s for s in spellings if s}
+        self._controls = re.compile(_trie(words)) if words else None
         # The placeholder's own first character is swapped too: a client can't forge one.
-        self._swapped = re.compile("|".join(map(re.escape, [*ordered, OPEN])))
+        self._swapped = re.compile(_trie(words | {OPEN}))
 
     def protect(self, value: Any) -> tuple[Any, list[str]]:
         """`value` (strings, lists and dicts, keys included) with each spelling swapped for
@@ -98,3 +97,27 @@ class Shield:
         template(rendered[at:])
         flush()
         return out
+
+
+def _trie(words: set[str]) -> str:
+    """One regex matching any of `words`, the longest where several match ("<|im_start|>"
+    over "<|im"), written as a trie: a vocabulary may have thousands of control tokens
+    (Gemma 3: 6,250), and a plain alternation of them took 9 s over 100 KB of "<"."""
+    root: dict = {}
+    for word in words:
+        node = root
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}  # a word ends here
+
+    def pattern(node: dict) -> str:
+        branches = [re.escape(char) + pattern(child)
+                    for char, child in sorted(node.items()) if char]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        if "" not in node:
+            return body
+        return (f"(?:{body})" if len(branches) == 1 else body) + "?"  # greedy: longest first
+
+    return pattern(root)
