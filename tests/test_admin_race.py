@@ -12,7 +12,8 @@ import anyio
 
 from llama_api.api.admin import model_status
 from llama_api.process import WorkerProcess
-from llama_api.scheduler import Entry, Scheduler, Settings
+from llama_api.scheduler import Scheduler
+from llama_api.scheduler_records import Entry, Settings
 from llama_api.types import ModelSpec
 from llama_api_echo import USER
 

@@ -13,7 +13,8 @@ pytest.importorskip("gguf")
 
 from llama_api.memory import format_size
 from llama_api.plugins import Plugins
-from llama_api.scheduler import Scheduler, Settings
+from llama_api.scheduler import Scheduler
+from llama_api.scheduler_records import Settings
 from llama_api.types import GenerateRequest
 from llama_api_llamacpp import gguf_spec, smollm2_path
 from llama_api_llamacpp import memory as gguf_memory

@@ -20,7 +20,8 @@ from llama_api import errors, hookimpl
 from llama_api.memory import Footprint, MemoryBudget
 from llama_api.plugins import Plugins
 from llama_api.registry import Registry
-from llama_api.scheduler import Scheduler, Settings
+from llama_api.scheduler import Scheduler
+from llama_api.scheduler_records import Settings
 from llama_api.types import GenerateRequest, ModelSpec
 from llama_api_echo import USER
 

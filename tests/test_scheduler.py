@@ -343,7 +343,7 @@ def test_a_crash_fails_only_the_request_it_was_serving(one_worker):
 
 
 def test_busy_workers_share_the_cores_and_a_lone_one_gets_them_all(start_server, events_file):
-    from llama_api.scheduler import available_cores
+    from llama_api.scheduler_records import available_cores
 
     cores = available_cores()
     if cores < 2:

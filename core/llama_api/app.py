@@ -30,7 +30,8 @@ from llama_api.metrics import Metrics, request_middleware
 from llama_api.plugins import Plugins
 from llama_api.registry import Registry
 from llama_api.responses_store import ResponsesStore, default_data_dir
-from llama_api.scheduler import Scheduler, Settings
+from llama_api.scheduler import Scheduler
+from llama_api.scheduler_records import Settings
 
 log = logging.getLogger("llama_api.app")
 

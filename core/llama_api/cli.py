@@ -234,7 +234,7 @@ def serve(args) -> int:
     from llama_api.app import ServerConfig, create_app
     from llama_api.registry import ConfigError
     from llama_api.responses_store import default_data_dir
-    from llama_api.scheduler import Settings
+    from llama_api.scheduler_records import Settings
 
     try:
         api_keys = collect_api_keys(args.api_key, args.api_key_file, os.environ.get("LLAMA_API_KEYS"))

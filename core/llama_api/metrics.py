@@ -24,7 +24,7 @@ from prometheus_client.exposition import generate_latest
 
 from llama_api import memory
 from llama_api.events import Event
-from llama_api.scheduler import LeaseObserver
+from llama_api.scheduler_records import LeaseObserver
 from llama_api.types import Delta, ModelSpec
 
 log = logging.getLogger("llama_api.requests")

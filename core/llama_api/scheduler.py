@@ -21,10 +21,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import TaskGroup
@@ -34,82 +32,10 @@ from llama_api.events import EventBus
 from llama_api.memory import Footprint, MemoryBudget, describe
 from llama_api.memory_watch import watch_memory
 from llama_api.process import WorkerProcess
+from llama_api.scheduler_records import Entry, LeaseObserver, Settings, available_cores
 from llama_api.types import ModelSpec
 
 log = logging.getLogger(__name__)
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-@dataclass
-class Settings:
-    max_workers: int = 1
-    max_queue: int = 64
-    idle_timeout: float = 0.0  # seconds; 0 = never
-    # Threads per worker; None = the machine's cores shared among max_workers.
-    threads_per_worker: int | None = None
-    # Bytes all workers together may hold, in host RAM and in VRAM (all GPUs summed);
-    # None = 90% of what is detected, unlimited where nothing is.
-    max_memory: int | None = None
-    max_gpu_memory: int | None = None
-    # A worker is killed as unresponsive when a running request gets no frame from it for
-    # request_timeout seconds, or a load takes longer than load_timeout; 0 = no limit.
-    request_timeout: float = 300.0
-    load_timeout: float = 600.0
-    spare_workers: bool = False  # keep a started worker per plugin in use (see above)
-
-
-class LeaseObserver:
-    """Told about each lease (the metrics are one): `leasing` when a request asks for a model,
-    `leased` once it holds a slot, with the time it queued; `leased` may wrap the worker."""
-
-    def leasing(self, spec: ModelSpec) -> None:
-        pass
-
-    def leased(self, spec: ModelSpec, worker: WorkerProcess, waited: float) -> WorkerProcess:
-        return worker
-
-
-@dataclass(eq=False)
-class Entry:
-    """A model that is loading or loaded (or, in `Scheduler.unloading`, being unloaded)."""
-
-    spec: ModelSpec
-    ready: anyio.Event = field(default_factory=anyio.Event)
-    error: errors.LlamaApiError | None = None
-    slots: anyio.Semaphore | None = None
-    users: int = 0  # requests that hold or wait for this model's slots
-    last_used: float = field(default_factory=time.monotonic)
-    process: WorkerProcess | None = None  # the process, from its start
-    load_seconds: float | None = None
-    memory: Footprint = field(default_factory=Footprint)  # estimated, then measured once loaded
-
-    @property
-    def worker(self) -> WorkerProcess | None:
-        """The process once it has loaded the model; None while loading or after a failure."""
-        return self.process if self.ready.is_set() and self.error is None else None
-
-    @property
-    def state(self) -> str:
-        return "loaded" if self.worker is not None else "loading"
-
-    @property
-    def in_use(self) -> int:
-        """Slots held by requests now (0 until loaded)."""
-        return self.worker.slots - self.slots.value if self.worker is not None else 0
-
-    @property
-    def queued(self) -> int:
-        """Requests waiting for a slot (or for the load)."""
-        return max(0, self.users - self.in_use)
-
-    def idle_timeout(self, default: float) -> float:
-        return default if self.spec.idle_timeout is None else self.spec.idle_timeout
 
 
 class Scheduler:

@@ -21,7 +21,8 @@ from llama_api import errors, memory
 from llama_api.api import openapi
 from llama_api.api.http import GET_OR_HEAD, json_response
 from llama_api.metrics import CONTENT_TYPE
-from llama_api.scheduler import Entry, Scheduler
+from llama_api.scheduler import Scheduler
+from llama_api.scheduler_records import Entry
 from llama_api.types import ModelSpec
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from llama_api.plugins import Plugins
-from llama_api.scheduler import Entry, Scheduler
+from llama_api.scheduler import Scheduler
+from llama_api.scheduler_records import Entry
 from llama_api.types import ModelSpec
 
 
