@@ -202,6 +202,10 @@ enabled = false
 
 [feedback]
 enabled = false
+
+# its plugin marketplace sync looks up api.github.com and chatgpt.com (the request is the same)
+[features]
+plugins = false
 """
 
 

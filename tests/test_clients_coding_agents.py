@@ -51,10 +51,15 @@ def proxy(server):
         yield recording
 
 
-def refused(posts) -> list[str]:
-    """What the server refused, as 'status: body', to show in a failing assertion."""
-    return [f"{r.status}: {r.answer[:600].decode(errors='replace')}"
-            for r in posts if r.status != 200]
+def served(proxy, route: str) -> list:
+    """The agent's requests to `route`, each of which the server answered with 200; a
+    refusal fails the test showing the server's answer."""
+    posts = proxy.posts(route)
+    assert posts, f"no request reached {route}: {[r.path for r in proxy.requests]}"
+    refused = [f"{r.status}: {r.answer[:600].decode(errors='replace')}"
+               for r in posts if r.status != 200]
+    assert not refused, "the server refused the agent's request:\n" + "\n".join(refused)
+    return posts
 
 
 def sse_events(answer: bytes) -> list[dict]:
@@ -67,8 +72,7 @@ def sse_events(answer: bytes) -> list[dict]:
 def test_claude_code_prints_the_models_answer_and_exits_0(server, proxy, tmp_path):
     finished = run_client(claude_command(f"Say hello, {ASKED}"),
                           claude_env(proxy.url, "agent", tmp_path / "home"), tmp_path, TIMEOUT)
-    posts = proxy.posts("/v1/messages")
-    assert posts and not refused(posts), refused(posts)
+    posts = served(proxy, "/v1/messages")
     assert finished.returncode == 0, str(finished)
     assert f"Say hello, {ASKED}" in finished.stdout  # the echo model's answer, printed
     assert {r.body["model"] for r in posts} == {"agent"}
@@ -77,8 +81,7 @@ def test_claude_code_prints_the_models_answer_and_exits_0(server, proxy, tmp_pat
 def test_claude_code_runs_the_called_tools_and_sends_their_results_back(server, proxy, tmp_path):
     finished = run_client(claude_command(f"CALL your tools, {ASKED}"),
                           claude_env(proxy.url, "agent", tmp_path / "home"), tmp_path, TIMEOUT)
-    posts = proxy.posts("/v1/messages")
-    assert posts and not refused(posts), refused(posts)
+    posts = served(proxy, "/v1/messages")
     first = posts[0]
     offered = {tool["name"] for tool in first.body["tools"]}
     uses = [event["content_block"] for event in sse_events(first.answer)
@@ -103,8 +106,7 @@ def test_claude_code_runs_the_called_tools_and_sends_their_results_back(server, 
 def test_codex_exec_prints_the_models_answer_and_exits_0(server, proxy, tmp_path):
     finished = run_client(codex_command(f"Say hello, {ASKED}"),
                           codex_env(proxy.url, "agent", tmp_path / "home"), tmp_path, TIMEOUT)
-    posts = proxy.posts("/v1/responses")
-    assert posts and not refused(posts), refused(posts)
+    posts = served(proxy, "/v1/responses")
     assert finished.returncode == 0, str(finished)
     assert f"Say hello, {ASKED}" in finished.stdout  # the final message goes to stdout
     assert {r.body["model"] for r in posts} == {"agent"}
@@ -124,8 +126,7 @@ def function_names(tools: list[dict]) -> set[tuple[str | None, str]]:
 def test_codex_exec_runs_the_called_tools_and_sends_their_outputs_back(server, proxy, tmp_path):
     finished = run_client(codex_command(f"CALL your tools, {ASKED}"),
                           codex_env(proxy.url, "agent", tmp_path / "home"), tmp_path, TIMEOUT)
-    posts = proxy.posts("/v1/responses")
-    assert posts and not refused(posts), refused(posts)
+    posts = served(proxy, "/v1/responses")
     first = posts[0]
     calls = [event["item"] for event in sse_events(first.answer)
              if event.get("type") == "response.output_item.done"
