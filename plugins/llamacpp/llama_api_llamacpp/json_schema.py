@@ -231,12 +231,7 @@ class _Preparer:
             return {"type": "array", "items": []}
         out = {**schema, "items": self.visit(items if items is not None else {},
                                              f"{path}/items")}
-        low, high = out.get("minItems", 0), out.get("maxItems")
-        if not isinstance(low, int) or (high is not None and not isinstance(high, int)) \
-                or (high is not None and high < low) or low < 0:
-            raise self.fail(path, "minItems/maxItems must be integers, 0 <= min <= max")
-        self.limit(path, "minItems", low, MAX_REPEAT)
-        self.limit(path, "maxItems", high, MAX_REPEAT)
+        self._repetition_bounds(out, path, "minItems", "maxItems")
         return out
 
     def _string(self, schema: dict, path: str) -> dict:
@@ -257,13 +252,18 @@ class _Preparer:
                                       f"{', '.join(sorted(FORMATS))})")
             if set(schema) & {"minLength", "maxLength"}:
                 raise self.fail(path, "format together with minLength/maxLength")
-        low, high = schema.get("minLength", 0), schema.get("maxLength")
+        self._repetition_bounds(schema, path, "minLength", "maxLength")
+        return schema
+
+    def _repetition_bounds(self, schema: dict, path: str, low_key: str, high_key: str) -> None:
+        """A repetition's bounds (minItems/maxItems, minLength/maxLength): integers,
+        0 <= min <= max, each within MAX_REPEAT."""
+        low, high = schema.get(low_key, 0), schema.get(high_key)
         if not isinstance(low, int) or (high is not None and not isinstance(high, int)) \
                 or (high is not None and high < low) or low < 0:
-            raise self.fail(path, "minLength/maxLength must be integers, 0 <= min <= max")
-        self.limit(path, "minLength", low, MAX_REPEAT)
-        self.limit(path, "maxLength", high, MAX_REPEAT)
-        return schema
+            raise self.fail(path, f"{low_key}/{high_key} must be integers, 0 <= min <= max")
+        self.limit(path, low_key, low, MAX_REPEAT)
+        self.limit(path, high_key, high, MAX_REPEAT)
 
     def _integer(self, schema: dict, path: str) -> dict:
         for keyword in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
