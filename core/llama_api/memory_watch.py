@@ -12,13 +12,9 @@ other workers are untouched.
 
 from __future__ import annotations
 
-import logging
-
 import anyio
 
 from llama_api import memory
-
-log = logging.getLogger(__name__)
 
 CHECK_EVERY = 0.25  # seconds
 

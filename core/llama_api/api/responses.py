@@ -155,10 +155,11 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return messages
 
 
-def tool_fields(body: ResponseRequest
+def tool_fields(body: ResponseRequest, offered: list[tuple[ResponsesTool, str | None]]
                 ) -> tuple[list[dict[str, Any]] | None, ToolChoice | None, str | None]:
+    """tools, tool_choice and the forced name, from the `offered_tools` of the request."""
     tools = []
-    offered = [tool for tool, _ in offered_tools(body)]
+    offered = [tool for tool, _ in offered]
     for tool in offered:
         function = {"name": tool.name}
         if tool.description is not None:
@@ -194,11 +195,12 @@ def response_format(body: ResponseRequest) -> ResponseFormat | None:
 
 
 def generate_request(body: ResponseRequest, history: list[dict[str, Any]],
-                     items: list[dict[str, Any]]) -> GenerateRequest:
+                     items: list[dict[str, Any]],
+                     offered: list[tuple[ResponsesTool, str | None]]) -> GenerateRequest:
     """The one GenerateRequest: instructions, the earlier turns, then this input."""
     messages = [{"role": "system", "content": body.instructions}] if body.instructions else []
     messages += chat_messages([*history, *items])
-    tools, tool_choice, tool_name = tool_fields(body)
+    tools, tool_choice, tool_name = tool_fields(body, offered)
     return GenerateRequest(messages=messages, max_tokens=body.max_output_tokens,
                            temperature=body.temperature, top_p=body.top_p, tools=tools,
                            tool_choice=tool_choice, tool_name=tool_name,
@@ -221,7 +223,8 @@ def text_config(body: ResponseRequest) -> dict[str, Any]:
                        else "text"}}
 
 
-def echoed_fields(body: ResponseRequest) -> dict[str, Any]:
+def echoed_fields(body: ResponseRequest,
+                  offered: list[tuple[ResponsesTool, str | None]]) -> dict[str, Any]:
     choice = body.tool_choice
     if isinstance(choice, ToolChoiceObject):
         choice = {"type": choice.type, "name": choice.name}
@@ -240,7 +243,7 @@ def echoed_fields(body: ResponseRequest) -> dict[str, Any]:
         "tool_choice": choice or "auto",
         "tools": [{"type": "function", "name": tool.name, "description": tool.description,
                    "parameters": tool.parameters, "strict": tool.strict}
-                  for tool, _ in offered_tools(body)],
+                  for tool, _ in offered],
         "top_p": body.top_p,
         "truncation": body.truncation or "disabled",
         "user": body.user,
@@ -272,7 +275,8 @@ async def prepare(store: ResponsesStore, body: ResponseRequest, key: bytes | Non
     items = input_items(body)
     history = (await store.conversation(body.previous_response_id, key)
                if body.previous_response_id else [])
-    generate = generate_request(body, history, items)
+    offered = offered_tools(body)  # once: it logs what it leaves out
+    generate = generate_request(body, history, items, offered)
     stored = body.store is not False
     if stored:
         await store.ready()  # a store that can't open fails before any work
@@ -280,8 +284,8 @@ async def prepare(store: ResponsesStore, body: ResponseRequest, key: bytes | Non
     # one INSERT on the store's own writer connection, which reads never hold.
     keep = (partial(store.put_blocking, input_items=items, key=key)
             if stored and body.stream else None)
-    namespaces = {tool.name: namespace for tool, namespace in offered_tools(body) if namespace}
-    events = ResponseEvents(echoed_fields(body), keep=keep, namespaces=namespaces,
+    namespaces = {tool.name: namespace for tool, namespace in offered if namespace}
+    events = ResponseEvents(echoed_fields(body, offered), keep=keep, namespaces=namespaces,
                             parallel_tool_calls=body.parallel_tool_calls is not False)
 
     async def answer(_choices) -> dict[str, Any]:

@@ -35,7 +35,7 @@ class Run:
 
     `splitter`: a `ReasoningSplitter` when the model's thinking is split from the answer
     (None: all of it is text). `budget`: a `ThinkingBudget` that the token source asks,
-    after each token, for the tokens to write next in place of samples (`forced`).
+    after each token, for the tokens to write next in place of samples.
     """
 
     def __init__(self, model, tokens, sampling, seed, grammar, logit_bias, stop, limit,
@@ -58,7 +58,6 @@ class Run:
         self.prompt_logprobs = echo is not None and logprobs is not None
         self.splitter = splitter
         self.budget = budget
-        self.forced: deque[int] = deque()
 
     @property
     def text(self) -> str:
@@ -167,6 +166,7 @@ def plain_tokens(run: Run):
         # first step, and keeps it as `llm._sampler`: swapped below for a forced token).
         sampler = run.sampler()
         llm._init_sampler = lambda **_ignored: sampler
+        forced: deque[int] = deque()  # what the budget has this run write next
         gen = llm.generate(run.tokens, reset=True)
         abortable = run.cancelled is not None and len(run.tokens) >= ABORTABLE_PROMPT
         if abortable:
@@ -185,9 +185,8 @@ def plain_tokens(run: Run):
                     return
                 yield token, logprobs_fn(token, model.ctx, -1) if logprobs_fn else None
                 if run.budget is not None:
-                    run.forced.extend(run.budget.after(token))
-                llm._sampler = (forcing_sampler(model, run.forced.popleft()) if run.forced
-                                else sampler)
+                    forced.extend(run.budget.after(token))
+                llm._sampler = forcing_sampler(model, forced.popleft()) if forced else sampler
                 resumed = time.perf_counter()
         except RuntimeError:
             if not (run.cancelled is not None and run.cancelled.is_set()):
