@@ -84,10 +84,18 @@ def test_default_parallel_fits_the_kv_budget(tiny_path, tiny_default):
             plugin.unload_model(model=model)
 
 
-def test_the_engine_keeps_the_thread_budget(tiny_default):
-    lib = tiny_default.lib
-    assert lib.llama_n_threads(tiny_default.engine.ctx) == 1
-    assert lib.llama_n_threads_batch(tiny_default.engine.ctx) == 1
+def test_the_engine_starts_at_the_thread_budget_and_follows_the_tuner(tiny_spec):
+    """A fresh model (the shared one's tuner may have tried other counts since): its batch
+    engine's context starts at the threads the core gave, and a count the tuner applies
+    reaches that context, not the unused high-level one."""
+    model = plugin.load_model(spec=tiny_spec, context=LoadContext(n_threads=1))
+    try:
+        lib, ctx = model.lib, model.engine.ctx
+        assert (lib.llama_n_threads(ctx), lib.llama_n_threads_batch(ctx)) == (1, 1)
+        model._set_threads(2)
+        assert (lib.llama_n_threads(ctx), lib.llama_n_threads_batch(ctx)) == (2, 2)
+    finally:
+        plugin.unload_model(model=model)
 
 
 def test_concurrent_greedy_equals_one_at_a_time(tiny_plain, batched):
