@@ -15,10 +15,10 @@ MAX_WORKERS ?= 2
 # More `llama-api serve` options, e.g. make serve SERVE_ARGS="--api-key sk-1 --idle-timeout 600"
 SERVE_ARGS ?=
 
-# The torch and TensorFlow pins live in core/llama_api/pins.toml, which `llama-api install`
+# The torch and TensorFlow pins live in core/llama_api/cli/pins.toml, which `llama-api install`
 # reads too; read here with tomllib in isolated mode (-I: nothing in the repository can shadow
 # the standard library). A pin that can't be read stops make.
-PINS_FILE := core/llama_api/pins.toml
+PINS_FILE := core/llama_api/cli/pins.toml
 pin = $(or $(shell $(PYTHON) -I -c 'import sys, tomllib; \
 	print(tomllib.load(open(sys.argv[1], "rb"))[sys.argv[2]])' $(PINS_FILE) $(1)), \
 	$(error could not read the $(1) pin from $(PINS_FILE) with $(PYTHON) (see above)))

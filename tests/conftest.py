@@ -45,8 +45,8 @@ def in_process(models_dir: Path, events_file: Path, **config):
     models; its workers are real subprocesses. `config`: ServerConfig fields."""
     from litestar.testing import TestClient
 
-    from llama_api.app import ServerConfig, create_app
-    from llama_api.plugins import Plugins
+    from llama_api.api.app import ServerConfig, create_app
+    from llama_api.workers.plugins import Plugins
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("LLAMA_API_PLUGINS", "echo")

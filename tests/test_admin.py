@@ -7,7 +7,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from llama_api.scheduler_records import Settings
+from llama_api.scheduling.entries import Settings
 from llama_api.testing import pid_exists, wait_for
 from llama_api_echo import USER
 

@@ -11,10 +11,10 @@ import time
 import anyio
 
 from llama_api.api.admin import model_status
-from llama_api.process import WorkerProcess
-from llama_api.scheduler import Scheduler
-from llama_api.scheduler_records import Entry, Settings
-from llama_api.types import ModelSpec
+from llama_api.contract.records import ModelSpec
+from llama_api.scheduling.entries import Entry, Settings
+from llama_api.scheduling.scheduler import Scheduler
+from llama_api.workers.handle import WorkerProcess
 from llama_api_echo import USER
 
 LOADS = 12  # hammer until the churn has loaded this many times (60 s at most)

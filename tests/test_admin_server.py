@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from llama_api import admin_client
+from llama_api.cli import admin_client
 from llama_api_echo import chat
 
 KEY = "the-only-key"  # no admin key set: /admin takes the API key
@@ -119,7 +119,7 @@ def test_the_key_comes_from_the_environment(monkeypatch):
 
 
 def test_the_cli_commands_drive_a_running_server(server, monkeypatch, capsys):
-    from llama_api.cli import main
+    from llama_api.cli.main import main
 
     monkeypatch.setenv("LLAMA_API_KEYS", KEY)  # ps/load/unload take the first API key
     monkeypatch.delenv("LLAMA_API_ADMIN_KEY", raising=False)

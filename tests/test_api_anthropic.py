@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from llama_api.api.anthropic import conversation
-from llama_api.schemas_anthropic import MessagesRequest
+from llama_api.api.schemas.anthropic import MessagesRequest
 from llama_api_echo import read_events
 
 MESSAGES = "/messages"

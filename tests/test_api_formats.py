@@ -12,7 +12,7 @@ from llama_api.api.choices import Choice, total_usage
 from llama_api.api.completions import CompletionChunks, completion_response
 from llama_api.api.error_responses import OPENAI_ERRORS
 from llama_api.api.streaming import Event, EventStream
-from llama_api.types import Delta, TokenLogprob, ToolCallDelta, TopLogprob, Usage
+from llama_api.contract.records import Delta, TokenLogprob, ToolCallDelta, TopLogprob, Usage
 
 
 def data(event: Event) -> dict:

@@ -9,9 +9,9 @@ import anyio
 from llama_api import errors
 from llama_api.api.responses import ResponseErrors
 from llama_api.api.responses_output import ResponseEvents
+from llama_api.api.responses_store import StoreUnavailable
 from llama_api.api.streaming import EventStream
-from llama_api.responses_store import StoreUnavailable
-from llama_api.types import Delta, ToolCallDelta, Usage
+from llama_api.contract.records import Delta, ToolCallDelta, Usage
 
 
 def stream_body(generate, events: ResponseEvents) -> list[dict]:
@@ -100,7 +100,7 @@ def test_a_stream_without_a_finish_reason_completes():
 
 
 def test_the_store_follows_previous_ids_and_a_missing_link_cuts_the_conversation(tmp_path):
-    from llama_api.responses_store import ResponseNotFound, ResponsesStore
+    from llama_api.api.responses_store import ResponseNotFound, ResponsesStore
 
     store = ResponsesStore(tmp_path)
 

@@ -9,10 +9,10 @@ import textwrap
 import httpx
 import pytest
 
-from llama_api import cli
-from llama_api.install import PINS
-from llama_api.plugins import Plugins
-from llama_api.registry import ConfigError, Registry, read_config
+from llama_api.cli import main as cli
+from llama_api.cli.install import PINS
+from llama_api.scheduling.registry import ConfigError, Registry, read_config
+from llama_api.workers.plugins import Plugins
 
 
 def llama_api(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -48,7 +48,7 @@ def test_config_defines_models_with_aliases_and_options(tmp_path, models_dir):
 
 
 def test_an_alias_never_hides_another_models_id():
-    from llama_api.types import ModelSpec
+    from llama_api.contract.records import ModelSpec
 
     registry = Registry([
         ModelSpec(id="chat", backend="echo", aliases=["fast", "gpt-4o"]),
@@ -188,8 +188,8 @@ def test_json_logs_are_one_object_per_line(start_server):
                    json={"model": "fast", "prompt": "a", "max_tokens": 1})
         lines = [line for line in server.log().splitlines() if line.startswith("{")]
     records = [json.loads(line) for line in lines]
-    assert any(r["logger"] == "llama_api.scheduler" for r in records)
-    assert any(r["logger"] == "llama_api.worker.fast" for r in records)  # the worker's lines too
+    assert any(r["logger"] == "llama_api.scheduling.scheduler" for r in records)
+    assert any(r["logger"] == "llama_api.workers.child.fast" for r in records)  # the worker's lines too
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
 
 
@@ -205,7 +205,7 @@ def test_a_worker_error_shows_at_the_servers_warning_level(start_server):
                           json={"model": "noisy", "prompt": "a", "max_tokens": 2}).status_code == 200
     log = server.log()  # complete now: the server and its workers have exited
     records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
-    failures = [r for r in records if r["logger"] == "llama_api.worker.fast"
+    failures = [r for r in records if r["logger"] == "llama_api.workers.child.fast"
                 and "RuntimeError: echo was asked to fail" in r["message"]]
     assert len(failures) == 1, log
     assert failures[0]["level"] == "ERROR"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from llama_api.cli import build_parser
+from llama_api.cli.main import build_parser
 
 ALLOWED = "http://localhost:3000"
 OTHER = "https://elsewhere.example"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llama_api import hookspecs
-from llama_api.cli import build_parser
+from llama_api.cli.main import build_parser
+from llama_api.contract import hookspecs
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 

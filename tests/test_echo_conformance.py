@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from llama_api.contract.records import ModelSpec
 from llama_api.testing import BackendConformance
-from llama_api.types import ModelSpec
 
 
 class TestEchoBackend(BackendConformance):

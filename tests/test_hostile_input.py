@@ -203,7 +203,7 @@ ESCAPES = [
 @pytest.mark.parametrize("source", ESCAPES)
 def test_a_template_that_reaches_for_python_internals_fails_to_render(source):
     from llama_api import errors
-    from llama_api.chat_template import ChatTemplate
+    from llama_api.text.chat_template import ChatTemplate
 
     RESULTS["cases"] += 1
     try:
@@ -221,8 +221,8 @@ def test_a_gguf_whose_template_reaches_for_internals_answers_400(tmp_path, monke
     pytest.importorskip("llama_cpp")
     from litestar.testing import TestClient
 
-    from llama_api.app import ServerConfig, create_app
-    from llama_api.plugins import Plugins
+    from llama_api.api.app import ServerConfig, create_app
+    from llama_api.workers.plugins import Plugins
     from llama_api_llamacpp.tiny import write_tiny_gguf
 
     evil = "{{ ''.__class__.__mro__[1].__subclasses__()[0].__init__.__globals__ }}"

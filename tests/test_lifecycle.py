@@ -90,7 +90,7 @@ def test_kill_9_of_the_server_mid_load_leaves_no_worker_behind(start_server, mod
 
 CHILD = """
 import sys, time
-import llama_api.lifeline as lifeline
+import llama_api.workers.lifeline as lifeline
 if sys.argv[1] == "polling":  # the watch used where there is no parent-death signal
     lifeline.set_parent_death_signal = lambda sig: False
 lifeline.watch_parent(poll_interval=0.1)
@@ -125,7 +125,7 @@ def test_a_watched_child_ends_when_its_parent_is_killed(how):
 
 def test_a_parent_that_died_before_the_watch_began_is_noticed():
     # The expected parent is not our parent (it "died" and we were re-parented): exit at once.
-    code = "import time, llama_api.lifeline as l; l.watch_parent(parent_pid=1); time.sleep(30)"
+    code = "import time, llama_api.workers.lifeline as l; l.watch_parent(parent_pid=1); time.sleep(30)"
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", code], check=False, timeout=20)
     assert result.returncode == 1 and time.monotonic() - started < 10

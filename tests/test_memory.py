@@ -9,9 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from llama_api import memory
-from llama_api.memory import WORKER_BASE_BYTES, Footprint, MemoryBudget, format_size, parse_size
-from llama_api.scheduler_records import Settings
+from llama_api.scheduling import memory
+from llama_api.scheduling.entries import Settings
+from llama_api.scheduling.memory import (
+    WORKER_BASE_BYTES,
+    Footprint,
+    MemoryBudget,
+    format_size,
+    parse_size,
+)
 from llama_api_echo import USER
 
 MiB = 2**20
@@ -170,7 +176,7 @@ def test_a_pinned_model_is_never_evicted_for_memory(memory_models, start_app):
 
 def test_an_encoder_is_estimated_from_its_safetensors_and_dtype(tmp_path):
     pytest.importorskip("llama_api_embeddings")
-    from llama_api.types import ModelSpec
+    from llama_api.contract.records import ModelSpec
     from llama_api_embeddings import memory as embeddings_memory
 
     folder = tmp_path / "encoder"
@@ -198,7 +204,7 @@ def test_an_encoder_is_estimated_from_its_safetensors_and_dtype(tmp_path):
 def test_plugins_hear_of_a_gpu_even_when_its_memory_is_unlimited(monkeypatch):
     """--max-gpu-memory 0 means no limit, not no GPU: estimates still place layers on it
     (nvidia-smi is the part faked: this machine has no GPU)."""
-    from llama_api.scheduler_records import Settings
+    from llama_api.scheduling.entries import Settings
 
     monkeypatch.setattr(memory, "gpu_total", lambda: 80 * 2**30)
     unlimited = memory.MemoryBudget.from_settings(Settings(max_gpu_memory=0))

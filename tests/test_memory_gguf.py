@@ -11,12 +11,12 @@ import pytest
 pytest.importorskip("llama_cpp")
 pytest.importorskip("gguf")
 
-from llama_api.memory import format_size
-from llama_api.plugins import Plugins
-from llama_api.scheduler import Scheduler
-from llama_api.scheduler_records import Settings
+from llama_api.contract.records import GenerateRequest
+from llama_api.scheduling.entries import Settings
+from llama_api.scheduling.memory import format_size
+from llama_api.scheduling.scheduler import Scheduler
 from llama_api.testing import require_installed
-from llama_api.types import GenerateRequest
+from llama_api.workers.plugins import Plugins
 from llama_api_llamacpp import gguf_spec, smollm2_path
 from llama_api_llamacpp import memory as gguf_memory
 from llama_api_llamacpp.tiny import write_tiny_gguf

@@ -9,7 +9,7 @@ import signal
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from llama_api.scheduler_records import Settings
+from llama_api.scheduling.entries import Settings
 from llama_api.testing import wait_for
 from llama_api_echo import USER
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from llama_api.plain_text import OPEN, Piece, Shield
+from llama_api.text.plain_text import OPEN, Piece, Shield
 
 SHIELD = Shield(["<|im_start|>", "<|im_end|>", "<|im"])
 

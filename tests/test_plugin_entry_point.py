@@ -3,8 +3,8 @@
 import subprocess
 import sys
 
-from llama_api import protocol
-from llama_api.plugins import Plugins, entry_point_value
+from llama_api.workers import protocol
+from llama_api.workers.plugins import Plugins, entry_point_value
 
 
 def test_the_server_knows_each_plugins_entry_point():
@@ -27,7 +27,7 @@ def test_an_entry_point_that_fails_to_import_is_broken():
 
 def test_a_worker_given_a_broken_entry_point_answers_a_load_failure():
     done = subprocess.run(
-        [sys.executable, "-m", "llama_api.worker", "gone", "llama_api_no_such_module"],
+        [sys.executable, "-m", "llama_api.workers.child", "gone", "llama_api_no_such_module"],
         stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=True)
     frames = list(protocol.FrameReader().feed(done.stdout))
     assert len(frames) == 1

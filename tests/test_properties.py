@@ -13,10 +13,10 @@ pytest.importorskip("hypothesis")  # a test extra (with schemathesis, which brin
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llama_api import protocol
-from llama_api.reasoning import ReasoningSplitter
-from llama_api.stops import StopHoldback
-from llama_api.types import Delta, ToolCallDelta, Usage
+from llama_api.contract.records import Delta, ToolCallDelta, Usage
+from llama_api.text.reasoning import ReasoningSplitter
+from llama_api.text.stops import StopHoldback
+from llama_api.workers import protocol
 
 EXAMPLES = {"properties": 0, "examples": 0}
 

@@ -241,8 +241,8 @@ def test_a_running_server_serves_a_pulled_model_without_restart(hub, start_serve
 
 def test_the_registry_rescans_a_changed_folder_and_models_toml_stays_authoritative(
         tmp_path, monkeypatch):
-    from llama_api.plugins import Plugins
-    from llama_api.registry import Registry, in_hidden_folder
+    from llama_api.scheduling.registry import Registry, in_hidden_folder
+    from llama_api.workers.plugins import Plugins
 
     monkeypatch.setenv("LLAMA_API_PLUGINS", "echo")
     folder = tmp_path / "models"

@@ -14,11 +14,11 @@ import httpx
 import msgspec
 import pytest
 
-from llama_api import protocol
+from llama_api.contract.records import Delta, Usage
 from llama_api.testing import pid_exists, serve, wait_for
 from llama_api.testing.processes import children
 from llama_api.testing.server import held_request
-from llama_api.types import Delta, Usage
+from llama_api.workers import protocol
 from llama_api_echo import USER, chat, model_status, read_events, wait_for_start
 
 

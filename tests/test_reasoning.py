@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from llama_api.reasoning import ReasoningSplitter, ReasoningTags
+from llama_api.text.reasoning import ReasoningSplitter, ReasoningTags
 
 
 def split(pieces: list[str], **kwargs) -> tuple[str, str]:

@@ -9,7 +9,7 @@ import sqlite3
 import anyio
 import pytest
 
-from llama_api.responses_store import FILE_NAME, ResponsesStore
+from llama_api.api.responses_store import FILE_NAME, ResponsesStore
 
 KEYS = ["k1-secret", "k2-secret"]
 

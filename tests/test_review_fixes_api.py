@@ -12,8 +12,8 @@ import anyio
 import pytest
 
 from llama_api import errors
-from llama_api.responses_store import READ, ResponsesStore
-from llama_api.worker import vectors_to_bytes
+from llama_api.api.responses_store import READ, ResponsesStore
+from llama_api.workers.child import vectors_to_bytes
 
 
 def stored(n: int, created_at: float) -> dict:
@@ -110,14 +110,14 @@ def test_more_dimensions_than_the_model_makes_is_a_400_naming_its_width(as_numpy
 
 def test_the_embeddings_estimate_puts_auto_on_the_gpu_the_core_reports(tmp_path, monkeypatch):
     pytest.importorskip("llama_api_embeddings")
-    import llama_api.memory
+    import llama_api.scheduling.memory
     import llama_api_embeddings as plugin
-    from llama_api.types import ModelSpec
+    from llama_api.contract.records import ModelSpec
 
     def no_detection():
         raise AssertionError("the plugin detected the GPU itself")
 
-    monkeypatch.setattr(llama_api.memory, "gpu_total", no_detection)
+    monkeypatch.setattr(llama_api.scheduling.memory, "gpu_total", no_detection)
     folder = tmp_path / "encoder"
     folder.mkdir()
     (folder / "config.json").write_text('{"model_type": "bert"}')

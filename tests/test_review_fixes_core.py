@@ -17,12 +17,12 @@ import httpx
 import pytest
 
 from llama_api import errors, hookimpl
-from llama_api.memory import Footprint, MemoryBudget
-from llama_api.plugins import Plugins
-from llama_api.registry import Registry
-from llama_api.scheduler import Scheduler
-from llama_api.scheduler_records import Settings
-from llama_api.types import GenerateRequest, ModelSpec
+from llama_api.contract.records import GenerateRequest, ModelSpec
+from llama_api.scheduling.entries import Settings
+from llama_api.scheduling.memory import Footprint, MemoryBudget
+from llama_api.scheduling.registry import Registry
+from llama_api.scheduling.scheduler import Scheduler
+from llama_api.workers.plugins import Plugins
 from llama_api_echo import USER
 
 # -- the registry -------------------------------------------------------------------------
@@ -207,7 +207,7 @@ def test_a_failing_idle_unload_is_logged_and_the_scheduler_goes_on(models_dir, m
 
 
 def test_the_responses_store_closes_when_the_scheduler_fails_to_start(start_app, monkeypatch):
-    from llama_api import responses_store
+    from llama_api.api import responses_store
 
     closed = []
     real_close = responses_store.ResponsesStore.close
@@ -255,7 +255,7 @@ def test_admin_keys_from_a_file_and_the_environment_and_no_secrets_in_workers(
 
 
 def test_an_unreadable_admin_key_file_is_refused_at_start(tmp_path, capsys):
-    from llama_api.cli import main
+    from llama_api.cli.main import main
 
     assert main(["serve", "--admin-key-file", str(tmp_path / "missing")]) == 2
     assert "--admin-key-file" in capsys.readouterr().err

@@ -94,7 +94,7 @@ class FakeWorker:
 
 def run_scheduler(monkeypatch, script, body, **settings):
     """Run `body(scheduler)` on a real Scheduler whose workers are FakeWorkers."""
-    from llama_api import scheduler as scheduler_module
+    from llama_api.scheduling import scheduler as scheduler_module
 
     monkeypatch.setattr(scheduler_module, "WorkerProcess", FakeWorker)
     FakeWorker.script, FakeWorker.started = list(script), []
@@ -109,7 +109,7 @@ def run_scheduler(monkeypatch, script, body, **settings):
 
 def test_a_worker_that_dies_right_after_loading_is_not_kept(monkeypatch):
     from llama_api import errors
-    from llama_api.types import ModelSpec
+    from llama_api.contract.records import ModelSpec
 
     spec = ModelSpec(id="m", backend="echo")
 
@@ -192,7 +192,7 @@ def test_requests_for_one_model_take_its_slots_one_at_a_time(one_worker):
 
 def test_requests_for_one_model_take_its_slots_in_order(monkeypatch):
     """FIFO, observed without timing: each request joins the queue before the next is sent."""
-    from llama_api.types import ModelSpec
+    from llama_api.contract.records import ModelSpec
 
     spec = ModelSpec(id="m", backend="echo")
     served: list[int] = []
@@ -343,7 +343,7 @@ def test_a_crash_fails_only_the_request_it_was_serving(one_worker):
 
 
 def test_busy_workers_share_the_cores_and_a_lone_one_gets_them_all(start_server, events_file):
-    from llama_api.scheduler_records import available_cores
+    from llama_api.scheduling.entries import available_cores
 
     cores = available_cores()
     if cores < 2:

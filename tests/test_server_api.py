@@ -109,13 +109,13 @@ def test_openapi_schema_is_served(client):
 
 
 def test_noisy_backend_output_does_not_corrupt_the_channel(client, caplog):
-    caplog.set_level(logging.INFO, logger="llama_api.worker")
+    caplog.set_level(logging.INFO, logger="llama_api.workers.child")
     reply = client.post(client.v1 + "/completions",
                         json={"model": "noisy", "prompt": "p q", "max_tokens": 3})
     assert reply.status_code == 200, reply.text
     assert reply.json()["choices"][0]["text"] == "p q p"
     # What the backend wrote to fd 1 reached the log, as the worker's output, not the pipe.
-    worker_lines = [r.getMessage() for r in caplog.records if r.name == "llama_api.worker.noisy"]
+    worker_lines = [r.getMessage() for r in caplog.records if r.name == "llama_api.workers.child.noisy"]
     assert "noise on stdout while generating" in worker_lines
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from llama_api import install
+from llama_api.cli import install
 
 ROOT = Path(__file__).resolve().parents[1]
-PINS_FILE = ROOT / "core" / "llama_api" / "pins.toml"
+PINS_FILE = ROOT / "core" / "llama_api" / "cli" / "pins.toml"
 
 
 def make(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -53,12 +53,12 @@ def test_the_pins_live_in_one_data_file_that_ships_with_the_package():
         pins = tomllib.load(file)
     assert install.PINS == pins
     assert set(pins) == {"torch", "tensorflow"}
-    for source in ("Makefile", "core/llama_api/install.py"):
+    for source in ("Makefile", "core/llama_api/cli/install.py"):
         text = (ROOT / source).read_text()
         assert not any(pin in text for pin in pins.values()), source
     with (ROOT / "core" / "pyproject.toml").open("rb") as file:
         package_data = tomllib.load(file)["tool"]["setuptools"]["package-data"]
-    assert "pins.toml" in package_data["llama_api"]
+    assert "pins.toml" in package_data["llama_api.cli"]
 
 
 @pytest.mark.parametrize("version", ["3.11", "3.12", "3.13"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from llama_api.stops import StopHoldback
+from llama_api.text.stops import StopHoldback
 
 
 def run(pieces, stops):

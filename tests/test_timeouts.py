@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from llama_api.scheduler_records import Settings
+from llama_api.scheduling.entries import Settings
 from llama_api.testing import pid_exists, wait_for
 from llama_api_echo import USER, read_events
 

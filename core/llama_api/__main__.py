@@ -1,5 +1,5 @@
 import sys
 
-from llama_api.cli import main
+from llama_api.cli.main import main
 
 sys.exit(main())

@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
 
     import llama_api_embeddings as plugin
-    from llama_api.types import EmbedRequest, LoadContext, ModelSpec
+    from llama_api.contract.records import EmbedRequest, LoadContext, ModelSpec
 
     if args.model:
         spec = ModelSpec(id="bench", backend="transformers", path=args.model)
@@ -143,8 +143,8 @@ def bench_worker(spec, texts, args) -> None:
     """The same throughput comparison through a worker subprocess (pipe, msgpack frames)."""
     import anyio
 
+    from llama_api.contract.records import EmbedRequest
     from llama_api.testing.conformance import running_worker
-    from llama_api.types import EmbedRequest
 
     async def main():
         async with running_worker(spec, n_threads=args.threads) as worker:

@@ -1,7 +1,7 @@
 """Routes for operators: the admin API (models, load, unload, pin, events), /metrics, /ready.
 
 Who may call them is the app's guard's business (`access` in each route's opt: "admin",
-"metrics"); see `llama_api.app.access_guard`.
+"metrics"); see `llama_api.api.app.access_guard`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
-from llama_api import errors, memory
+from llama_api import errors
 from llama_api.api import openapi
 from llama_api.api.http import GET_OR_HEAD, json_response
-from llama_api.metrics import CONTENT_TYPE
-from llama_api.scheduler import Scheduler
-from llama_api.scheduler_records import Entry
-from llama_api.types import ModelSpec
+from llama_api.api.metrics import CONTENT_TYPE
+from llama_api.contract.records import ModelSpec
+from llama_api.scheduling import memory
+from llama_api.scheduling.entries import Entry
+from llama_api.scheduling.scheduler import Scheduler
 
 
 class LoadOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

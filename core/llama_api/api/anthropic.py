@@ -21,9 +21,7 @@ from typing import Any
 
 from llama_api import errors
 from llama_api.api.choices import Choice, new_id
-from llama_api.api.streaming import Event
-from llama_api.errors import BadRequest, NotSupported
-from llama_api.schemas_anthropic import (
+from llama_api.api.schemas.anthropic import (
     DocumentBlock,
     ImageBlock,
     Message,
@@ -38,7 +36,15 @@ from llama_api.schemas_anthropic import (
     ToolResultBlock,
     ToolUseBlock,
 )
-from llama_api.types import Delta, GenerateRequest, TokenizeRequest, TokenizeResult, ToolChoice
+from llama_api.api.streaming import Event
+from llama_api.contract.records import (
+    Delta,
+    GenerateRequest,
+    TokenizeRequest,
+    TokenizeResult,
+    ToolChoice,
+)
+from llama_api.errors import BadRequest, NotSupported
 
 BLOCK_SEPARATOR = "\n\n"
 

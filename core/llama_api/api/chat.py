@@ -13,8 +13,7 @@ from llama_api.api.openai_common import (
     think_for,
     vary_seed,
 )
-from llama_api.errors import BadRequest, NotSupported
-from llama_api.schemas import (
+from llama_api.api.schemas.openai import (
     ChatCompletionRequest,
     ChatMessage,
     FunctionDefinition,
@@ -23,7 +22,15 @@ from llama_api.schemas import (
     JsonSchemaFormat,
     NamedToolChoice,
 )
-from llama_api.types import Delta, GenerateRequest, ResponseFormat, TokenLogprob, ToolChoice, Usage
+from llama_api.contract.records import (
+    Delta,
+    GenerateRequest,
+    ResponseFormat,
+    TokenLogprob,
+    ToolChoice,
+    Usage,
+)
+from llama_api.errors import BadRequest, NotSupported
 
 
 def chat_requests(body: ChatCompletionRequest) -> list[GenerateRequest]:

@@ -14,8 +14,8 @@ from typing import Any
 import anyio
 
 from llama_api import errors
-from llama_api.scheduler import Scheduler
-from llama_api.types import Delta, GenerateRequest, ModelSpec, TokenLogprob, Usage
+from llama_api.contract.records import Delta, GenerateRequest, ModelSpec, TokenLogprob, Usage
+from llama_api.scheduling.scheduler import Scheduler
 
 Emit = Callable[[int, Delta], Awaitable[None]]
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from llama_api.api.choices import Choice
 from llama_api.api.openai_common import OpenAIChunks, openai_response, sampling_fields, vary_seed
+from llama_api.api.schemas.openai import CompletionRequest
+from llama_api.contract.records import Delta, GenerateRequest, TokenLogprob, Usage
 from llama_api.errors import BadRequest
-from llama_api.schemas import CompletionRequest
-from llama_api.types import Delta, GenerateRequest, TokenLogprob, Usage
 
 
 def prompts_of(body: CompletionRequest) -> list[str | list[int]]:

@@ -6,9 +6,9 @@ import base64
 import sys
 from array import array
 
+from llama_api.api.schemas.openai import EmbeddingRequest
+from llama_api.contract.records import EmbedRequest
 from llama_api.errors import BadRequest
-from llama_api.schemas import EmbeddingRequest
-from llama_api.types import EmbedRequest
 
 
 def embed_request(body: EmbeddingRequest) -> EmbedRequest:

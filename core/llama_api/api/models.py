@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from llama_api.plugins import Plugins
-from llama_api.scheduler import Scheduler
-from llama_api.scheduler_records import Entry
-from llama_api.types import ModelSpec
+from llama_api.contract.records import ModelSpec
+from llama_api.scheduling.entries import Entry
+from llama_api.scheduling.scheduler import Scheduler
+from llama_api.workers.plugins import Plugins
 
 
 def model_card(spec: ModelSpec, entry: Entry | None) -> dict:

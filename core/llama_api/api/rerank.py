@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from llama_api.api.choices import new_id
-from llama_api.schemas_tokens import RerankBody
-from llama_api.types import RerankRequest, RerankResult
+from llama_api.api.schemas.tokens import RerankBody
+from llama_api.contract.records import RerankRequest, RerankResult
 
 
 def document_texts(body: RerankBody) -> list[str]:

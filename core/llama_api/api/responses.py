@@ -17,10 +17,8 @@ from llama_api import errors
 from llama_api.api.error_responses import RESPONSES_ERRORS
 from llama_api.api.openai_common import think_for
 from llama_api.api.responses_output import ResponseEvents, openai_id, text_part
-from llama_api.api.streaming import Event
-from llama_api.errors import BadRequest, NotSupported
-from llama_api.responses_store import ResponsesStore
-from llama_api.schemas_responses import (
+from llama_api.api.responses_store import ResponsesStore
+from llama_api.api.schemas.responses import (
     InputContentPart,
     InputItem,
     ResponseRequest,
@@ -29,7 +27,9 @@ from llama_api.schemas_responses import (
     TextFormatJsonSchema,
     ToolChoiceObject,
 )
-from llama_api.types import GenerateRequest, ResponseFormat, ToolChoice
+from llama_api.api.streaming import Event
+from llama_api.contract.records import GenerateRequest, ResponseFormat, ToolChoice
+from llama_api.errors import BadRequest, NotSupported
 
 TEXT_PART_TYPES = ("input_text", "output_text", "text")
 

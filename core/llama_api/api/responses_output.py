@@ -17,7 +17,7 @@ from typing import Any
 
 from llama_api import errors
 from llama_api.api.streaming import Event
-from llama_api.types import Delta, ToolCallDelta, Usage
+from llama_api.contract.records import Delta, ToolCallDelta, Usage
 
 # Where a text item keeps its text, and the event names of its deltas.
 TEXT_PARTS = {"message": "output_text", "reasoning": "reasoning_text"}

@@ -25,12 +25,12 @@ from llama_api.api.http import (
     request_key,
     until_done_or_disconnected,
 )
+from llama_api.api.schemas.anthropic import MessagesInput, MessagesRequest
+from llama_api.api.schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from llama_api.api.schemas.responses import MAX_INPUT_ITEMS_PAGE, ResponseRequest
+from llama_api.api.schemas.tokens import DetokenizeBody, RerankBody, TokenizeBody
 from llama_api.api.streaming import ErrorShape, EventStream, StreamRenderer
-from llama_api.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from llama_api.schemas_anthropic import MessagesInput, MessagesRequest
-from llama_api.schemas_responses import MAX_INPUT_ITEMS_PAGE, ResponseRequest
-from llama_api.schemas_tokens import DetokenizeBody, RerankBody, TokenizeBody
-from llama_api.types import Delta, GenerateRequest
+from llama_api.contract.records import Delta, GenerateRequest
 
 T = TypeVar("T")
 

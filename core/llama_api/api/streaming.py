@@ -30,7 +30,7 @@ from litestar.types import Receive, Scope, Send
 from llama_api import errors
 from llama_api.api.choices import Choice, Emit
 from llama_api.api.http import wait_for_disconnect
-from llama_api.types import Delta
+from llama_api.contract.records import Delta
 
 log = logging.getLogger("llama_api.api.streaming")
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from llama_api.api.chat import message_dict, tool_dict
+from llama_api.api.schemas.tokens import TokenizeBody
+from llama_api.contract.records import TokenizeRequest, TokenizeResult
 from llama_api.errors import BackendUnavailable, BadRequest
-from llama_api.schemas_tokens import TokenizeBody
-from llama_api.types import TokenizeRequest, TokenizeResult
 
 
 def tokenize_request(body: TokenizeBody) -> TokenizeRequest:

@@ -30,15 +30,15 @@ import msgspec
 import pytest
 
 from llama_api import errors
-from llama_api.process import WorkerProcess
-from llama_api.testing.processes import pid_exists
-from llama_api.types import (
+from llama_api.contract.records import (
     EmbedRequest,
     GenerateRequest,
     ModelSpec,
     RerankRequest,
     TokenizeRequest,
 )
+from llama_api.testing.processes import pid_exists
+from llama_api.workers.handle import WorkerProcess
 
 
 @asynccontextmanager

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llama_api import hookimpl
-from llama_api.types import BackendInfo, ModelSpec
+from llama_api.contract.records import BackendInfo, ModelSpec
 from llama_api_embeddings.common import BatchedEmbedResult
 
 __all__ = ["BatchedEmbedResult"]

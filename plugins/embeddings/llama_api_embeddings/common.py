@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from llama_api.types import EmbedResult
+from llama_api.contract.records import EmbedResult
 
 log = logging.getLogger(__name__)
 

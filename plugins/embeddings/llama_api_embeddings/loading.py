@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_api import errors
-from llama_api.chat_template import ChatTemplate
+from llama_api.text.chat_template import ChatTemplate
 from llama_api_embeddings.batching import Batcher
 from llama_api_embeddings.common import as_bool, option
 

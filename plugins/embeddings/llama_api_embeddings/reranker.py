@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from llama_api import errors
-from llama_api.types import RerankResult
+from llama_api.contract.records import RerankResult
 from llama_api_embeddings.common import option
 from llama_api_embeddings.discovery import read_json
 

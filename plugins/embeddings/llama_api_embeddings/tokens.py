@@ -7,7 +7,7 @@ Serves both the encoders and the cross-encoders: anything with `tokenizer`,
 from __future__ import annotations
 
 from llama_api import errors
-from llama_api.types import TokenizeResult
+from llama_api.contract.records import TokenizeResult
 
 
 def chat_text(model, request) -> str:

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 import llama_api_embeddings as plugin
-from llama_api.types import LoadContext, ModelSpec
+from llama_api.contract.records import LoadContext, ModelSpec
 
 TEXTS = [
     "The cat sits on the mat.",

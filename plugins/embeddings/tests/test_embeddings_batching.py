@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import llama_api_embeddings as plugin
-from llama_api.types import EmbedRequest
+from llama_api.contract.records import EmbedRequest
 from llama_api_embeddings.batching import Batcher
 
 

@@ -9,9 +9,9 @@ import anyio
 import numpy as np
 import pytest
 
+from llama_api.contract.records import EmbedRequest, ModelSpec
 from llama_api.testing import BackendConformance
 from llama_api.testing.conformance import running_worker
-from llama_api.types import EmbedRequest, ModelSpec
 
 
 class TestMiniLMConformance(BackendConformance):
@@ -77,7 +77,7 @@ def test_worker_batches_concurrent_requests_and_answers_each_in_order(minilm_spe
                 for i in range(len(texts)):
                     group.start_soon(one, i)
 
-    with caplog.at_level(logging.DEBUG, logger="llama_api.worker"):  # the worker logs at DEBUG too
+    with caplog.at_level(logging.DEBUG, logger="llama_api.workers.child"):  # the worker logs at DEBUG too
         anyio.run(main)
     for i, result in enumerate(results):
         vector = np.frombuffer(result.data, dtype="<f4").reshape(result.count, result.dims)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import llama_api_embeddings as plugin
-from llama_api.types import LoadContext, ModelSpec
+from llama_api.contract.records import LoadContext, ModelSpec
 from llama_api_embeddings import discovery
 
 

@@ -11,9 +11,9 @@ import pytest
 
 import llama_api_embeddings as plugin
 from llama_api import errors
+from llama_api.contract.records import EmbedRequest, ModelSpec, RerankRequest
 from llama_api.testing import serve
 from llama_api.testing.conformance import running_worker
-from llama_api.types import EmbedRequest, ModelSpec, RerankRequest
 
 QUERY = "how do cats sleep"
 DOCUMENTS = [
@@ -208,8 +208,8 @@ def test_an_xlm_roberta_reranker_without_a_tokenizer_limit_reads_within_its_posi
         assert len(result.scores) == 2 and result.prompt_tokens <= 2 * 32
 
         # Review #13: the chat template was compiled at load, not per request.
-        from llama_api.chat_template import ChatTemplate
-        from llama_api.types import TokenizeRequest
+        from llama_api.contract.records import TokenizeRequest
+        from llama_api.text.chat_template import ChatTemplate
 
         def compile_again(*args, **kwargs):
             raise AssertionError("the chat template was compiled again")

@@ -15,7 +15,7 @@ import pytest
 
 import llama_api_embeddings as plugin
 from llama_api import errors
-from llama_api.types import EmbedRequest, ModelSpec
+from llama_api.contract.records import EmbedRequest, ModelSpec
 
 
 class Imported:

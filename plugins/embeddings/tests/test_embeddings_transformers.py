@@ -9,8 +9,8 @@ import pytest
 
 import llama_api_embeddings as plugin
 from llama_api import errors
-from llama_api.types import EmbedRequest, ModelSpec
-from llama_api.worker import vectors_to_bytes
+from llama_api.contract.records import EmbedRequest, ModelSpec
+from llama_api.workers.child import vectors_to_bytes
 from llama_api_embeddings import BatchedEmbedResult
 
 LONG = " ".join(["a long text that goes past the model's maximum length"] * 60)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llama_api import errors, hookimpl
-from llama_api.types import BackendInfo
+from llama_api.contract.records import BackendInfo
 from llama_api_exllama.discovery import EXLLAMAV2, EXLLAMAV3, NotAModel, discover, read_model_folder
 
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llama_api import errors
-from llama_api.types import LoadContext
+from llama_api.contract.records import LoadContext
 from llama_api_exllama.generation import Sampling
 from llama_api_exllama.options import LoadOptions
 

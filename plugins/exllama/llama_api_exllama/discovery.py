@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llama_api.types import ModelSpec
+from llama_api.contract.records import ModelSpec
 
 log = logging.getLogger(__name__)
 

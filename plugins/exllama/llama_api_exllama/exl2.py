@@ -6,7 +6,7 @@ import logging
 import time
 from pathlib import Path
 
-from llama_api.types import LoadContext
+from llama_api.contract.records import LoadContext
 from llama_api_exllama.adapter import DynamicJobs, load_with
 from llama_api_exllama.generation import Sampling
 from llama_api_exllama.options import LoadOptions

@@ -7,7 +7,7 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from llama_api.types import LoadContext
+from llama_api.contract.records import LoadContext
 from llama_api_exllama.adapter import DynamicJobs, load_with
 from llama_api_exllama.generation import Sampling
 from llama_api_exllama.options import LoadOptions

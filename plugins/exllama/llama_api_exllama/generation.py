@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from llama_api import errors
-from llama_api.stops import StopHoldback
-from llama_api.types import Delta, GenerateRequest, Usage
+from llama_api.contract.records import Delta, GenerateRequest, Usage
+from llama_api.text.stops import StopHoldback
 from llama_api_exllama.engine import CANCELLED, Engine, Failure
 from llama_api_exllama.prompt import PromptBuilder
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from llama_api import errors
-from llama_api.chat_template import ChatTemplate
-from llama_api.plain_text import Shield
+from llama_api.text.chat_template import ChatTemplate
+from llama_api.text.plain_text import Shield
 from llama_api_exllama.discovery import read_json
 
 
@@ -134,7 +134,7 @@ class PromptBuilder:
 
     @cached_property
     def shield(self) -> Shield:
-        """Keeps what clients wrote plain text (`llama_api.plain_text`)."""
+        """Keeps what clients wrote plain text (`llama_api.text.plain_text`)."""
         return Shield(token.content for token in
                       self.tokenizer.get_added_tokens_decoder().values() if token.special)
 

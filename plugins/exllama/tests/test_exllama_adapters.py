@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 
 import llama_api_exllama as plugin
-from llama_api.types import GenerateRequest, LoadContext, ModelSpec
+from llama_api.contract.records import GenerateRequest, LoadContext, ModelSpec
 
 torch = pytest.importorskip("torch")
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llama_api import errors
-from llama_api.chat_template import ChatTemplate
+from llama_api.text.chat_template import ChatTemplate
 from llama_api_exllama.prompt import PromptBuilder, find_chat_template
 
 MESSAGES = [{"role": "system", "content": "hi"}, {"role": "user", "content": "hello world"}]

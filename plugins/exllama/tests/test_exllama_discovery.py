@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llama_api.plugins import Plugins
+from llama_api.workers.plugins import Plugins
 from llama_api_exllama import discovery
 from llama_api_exllama.discovery import discover, safetensors_keys
 

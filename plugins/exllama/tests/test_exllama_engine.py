@@ -13,7 +13,7 @@ import time
 import pytest
 
 from llama_api import errors
-from llama_api.types import GenerateRequest, ResponseFormat
+from llama_api.contract.records import GenerateRequest, ResponseFormat
 from llama_api_exllama.generation import ExllamaModel, Sampling
 from llama_api_exllama.prompt import PromptBuilder
 

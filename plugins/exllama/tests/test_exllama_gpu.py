@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_api.types import GenerateRequest, LoadContext, ModelSpec
+from llama_api.contract.records import GenerateRequest, LoadContext, ModelSpec
 
 torch = pytest.importorskip("torch")
 HAS_CUDA = torch.cuda.is_available()

@@ -9,8 +9,9 @@ import sys
 import pytest
 
 import llama_api_exllama as plugin
-from llama_api import errors, protocol
-from llama_api.types import LoadContext, ModelSpec
+from llama_api import errors
+from llama_api.contract.records import LoadContext, ModelSpec
+from llama_api.workers import protocol
 from llama_api_exllama.cuda import NO_GPU
 
 torch = pytest.importorskip("torch")
@@ -58,7 +59,7 @@ def test_no_gpu_path_through_the_core_worker_process(model_writer):
     folder = model_writer("tiny")
     env = dict(os.environ, LLAMA_API_WORKER_LOG_LEVEL="WARNING")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_api.worker", "exllama"],
+        [sys.executable, "-m", "llama_api.workers.child", "exllama"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from llama_api import hookimpl
-from llama_api.types import BackendInfo, ModelSpec
+from llama_api.contract.records import BackendInfo, ModelSpec
 from llama_api_llamacpp.gguf_meta import GGUFError, read_meta
 
 log = logging.getLogger("llama_api_llamacpp")

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from llama_api import errors
-from llama_api.chat_template import ChatTemplate
+from llama_api.text.chat_template import ChatTemplate
 from llama_api_llamacpp import embeddings
 from llama_api_llamacpp.constraints import Grammars
 from llama_api_llamacpp.decode import Run

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from functools import partial
 
-from llama_api.types import Delta, Usage
+from llama_api.contract.records import Delta, Usage
 from llama_api_llamacpp.batching import PROMPT, Sequence
 from llama_api_llamacpp.sampling import (
     build_sampler,

@@ -7,7 +7,7 @@ the core's (the worker cuts and renormalizes): the vectors leave here at full wi
 from __future__ import annotations
 
 from llama_api import errors
-from llama_api.types import EmbedResult
+from llama_api.contract.records import EmbedResult
 
 
 def embed(model, request) -> EmbedResult:

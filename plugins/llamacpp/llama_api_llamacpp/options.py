@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_api import errors
-from llama_api.reasoning import ReasoningTags
+from llama_api.text.reasoning import ReasoningTags
 from llama_api_llamacpp.gguf_meta import POOLING, kv_cache_bytes_per_token
 from llama_api_llamacpp.thinking import reasoning_tags
 from llama_api_llamacpp.threads import machine_cores

@@ -8,8 +8,8 @@ from functools import cached_property
 from typing import NamedTuple
 
 from llama_api import errors
-from llama_api.chat_template import ChatTemplate
-from llama_api.plain_text import Piece, Shield
+from llama_api.text.chat_template import ChatTemplate
+from llama_api.text.plain_text import Piece, Shield
 from llama_api_llamacpp.tools import TOOL_CLOSE, TOOL_OPEN
 
 
@@ -31,7 +31,7 @@ class PromptBuilder:
     `template`: the model's Jinja chat template (Hugging Face conventions), or
     `formatter`: a llama-cpp-python chat format function; neither: the model can't chat.
     `control_spellings`: the vocabulary's control tokens as text, asked for on the first
-    render (client text holding one stays plain text: `llama_api.plain_text`).
+    render (client text holding one stays plain text: `llama_api.text.plain_text`).
     """
 
     def __init__(self, model_id: str, template: ChatTemplate | None = None, formatter=None,

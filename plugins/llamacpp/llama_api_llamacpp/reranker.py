@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 from llama_api import errors
-from llama_api.types import RerankResult
+from llama_api.contract.records import RerankResult
 from llama_api_llamacpp.embeddings import decode_sequences
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import codecs
 
-from llama_api.stops import StopHoldback
+from llama_api.text.stops import StopHoldback
 
 
 class TextStream:

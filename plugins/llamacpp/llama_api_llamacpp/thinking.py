@@ -10,7 +10,7 @@ split itself is the core's `ReasoningSplitter`.
 from __future__ import annotations
 
 from llama_api import errors
-from llama_api.reasoning import THINK, ReasoningSplitter, ReasoningTags
+from llama_api.text.reasoning import THINK, ReasoningSplitter, ReasoningTags
 
 
 def reasoning_tags(model_id: str, option, template_source: str | None) -> ReasoningTags | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 
-from llama_api.types import TokenizeResult
+from llama_api.contract.records import TokenizeResult
 
 
 def tokenize(model, request) -> TokenizeResult:

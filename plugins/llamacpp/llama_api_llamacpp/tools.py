@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import uuid
 
-from llama_api.stops import StopHoldback
-from llama_api.types import Delta, ToolCallDelta
+from llama_api.contract.records import Delta, ToolCallDelta
+from llama_api.text.stops import StopHoldback
 
 TOOL_OPEN, TOOL_CLOSE = "<tool_call>", "</tool_call>"
 

@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 import llama_api_llamacpp as plugin
+from llama_api.contract.records import GenerateRequest, LoadContext, ModelSpec
 from llama_api.testing import require_installed, serve
-from llama_api.types import GenerateRequest, LoadContext, ModelSpec
 from llama_api_llamacpp.tiny import EXACT_OPTIONS, write_tiny_bert_gguf, write_tiny_gguf
 
 # Tests share two cores with other suites: one thread is far steadier than two.

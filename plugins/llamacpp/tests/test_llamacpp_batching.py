@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from llama_api.contract.records import GenerateRequest, LoadContext, ModelSpec
 from llama_api.testing import BackendConformance
-from llama_api.types import GenerateRequest, LoadContext, ModelSpec
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 

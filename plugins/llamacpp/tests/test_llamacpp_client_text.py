@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
 import llama_api_llamacpp as plugin
-from llama_api.types import TokenizeRequest
+from llama_api.contract.records import TokenizeRequest
 
 EOS = 2  # the tiny vocabulary's </s>, a control token
 

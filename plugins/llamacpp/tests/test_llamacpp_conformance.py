@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from llama_api.contract.records import ModelSpec
 from llama_api.testing import BackendConformance
-from llama_api.types import ModelSpec
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 

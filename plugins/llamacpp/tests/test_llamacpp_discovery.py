@@ -9,7 +9,7 @@ import pytest
 
 import llama_api_llamacpp as plugin
 from llama_api import errors
-from llama_api.types import ModelSpec
+from llama_api.contract.records import ModelSpec
 from llama_api_llamacpp.gguf_meta import GGUFError, read_kv, read_meta
 
 
@@ -96,8 +96,8 @@ def test_estimate_memory_counts_the_gpu_only_when_the_core_says_there_is_one(
         tiny_spec, monkeypatch):
     """The core tells the hook whether the server has a GPU budget (review #3): the plugin
     never looks for one itself."""
-    from llama_api import memory as core_memory
-    from llama_api.plugins import Plugins
+    from llama_api.scheduling import memory as core_memory
+    from llama_api.workers.plugins import Plugins
     from llama_api_llamacpp import memory
 
     monkeypatch.setattr(core_memory, "_nvidia_smi",
@@ -119,7 +119,7 @@ def test_load_model_ignores_other_backends(tiny_path):
 
 
 def test_bad_file_is_a_load_error_naming_the_file(tmp_path):
-    from llama_api.types import LoadContext
+    from llama_api.contract.records import LoadContext
 
     bad = tmp_path / "corrupt-model.gguf"
     bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 64)
@@ -132,7 +132,7 @@ def test_bad_file_is_a_load_error_naming_the_file(tmp_path):
 
 
 def test_truncated_weights_are_a_load_error_naming_the_file(tmp_path, tiny_path):
-    from llama_api.types import LoadContext
+    from llama_api.contract.records import LoadContext
 
     data = tiny_path.read_bytes()
     cut = tmp_path / "cut-short.gguf"
@@ -146,7 +146,7 @@ def test_missing_llama_cpp_is_a_clear_load_error(tiny_path):
     code = (
         "import sys; sys.modules['llama_cpp'] = None\n"
         "import llama_api_llamacpp as p\n"
-        "from llama_api.types import ModelSpec, LoadContext\n"
+        "from llama_api.contract.records import ModelSpec, LoadContext\n"
         "from llama_api.errors import ModelLoadError\n"
         f"spec = ModelSpec(id='t', backend='llamacpp', path={str(tiny_path)!r})\n"
         "try:\n"

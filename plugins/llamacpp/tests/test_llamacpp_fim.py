@@ -6,8 +6,8 @@ import anyio
 import pytest
 
 from llama_api import errors
+from llama_api.contract.records import GenerateRequest, LoadContext, ModelSpec
 from llama_api.testing.conformance import generate_all, running_worker
-from llama_api.types import GenerateRequest, LoadContext, ModelSpec
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 

@@ -8,7 +8,13 @@ import threading
 import pytest
 
 from llama_api import errors
-from llama_api.types import EmbedRequest, GenerateRequest, ModelSpec, ResponseFormat
+from llama_api.contract.records import (
+    EmbedRequest,
+    GenerateRequest,
+    LoadContext,
+    ModelSpec,
+    ResponseFormat,
+)
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
@@ -216,7 +222,7 @@ def test_prompt_longer_than_the_context(tiny_path, collect):
     model = plugin.load_model(
         spec=ModelSpec(id="small", backend="llamacpp", path=str(tiny_path),
                        options={"n_ctx": 256}),
-        context=__import__("llama_api").types.LoadContext(n_threads=1))
+        context=LoadContext(n_threads=1))
     try:
         assert model.info["n_ctx"] == 256
         with pytest.raises(errors.ContextLengthExceeded) as info:
@@ -284,7 +290,7 @@ def base_model(tiny_dir):
     model = plugin.load_model(
         spec=ModelSpec(id="tiny-base", backend="llamacpp",
                        path=str(tiny_dir / "plain" / "tiny-base.gguf")),
-        context=__import__("llama_api").types.LoadContext(n_threads=1))
+        context=LoadContext(n_threads=1))
     yield model
     plugin.unload_model(model=model)
 
@@ -305,7 +311,7 @@ def test_chat_template_override(tiny_dir, collect, options):
     model = plugin.load_model(
         spec=ModelSpec(id="x", backend="llamacpp",
                        path=str(tiny_dir / "plain" / "tiny-base.gguf"), options=options),
-        context=__import__("llama_api").types.LoadContext(n_threads=1))
+        context=LoadContext(n_threads=1))
     try:
         _, deltas = collect(model, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
         assert deltas[-1].usage.completion_tokens <= 3
@@ -319,7 +325,7 @@ def test_unknown_chat_format_is_a_load_error(tiny_dir):
         plugin.load_model(
             spec=ModelSpec(id="x", backend="llamacpp", path=str(tiny_dir / "tiny.gguf"),
                            options={"chat_format": "no-such-format"}),
-            context=__import__("llama_api").types.LoadContext(n_threads=1))
+            context=LoadContext(n_threads=1))
 
 
 TOOLS = [{
@@ -385,7 +391,7 @@ def test_tool_choice_is_one_of_the_normalized_choices():
     # (a 400 on failure); the backend gets only these.
     import msgspec
 
-    from llama_api.types import ToolChoice
+    from llama_api.contract.records import ToolChoice
 
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"type": "function", "function": {"name": "nope"}}, ToolChoice)
@@ -437,7 +443,7 @@ def embedder(tiny_dir):
     path = tiny_dir / "tiny-embed.gguf"
     (spec,) = [s for s in plugin.discover_models(models_dir=tiny_dir) if s.path == str(path)]
     model = plugin.load_model(spec=spec,
-                              context=__import__("llama_api").types.LoadContext(n_threads=1))
+                              context=LoadContext(n_threads=1))
     yield model
     plugin.unload_model(model=model)
 
@@ -479,7 +485,7 @@ def test_generative_model_with_embedding_option(tiny_path, collect):
     model = plugin.load_model(
         spec=ModelSpec(id="both", backend="llamacpp", path=str(tiny_path),
                        options={"embedding": True}),
-        context=__import__("llama_api").types.LoadContext(n_threads=1))
+        context=LoadContext(n_threads=1))
     try:
         result = plugin.embed(model=model, request=EmbedRequest(input=["a", "b c"]))
         assert np.asarray(result.embeddings).shape == (2, 64)
@@ -498,7 +504,7 @@ def test_encoder_gguf_is_an_embedding_model(tmp_path, collect, pooling):
     assert spec.meta["kind"] == "embedding" and spec.meta["pooling"] == pooling
     assert spec.options == {"embedding": True}
     model = plugin.load_model(spec=spec,
-                              context=__import__("llama_api").types.LoadContext(n_threads=1))
+                              context=LoadContext(n_threads=1))
     try:
         texts = ["the cat sat on the mat", "hello world", "the cat sat on the mat"]
         result = plugin.embed(model=model, request=EmbedRequest(input=texts))
@@ -524,7 +530,7 @@ class FakeRun:
         self.finish = "stop"
 
     def __iter__(self):
-        from llama_api.types import Delta
+        from llama_api.contract.records import Delta
 
         for piece in self.pieces:
             yield Delta(text=piece)
@@ -534,7 +540,7 @@ class FakeRun:
         return "".join(self.pieces)
 
     def final(self, finish=None):
-        from llama_api.types import Delta
+        from llama_api.contract.records import Delta
 
         return Delta(finish_reason=finish or self.finish)
 
@@ -606,7 +612,7 @@ TOOL_TEMPLATE = (
 
 
 def test_template_that_knows_tools_gets_them_hugging_face_style():
-    from llama_api.chat_template import ChatTemplate
+    from llama_api.text.chat_template import ChatTemplate
     from llama_api_llamacpp.prompts import PromptBuilder
 
     prompts = PromptBuilder("m", ChatTemplate(TOOL_TEMPLATE, bos_token="<s>", eos_token="</s>"))

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from llama_api import errors
-from llama_api.types import ResponseFormat
+from llama_api.contract.records import ResponseFormat
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed")

@@ -8,7 +8,7 @@ from itertools import pairwise
 
 import pytest
 
-from llama_api.types import GenerateRequest, LoadContext, ModelSpec
+from llama_api.contract.records import GenerateRequest, LoadContext, ModelSpec
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import llama_api_llamacpp as plugin
-from llama_api.chat_template import ChatTemplate
-from llama_api.types import LoadContext, ModelSpec
+from llama_api.contract.records import LoadContext, ModelSpec
+from llama_api.text.chat_template import ChatTemplate
 from llama_api_llamacpp.prompts import PromptBuilder
 from llama_api_llamacpp.tiny import write_tiny_gguf
 

@@ -14,8 +14,14 @@ import anyio
 import pytest
 
 from llama_api import errors
+from llama_api.contract.records import (
+    Delta,
+    GenerateRequest,
+    LoadContext,
+    ModelSpec,
+    ResponseFormat,
+)
 from llama_api.testing.conformance import generate_all, running_worker
-from llama_api.types import Delta, GenerateRequest, LoadContext, ModelSpec, ResponseFormat
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from llama_api.types import ResponseFormat
+from llama_api.contract.records import ResponseFormat
 
 TOOLS = [{
     "type": "function",

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from llama_api.types import GenerateRequest, LoadContext, ModelSpec
+from llama_api.contract.records import GenerateRequest, LoadContext, ModelSpec
 from llama_api_llamacpp.speculative import NgramDrafter
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_api.types import GenerateRequest, LoadContext, ModelSpec
+from llama_api.contract.records import GenerateRequest, LoadContext, ModelSpec
 from llama_api_llamacpp.threads import FIRST_WAIT, ThreadTuner, machine_cores
 
 

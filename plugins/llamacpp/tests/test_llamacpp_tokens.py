@@ -9,8 +9,14 @@ import pytest
 
 import llama_api_llamacpp as plugin
 from llama_api import errors
+from llama_api.contract.records import (
+    EmbedRequest,
+    LoadContext,
+    ModelSpec,
+    RerankRequest,
+    TokenizeRequest,
+)
 from llama_api.testing.conformance import running_worker
-from llama_api.types import EmbedRequest, LoadContext, ModelSpec, RerankRequest, TokenizeRequest
 from llama_api_llamacpp.tiny import write_tiny_bert_gguf
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")

@@ -54,9 +54,7 @@ from pathlib import Path
 import msgspec
 
 from llama_api import errors, hookimpl
-from llama_api.reasoning import ReasoningSplitter
-from llama_api.stops import StopHoldback
-from llama_api.types import (
+from llama_api.contract.records import (
     BackendInfo,
     Delta,
     EmbedResult,
@@ -66,6 +64,8 @@ from llama_api.types import (
     ToolCallDelta,
     Usage,
 )
+from llama_api.text.reasoning import ReasoningSplitter
+from llama_api.text.stops import StopHoldback
 
 
 def record(event: str, model: EchoModel | None, **fields) -> None:

@@ -24,16 +24,16 @@ from llama_api import errors
 from llama_api.api.admin import OPERATOR_ROUTES
 from llama_api.api.body_timeout import DEFAULT_BODY_TIMEOUT, BodyTimeoutMiddleware
 from llama_api.api.error_responses import EXCEPTION_HANDLERS
+from llama_api.api.metrics import Metrics, request_middleware
+from llama_api.api.responses_store import ResponsesStore, default_data_dir
 from llama_api.api.routes import ROUTES
-from llama_api.events import EventBus
-from llama_api.metrics import Metrics, request_middleware
-from llama_api.plugins import Plugins
-from llama_api.registry import Registry
-from llama_api.responses_store import ResponsesStore, default_data_dir
-from llama_api.scheduler import Scheduler
-from llama_api.scheduler_records import Settings
+from llama_api.scheduling.entries import Settings
+from llama_api.scheduling.events import EventBus
+from llama_api.scheduling.registry import Registry
+from llama_api.scheduling.scheduler import Scheduler
+from llama_api.workers.plugins import Plugins
 
-log = logging.getLogger("llama_api.app")
+log = logging.getLogger("llama_api.api.app")
 
 
 @dataclass

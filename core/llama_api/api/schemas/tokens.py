@@ -1,6 +1,6 @@
 """The bodies of /tokenize, /detokenize and /v1/rerank, as msgspec Structs.
 
-Same conventions as `llama_api.schemas`: optional fields are `T | None = None` (null means
+Same conventions as `llama_api.api.schemas.openai`: optional fields are `T | None = None` (null means
 absent), unknown fields are ignored, bounds are msgspec `Meta` constraints (a 400 naming
 the field, visible in /schema). What a type can't say (exactly one of `prompt` and
 `messages`) is checked in `llama_api.api.tokenize`.
@@ -13,7 +13,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
-from llama_api.schemas import ChatMessage, TokenId, Tool
+from llama_api.api.schemas.openai import ChatMessage, TokenId, Tool
 
 MAX_RERANK_DOCUMENTS = 1024
 

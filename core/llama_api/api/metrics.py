@@ -22,10 +22,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 
-from llama_api import memory
-from llama_api.events import Event
-from llama_api.scheduler_records import LeaseObserver
-from llama_api.types import Delta, ModelSpec
+from llama_api.contract.records import Delta, ModelSpec
+from llama_api.scheduling import memory
+from llama_api.scheduling.entries import LeaseObserver
+from llama_api.scheduling.events import Event
 
 log = logging.getLogger("llama_api.requests")
 

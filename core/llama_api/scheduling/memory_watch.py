@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import anyio
 
-from llama_api import memory
+from llama_api.scheduling import memory
 
 CHECK_EVERY = 0.25  # seconds
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import anyio
 
 from llama_api import errors
-from llama_api.memory import Footprint
-from llama_api.process import WorkerProcess
-from llama_api.types import ModelSpec
+from llama_api.contract.records import ModelSpec
+from llama_api.scheduling.memory import Footprint
+from llama_api.workers.handle import WorkerProcess
 
 
 def available_cores() -> int:

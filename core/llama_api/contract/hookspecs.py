@@ -16,7 +16,7 @@ hookimpl = pluggy.HookimplMarker("llama_api")
 
 @hookspec
 def register_backends():
-    """Return the backends this plugin provides, as a list of `llama_api.types.BackendInfo`."""
+    """Return the backends this plugin provides, as a list of `llama_api.contract.records.BackendInfo`."""
 
 
 @hookspec
@@ -37,7 +37,7 @@ def estimate_memory(spec, gpu):
     caches and buffers, and what the backend's libraries add to a process; the core adds
     the bare worker. Stops at the first non-None result.
 
-    :param spec: the `llama_api.types.ModelSpec` about to load.
+    :param spec: the `llama_api.contract.records.ModelSpec` about to load.
     :param gpu: whether the server has a GPU budget (a GPU detected, or
         `--max-gpu-memory` given): count what goes on the GPU only then. The core has
         detected it, so a plugin needn't (an implementation may take `spec` alone).
@@ -65,8 +65,8 @@ def load_model(spec, context):
     server calls with the cores the worker may use now (it shares them among busy workers).
     Raise `llama_api.errors.ModelLoadError` with a clear message when the model can't load.
 
-    :param spec: the `llama_api.types.ModelSpec` to load.
-    :param context: a `llama_api.types.LoadContext` (thread budget, progress callback).
+    :param spec: the `llama_api.contract.records.ModelSpec` to load.
+    :param context: a `llama_api.contract.records.LoadContext` (thread budget, progress callback).
     """
 
 
@@ -82,41 +82,41 @@ def unload_model(model):
 
 @hookspec(firstresult=True)
 def generate(model, request, cancelled):
-    """Return an iterator of `llama_api.types.Delta` for one completion or chat request.
+    """Return an iterator of `llama_api.contract.records.Delta` for one completion or chat request.
 
     Stops at the first non-None result. Deltas carry text as it is generated; the last one
     carries `finish_reason` and `usage`. Raise `llama_api.errors.BadRequest` for bad input
     (prompt too long, no chat template) and `NotSupported` for what the backend can't do.
 
     :param model: the object `load_model` returned.
-    :param request: a `llama_api.types.GenerateRequest` (one prompt, one choice).
+    :param request: a `llama_api.contract.records.GenerateRequest` (one prompt, one choice).
     :param cancelled: a `threading.Event` set when the client went away: stop before the next token.
     """
 
 
 @hookspec(firstresult=True)
 def embed(model, request):
-    """Return a `llama_api.types.EmbedResult` for a `llama_api.types.EmbedRequest`.
+    """Return a `llama_api.contract.records.EmbedResult` for a `llama_api.contract.records.EmbedRequest`.
 
     Stops at the first non-None result. May be called from several threads at once when
     the model has more than one slot (that is how a backend batches across requests).
     Return full-width vectors: the core applies `request.dimensions`.
 
     :param model: the object `load_model` returned.
-    :param request: a `llama_api.types.EmbedRequest`.
+    :param request: a `llama_api.contract.records.EmbedRequest`.
     """
 
 
 @hookspec(firstresult=True)
 def tokenize(model, request):
-    """Return a `llama_api.types.TokenizeResult` for a `llama_api.types.TokenizeRequest`.
+    """Return a `llama_api.contract.records.TokenizeResult` for a `llama_api.contract.records.TokenizeRequest`.
 
     Runs in the worker. Stops at the first non-None result; return None when the model
     has no tokenizer (the core answers 400 naming the model). Count tokens exactly as
     `generate` (or `embed`) would feed them to the model, chat template included.
 
     :param model: the object `load_model` returned.
-    :param request: a `llama_api.types.TokenizeRequest` (`text`, or `messages`).
+    :param request: a `llama_api.contract.records.TokenizeRequest` (`text`, or `messages`).
     """
 
 
@@ -134,11 +134,11 @@ def detokenize(model, tokens):
 
 @hookspec(firstresult=True)
 def rerank(model, request):
-    """Return a `llama_api.types.RerankResult`: one relevance score per document.
+    """Return a `llama_api.contract.records.RerankResult`: one relevance score per document.
 
     Runs in the worker. Stops at the first non-None result; None: the model can't rerank
     (the core answers 400 naming it). Higher is more relevant; the core sorts.
 
     :param model: the object `load_model` returned.
-    :param request: a `llama_api.types.RerankRequest` (a query, documents as strings).
+    :param request: a `llama_api.contract.records.RerankRequest` (a query, documents as strings).
     """

@@ -144,7 +144,7 @@ class Delta(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A piece of generated output. The last delta of a request has `finish_reason` and `usage`."""
 
     text: str = ""
-    # The model's thinking, split from the answer (see `llama_api.reasoning`).
+    # The model's thinking, split from the answer (see `llama_api.text.reasoning`).
     reasoning: str = ""
     logprobs: list[TokenLogprob] | None = None
     tool_calls: list[ToolCallDelta] | None = None

@@ -16,7 +16,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, TextIO
 
-from llama_api.memory import format_size
+from llama_api.scheduling.memory import format_size
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llama_api.stops import StopHoldback
+from llama_api.text.stops import StopHoldback
 
 
 @dataclass(frozen=True)

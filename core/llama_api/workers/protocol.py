@@ -22,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from llama_api.types import (
+from llama_api.contract.records import (
     Delta,
     EmbedRequest,
     GenerateRequest,

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from llama_api.schemas import AtLeastOne, Fraction, Temperature, ToolName
+from llama_api.api.schemas.openai import AtLeastOne, Fraction, Temperature, ToolName
 
 MAX_METADATA = 16
 MAX_INPUT_ITEMS_PAGE = 100

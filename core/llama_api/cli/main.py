@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     install = commands.add_parser("install", help="install a backend plugin and its dependencies",
                                   description="pip-install a backend plugin by short name, torch "
                                               "first and pinned, with the right build flags.")
-    from llama_api.install import BACKENDS
+    from llama_api.cli.install import BACKENDS
 
     install.add_argument("plugin", choices=sorted(BACKENDS), help="backend to install")
     install.add_argument("--force-cuda", action="store_true",
@@ -213,7 +213,7 @@ def seconds(text: str) -> float:
 
 
 def memory_size(text: str) -> int:
-    from llama_api.memory import parse_size
+    from llama_api.scheduling.memory import parse_size
 
     try:
         return parse_size(text)
@@ -231,10 +231,10 @@ def non_negative(text: str) -> int:
 def serve(args) -> int:
     import uvicorn
 
-    from llama_api.app import ServerConfig, create_app
-    from llama_api.registry import ConfigError
-    from llama_api.responses_store import default_data_dir
-    from llama_api.scheduler_records import Settings
+    from llama_api.api.app import ServerConfig, create_app
+    from llama_api.api.responses_store import default_data_dir
+    from llama_api.scheduling.entries import Settings
+    from llama_api.scheduling.registry import ConfigError
 
     try:
         api_keys = collect_api_keys(args.api_key, args.api_key_file, os.environ.get("LLAMA_API_KEYS"))
@@ -270,8 +270,8 @@ def serve(args) -> int:
         cors_origins=args.cors_origin,
         body_timeout=args.body_timeout,
     )
-    from llama_api.plugins import Plugins
-    from llama_api.registry import read_config
+    from llama_api.scheduling.registry import read_config
+    from llama_api.workers.plugins import Plugins
 
     plugins = Plugins()  # once: the app serves with these
     if args.config is not None:  # fail fast, before binding the port
@@ -281,9 +281,9 @@ def serve(args) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     if api_keys:  # how many, never which
-        logging.getLogger("llama_api.cli").info("API keys required: %d key(s)", len(api_keys))
+        logging.getLogger("llama_api.cli.main").info("API keys required: %d key(s)", len(api_keys))
     if config.admin_keys:
-        logging.getLogger("llama_api.cli").info("admin keys required: %d key(s)",
+        logging.getLogger("llama_api.cli.main").info("admin keys required: %d key(s)",
                                                 len(config.admin_keys))
     app = create_app(config, plugins)
     run_until_signalled(uvicorn.Config(
@@ -328,8 +328,8 @@ def run_until_signalled(config) -> None:
 
 
 def list_models(args) -> int:
-    from llama_api.plugins import Plugins
-    from llama_api.registry import ConfigError, Registry
+    from llama_api.scheduling.registry import ConfigError, Registry
+    from llama_api.workers.plugins import Plugins
 
     plugins = Plugins()
     try:
@@ -354,7 +354,7 @@ def list_models(args) -> int:
 
 
 def pull(args) -> int:
-    from llama_api.pull import PullError, pull_model
+    from llama_api.cli.pull import PullError, pull_model
 
     for name in ("httpx", "httpx2"):  # one line per HTTP request is noise here
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -372,7 +372,7 @@ def pull(args) -> int:
 
 
 def admin(args) -> int:
-    from llama_api import admin_client
+    from llama_api.cli import admin_client
 
     key = admin_client.key_from_environment()
     if args.command == "ps":
@@ -383,7 +383,7 @@ def admin(args) -> int:
 
 
 def install(args) -> int:
-    from llama_api import install as installer
+    from llama_api.cli import install as installer
 
     steps = installer.plan(args.plugin, force_cuda=args.force_cuda,
                            skip_torch_install=args.skip_torch_install,

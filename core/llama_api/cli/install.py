@@ -73,7 +73,7 @@ class Step:
 
 def local_source(distribution: str) -> Path | None:
     """In a checkout of this repository, install plugins from their folders."""
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     folder = root / "plugins" / distribution.removeprefix("llama-api-")
     return folder if (folder / "pyproject.toml").exists() else None
 

@@ -14,8 +14,8 @@ import anyio
 import msgspec
 
 from llama_api import errors
-from llama_api.plugins import Plugins
-from llama_api.types import ModelSpec
+from llama_api.contract.records import ModelSpec
+from llama_api.workers.plugins import Plugins
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from llama_api.schemas import MAX_STOP, AtLeastOne, Fraction, NonNegativeInt, ToolName
+from llama_api.api.schemas.openai import MAX_STOP, AtLeastOne, Fraction, NonNegativeInt, ToolName
 
 Name = Annotated[str, Meta(min_length=1)]
 

@@ -6,12 +6,12 @@
   unloaded; if every worker is busy the request waits, at most `max_queue` of them.
 - Requests for one model take its slots in FIFO order.
 - Idle workers are unloaded after their idle timeout.
-- Memory (`llama_api.memory`): a model loads only when its estimate fits beside what the
+- Memory (`llama_api.scheduling.memory`): a model loads only when its estimate fits beside what the
   others hold (measured once loaded); idle unpinned ones are unloaded, least recently used
   first, until it does. One larger than the limit is refused with 503.
 - A pinned model is never evicted nor unloaded for idleness; when every worker holds a
   pinned model, a request for another one is refused with 409 instead of waiting forever.
-- Loads, unloads, evictions and crashes are published as events (`llama_api.events`).
+- Loads, unloads, evictions and crashes are published as events (`llama_api.scheduling.events`).
 - With `spare_workers`, one process per plugin in use is started ahead, its libraries
   imported; a model's load takes it, so a cold start costs the load alone. Another spare
   starts when no request is running (its start would take cores from them). Spares hold no
@@ -28,12 +28,12 @@ import anyio
 from anyio.abc import TaskGroup
 
 from llama_api import errors
-from llama_api.events import EventBus
-from llama_api.memory import Footprint, MemoryBudget, describe
-from llama_api.memory_watch import watch_memory
-from llama_api.process import WorkerProcess
-from llama_api.scheduler_records import Entry, LeaseObserver, Settings, available_cores
-from llama_api.types import ModelSpec
+from llama_api.contract.records import ModelSpec
+from llama_api.scheduling.entries import Entry, LeaseObserver, Settings, available_cores
+from llama_api.scheduling.events import EventBus
+from llama_api.scheduling.memory import Footprint, MemoryBudget, describe
+from llama_api.scheduling.memory_watch import watch_memory
+from llama_api.workers.handle import WorkerProcess
 
 log = logging.getLogger(__name__)
 

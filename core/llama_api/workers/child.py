@@ -1,6 +1,6 @@
 """The worker process: loads one model through one plugin and serves it over a pipe.
 
-Run as `python -m llama_api.worker PLUGIN [MODULE:ATTR]` (the plugin's entry point, which
+Run as `python -m llama_api.workers.child PLUGIN [MODULE:ATTR]` (the plugin's entry point, which
 spares the worker a scan of every installed distribution). Frames come in on stdin and go out on a
 duplicate of the original stdout; fd 1 itself is pointed at stderr before any backend
 is imported, so C libraries that print can't corrupt the channel.
@@ -18,11 +18,12 @@ from array import array
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from llama_api import errors, protocol
-from llama_api.lifeline import watch_parent
-from llama_api.types import Delta, LoadContext
+from llama_api import errors
+from llama_api.contract.records import Delta, LoadContext
+from llama_api.workers import protocol
+from llama_api.workers.lifeline import watch_parent
 
-log = logging.getLogger("llama_api.worker")
+log = logging.getLogger("llama_api.workers.child")
 
 # Coalesce deltas into one frame per this many seconds: one frame per token costs
 # the compute threads a few percent (see shared/MODELS.md).
@@ -251,7 +252,7 @@ def unit(row: list[float]) -> list[float]:
 
 class Worker:
     def __init__(self, plugin_name: str, channel: Channel, entry_point: str | None = None):
-        from llama_api.plugins import Plugins
+        from llama_api.workers.plugins import Plugins
 
         self.plugins = Plugins(only=plugin_name, value=entry_point)
         if plugin_name in self.plugins.broken:

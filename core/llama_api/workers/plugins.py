@@ -9,7 +9,7 @@ import os
 
 import pluggy
 
-from llama_api import hookspecs
+from llama_api.contract import hookspecs
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,8 @@ import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
-from llama_api import errors, protocol
-from llama_api.plugins import entry_point_value
-from llama_api.types import (
+from llama_api import errors
+from llama_api.contract.records import (
     Delta,
     EmbedRequest,
     GenerateRequest,
@@ -34,8 +33,10 @@ from llama_api.types import (
     TokenizeRequest,
     TokenizeResult,
 )
+from llama_api.workers import protocol
+from llama_api.workers.plugins import entry_point_value
 
-log = logging.getLogger("llama_api.process")
+log = logging.getLogger("llama_api.workers.handle")
 
 # The server's own secrets, kept out of every worker (where a backend's traceback or
 # environment dump could show them). HF_TOKEN stays: a backend may download from the Hub.
@@ -73,7 +74,7 @@ class WorkerProcess:
         # Seconds; 0 = no limit. The scheduler sets them from its settings.
         self.request_timeout = 0.0  # a request may wait this long for the worker's next frame
         self.load_timeout = 0.0  # a load may take this long
-        self.log = logging.getLogger(f"llama_api.worker.{spec.id}")
+        self.log = logging.getLogger(f"llama_api.workers.child.{spec.id}")
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -105,7 +106,7 @@ class WorkerProcess:
         # Scanned once per server (in a thread: it reads every distribution's metadata).
         entry_point = await anyio.to_thread.run_sync(entry_point_value, self.spec.plugin)
         self._process = await anyio.open_process(
-            [sys.executable, "-m", "llama_api.worker", self.spec.plugin,
+            [sys.executable, "-m", "llama_api.workers.child", self.spec.plugin,
              *([entry_point] if entry_point else [])],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -121,7 +122,7 @@ class WorkerProcess:
     async def load(self, spec: ModelSpec) -> None:
         """Have the spawned process load `spec`; raises ModelLoadError on failure."""
         self.spec = spec
-        self.log = logging.getLogger(f"llama_api.worker.{spec.id}")
+        self.log = logging.getLogger(f"llama_api.workers.child.{spec.id}")
         try:
             await self._send(protocol.Load(spec=spec, n_threads=self.n_threads))
         except errors.WorkerCrashed:

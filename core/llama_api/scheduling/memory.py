@@ -176,7 +176,7 @@ class MemoryBudget:
         self.limits = limits
         # Whether models may go on a GPU: there is one, even with --max-gpu-memory 0 (no limit).
         self.gpu = bool(limits.gpu) if gpu is None else gpu
-        self._plugins = plugins  # a llama_api.plugins.Plugins; found on first use if None
+        self._plugins = plugins  # a llama_api.workers.plugins.Plugins; found on first use if None
         self._estimates: dict[tuple, Footprint] = {}  # by spec and file modification time
 
     @classmethod
@@ -196,7 +196,7 @@ class MemoryBudget:
         if key in self._estimates:
             return self._estimates[key]
         if self._plugins is None:
-            from llama_api.plugins import Plugins
+            from llama_api.workers.plugins import Plugins
 
             self._plugins = Plugins()
         try:

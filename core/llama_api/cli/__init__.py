@@ -1,0 +1,1 @@
+"""The `llama-api` command line: serve, models, admin, pull, install."""

@@ -1,0 +1,1 @@
+"""The backend contract: the hooks a plugin implements and the records they pass."""

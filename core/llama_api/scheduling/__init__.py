@@ -1,0 +1,1 @@
+"""Which worker serves which model: scheduler, registry, memory budget, events."""

@@ -1,0 +1,1 @@
+"""Text handling shared by backends: chat templates, stop strings, reasoning, plain text."""
