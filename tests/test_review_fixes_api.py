@@ -3,15 +3,14 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from array import array
 
 import anyio
 import pytest
 
 from llama_api import errors
+from llama_api.api.embeddings import rows_of, shortened
 from llama_api.api.responses_store import READ, ResponsesStore
 from llama_api.workers.child import vectors_to_bytes
 
@@ -70,30 +69,28 @@ def test_put_stores_in_a_thread(tmp_path):
     store.close()
 
 
-# -- `dimensions`, decided once in the worker (review #7) ------------------------------
+# -- `dimensions`: the worker sends full-width vectors, the HTTP layer cuts them -----------
 
-def floats(data: bytes, dims: int) -> list[list[float]]:
-    values = array("f")
-    values.frombytes(data)
-    if sys.byteorder != "little":
-        values.byteswap()
-    return [values[i:i + dims].tolist() for i in range(0, len(values), dims)]
+def as_served(embeddings, dimensions) -> tuple[int, list[list[float]]]:
+    """The vectors a backend returned, through the pipe's bytes and the HTTP layer's cut."""
+    data, count, dims = vectors_to_bytes(embeddings)
+    assert len(data) == count * dims * 4
+    rows = shortened(rows_of(data, count, dims), dims, dimensions)
+    return len(rows[0]), [row.tolist() for row in rows]
 
 
 @pytest.mark.parametrize("as_numpy", [False, True], ids=["lists", "numpy"])
 def test_fewer_dimensions_cut_each_vector_and_renormalize_it(as_numpy):
     rows = [[3.0, 4.0, 12.0], [0.0, 0.0, 5.0], [1.0, 1.0, 1.0]]
     embeddings = pytest.importorskip("numpy").array(rows) if as_numpy else rows
-    data, count, dims = vectors_to_bytes(embeddings, dimensions=2)
-    assert (count, dims) == (3, 2)
-    cut = floats(data, dims)
+    dims, cut = as_served(embeddings, 2)
+    assert (len(cut), dims) == (3, 2)
     assert cut[0] == pytest.approx([0.6, 0.8])
     assert cut[1] == [0.0, 0.0]  # a zero vector stays zero, not NaN
     assert cut[2] == pytest.approx([2 ** -0.5, 2 ** -0.5])
     # the model's own width, or none asked: the vectors as the backend made them
     for dimensions in (3, None):
-        data, _, dims = vectors_to_bytes(embeddings, dimensions)
-        assert dims == 3 and floats(data, 3) == rows
+        assert as_served(embeddings, dimensions) == (3, rows)
 
 
 @pytest.mark.parametrize("as_numpy", [False, True], ids=["lists", "numpy"])
@@ -101,7 +98,7 @@ def test_more_dimensions_than_the_model_makes_is_a_400_naming_its_width(as_numpy
     rows = [[0.5] * 8]
     embeddings = pytest.importorskip("numpy").array(rows) if as_numpy else rows
     with pytest.raises(errors.BadRequest) as info:
-        vectors_to_bytes(embeddings, dimensions=9)
+        as_served(embeddings, 9)
     assert info.value.param == "dimensions"
     assert "8-dimensional" in info.value.message
 
@@ -129,4 +126,11 @@ def test_the_embeddings_estimate_puts_auto_on_the_gpu_the_core_reports(tmp_path,
     assert gpu == 2**20 and host < 2**30
     host, gpu = plugin.estimate_memory(spec=spec, gpu=False)
     assert gpu == 0 and host > 2**20
-    assert plugin.estimate_memory(spec=spec) == (host, gpu)  # a core that passes spec alone
+    # through pluggy, as the server calls it (pluggy before 1.7 dropped `gpu` while the
+    # plugin gave it a default): the GPU answer reaches the plugin either way
+    from llama_api.workers.plugins import Plugins
+
+    plugins = Plugins(only="embeddings")
+    assert not plugins.broken
+    assert plugins.estimate_memory(spec, True)[1] == 2**20
+    assert plugins.estimate_memory(spec, False) == (host, gpu)

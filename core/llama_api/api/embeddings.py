@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import sys
 from array import array
 
@@ -24,28 +25,51 @@ def embed_request(body: EmbeddingRequest) -> EmbedRequest:
     for i, item in enumerate(value):
         if not item:
             raise BadRequest(f"`input[{i}]` is empty.", param="input")
-    return EmbedRequest(input=value, dimensions=body.dimensions)
+    return EmbedRequest(input=value)
 
 
-def vector(raw: bytes, encoding_format: str | None):
-    """One row of float32s: base64 of the little-endian bytes, or a list of floats."""
-    if encoding_format == "base64":
-        return base64.b64encode(raw).decode()
+def rows_of(data: bytes, count: int, dims: int) -> list[array]:
+    """The worker's little-endian float32 bytes as `count` rows of `dims` floats."""
     floats = array("f")
-    floats.frombytes(raw)
+    floats.frombytes(data)
     if sys.byteorder != "little":
         floats.byteswap()
-    return floats.tolist()
+    return [floats[i * dims:(i + 1) * dims] for i in range(count)]
+
+
+def shortened(rows: list[array], dims: int, dimensions: int | None) -> list[array]:
+    """Each row cut to `dimensions` values and L2-renormalized, as OpenAI shortens its
+    embeddings (a zero row stays zero). More than the model's `dims` is a 400 naming it;
+    the schema checked `dimensions` >= 1. Backends always return full-width vectors."""
+    if dimensions is not None and dimensions > dims:
+        raise BadRequest(f"`dimensions` is {dimensions}, but this model makes "
+                         f"{dims}-dimensional vectors.", param="dimensions")
+    if dimensions is None or dimensions == dims:
+        return rows
+    cut = []
+    for row in rows:
+        row = row[:dimensions]
+        norm = math.sqrt(sum(value * value for value in row))
+        cut.append(array("f", (value / norm for value in row)) if norm > 0 else row)
+    return cut
+
+
+def encoded(row: array, encoding_format: str | None):
+    """One row: base64 of its little-endian float32 bytes, or a list of floats."""
+    if encoding_format != "base64":
+        return row.tolist()
+    if sys.byteorder != "little":
+        row = array("f", row)
+        row.byteswap()
+    return base64.b64encode(row.tobytes()).decode()
 
 
 def embeddings_response(body: EmbeddingRequest, result) -> dict:
-    """`result` is what the worker sent: `count` rows of `dims` float32s in `data`."""
-    row_bytes = result.dims * 4
-    data = [
-        {"object": "embedding", "index": i,
-         "embedding": vector(result.data[i * row_bytes:(i + 1) * row_bytes], body.encoding_format)}
-        for i in range(result.count)
-    ]
+    """`result` is what the worker sent: `count` full-width rows of `dims` float32s."""
+    rows = shortened(rows_of(result.data, result.count, result.dims), result.dims,
+                     body.dimensions)
+    data = [{"object": "embedding", "index": i, "embedding": encoded(row, body.encoding_format)}
+            for i, row in enumerate(rows)]
     return {
         "object": "list",
         "data": data,

@@ -1,1 +1,34 @@
-"""The backend contract: the hooks a plugin implements and the records they pass."""
+"""The backend contract: what a plugin imports from the core.
+
+    from llama_api.contract import LoadedModel, hookimpl, ...
+
+`hookspecs` lists the hooks and the rules for implementing them; `records` the plain data
+that passes between the core and a backend (and over the worker pipe).
+"""
+
+from llama_api.contract.hookspecs import CONTRACT_VERSION, hookimpl
+from llama_api.contract.records import (
+    BackendInfo,
+    Delta,
+    EmbedRequest,
+    EmbedResult,
+    GenerateRequest,
+    LoadContext,
+    LoadedModel,
+    ModelSpec,
+    RerankRequest,
+    RerankResult,
+    TokenizeRequest,
+    TokenizeResult,
+    TokenLogprob,
+    ToolCallDelta,
+    TopLogprob,
+    Usage,
+)
+
+__all__ = [
+    "CONTRACT_VERSION", "BackendInfo", "Delta", "EmbedRequest", "EmbedResult",
+    "GenerateRequest", "LoadContext", "LoadedModel", "ModelSpec", "RerankRequest",
+    "RerankResult", "TokenLogprob", "TokenizeRequest", "TokenizeResult", "ToolCallDelta",
+    "TopLogprob", "Usage", "hookimpl",
+]

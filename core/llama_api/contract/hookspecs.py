@@ -1,22 +1,54 @@
-"""The hooks a backend plugin implements.
+"""The hooks a backend plugin implements: contract version 1.
 
-Discovery hooks run in the server process, so a plugin's entry module must stay
-import-light. The backend hooks (load, unload, generate, embed, tokenize, detokenize,
-rerank) run only in the worker process that serves one model, where heavy libraries
-may be imported.
+A plugin is a module (or object) named by an entry point in the `llama_api` group. It
+declares the contract it was written for as `LLAMA_API_CONTRACT = "1.0"` (major.minor);
+one written for another major version is listed as broken, with that reason, and is never
+called.
+
+Where hooks run:
+- `register_backends`, `discover_models` and `estimate_memory` run in the server process,
+  beside every other plugin's: keep the entry module import-light.
+- Everything else runs in a worker process that hosts this plugin alone, for one model.
+  `prepare_worker` and `load_model` may import heavy libraries. The per-model hooks
+  (`generate`, `embed`, `tokenize`, `detokenize`, `rerank`, `unload_model`) receive the
+  `model` of the `LoadedModel` this plugin's `load_model` returned, and no other: they
+  need not check that the model is theirs.
+
+Rules for implementations:
+- Give hook parameters no default values: pluggy before 1.7 never passes an argument
+  whose parameter has a default, so such a parameter would silently keep its default.
+  A plugin that does so is refused when plugins load. An implementation may take fewer
+  parameters than the spec (pluggy passes those it names).
+- A capability a model lacks: leave the hook out, or return None (or raise
+  `llama_api.errors.NotSupported`). The core answers 400 `NotSupported` naming the model.
+- Bad input that depends on the model (prompt too long, a token id out of range): raise
+  `llama_api.errors.BadRequest` or one of its subclasses; any other exception is a backend
+  failure (503) that costs only its own request.
 """
 
 from __future__ import annotations
 
 import pluggy
 
+# The contract this core speaks. A plugin declaring another major version is refused;
+# a newer minor version of the same major is accepted (it may rely on hooks this core
+# lacks, which pluggy then never calls).
+CONTRACT_VERSION = "1.0"
+
 hookspec = pluggy.HookspecMarker("llama_api")
 hookimpl = pluggy.HookimplMarker("llama_api")
 
 
+# -- in the server process ---------------------------------------------------------------
+
+
 @hookspec
 def register_backends():
-    """Return the backends this plugin provides, as a list of `llama_api.contract.records.BackendInfo`."""
+    """Return the backends this plugin provides, as a list of `BackendInfo`.
+
+    A model's `spec.backend` names one of them; the core sends the model to the worker of
+    the plugin that registered it.
+    """
 
 
 @hookspec
@@ -30,18 +62,20 @@ def discover_models(models_dir):
 
 @hookspec(firstresult=True)
 def estimate_memory(spec, gpu):
-    """Return the bytes loading `spec` will take, as `(host, gpu)`; None if it isn't yours.
+    """Return the bytes loading `spec` will take, as `(host, gpu)`; None if unknown.
 
-    Runs in the server process before a load, in a thread; the core keeps the answer until
-    the spec or its file changes. Keep it cheap (file sizes, headers). Count the weights,
-    caches and buffers, and what the backend's libraries add to a process; the core adds
-    the bare worker. Stops at the first non-None result.
+    Called only on the plugin whose backend serves `spec`, before a load, in a thread; the
+    core keeps the answer until the spec or its file changes. Keep it cheap (file sizes,
+    headers). Count the weights, caches and buffers, and what the backend's libraries add
+    to a process; the core adds the bare worker.
 
-    :param spec: the `llama_api.contract.records.ModelSpec` about to load.
-    :param gpu: whether the server has a GPU budget (a GPU detected, or
-        `--max-gpu-memory` given): count what goes on the GPU only then. The core has
-        detected it, so a plugin needn't (an implementation may take `spec` alone).
+    :param spec: the `ModelSpec` about to load.
+    :param gpu: whether the server has a GPU budget (a GPU detected, or `--max-gpu-memory`
+        given): count what goes on the GPU only then.
     """
+
+
+# -- in the worker process (this plugin alone) ---------------------------------------------
 
 
 @hookspec
@@ -57,66 +91,61 @@ def prepare_worker():
 
 @hookspec(firstresult=True)
 def load_model(spec, context):
-    """Load a model whose `spec.backend` is one of yours and return it; else return None.
+    """Load the model and return a `LoadedModel` (the backend's object, its slots, its info,
+    and a thread-budget callback if it chooses its threads at run time).
 
-    Stops at the first non-None result. The returned object may carry `slots` (how many
-    requests it runs at once, default 1), `info` (a dict shown in `/v1/models`; a change
-    reaches the server after each request) and a `thread_budget(n)` method, which the
-    server calls with the cores the worker may use now (it shares them among busy workers).
-    Raise `llama_api.errors.ModelLoadError` with a clear message when the model can't load.
+    Raise `llama_api.errors.ModelLoadError` with a clear message (naming the file) when the
+    model can't load.
 
-    :param spec: the `llama_api.contract.records.ModelSpec` to load.
-    :param context: a `llama_api.contract.records.LoadContext` (thread budget, progress callback).
+    :param spec: the `ModelSpec` to load; `spec.backend` is one of this plugin's backends.
+    :param context: a `LoadContext` (thread budget, progress callback).
     """
 
 
 @hookspec(firstresult=True)
 def unload_model(model):
-    """Free what `load_model` returned. Return True when handled.
+    """Free the model. The worker process ends right after, so this is a courtesy for a
+    clean shutdown.
 
-    The worker process ends right after, so this is a courtesy for clean shutdown.
-
-    :param model: the object `load_model` returned.
+    :param model: `LoadedModel.model`.
     """
 
 
 @hookspec(firstresult=True)
 def generate(model, request, cancelled):
-    """Return an iterator of `llama_api.contract.records.Delta` for one completion or chat request.
+    """Return an iterator of `Delta` for one completion or chat request.
 
-    Stops at the first non-None result. Deltas carry text as it is generated; the last one
-    carries `finish_reason` and `usage`. Raise `llama_api.errors.BadRequest` for bad input
-    (prompt too long, no chat template) and `NotSupported` for what the backend can't do.
+    Deltas carry text as it is generated; the last one carries `finish_reason` and `usage`.
+    Called from as many threads at once as the model has slots.
 
-    :param model: the object `load_model` returned.
-    :param request: a `llama_api.contract.records.GenerateRequest` (one prompt, one choice).
-    :param cancelled: a `threading.Event` set when the client went away: stop before the next token.
+    :param model: `LoadedModel.model`.
+    :param request: a `GenerateRequest` (one prompt, one choice), validated by the core.
+    :param cancelled: a `threading.Event` set when the client went away: stop before the
+        next token.
     """
 
 
 @hookspec(firstresult=True)
 def embed(model, request):
-    """Return a `llama_api.contract.records.EmbedResult` for a `llama_api.contract.records.EmbedRequest`.
+    """Return an `EmbedResult` (full-width vectors) for an `EmbedRequest`.
 
-    Stops at the first non-None result. May be called from several threads at once when
-    the model has more than one slot (that is how a backend batches across requests).
-    Return full-width vectors: the core applies `request.dimensions`.
+    Called from as many threads at once as the model has slots (that is how a backend
+    batches across requests). The HTTP layer shortens vectors to a request's `dimensions`.
 
-    :param model: the object `load_model` returned.
-    :param request: a `llama_api.contract.records.EmbedRequest`.
+    :param model: `LoadedModel.model`.
+    :param request: an `EmbedRequest`.
     """
 
 
 @hookspec(firstresult=True)
 def tokenize(model, request):
-    """Return a `llama_api.contract.records.TokenizeResult` for a `llama_api.contract.records.TokenizeRequest`.
+    """Return a `TokenizeResult` for a `TokenizeRequest` (`text`, or `messages`).
 
-    Runs in the worker. Stops at the first non-None result; return None when the model
-    has no tokenizer (the core answers 400 naming the model). Count tokens exactly as
-    `generate` (or `embed`) would feed them to the model, chat template included.
+    Count tokens exactly as `generate` (or `embed`) would feed them to the model, chat
+    template included.
 
-    :param model: the object `load_model` returned.
-    :param request: a `llama_api.contract.records.TokenizeRequest` (`text`, or `messages`).
+    :param model: `LoadedModel.model`.
+    :param request: a `TokenizeRequest`.
     """
 
 
@@ -124,21 +153,19 @@ def tokenize(model, request):
 def detokenize(model, tokens):
     """Return the text that token ids spell (special tokens as their text), a `str`.
 
-    Runs in the worker. Stops at the first non-None result; None: no tokenizer. Raise
-    `llama_api.errors.BadRequest` for an id outside the vocabulary.
+    Raise `llama_api.errors.BadRequest` for an id outside the vocabulary.
 
-    :param model: the object `load_model` returned.
+    :param model: `LoadedModel.model`.
     :param tokens: a list of token ids (each >= 0, checked by the core).
     """
 
 
 @hookspec(firstresult=True)
 def rerank(model, request):
-    """Return a `llama_api.contract.records.RerankResult`: one relevance score per document.
+    """Return a `RerankResult`: one relevance score per document, in their order.
 
-    Runs in the worker. Stops at the first non-None result; None: the model can't rerank
-    (the core answers 400 naming it). Higher is more relevant; the core sorts.
+    Higher is more relevant; the core sorts.
 
-    :param model: the object `load_model` returned.
-    :param request: a `llama_api.contract.records.RerankRequest` (a query, documents as strings).
+    :param model: `LoadedModel.model`.
+    :param request: a `RerankRequest` (a query, documents as strings; both non-empty).
     """

@@ -33,6 +33,22 @@ class ModelSpec(msgspec.Struct, kw_only=True):
     plugin: str = ""
 
 
+class LoadedModel(msgspec.Struct, kw_only=True):
+    """What `load_model` returns: the backend's own model object and what the core learns
+    about it. Everything the core knows of a loaded model comes through here."""
+
+    # The backend's object; every per-model hook (generate, embed, ...) gets it back.
+    model: Any
+    # How many requests it runs at once (the core queues the rest).
+    slots: int = 1
+    # Shown in `/v1/models` under the worker. The core reads it at load and again after
+    # each request, so a backend may update the dict in place (a thread count it settled on).
+    info: dict[str, Any] = {}
+    # Called with the cores the worker may use now, when the server shares them anew among
+    # busy workers; None for a backend that keeps the count it loaded with.
+    thread_budget: Callable[[int], None] | None = None
+
+
 class LoadContext(msgspec.Struct, kw_only=True):
     """What the core tells a backend when it loads a model."""
 
@@ -55,6 +71,12 @@ class ResponseFormat(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     type: Literal["json_object", "json_schema"]
     schema: dict[str, Any] | None = None
+
+
+# The sampling fields beyond the common ones that the HTTP layer accepts and passes on in
+# `GenerateRequest.extra` when a client sets them (llama.cpp's; a backend may ignore them).
+EXTRA_SAMPLING_FIELDS = ("mirostat_mode", "mirostat_tau", "mirostat_eta", "typical_p",
+                         "xtc_probability", "xtc_threshold", "grammar")
 
 
 class GenerateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -158,11 +180,11 @@ class EmbedRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Texts (or token id lists) to embed."""
 
     input: list[str | list[int]]  # all strings, or all token-id lists
-    dimensions: int | None = None  # applied by the core (worker); backends ignore it
 
 
 class EmbedResult(msgspec.Struct, kw_only=True):
-    """One vector per input (lists of floats or a 2-D numpy array), and the tokens read."""
+    """One full-width vector per input (lists of floats or a 2-D numpy array), and the
+    tokens read. The HTTP layer shortens vectors to a request's `dimensions`."""
 
     embeddings: Any
     prompt_tokens: int = 0

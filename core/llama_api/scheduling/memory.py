@@ -200,7 +200,7 @@ class MemoryBudget:
 
             self._plugins = Plugins()
         try:
-            found = self._plugins.hook.estimate_memory(spec=spec, gpu=self.gpu)
+            found = self._plugins.estimate_memory(spec, self.gpu)
         except Exception:  # a plugin's estimate is advice: never fail a request on it
             log.exception("estimate_memory failed for %s", spec.id)
             found = None

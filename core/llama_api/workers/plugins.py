@@ -1,9 +1,11 @@
-"""Finding and loading backend plugins through the `llama_api` entry point group."""
+"""Finding and loading backend plugins through the `llama_api` entry point group, and
+refusing those that would break the contract (`llama_api.contract.hookspecs`)."""
 
 from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import logging
 import os
 
@@ -77,10 +79,10 @@ class Plugins:
                 self.distributions[ep.name] = f"{ep.dist.name} {ep.dist.version}"
             try:
                 module = ep.load()
-                self.pm.register(module, name=ep.name)
             except Exception as exc:  # noqa: BLE001 - a broken plugin must not stop the server
-                log.warning("plugin %s failed to load: %s", ep.name, exc)
-                self.broken[ep.name] = f"{type(exc).__name__}: {exc}"
+                self._refuse(ep.name, f"{type(exc).__name__}: {exc}")
+                continue
+            self._register(ep.name, module)
         self.pm.check_pending()
 
     def _load_value(self, name: str, value: str) -> None:
@@ -90,11 +92,47 @@ class Plugins:
             plugin = importlib.import_module(module_name.strip())
             for part in filter(None, attr.strip().split(".")):
                 plugin = getattr(plugin, part)
-            self.pm.register(plugin, name=name)
         except Exception as exc:  # noqa: BLE001 - reported as the scan's failures are
-            log.warning("plugin %s failed to load: %s", name, exc)
-            self.broken[name] = f"{type(exc).__name__}: {exc}"
+            self._refuse(name, f"{type(exc).__name__}: {exc}")
+        else:
+            self._register(name, plugin)
         self.pm.check_pending()
+
+    def _refuse(self, name: str, reason: str) -> None:
+        log.warning("plugin %s is not used: %s", name, reason)
+        self.broken[name] = reason
+
+    def _register(self, name: str, plugin) -> None:
+        """Register `plugin` unless it breaks the contract: another major version, or a
+        hook parameter with a default (which pluggy before 1.7 would never pass)."""
+        reason = contract_mismatch(plugin)
+        if reason is None:
+            try:
+                self.pm.register(plugin, name=name)
+            except Exception as exc:  # noqa: BLE001 - pluggy's own validation of the hooks
+                reason = f"{type(exc).__name__}: {exc}"
+        if reason is None:
+            reason = self._defaulted_parameters(plugin)
+            if reason is not None:
+                self.pm.unregister(plugin)
+        if reason is not None:
+            self._refuse(name, reason)
+
+    def _defaulted_parameters(self, plugin) -> str | None:
+        for caller in self.pm.get_hookcallers(plugin) or []:
+            names = set(caller.spec.argnames) if caller.spec is not None else set()
+            for impl in caller.get_hookimpls():
+                if impl.plugin is not plugin:
+                    continue
+                defaulted = [parameter.name for parameter in
+                             inspect.signature(impl.function).parameters.values()
+                             if parameter.name in names
+                             and parameter.default is not inspect.Parameter.empty]
+                if defaulted:
+                    return (f"hook {caller.name} gives parameter {defaulted[0]!r} a default "
+                            "value, which pluggy before 1.7 never replaces with the core's "
+                            "argument: remove the default")
+        return None
 
     @property
     def hook(self):
@@ -103,6 +141,15 @@ class Plugins:
     def names(self) -> list[str]:
         return sorted(name for name, _ in self.pm.list_name_plugin())
 
+    def estimate_memory(self, spec, gpu: bool):
+        """The `estimate_memory` hook of the plugin serving `spec` alone (None: no plugin,
+        or no estimate)."""
+        name = spec.plugin or self.backends().get(spec.backend)
+        if name is None or self.pm.get_plugin(name) is None:
+            return None
+        others = [plugin for other, plugin in self.pm.list_name_plugin() if other != name]
+        return self.pm.subset_hook_caller("estimate_memory", others)(spec=spec, gpu=gpu)
+
     def backends(self) -> dict[str, str]:
         """backend name -> plugin name."""
         found: dict[str, str] = {}
@@ -110,3 +157,16 @@ class Plugins:
             for info in impl.function() or []:
                 found[info.name] = impl.plugin_name
         return found
+
+
+def contract_mismatch(plugin) -> str | None:
+    """Why a plugin's declared contract version rules it out; None when it fits."""
+    declared = getattr(plugin, "LLAMA_API_CONTRACT", None)
+    speaks = hookspecs.CONTRACT_VERSION
+    if not isinstance(declared, str) or not declared.split(".")[0].isdigit():
+        return (f"it declares no LLAMA_API_CONTRACT = \"major.minor\" (the contract version "
+                f"it was written for; this llama-api speaks {speaks})")
+    if declared.split(".")[0] != speaks.split(".")[0]:
+        return (f"it was written for contract {declared}; this llama-api speaks {speaks} "
+                "(install a version of the plugin made for it)")
+    return None

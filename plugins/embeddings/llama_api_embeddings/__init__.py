@@ -9,18 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llama_api import hookimpl
-from llama_api.contract.records import BackendInfo, ModelSpec
+from llama_api.contract import BackendInfo, LoadedModel, ModelSpec, hookimpl
 from llama_api_embeddings.common import BatchedEmbedResult
 
 __all__ = ["BatchedEmbedResult"]
 __version__ = "0.1.0"
+LLAMA_API_CONTRACT = "1.0"
 
 BACKENDS = ("transformers", "tfhub")
-
-
-def _ours(model) -> bool:
-    return getattr(model, "backend", None) in BACKENDS and hasattr(model, "batcher")
 
 
 @hookimpl
@@ -59,44 +55,36 @@ def prepare_worker():
 
 @hookimpl
 def load_model(spec, context):
-    if spec.backend == "transformers":
-        from llama_api_embeddings import reranker
-
-        if reranker.is_reranker(spec):
-            return reranker.CrossEncoderReranker(spec, context)
-        from llama_api_embeddings.transformers_backend import TransformersEmbedder
-
-        return TransformersEmbedder(spec, context)
     if spec.backend == "tfhub":
         from llama_api_embeddings.tfhub_backend import TFHubEmbedder
 
-        return TFHubEmbedder(spec, context)
-    return None
+        model = TFHubEmbedder(spec, context)
+    else:
+        from llama_api_embeddings import reranker
+
+        if reranker.is_reranker(spec):
+            model = reranker.CrossEncoderReranker(spec, context)
+        else:
+            from llama_api_embeddings.transformers_backend import TransformersEmbedder
+
+            model = TransformersEmbedder(spec, context)
+    return LoadedModel(model=model, slots=model.slots, info=model.info)
 
 
 @hookimpl
 def embed(model, request):
-    if not _ours(model):
-        return None
     return model.embed(request)
 
 
 @hookimpl
 def rerank(model, request):
-    from llama_api_embeddings.reranker import CrossEncoderReranker
-
-    if not isinstance(model, CrossEncoderReranker):
-        return None
-    return model.rerank(request)
-
-
-def _has_tokenizer(model) -> bool:
-    return _ours(model) and getattr(model, "tokenizer", None) is not None
+    rerank = getattr(model, "rerank", None)  # a cross-encoder; None: the core refuses
+    return rerank(request) if rerank is not None else None
 
 
 @hookimpl
 def tokenize(model, request):
-    if not _has_tokenizer(model):
+    if getattr(model, "tokenizer", None) is None:  # TF Hub encoders keep theirs inside
         return None
     from llama_api_embeddings import tokens
 
@@ -105,7 +93,7 @@ def tokenize(model, request):
 
 @hookimpl
 def detokenize(model, tokens):
-    if not _has_tokenizer(model):
+    if getattr(model, "tokenizer", None) is None:
         return None
     from llama_api_embeddings.tokens import detokenize as spell
 
@@ -114,18 +102,11 @@ def detokenize(model, tokens):
 
 @hookimpl
 def unload_model(model):
-    if not _ours(model):
-        return None
     model.close()
-    return True
 
 
 @hookimpl
-def estimate_memory(spec, gpu=False):
-    # `gpu`: the server has a GPU budget (the core detected it); a default, so that a core
-    # whose hook passes `spec` alone still calls this.
-    if spec.backend not in BACKENDS:
-        return None
+def estimate_memory(spec, gpu):
     from llama_api_embeddings.memory import estimate_memory as estimate
 
     return estimate(spec, gpu)

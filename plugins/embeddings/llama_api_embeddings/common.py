@@ -1,8 +1,8 @@
 """What both backends share: the result type and options.
 
 The core validates `input` (count, no empty item, all texts or all token ids) at the HTTP
-edge and decides `dimensions` itself (the worker cuts the vectors a backend returns), so
-backends return full-width vectors; what is left here depends on the model.
+edge and cuts the vectors to a request's `dimensions` there, so backends return
+full-width vectors; what is left here depends on the model.
 
 Import-light (msgspec and the core only): numpy is imported inside the functions.
 """

@@ -9,7 +9,6 @@ import sys
 import pytest
 
 import llama_api_embeddings as plugin
-from llama_api.contract.records import LoadContext, ModelSpec
 from llama_api_embeddings import discovery
 
 
@@ -110,10 +109,3 @@ def test_sentence_transformers_settings(tmp_path, helpers, minilm_path):
     settings = discovery.sentence_transformers_settings(folder)
     assert settings["normalize"] is False
     assert settings["query_prefix"] == "query: " and settings["passage_prefix"] == "passage: "
-
-
-def test_load_model_leaves_other_backends_alone():
-    spec = ModelSpec(id="x", backend="llama.cpp", path="/nowhere")
-    assert plugin.load_model(spec=spec, context=LoadContext()) is None
-    assert plugin.embed(model=object(), request=None) is None
-    assert plugin.unload_model(model=object()) is None

@@ -11,6 +11,7 @@ import pytest
 
 import llama_api_embeddings as plugin
 from llama_api import errors
+from llama_api.api.embeddings import rows_of, shortened
 from llama_api.contract.records import EmbedRequest, ModelSpec
 from llama_api.workers.child import vectors_to_bytes
 
@@ -43,7 +44,7 @@ def tfhub_model(saved_model, helpers):
     model = helpers.load(ModelSpec(id="tiny-use", backend="tfhub", path=str(saved_model)),
                          n_threads=1)
     yield model
-    assert plugin.unload_model(model=model) is True
+    plugin.unload_model(model=model)
 
 
 def test_discovered_as_tfhub(saved_model):
@@ -63,13 +64,13 @@ def test_load_embed_unload(tfhub_model):
 
 
 def test_dimensions_and_errors(tfhub_model):
-    full = plugin.embed(model=tfhub_model, request=EmbedRequest(input=["a b"], dimensions=2))
-    assert full.embeddings.shape == (1, DIMS)  # `dimensions` is the core's (the worker's)
-    data, count, dims = vectors_to_bytes(full.embeddings, 2)
-    assert (count, dims) == (1, 2)
-    assert np.isclose(np.linalg.norm(np.frombuffer(data, dtype="<f4")), 1.0)
+    full = plugin.embed(model=tfhub_model, request=EmbedRequest(input=["a b"]))
+    assert full.embeddings.shape == (1, DIMS)  # `dimensions` is the HTTP layer's
+    data, count, dims = vectors_to_bytes(full.embeddings)
+    [row] = shortened(rows_of(data, count, dims), dims, 2)
+    assert len(row) == 2 and np.isclose(np.linalg.norm(np.array(row)), 1.0)
     with pytest.raises(errors.BadRequest) as info:
-        vectors_to_bytes(full.embeddings, DIMS + 1)
+        shortened(rows_of(data, count, dims), dims, DIMS + 1)
     assert info.value.param == "dimensions"
     with pytest.raises(errors.NotSupported):
         plugin.embed(model=tfhub_model, request=EmbedRequest(input=[[1, 2, 3]]))

@@ -9,6 +9,7 @@ import pytest
 
 import llama_api_embeddings as plugin
 from llama_api import errors
+from llama_api.api.embeddings import rows_of, shortened
 from llama_api.contract.records import EmbedRequest, ModelSpec
 from llama_api.workers.child import vectors_to_bytes
 from llama_api_embeddings import BatchedEmbedResult
@@ -90,21 +91,19 @@ def test_prompt_tokens_are_exact(minilm, texts):
     assert embed(minilm, [LONG]).prompt_tokens == 256  # truncated at max_seq_length
 
 
-def shortened(vectors, dimensions):
-    """The vectors as the worker sends them for `dimensions` (the core decides it)."""
-    data, count, dims = vectors_to_bytes(vectors, dimensions)
-    return np.frombuffer(data, dtype="<f4").reshape(count, dims)
+def as_served(vectors, dimensions):
+    """The vectors as a client gets them for `dimensions` (the HTTP layer cuts them)."""
+    data, count, dims = vectors_to_bytes(vectors)
+    return np.array(shortened(rows_of(data, count, dims), dims, dimensions))
 
 
 def test_dimensions_shorten_and_renormalize(minilm, texts, helpers):
     full = embed(minilm, texts).embeddings
-    # the backend leaves `dimensions` to the core: full width either way
-    assert embed(minilm, texts, dimensions=64).embeddings.shape == full.shape
-    short = shortened(full, 64)
+    short = as_served(full, 64)
     assert short.shape == (len(texts), 64)
     assert np.allclose(np.linalg.norm(short, axis=1), 1.0, atol=1e-5)
     assert (helpers.cosine(short, full[:, :64]) > 0.9999).all()
-    assert shortened(full, 384).shape == (len(texts), 384)
+    assert as_served(full, 384).shape == (len(texts), 384)
 
 
 # dimensions < 1 and the input's own shape (empty, too many items, mixed kinds) are the
@@ -112,7 +111,7 @@ def test_dimensions_shorten_and_renormalize(minilm, texts, helpers):
 @pytest.mark.parametrize("dimensions", [385, 4096])
 def test_bad_dimensions_are_a_400(minilm, dimensions):
     with pytest.raises(errors.BadRequest) as info:
-        shortened(embed(minilm, ["hello"], dimensions=dimensions).embeddings, dimensions)
+        as_served(embed(minilm, ["hello"]).embeddings, dimensions)
     assert info.value.param == "dimensions"
     assert "384-dimensional" in info.value.message
 

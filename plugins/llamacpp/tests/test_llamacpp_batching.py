@@ -22,7 +22,7 @@ PROMPTS = ["hello world", "the cat is a dog", "yes no yes no", "Paris weather"]
 def batched(tiny_path):
     spec = ModelSpec(id="tiny-par", backend="llamacpp", path=str(tiny_path),
                      options={"n_parallel": 4, **EXACT_OPTIONS})
-    model = plugin.load_model(spec=spec, context=LoadContext(n_threads=1))
+    model = plugin.load_model(spec=spec, context=LoadContext(n_threads=1)).model
     yield model
     plugin.unload_model(model=model)
 
@@ -74,7 +74,7 @@ def test_default_parallel_fits_the_kv_budget(tiny_path, tiny_default):
                                      ({"n_parallel": 1}, 4, 1)):  # and `n_parallel` over it
             spec = ModelSpec(id="tiny-budget", backend="llamacpp", path=str(tiny_path),
                              options=options, slots=slots)
-            model = plugin.load_model(spec=spec, context=LoadContext(n_threads=1))
+            model = plugin.load_model(spec=spec, context=LoadContext(n_threads=1)).model
             loaded.append(model)
             assert model.slots == want and model.info["n_parallel"] == want
             assert (model.engine is None) == (want == 1)
@@ -88,7 +88,7 @@ def test_the_engine_starts_at_the_thread_budget_and_follows_the_tuner(tiny_spec)
     """A fresh model (the shared one's tuner may have tried other counts since): its batch
     engine's context starts at the threads the core gave, and a count the tuner applies
     reaches that context, not the unused high-level one."""
-    model = plugin.load_model(spec=tiny_spec, context=LoadContext(n_threads=1))
+    model = plugin.load_model(spec=tiny_spec, context=LoadContext(n_threads=1)).model
     try:
         lib, ctx = model.lib, model.engine.ctx
         assert (lib.llama_n_threads(ctx), lib.llama_n_threads_batch(ctx)) == (1, 1)
@@ -248,7 +248,7 @@ def test_a_full_shared_kv_cache_still_gives_exact_answers(tiny_path, tiny_plain)
     # twice (the second round reuses and trims the cached prefixes of the first).
     spec = ModelSpec(id="tiny-full", backend="llamacpp", path=str(tiny_path),
                      options={"n_parallel": 4, "n_ctx": 256, **EXACT_OPTIONS})
-    model = plugin.load_model(spec=spec, context=LoadContext(n_threads=1))
+    model = plugin.load_model(spec=spec, context=LoadContext(n_threads=1)).model
     try:
         assert model.info["kv_unified"] is True
         lib = model.lib
@@ -365,7 +365,7 @@ def test_flash_attention_is_auto_by_default_and_can_be_fixed(tiny_path, tiny_def
                              (True, lib.LLAMA_FLASH_ATTN_TYPE_ENABLED)):
         spec = ModelSpec(id="tiny-fa", backend="llamacpp", path=str(tiny_path),
                          options={"n_parallel": 2, "flash_attn": mode})
-        model = plugin.load_model(spec=spec, context=LoadContext(n_threads=1))
+        model = plugin.load_model(spec=spec, context=LoadContext(n_threads=1)).model
         try:
             assert model.engine.context.params.flash_attn_type == flash_type
             text, last = run(model, prompt="hello world", max_tokens=12, temperature=0.0)

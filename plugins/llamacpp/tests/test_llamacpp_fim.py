@@ -27,7 +27,7 @@ def fim_spec(tmp_path_factory):
 def fim_model(fim_spec, request):
     spec = ModelSpec(id=fim_spec.id, backend="llamacpp", path=fim_spec.path, plugin="llamacpp",
                      options=request.param)
-    model = plugin.load_model(spec=spec, context=LoadContext(n_threads=1))
+    model = plugin.load_model(spec=spec, context=LoadContext(n_threads=1)).model
     yield model
     plugin.unload_model(model=model)
 

@@ -222,7 +222,7 @@ def test_prompt_longer_than_the_context(tiny_path, collect):
     model = plugin.load_model(
         spec=ModelSpec(id="small", backend="llamacpp", path=str(tiny_path),
                        options={"n_ctx": 256}),
-        context=LoadContext(n_threads=1))
+        context=LoadContext(n_threads=1)).model
     try:
         assert model.info["n_ctx"] == 256
         with pytest.raises(errors.ContextLengthExceeded) as info:
@@ -290,7 +290,7 @@ def base_model(tiny_dir):
     model = plugin.load_model(
         spec=ModelSpec(id="tiny-base", backend="llamacpp",
                        path=str(tiny_dir / "plain" / "tiny-base.gguf")),
-        context=LoadContext(n_threads=1))
+        context=LoadContext(n_threads=1)).model
     yield model
     plugin.unload_model(model=model)
 
@@ -311,7 +311,7 @@ def test_chat_template_override(tiny_dir, collect, options):
     model = plugin.load_model(
         spec=ModelSpec(id="x", backend="llamacpp",
                        path=str(tiny_dir / "plain" / "tiny-base.gguf"), options=options),
-        context=LoadContext(n_threads=1))
+        context=LoadContext(n_threads=1)).model
     try:
         _, deltas = collect(model, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
         assert deltas[-1].usage.completion_tokens <= 3
@@ -443,7 +443,7 @@ def embedder(tiny_dir):
     path = tiny_dir / "tiny-embed.gguf"
     (spec,) = [s for s in plugin.discover_models(models_dir=tiny_dir) if s.path == str(path)]
     model = plugin.load_model(spec=spec,
-                              context=LoadContext(n_threads=1))
+                              context=LoadContext(n_threads=1)).model
     yield model
     plugin.unload_model(model=model)
 
@@ -470,9 +470,8 @@ def test_embedding_of_token_ids_at_full_width(embedder):
     a = plugin.embed(model=embedder, request=EmbedRequest(input=[ids]))
     b = plugin.embed(model=embedder, request=EmbedRequest(input=["hello world"]))
     assert np.allclose(a.embeddings, b.embeddings, atol=1e-5)
-    # `dimensions` is the core's to apply (the worker cuts and renormalizes, for every
-    # backend; tests/test_review_fixes_api.py): the backend's vectors are whole.
-    c = plugin.embed(model=embedder, request=EmbedRequest(input=["hello"], dimensions=16))
+    # the backend's vectors are whole: `dimensions` is the HTTP layer's to apply
+    c = plugin.embed(model=embedder, request=EmbedRequest(input=["hello"]))
     assert np.asarray(c.embeddings).shape == (1, 64)
     with pytest.raises(errors.BadRequest, match="out of range") as info:
         plugin.embed(model=embedder, request=EmbedRequest(input=[[1, embedder.n_vocab]]))
@@ -485,7 +484,7 @@ def test_generative_model_with_embedding_option(tiny_path, collect):
     model = plugin.load_model(
         spec=ModelSpec(id="both", backend="llamacpp", path=str(tiny_path),
                        options={"embedding": True}),
-        context=LoadContext(n_threads=1))
+        context=LoadContext(n_threads=1)).model
     try:
         result = plugin.embed(model=model, request=EmbedRequest(input=["a", "b c"]))
         assert np.asarray(result.embeddings).shape == (2, 64)
@@ -504,7 +503,7 @@ def test_encoder_gguf_is_an_embedding_model(tmp_path, collect, pooling):
     assert spec.meta["kind"] == "embedding" and spec.meta["pooling"] == pooling
     assert spec.options == {"embedding": True}
     model = plugin.load_model(spec=spec,
-                              context=LoadContext(n_threads=1))
+                              context=LoadContext(n_threads=1)).model
     try:
         texts = ["the cat sat on the mat", "hello world", "the cat sat on the mat"]
         result = plugin.embed(model=model, request=EmbedRequest(input=texts))

@@ -21,7 +21,7 @@ LONG = "The quick brown fox jumps over the lazy dog near the river bank. " * 80
 def load(path, model_id, **options):
     spec = ModelSpec(id=model_id, backend="llamacpp", path=str(path),
                      options={"n_parallel": 2, "threads": 1, **options})
-    return plugin.load_model(spec=spec, context=LoadContext(n_threads=1))
+    return plugin.load_model(spec=spec, context=LoadContext(n_threads=1)).model
 
 
 def text_of(model, prompt, max_tokens):

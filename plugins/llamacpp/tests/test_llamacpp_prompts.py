@@ -33,7 +33,7 @@ def test_a_gguf_with_generation_tags_serves_chat(tmp_path, collect):
     path = write_tiny_gguf(tmp_path / "gen.gguf", chat_template=GENERATION_TEMPLATE)
     model = plugin.load_model(spec=ModelSpec(id="gen", backend="llamacpp", path=str(path),
                                              options={"n_parallel": 1}),
-                              context=LoadContext(n_threads=1))
+                              context=LoadContext(n_threads=1)).model
     try:
         _, deltas = collect(model, messages=[{"role": "user", "content": "hi"}],
                             max_tokens=3, temperature=0.0)
@@ -58,7 +58,7 @@ def test_the_gguf_template_is_compiled_once(tiny_path, monkeypatch):
     monkeypatch.setattr(Environment, "from_string", counting)
     model = plugin.load_model(spec=ModelSpec(id="once", backend="llamacpp", path=str(tiny_path),
                                              options={"n_parallel": 1}),
-                              context=LoadContext(n_threads=1))
+                              context=LoadContext(n_threads=1)).model
     try:
         assert compiled.count(CHATML_TEMPLATE) == 1
         assert model.prompts.template.source == CHATML_TEMPLATE

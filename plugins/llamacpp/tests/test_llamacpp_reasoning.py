@@ -48,7 +48,7 @@ def think_dir(tmp_path_factory):
 
 
 def load(model_spec: ModelSpec):
-    return plugin.load_model(spec=model_spec, context=LoadContext(n_threads=1))
+    return plugin.load_model(spec=model_spec, context=LoadContext(n_threads=1)).model
 
 
 def spec(folder, name, **options) -> ModelSpec:

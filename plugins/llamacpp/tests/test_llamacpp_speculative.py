@@ -35,7 +35,7 @@ def test_a_draft_is_what_followed_the_newest_ngram_before():
 def load(path, model_id, **options):
     spec = ModelSpec(id=model_id, backend="llamacpp", path=str(path),
                      options={"n_parallel": 2, "threads": 1, **options})
-    return plugin.load_model(spec=spec, context=LoadContext(n_threads=1))
+    return plugin.load_model(spec=spec, context=LoadContext(n_threads=1)).model
 
 
 def run(model, prompt, **fields):

@@ -84,7 +84,7 @@ def test_threads_option(tiny_path):
                               ({"n_threads": 1}, ("fixed", 1))):
             model = plugin.load_model(spec=ModelSpec(id="t", backend="llamacpp",
                                                      path=str(tiny_path), options=options),
-                                      context=LoadContext(n_threads=1))
+                                      context=LoadContext(n_threads=1)).model
             loaded.append(model)
             assert (model.info["threads"], model.info["max_threads"]) == want
             assert model.info["n_threads"] == 1
@@ -146,7 +146,7 @@ def test_with_a_core_taken_auto_threads_fall_to_one_and_are_not_slower(smollm2_s
         def load(options):
             spec = ModelSpec(id=smollm2_spec.id, backend="llamacpp", path=smollm2_spec.path,
                              options={"n_ctx": 512, "n_parallel": 2, **options})
-            models.append(plugin.load_model(spec=spec, context=LoadContext(n_threads=2)))
+            models.append(plugin.load_model(spec=spec, context=LoadContext(n_threads=2)).model)
             return models[-1]
 
         fixed = load({"threads": 2})

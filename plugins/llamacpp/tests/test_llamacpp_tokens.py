@@ -59,7 +59,7 @@ def test_messages_without_a_chat_template_and_ids_out_of_range_are_400s(tiny_dir
     model = plugin.load_model(spec=ModelSpec(id="tiny-base", backend="llamacpp",
                                              path=str(tiny_dir / "plain" / "tiny-base.gguf"),
                                              options={"n_parallel": 1}),
-                              context=LoadContext(n_threads=1))
+                              context=LoadContext(n_threads=1)).model
     try:
         with pytest.raises(errors.BadRequest, match="tiny-base"):
             tokenize(model, messages=[{"role": "user", "content": "hi"}])
@@ -132,7 +132,7 @@ def monkeypatch_module():
 def load(path, model_id, **options):
     return plugin.load_model(spec=ModelSpec(id=model_id, backend="llamacpp", path=str(path),
                                             options=options),
-                             context=LoadContext(n_threads=1))
+                             context=LoadContext(n_threads=1)).model
 
 
 QUERY = "the cat"

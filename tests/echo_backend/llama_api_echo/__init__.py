@@ -53,11 +53,13 @@ from pathlib import Path
 
 import msgspec
 
-from llama_api import errors, hookimpl
+from llama_api import errors
+from llama_api.contract import hookimpl
 from llama_api.contract.records import (
     BackendInfo,
     Delta,
     EmbedResult,
+    LoadedModel,
     ModelSpec,
     RerankResult,
     TokenizeResult,
@@ -66,6 +68,8 @@ from llama_api.contract.records import (
 )
 from llama_api.text.reasoning import ReasoningSplitter
 from llama_api.text.stops import StopHoldback
+
+LLAMA_API_CONTRACT = "1.0"
 
 
 def record(event: str, model: EchoModel | None, **fields) -> None:
@@ -91,10 +95,15 @@ def read_events(path) -> list[dict]:
 
 def wait_for_start(events_file, model: str, count: int = 1) -> bool:
     """Wait (up to 15 s) until `count` generations of `model` have started."""
-    from llama_api.testing import wait_for
-
-    return wait_for(lambda: sum(e["event"] == "start" and e["model"] == model
-                                for e in read_events(events_file)) >= count, timeout=15)
+    # Its own loop, not llama_api.testing.wait_for: that package imports the server side,
+    # which a backend must not (the import contracts in pyproject.toml).
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if sum(e["event"] == "start" and e["model"] == model
+               for e in read_events(events_file)) >= count:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 USER = [{"role": "user", "content": "tick tock"}]
@@ -153,8 +162,6 @@ def discover_models(models_dir):
 
 @hookimpl
 def estimate_memory(spec):
-    if spec.backend != "echo":
-        return None
     try:
         return (Path(spec.path).stat().st_size, 0)
     except OSError:
@@ -168,8 +175,6 @@ def prepare_worker():
 
 @hookimpl
 def load_model(spec, context):
-    if spec.backend != "echo":
-        return None
     try:
         options = {**json.loads(Path(spec.path).read_text() or "{}"), **spec.options}
     except (OSError, ValueError) as exc:
@@ -189,7 +194,8 @@ def load_model(spec, context):
     model = EchoModel(spec, options)
     model.weights = Path(spec.path).read_bytes()
     model.info["n_threads"] = context.n_threads
-    return model
+    return LoadedModel(model=model, slots=model.slots, info=model.info,
+                       thread_budget=model.thread_budget)
 
 
 def prompt_words(request) -> list[str]:
@@ -204,8 +210,6 @@ def prompt_words(request) -> list[str]:
 
 @hookimpl
 def generate(model, request, cancelled):
-    if not isinstance(model, EchoModel):
-        return None
     if request.suffix is not None:
         raise errors.NotSupported(f"model {model.id} can't fill in the middle (no FIM tokens)",
                                   param="suffix")
@@ -323,8 +327,6 @@ def echo_tool_calls(model, request, words):
 
 @hookimpl
 def embed(model, request):
-    if not isinstance(model, EchoModel):
-        return None
     dims = 8  # the core cuts to `dimensions`
     vectors, tokens = [], 0
     for item in request.input:
@@ -346,7 +348,7 @@ def word_id(word: str) -> int:
 
 @hookimpl
 def tokenize(model, request):
-    if not isinstance(model, EchoModel) or not model.tokenizes:
+    if not model.tokenizes:
         return None
     if request.messages is not None:  # the words generate counts as the prompt's tokens
         words = " ".join(m["content"] for m in request.messages).split()
@@ -360,14 +362,14 @@ def tokenize(model, request):
 
 @hookimpl
 def detokenize(model, tokens):
-    if not isinstance(model, EchoModel) or not model.tokenizes:
+    if not model.tokenizes:
         return None
     return " ".join(model.vocabulary.get(token, f"t{token}") for token in tokens)
 
 
 @hookimpl
 def rerank(model, request):
-    if not isinstance(model, EchoModel) or not model.reranks:
+    if not model.reranks:
         return None
     query = set(request.query.lower().split())
     scores, tokens = [], 0
@@ -380,4 +382,4 @@ def rerank(model, request):
 
 @hookimpl
 def unload_model(model):
-    return isinstance(model, EchoModel) or None
+    model.weights = b""
