@@ -37,7 +37,8 @@ NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF $(if $(filter x86_64,$(shell uname -m)),	"-DCMAKE_C_FLAGS=$(NO_AMX)" "-DCMAKE_CXX_FLAGS=$(NO_AMX)")
 
 TEST_TOOLS := pytest pytest-timeout pytest-xdist httpx "openai>=1.40" "gguf>=0.10" sentence-transformers \
-              jsonschema ruff anthropic prometheus-client schemathesis hypothesis
+              jsonschema ruff anthropic prometheus-client schemathesis hypothesis \
+              "import-linter>=2.1"
 
 PLUGINS := plugins/llamacpp plugins/embeddings plugins/exllama
 # Node clients of the tests: installed from tests/node/package-lock.json (see below).
@@ -66,8 +67,11 @@ test: lint $(NODE_CLIENTS)
 	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile -m "not serial"
 	$(PY) -m pytest -m serial $(SERIAL_TESTS)
 
+# lint-imports checks the import contracts in pyproject.toml (which parts may import which)
+# on the packages .test installed; --no-cache: no cache folder in the repository.
 lint: $(VENV)/.test
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 # The benchmark suite (not in CI, not in `make test`): writes docs/benchmarks.md; builds
 # llama.cpp's llama-server once into ~/.cache/llama-api-bench. BENCH_ARGS=--quick: a smoke run.

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from llama_api.api.choices import Choice, total_usage
-from llama_api.api.schemas.openai import EXTRA_SAMPLING_FIELDS, SamplingFields
+from llama_api.api.schemas.openai import SamplingFields
 from llama_api.api.streaming import Event
-from llama_api.contract.records import Usage
+from llama_api.contract.records import EXTRA_SAMPLING_FIELDS, Usage
 
 DONE = Event("[DONE]")
 

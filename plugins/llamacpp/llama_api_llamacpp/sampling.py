@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import random
 
-from llama_api.api.schemas.openai import EXTRA_SAMPLING_FIELDS
-from llama_api.contract.records import TokenLogprob, TopLogprob
+from llama_api.contract.records import EXTRA_SAMPLING_FIELDS, TokenLogprob, TopLogprob
 from llama_api_llamacpp.options import SAMPLING_DEFAULTS
 
 # The extra fields (request.extra) that set the sampler chain; `grammar` is a constraint

@@ -72,7 +72,8 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: str | None = None
-    # llama.cpp sampling extras that some clients send; passed to the backend as `extra`.
+    # llama.cpp sampling extras that some clients send; passed to the backend as `extra`
+    # (contract.records.EXTRA_SAMPLING_FIELDS names them).
     mirostat_mode: Annotated[int, Meta(ge=0, le=2), documented(minimum=0)] | None = None
     mirostat_tau: NonNegative | None = None
     mirostat_eta: NonNegative | None = None
@@ -80,10 +81,6 @@ class SamplingFields(msgspec.Struct, kw_only=True):
     xtc_probability: Fraction | None = None
     xtc_threshold: Fraction | None = None
     grammar: str | None = None
-
-
-EXTRA_SAMPLING_FIELDS = ("mirostat_mode", "mirostat_tau", "mirostat_eta", "typical_p",
-                         "xtc_probability", "xtc_threshold", "grammar")
 
 
 # -- completions ----------------------------------------------------------------------
