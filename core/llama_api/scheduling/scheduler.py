@@ -39,6 +39,13 @@ log = logging.getLogger(__name__)
 
 
 class Scheduler:
+    """Owns the worker processes: starts, leases and unloads them by the rules above, and
+    shares the cores among the busy ones. It keeps an `Entry` per model (`entries`), the
+    spares and the pins. `lease(spec)` loads a model if need be, queues for a slot and yields
+    its worker; `load`, `unload`, `pin`, `unpin` serve the admin routes. All of it runs on the
+    event loop (state changes between awaits, no locks); `running()` runs the background
+    tasks (idle unloads, the memory watch) and unloads every worker on exit."""
+
     def __init__(self, settings: Settings, events: EventBus | None = None,
                  observer: LeaseObserver | None = None,
                  plugins=None):

@@ -181,9 +181,13 @@ class LlamaCppModel:
         self.threads = ThreadTuner(options.n_threads, options.max_threads, self._set_threads,
                                    name=spec.id, auto=options.threads_auto)
         if options.n_parallel > 1:
-            from llama_api_llamacpp.batching import BatchEngine
+            from llama_api_llamacpp.batching import BatchEngine, EngineModel
 
-            self.engine = BatchEngine(self, options.n_parallel, self.n_ctx,
+            for_engine = EngineModel(lib=llama_cpp, weights=llm._model,
+                                     context_params=llm.context_params, vocab=self.vocab,
+                                     n_vocab=self.n_vocab, name=spec.id,
+                                     observe=self.threads.observe)
+            self.engine = BatchEngine(for_engine, options.n_parallel, self.n_ctx,
                                       n_batch=options.n_batch, unified=options.kv_unified,
                                       prefill_chunk=options.prefill_chunk,
                                       flash_attn=options.flash_attn)

@@ -16,6 +16,9 @@ import threading
 import time
 from bisect import insort
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from llama_api import errors
 from llama_api_llamacpp.sampling import forcing_sampler
@@ -81,17 +84,44 @@ class Sequence:
         self.stopped = True
 
 
+@dataclass(frozen=True)
+class EngineModel:
+    """What the engine uses of the loaded model (backend.LlamaCppModel), and nothing more."""
+
+    lib: Any  # the llama_cpp module: the C functions and constants
+    weights: Any  # llama_cpp's LlamaModel: the loaded weights the engine's context reads
+    context_params: Any  # the model's llama_context_params: the engine copies and adjusts them
+    vocab: Any  # the llama_vocab pointer
+    n_vocab: int
+    name: str  # the model's id, for the log
+    # Told each decode's seconds and tokens (ThreadTuner.observe: the thread count adapts).
+    observe: Callable[[float, int], None]
+
+
 class BatchEngine:
-    def __init__(self, model, n_parallel: int, n_ctx_per_seq: int, n_batch: int = 512,
-                 unified: bool = True, prefill_chunk: int = 128, flash_attn: str = "auto"):
+    """Decodes up to `n_parallel` requests together, on a llama.cpp context of its own.
+
+    The engine owns that context (one KV sequence per slot), the llama_batch it fills each
+    step, its slots, and the prompt prefix each free slot keeps cached for the next request.
+    One daemon thread ("llamacpp-batch", `_loop`) admits submitted sequences into free slots,
+    decodes each step's batch, samples every sequence and puts its tokens on its queue; only
+    that thread changes the context and the slots. Request threads `submit` a Sequence (put
+    on `incoming` under `wake`) and read its tokens with `tokens`; `close` ends the requests
+    in flight, stops the thread, then frees the batch and the context.
+    """
+
+    def __init__(self, model: EngineModel, n_parallel: int, n_ctx_per_seq: int,
+                 n_batch: int = 512, unified: bool = True, prefill_chunk: int = 128,
+                 flash_attn: str = "auto"):
         lib = model.lib
-        llm = model.llm
         from llama_cpp import _internals as internals
 
-        self.model = model
         self.lib = lib
+        self.vocab = model.vocab
+        self.n_vocab = model.n_vocab
+        self._observe = model.observe
         self.n_parallel = n_parallel
-        params = type(llm.context_params).from_buffer_copy(llm.context_params)
+        params = type(model.context_params).from_buffer_copy(model.context_params)
         params.n_ctx = n_ctx_per_seq * n_parallel
         params.n_seq_max = n_parallel
         params.n_batch = max(n_batch, n_parallel)
@@ -113,7 +143,7 @@ class BatchEngine:
         self.n_batch = int(params.n_batch)
         self.prefill_chunk = max(1, prefill_chunk)  # prompt tokens per step beside streams
         with _without_seq_overflow_warning(lib):
-            self.context = internals.LlamaContext(model=llm._model, params=params,
+            self.context = internals.LlamaContext(model=model.weights, params=params,
                                                   verbose=False)
         self.ctx = self.context.ctx
         self.memory = lib.llama_get_memory(self.ctx)
@@ -128,8 +158,8 @@ class BatchEngine:
         self.drafted = self.accepted = 0  # speculative tokens decoded, and kept
         log.info("%s: %d sequences decode together, %s KV cache of %d cells; each sequence "
                  "is capped at n_ctx=%d tokens (trained context %d)",
-                 model.spec.id, n_parallel, "one shared" if unified else "a per-sequence",
-                 int(params.n_ctx), n_ctx_per_seq, llm._model.n_ctx_train())
+                 model.name, n_parallel, "one shared" if unified else "a per-sequence",
+                 int(params.n_ctx), n_ctx_per_seq, model.weights.n_ctx_train())
         self.thread = threading.Thread(target=self._loop, name="llamacpp-batch", daemon=True)
         self.thread.start()
 
@@ -304,7 +334,7 @@ class BatchEngine:
             started = time.perf_counter()
             status = lib.llama_decode(self.ctx, batch)
             if status == 0:
-                self.model.threads.observe(time.perf_counter() - started, n)
+                self._observe(time.perf_counter() - started, n)
             if status == 1 and self._drop_cached():  # no room: forget the cached prefixes
                 status = lib.llama_decode(self.ctx, batch)
             if status != 0:
@@ -340,10 +370,10 @@ class BatchEngine:
         draft, seq.draft = seq.draft, []
         for j in range(len(draft) + 1):
             try:
-                sampler = (forcing_sampler(self.model, seq.forced.popleft()) if seq.forced
+                sampler = (forcing_sampler(self.n_vocab, seq.forced.popleft()) if seq.forced
                            else seq.sampler)
                 token = lib.llama_sampler_sample(sampler.sampler, self.ctx, index + j)
-                ended = seq.ended = bool(lib.llama_vocab_is_eog(self.model.vocab, token))
+                ended = seq.ended = bool(lib.llama_vocab_is_eog(self.vocab, token))
                 if not ended:
                     seq.out.put((token, seq.logprobs_fn(token, self.ctx, index + j)
                                  if seq.logprobs_fn else None))

@@ -186,7 +186,8 @@ def plain_tokens(run: Run):
                 yield token, logprobs_fn(token, model.ctx, -1) if logprobs_fn else None
                 if run.budget is not None:
                     forced.extend(run.budget.after(token))
-                llm._sampler = forcing_sampler(model, forced.popleft()) if forced else sampler
+                llm._sampler = (forcing_sampler(model.n_vocab, forced.popleft()) if forced
+                                else sampler)
                 resumed = time.perf_counter()
         except RuntimeError:
             if not (run.cancelled is not None and run.cancelled.is_set()):

@@ -32,13 +32,13 @@ def request_sampling(request, defaults: dict, default_seed: int | None) -> tuple
     return sampling, seed
 
 
-def forcing_sampler(model, token: int):
+def forcing_sampler(n_vocab: int, token: int):
     """A sampler that picks `token` whatever the logits say: the tokens a run must write
     (the closing tag that ends a thinking budget) in place of one sample."""
     from llama_cpp import _internals as internals
 
     sampler = internals.LlamaSampler()
-    sampler.add_logit_bias(model.n_vocab, {token: 1e30})
+    sampler.add_logit_bias(n_vocab, {token: 1e30})
     sampler.add_greedy()
     return sampler
 
