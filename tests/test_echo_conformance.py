@@ -13,6 +13,8 @@ from llama_api.testing import BackendConformance
 class TestEchoBackend(BackendConformance):
     generates = True
     embeds = True
+    tokenizes = True
+    reranks = True
     prompt = "the quick brown fox jumps"
     long_max_tokens = 2000
 

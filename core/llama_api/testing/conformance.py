@@ -1,10 +1,14 @@
-"""The backend conformance suite: one contract for our backends and third parties'.
+"""The backend conformance kit: one contract for our backends and third parties'.
 
-Subclass `BackendConformance` in a plugin's tests and provide the fixtures:
+A plugin's tests enable it with one import and one subclass:
+
+    from llama_api.testing import BackendConformance
 
     class TestMyBackend(BackendConformance):
-        generates = True
-        embeds = False
+        generates = True     # what the backend can do; each capability it lacks must be
+        embeds = False       # refused with NotSupported naming the model
+        tokenizes = False
+        reranks = False
 
         @pytest.fixture
         def model_spec(self, tmp_path): return ModelSpec(id="m", backend="mine", path=..., plugin="mine")
@@ -12,10 +16,14 @@ Subclass `BackendConformance` in a plugin's tests and provide the fixtures:
         @pytest.fixture
         def bad_model_spec(self, tmp_path): ...  # a corrupt model file
 
-Every test runs the model in a real worker subprocess, as the server does. The load and
-load-error tests start their own worker; the others share one loaded worker per test class
-and model spec (a model that imports torch or TensorFlow takes seconds to load, a check takes
-milliseconds), so a spec fixture that returns the same spec each time loads it once.
+`model_spec.plugin` is the plugin's entry point name. The hooks that run in the server
+(register, discover, estimate) are called through pluggy as the server calls them; the
+others run in a real worker subprocess. The load and load-error tests start their own
+worker; the others share one loaded worker per test class and model spec (a model that
+imports torch takes seconds to load, a check takes milliseconds), so a spec fixture that
+returns the same spec each time loads it once. `models_dir` (default: the folder of
+`model_spec.path`) is where discovery must find the model; set `discovers = False` for a
+backend whose models are not found in a folder.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 import anyio.from_thread
@@ -39,6 +48,7 @@ from llama_api.contract.records import (
 )
 from llama_api.testing.processes import pid_exists
 from llama_api.workers.handle import WorkerProcess
+from llama_api.workers.plugins import Plugins
 
 
 @asynccontextmanager
@@ -96,14 +106,13 @@ class SharedWorkers:
 
 
 class BackendConformance:
-    """What every backend must do. Override the class attributes to fit the backend."""
+    """What every backend must do. Set the capabilities to what the backend does."""
 
-    generates = True
-    embeds = False
-    # True: must tokenize (and rerank); False: must refuse with a 400 naming the model;
-    # None: either (a refusal skips the test).
-    tokenizes: bool | None = None
-    reranks: bool | None = None
+    generates: bool = True
+    embeds: bool = False
+    tokenizes: bool = True
+    reranks: bool = False
+    discovers: bool = True  # discovery finds `model_spec` in `models_dir`
     prompt = "Once upon a time"
     # Lowercase plain words, so that uncased tokenizers spell it back as it was.
     tokenize_text = "hello world, once upon a time"
@@ -117,6 +126,10 @@ class BackendConformance:
     @pytest.fixture
     def bad_model_spec(self) -> ModelSpec:
         raise NotImplementedError("subclasses provide a `bad_model_spec` fixture")
+
+    @pytest.fixture
+    def models_dir(self, model_spec) -> Path:
+        return Path(model_spec.path).parent
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -135,6 +148,45 @@ class BackendConformance:
 
     def greedy(self, **fields) -> GenerateRequest:
         return GenerateRequest(prompt=self.prompt, temperature=0.0, seed=1, **fields)
+
+    def refused(self, model_spec, run, main) -> None:
+        """The one rule for a capability a backend lacks: NotSupported naming the model."""
+        with pytest.raises(errors.NotSupported) as info:
+            run(main)
+        assert model_spec.id in info.value.message
+
+    # -- in the server: registration, discovery, estimate ----------------------------
+
+    def test_plugin_loads_under_the_contract_and_registers_the_backend(self, model_spec):
+        plugins = Plugins(only=model_spec.plugin)
+        assert plugins.broken == {}
+        assert plugins.names() == [model_spec.plugin]
+        assert plugins.backends().get(model_spec.backend) == model_spec.plugin
+        plugins.hook.prepare_worker()  # what every worker of the plugin runs first
+
+    def test_discovery_finds_the_model(self, model_spec, models_dir):
+        if not self.discovers:
+            pytest.skip("the backend's models are not discovered from a folder")
+        plugins = Plugins(only=model_spec.plugin)
+        found = [spec for specs in plugins.hook.discover_models(models_dir=models_dir)
+                 for spec in specs]
+        assert all(isinstance(spec, ModelSpec) for spec in found)
+        assert set(plugins.backends()) >= {spec.backend for spec in found}
+        wanted = Path(model_spec.path).resolve()
+        assert any(Path(spec.path).resolve() == wanted for spec in found), (
+            f"discovery in {models_dir} did not list {model_spec.path}")
+
+    def test_estimate_is_host_and_gpu_bytes_or_none(self, model_spec):
+        plugins = Plugins(only=model_spec.plugin)
+        for gpu in (False, True):
+            estimate = plugins.estimate_memory(model_spec, gpu)
+            if estimate is None:
+                continue
+            host, on_gpu = estimate
+            assert isinstance(host, int) and isinstance(on_gpu, int)
+            assert host >= 0 and on_gpu >= 0
+            if not gpu:
+                assert on_gpu == 0, "without a GPU budget nothing is counted on a GPU"
 
     # -- load and unload -------------------------------------------------------------
 
@@ -162,12 +214,12 @@ class BackendConformance:
     # -- generation ------------------------------------------------------------------
 
     def test_generate_ends_with_finish_reason_and_usage(self, model_spec, run_on_worker):
-        if not self.generates:
-            pytest.skip("backend does not generate")
-
         async def main(worker):
             return await generate_all(worker, self.greedy(max_tokens=8))
 
+        if not self.generates:
+            self.refused(model_spec, run_on_worker, main)
+            return
         _text, deltas = run_on_worker(main)
         last = deltas[-1]
         assert last.finish_reason in ("stop", "length")
@@ -250,8 +302,7 @@ class BackendConformance:
             return await worker.embed(EmbedRequest(input=inputs))
 
         if not self.embeds:
-            with pytest.raises(errors.BadRequest):
-                run_on_worker(main)
+            self.refused(model_spec, run_on_worker, main)
             return
         result = run_on_worker(main)
         assert result.count == len(inputs)
@@ -261,22 +312,6 @@ class BackendConformance:
 
     # -- tokenize and rerank ---------------------------------------------------------
 
-    def run_or_refused(self, model_spec, run_on_worker, main, can: bool | None, what: str):
-        """`run_on_worker(main)`, or check the refusal: a 400 naming the model. `can` None:
-        the backend may do either (the test is skipped after a clean refusal)."""
-        if can is False:
-            with pytest.raises(errors.BadRequest) as info:
-                run_on_worker(main)
-            assert model_spec.id in info.value.message
-            return None
-        try:
-            return run_on_worker(main)
-        except errors.NotSupported as exc:
-            if can:
-                raise
-            assert model_spec.id in exc.message
-            pytest.skip(f"backend does not {what} (refused cleanly)")
-
     def test_tokenize_then_detokenize_gives_the_text_back(self, model_spec, run_on_worker):
         async def main(worker):
             plain = await worker.tokenize(TokenizeRequest(
@@ -284,10 +319,10 @@ class BackendConformance:
             special = await worker.tokenize(TokenizeRequest(text=self.tokenize_text))
             return plain, special, await worker.detokenize(plain.tokens)
 
-        answer = self.run_or_refused(model_spec, run_on_worker, main, self.tokenizes, "tokenize")
-        if answer is None:
+        if not self.tokenizes:
+            self.refused(model_spec, run_on_worker, main)
             return
-        plain, special, text = answer
+        plain, special, text = run_on_worker(main)
         assert plain.tokens and all(token >= 0 for token in plain.tokens)
         assert plain.pieces is not None and len(plain.pieces) == len(plain.tokens)
         assert text == self.tokenize_text
@@ -300,9 +335,10 @@ class BackendConformance:
             return await worker.rerank(RerankRequest(query="which document",
                                                      documents=documents))
 
-        result = self.run_or_refused(model_spec, run_on_worker, main, self.reranks, "rerank")
-        if result is None:
+        if not self.reranks:
+            self.refused(model_spec, run_on_worker, main)
             return
+        result = run_on_worker(main)
         assert len(result.scores) == len(documents)
         assert all(isinstance(score, float) for score in result.scores)
         assert result.prompt_tokens >= len(documents)
