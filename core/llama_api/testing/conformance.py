@@ -23,7 +23,8 @@ worker; the others share one loaded worker per test class and model spec (a mode
 imports torch takes seconds to load, a check takes milliseconds), so a spec fixture that
 returns the same spec each time loads it once. `models_dir` (default: the folder of
 `model_spec.path`) is where discovery must find the model; set `discovers = False` for a
-backend whose models are not found in a folder.
+backend whose models are not found in a folder. `ServerSideConformance` holds only the
+server-side hooks (for a plugin whose models need a device the test machine lacks).
 """
 
 from __future__ import annotations
@@ -105,55 +106,22 @@ class SharedWorkers:
             self._close(key)
 
 
-class BackendConformance:
-    """What every backend must do. Set the capabilities to what the backend does."""
+class ServerSideConformance:
+    """The hooks a plugin runs in the server process: registration, discovery, estimate.
 
-    generates: bool = True
-    embeds: bool = False
-    tokenizes: bool = True
-    reranks: bool = False
+    Needs only a `model_spec` (no device, no worker): a plugin whose models need hardware
+    this machine lacks can still hold its server side to the contract.
+    """
+
     discovers: bool = True  # discovery finds `model_spec` in `models_dir`
-    prompt = "Once upon a time"
-    # Lowercase plain words, so that uncased tokenizers spell it back as it was.
-    tokenize_text = "hello world, once upon a time"
-    # Enough tokens that a generation is still running when the test cancels it.
-    long_max_tokens = 512
 
     @pytest.fixture
     def model_spec(self) -> ModelSpec:
         raise NotImplementedError("subclasses provide a `model_spec` fixture")
 
     @pytest.fixture
-    def bad_model_spec(self) -> ModelSpec:
-        raise NotImplementedError("subclasses provide a `bad_model_spec` fixture")
-
-    @pytest.fixture
     def models_dir(self, model_spec) -> Path:
         return Path(model_spec.path).parent
-
-    @pytest.fixture(scope="class")
-    @classmethod
-    def shared_workers(cls):
-        with anyio.from_thread.start_blocking_portal() as portal:
-            workers = SharedWorkers(portal)
-            try:
-                yield workers
-            finally:
-                workers.close()
-
-    @pytest.fixture
-    def run_on_worker(self, shared_workers, model_spec):
-        """`run_on_worker(main)`: `await main(worker)` on the shared loaded worker."""
-        return lambda main: shared_workers.run(main, shared_workers.worker(model_spec))
-
-    def greedy(self, **fields) -> GenerateRequest:
-        return GenerateRequest(prompt=self.prompt, temperature=0.0, seed=1, **fields)
-
-    def refused(self, model_spec, run, main) -> None:
-        """The one rule for a capability a backend lacks: NotSupported naming the model."""
-        with pytest.raises(errors.NotSupported) as info:
-            run(main)
-        assert model_spec.id in info.value.message
 
     # -- in the server: registration, discovery, estimate ----------------------------
 
@@ -187,6 +155,48 @@ class BackendConformance:
             assert host >= 0 and on_gpu >= 0
             if not gpu:
                 assert on_gpu == 0, "without a GPU budget nothing is counted on a GPU"
+
+
+class BackendConformance(ServerSideConformance):
+    """What every backend must do. Set the capabilities to what the backend does."""
+
+    generates: bool = True
+    embeds: bool = False
+    tokenizes: bool = True
+    reranks: bool = False
+    prompt = "Once upon a time"
+    # Lowercase plain words, so that uncased tokenizers spell it back as it was.
+    tokenize_text = "hello world, once upon a time"
+    # Enough tokens that a generation is still running when the test cancels it.
+    long_max_tokens = 512
+
+    @pytest.fixture
+    def bad_model_spec(self) -> ModelSpec:
+        raise NotImplementedError("subclasses provide a `bad_model_spec` fixture")
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def shared_workers(cls):
+        with anyio.from_thread.start_blocking_portal() as portal:
+            workers = SharedWorkers(portal)
+            try:
+                yield workers
+            finally:
+                workers.close()
+
+    @pytest.fixture
+    def run_on_worker(self, shared_workers, model_spec):
+        """`run_on_worker(main)`: `await main(worker)` on the shared loaded worker."""
+        return lambda main: shared_workers.run(main, shared_workers.worker(model_spec))
+
+    def greedy(self, **fields) -> GenerateRequest:
+        return GenerateRequest(prompt=self.prompt, temperature=0.0, seed=1, **fields)
+
+    def refused(self, model_spec, run, main) -> None:
+        """The one rule for a capability a backend lacks: NotSupported naming the model."""
+        with pytest.raises(errors.NotSupported) as info:
+            run(main)
+        assert model_spec.id in info.value.message
 
     # -- load and unload -------------------------------------------------------------
 
