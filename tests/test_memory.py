@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from llama_api.api.state import server_state
 from llama_api.scheduling import memory
 from llama_api.scheduling.entries import Settings
 from llama_api.scheduling.memory import (
@@ -48,11 +49,11 @@ def chat(client, model: str):
 
 
 def loaded(client) -> set[str]:
-    return set(client.app.state.scheduler.loaded())
+    return set(server_state(client.app).scheduler.loaded())
 
 
 def report(client) -> None:
-    scheduler = client.app.state.scheduler
+    scheduler = server_state(client.app).scheduler
     for model_id, entry in scheduler.loaded().items():
         print(f"{model_id}: estimated {format_size(scheduler.memory.estimate(entry.spec).host)}, "
               f"measured RSS {format_size(entry.memory.host)} (pid {entry.worker.pid})")
@@ -116,8 +117,8 @@ def test_fits_counts_both_limits_and_zero_means_unlimited():
 def test_the_least_recently_used_model_is_evicted_when_memory_is_short(
         memory_models, start_app):
     with start_app(scheduling=Settings(max_workers=3, max_memory=LIMIT)) as client:
-        scheduler = client.app.state.scheduler
-        spec_w1 = client.app.state.registry.models["w1"]
+        scheduler = server_state(client.app).scheduler
+        spec_w1 = server_state(client.app).registry.models["w1"]
         assert scheduler.memory.estimate(spec_w1) == Footprint(WEIGHTS + WORKER_BASE_BYTES, 0)
         for name in ("w1", "w2"):
             assert chat(client, name).status_code == 200
@@ -158,7 +159,7 @@ def test_the_count_limit_still_applies_beside_the_memory_limit(memory_models, st
 
 def test_a_pinned_model_is_never_evicted_for_memory(memory_models, start_app):
     with start_app(scheduling=Settings(max_workers=3, max_memory=LIMIT)) as client:
-        scheduler = client.app.state.scheduler
+        scheduler = server_state(client.app).scheduler
         for name in ("w1", "w2"):
             assert chat(client, name).status_code == 200
         scheduler.pin("w1")  # the least recently used, but pinned

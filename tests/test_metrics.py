@@ -3,6 +3,7 @@ one log line per request. In-process over real echo workers."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -69,6 +70,32 @@ def test_requests_tokens_and_latencies_are_counted_by_route_and_model(client):
     assert value(m, "llama_api_worker_rss_bytes", model="fast") > 1_000_000
     assert value(m, "llama_api_requests_running", model="fast") == 0
     assert value(m, "llama_api_requests_waiting", model="fast") == 0
+
+
+def test_a_streamed_chat_counts_the_tokens_its_stream_reports(client):
+    # Counted where the routes handle the deltas: without that, a stream's tokens, first
+    # token and speed would be missing from /metrics though its answer is fine.
+    streamed = chat(client, "fast", 5, stream=True, stream_options={"include_usage": True})
+    assert streamed.status_code == 200
+    chunks = [json.loads(line[len("data: "):]) for line in streamed.text.splitlines()
+              if line.startswith("data: {")]
+    usage = next(chunk["usage"] for chunk in chunks if chunk.get("usage"))
+    assert usage["completion_tokens"] == 5
+    m = scrape(client)
+    assert value(m, "llama_api_generated_tokens_total", model="fast") == 5
+    assert value(m, "llama_api_prompt_tokens_total", model="fast") == usage["prompt_tokens"] > 0
+    assert value(m, "llama_api_time_to_first_token_seconds_count", model="fast") == 1
+    assert value(m, "llama_api_generation_tokens_per_second_count", model="fast") == 1
+
+
+def test_a_request_that_runs_no_generation_is_still_labelled_with_its_model(client):
+    reply = client.post("/tokenize", json={"model": "fast", "content": "a b c"})
+    assert reply.status_code == 200, reply.text
+    m = scrape(client)
+    assert value(m, "llama_api_requests_total", route="/tokenize", model="fast",
+                 status="200") == 1
+    assert value(m, "llama_api_queue_wait_seconds_count", model="fast") == 1
+    assert value(m, "llama_api_generated_tokens_total", model="fast") == 0
 
 
 def test_a_worker_s_info_follows_what_the_backend_says_while_it_serves(client):

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from llama_api import errors, hookimpl
+from llama_api.api.state import server_state
 from llama_api.contract.records import GenerateRequest, ModelSpec
 from llama_api.scheduling.entries import Settings
 from llama_api.scheduling.memory import Footprint, MemoryBudget
@@ -102,7 +103,7 @@ def test_a_name_asked_for_during_a_rescan_waits_for_the_new_catalog(tmp_path):
 
 def test_rescans_not_asked_for_by_admin_publish_model_events_too(client, models_dir):
     seen = []
-    client.app.state.events.listen(lambda event: seen.append((event.kind, event.model)))
+    server_state(client.app).events.listen(lambda event: seen.append((event.kind, event.model)))
     (models_dir / "listed.echo").write_text("{}")
     models = client.get("/admin/models").json()["models"]  # the listing finds it
     assert "listed" in {m["id"] for m in models}

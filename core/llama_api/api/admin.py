@@ -21,6 +21,7 @@ from llama_api import errors
 from llama_api.api import openapi
 from llama_api.api.http import GET_OR_HEAD, json_response
 from llama_api.api.metrics import CONTENT_TYPE
+from llama_api.api.state import Server
 from llama_api.contract.records import ModelSpec
 from llama_api.scheduling import memory
 from llama_api.scheduling.entries import Entry
@@ -100,24 +101,24 @@ class AdminController(Controller):
 
     @get("/models", responses=openapi.errors(*ADMIN),
          summary="Every model, with its state, worker, memory and queue")
-    async def list_models(self, request: Request) -> Response:
-        state = request.app.state
-        scheduler = state.scheduler
-        models = await state.registry.current()
+    async def list_models(self, server: Server) -> Response:
+        scheduler = server.scheduler
+        models = await server.registry.current()
         return json_response({"models": [model_status(spec, scheduler) for spec in models.values()],
                               "queued": scheduler.queued()})
 
-    @get("/models/{model_id:path}", responses=openapi.errors(*ADMIN, 400, 404), summary="One model, as in /admin/models")
-    async def get_model(self, request: Request, model_id: FromPath[str]) -> Response:
-        state = request.app.state
-        spec = await state.registry.find(model_id.lstrip("/"))
-        return json_response(model_status(spec, state.scheduler))
+    @get("/models/{model_id:path}", responses=openapi.errors(*ADMIN, 400, 404),
+         summary="One model, as in /admin/models")
+    async def get_model(self, server: Server, model_id: FromPath[str]) -> Response:
+        spec = await server.registry.find(model_id.lstrip("/"))
+        return json_response(model_status(spec, server.scheduler))
 
     @post("/models/{target:path}", status_code=200,
           responses=openapi.errors(*ADMIN, *openapi.READS_BODY, *openapi.RUNS_MODEL),
           summary="POST /admin/models/ID/load ({\"pin\": true} pins it too), .../unload "
                   "(409 while it serves, unless {\"force\": true}), .../pin, .../unpin")
-    async def act(self, request: Request, target: FromPath[str]) -> Response:
+    async def act(self, request: Request, server: Server,
+                  target: FromPath[str]) -> Response:
         # One route for the four actions: a model id may hold slashes, and a `path`
         # parameter can only come last in a Litestar route.
         model_id, _, action = target.strip("/").rpartition("/")
@@ -125,9 +126,8 @@ class AdminController(Controller):
             raise errors.HTTPRefusal(
                 f"No route POST {request.url.path}: the actions are "
                 "/admin/models/ID/load, /unload, /pin and /unpin.", status=404)
-        state = request.app.state
-        spec = await state.registry.find(model_id)
-        scheduler = state.scheduler
+        spec = await server.registry.find(model_id)
+        scheduler = server.scheduler
         body = await request.body()
         if action == "load":
             await scheduler.load(spec, pin=decode_options(body, LoadOptions).pin)
@@ -141,16 +141,16 @@ class AdminController(Controller):
 
     @post("/rescan", status_code=200, responses=openapi.errors(*ADMIN),
           summary="Look for new or removed models in the models folder now")
-    async def rescan(self, request: Request) -> Response:
-        registry = request.app.state.registry  # it publishes model_added and model_removed
+    async def rescan(self, server: Server) -> Response:
+        registry = server.registry  # it publishes model_added and model_removed
         added, removed = await anyio.to_thread.run_sync(registry.rescan)
         return json_response({"added": added, "removed": removed, "models": sorted(registry.known)})
 
     @get("/events", responses=openapi.errors(*ADMIN), media_type=openapi.EVENT_STREAM,
          summary="Server-sent events: loads, unloads, evictions, crashes, pins")
-    async def events(self, request: Request) -> ServerSentEvent:
-        bus = request.app.state.events
-        keepalive = request.app.state.keepalive  # --keepalive, as every stream; 0 = never
+    async def events(self, server: Server) -> ServerSentEvent:
+        bus = server.events
+        keepalive = server.keepalive  # --keepalive, as every stream; 0 = never
 
         async def stream():
             async with bus.subscribe() as subscription:
@@ -171,8 +171,8 @@ class AdminController(Controller):
 
 @get("/metrics", opt={"access": "metrics"}, summary="Prometheus metrics (text format)",
      media_type=CONTENT_TYPE, responses=openapi.errors(*ADMIN))
-async def metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE)
+async def metrics(server: Server) -> Response:
+    return Response(server.metrics.exposition(), media_type=CONTENT_TYPE)
 
 
 def readiness_problems(plugins, models_dir) -> list[str]:
@@ -191,9 +191,8 @@ def readiness_problems(plugins, models_dir) -> list[str]:
        summary="Readiness: plugins loaded, models folder readable",
        responses={503: ResponseSpec(Readiness, description="Not ready: `problems` says why",
                                     generate_examples=False)})
-async def ready(request: Request) -> Response[Readiness]:
-    state = request.app.state
-    problems = readiness_problems(state.plugins, state.models_dir)
+async def ready(server: Server) -> Response[Readiness]:
+    problems = readiness_problems(server.plugins, server.models_dir)
     body = Readiness(status="not ready" if problems else "ready", problems=problems)
     return Response(msgspec.json.encode(body), media_type="application/json",
                     status_code=503 if problems else 200)

@@ -27,6 +27,7 @@ from llama_api.api.error_responses import EXCEPTION_HANDLERS
 from llama_api.api.metrics import Metrics, request_middleware
 from llama_api.api.responses_store import ResponsesStore, default_data_dir
 from llama_api.api.routes import ROUTES
+from llama_api.api.state import PROVIDE_SERVER, ServerState, server_state
 from llama_api.scheduling.entries import Settings
 from llama_api.scheduling.events import EventBus
 from llama_api.scheduling.registry import Registry
@@ -95,24 +96,24 @@ async def api_key_guard(connection: ASGIConnection, handler: BaseRouteHandler) -
     guard in a worker thread, a thread hop on every request."""
     if handler.opt.get("public"):
         return
-    state = connection.app.state
+    server = server_state(connection.app)
     access = handler.opt.get("access", "api")
     if access == "metrics":
-        access = state.metrics_auth
+        access = server.metrics_auth
     if access == "none":
         return
     offered = offered_keys(connection)
-    if access == "admin" and state.admin_keys:
-        if matching_key(offered, state.admin_keys) is not None:
+    if access == "admin" and server.admin_keys:
+        if matching_key(offered, server.admin_keys) is not None:
             return
-        if matching_key(offered, state.api_keys) is not None:
+        if matching_key(offered, server.api_keys) is not None:
             raise errors.Forbidden("This route needs an admin key; an API key is not enough.")
         what = "admin key"
     else:
-        if not state.api_keys:
+        if not server.api_keys:
             return
         # The Responses store keeps what each key stored apart (api.http.request_key).
-        connection.state.api_key = matching_key(offered, state.api_keys + state.admin_keys)
+        connection.state.api_key = matching_key(offered, server.api_keys + server.admin_keys)
         if connection.state.api_key is not None:
             return
         what = "API key"
@@ -143,37 +144,42 @@ def create_app(config: ServerConfig | None = None, plugins: Plugins | None = Non
     config = config or ServerConfig()
     plugins = plugins or Plugins()
 
+    # Made here, not at start, as the request middleware records into it.
+    metrics = Metrics()
+
     @asynccontextmanager
     async def lifespan(app: Litestar):
         started = time.perf_counter()
-        app.state.plugins = plugins
-        app.state.events = EventBus()
-        app.state.registry = registry = Registry.build(plugins, config.models_dir, config.config)
-        registry.on_change = publish_model_changes(app.state.events)
-        app.state.api_keys = [key.encode() for key in config.api_keys]
-        app.state.admin_keys = [key.encode() for key in config.admin_keys]
-        app.state.metrics_auth = config.metrics_auth
-        app.state.models_dir = config.models_dir
-        app.state.keepalive = config.keepalive
-        app.state.metrics = metrics = Metrics()
-        app.state.events.listen(metrics.on_event)
-        app.state.responses = ResponsesStore(config.data_dir, config.responses_ttl)
+        events = EventBus()
+        events.listen(metrics.on_event)
+        registry = Registry.build(plugins, config.models_dir, config.config)
+        registry.on_change = publish_model_changes(events)
+        responses = ResponsesStore(config.data_dir, config.responses_ttl)
         try:
             models = registry.known  # just scanned
             log.info("%d model(s) available: %s", len(models), ", ".join(models) or "none")
-            scheduling = Scheduler(config.scheduling, events=app.state.events, observer=metrics,
-                                   plugins=plugins)
+            scheduling = Scheduler(config.scheduling, events=events,
+                                   on_queue_wait=metrics.on_queue_wait, plugins=plugins)
             async with scheduling.running() as scheduler:
-                app.state.scheduler = metrics.scheduler = scheduler
+                metrics.scheduler = scheduler
+                ServerState(
+                    plugins=plugins, registry=registry, scheduler=scheduler, events=events,
+                    metrics=metrics, responses=responses,
+                    api_keys=[key.encode() for key in config.api_keys],
+                    admin_keys=[key.encode() for key in config.admin_keys],
+                    metrics_auth=config.metrics_auth, models_dir=config.models_dir,
+                    keepalive=config.keepalive,
+                ).attach(app)
                 scheduler.keep_spares(spec.plugin for spec in models.values())
                 log.info("ready in %.2fs", time.perf_counter() - started)
                 yield
         finally:
-            app.state.responses.close()
+            responses.close()
 
     return Litestar(
         route_handlers=[*ROUTES, *OPERATOR_ROUTES],
-        middleware=[request_middleware,
+        dependencies={"server": PROVIDE_SERVER},  # a handler's `server: Server` parameter
+        middleware=[DefineMiddleware(request_middleware, metrics=metrics),
                     DefineMiddleware(BodyTimeoutMiddleware, seconds=config.body_timeout)],
         lifespan=[lifespan],
         guards=[api_key_guard],

@@ -1,30 +1,31 @@
 """What the server measures, and the one log line per request.
 
 - `Metrics`: the Prometheus instruments in a registry of this app's own (tests build several
-  apps in one process), fed by three sources: the request middleware (requests, durations,
-  tokens), the scheduler's lease hook (queue wait, time to first token, tokens/s through
-  `MeteredWorker`) and the lifecycle events (loads, unloads, evictions, crashes). Gauges that
-  describe the present (running and waiting requests, worker memory) are read at scrape time.
-- `request_middleware`: times each request, records it, and logs one line for it.
+  apps in one process), fed by three sources: each request's `RequestRecord` once it is
+  answered (requests, durations, tokens, time to first token, tokens/s), the scheduler's
+  `on_queue_wait` hook (queue wait) and the lifecycle events (loads, unloads, evictions,
+  crashes). Gauges that describe the present (running and waiting requests, worker memory)
+  are read at scrape time.
+- `request_middleware`: opens each request's record, times the request, counts it and logs
+  one line for it. The routes fill the record in (`request_record`): the model once found,
+  and the deltas and results as they handle them (`routes.generation`, `routes.embeddings`).
 
 Labels stay low-cardinality: `route` is the route's template, `model` a registry id (set by
-the scheduler when it leases a worker, never the client's string).
+the routes once the registry has found the model, never the client's string).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from contextlib import aclosing
-from contextvars import ContextVar
 
+from litestar.connection import ASGIConnection
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 
-from llama_api.contract.records import Delta, ModelSpec
+from llama_api.contract.records import Delta
 from llama_api.scheduling import memory
-from llama_api.scheduling.entries import LeaseObserver
 from llama_api.scheduling.events import Event
 
 log = logging.getLogger("llama_api.requests")
@@ -39,7 +40,7 @@ RATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 
 
 class RequestRecord:
-    """What one HTTP request did; the middleware opens it, the scheduler and worker fill it."""
+    """What one HTTP request did; the middleware opens it, the routes fill it."""
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
@@ -50,6 +51,7 @@ class RequestRecord:
         self.last_token: float | None = None
 
     def delta(self, delta: Delta) -> None:
+        """Count one delta as it comes from the worker (its arrival times the tokens)."""
         if delta.text or delta.reasoning or delta.tool_calls:
             now = time.perf_counter() - self.started
             if self.first_token is None:
@@ -67,34 +69,16 @@ class RequestRecord:
         return (self.completion_tokens - 1) / span if span > 0 else None
 
 
-CURRENT_REQUEST: ContextVar[RequestRecord | None] = ContextVar("llama_api_request", default=None)
+# Where the middleware keeps a request's record in its scope's state.
+_RECORD = "llama_api.request_record"
 
 
-class MeteredWorker:
-    """A leased worker as a request sees it: the same worker, whose output is also counted
-    on the request's record."""
-
-    def __init__(self, worker, record: RequestRecord):
-        self._worker = worker
-        self._record = record
-
-    def __getattr__(self, name):
-        return getattr(self._worker, name)
-
-    async def generate(self, request):
-        # aclosing: leaving early closes the worker's stream at once (it cancels in the worker).
-        async with aclosing(self._worker.generate(request)) as deltas:
-            async for delta in deltas:
-                self._record.delta(delta)
-                yield delta
-
-    async def embed(self, request):
-        result = await self._worker.embed(request)
-        self._record.prompt_tokens += result.prompt_tokens
-        return result
+def request_record(connection: ASGIConnection) -> RequestRecord:
+    """The record `request_middleware` opened for this request, for the route to fill in."""
+    return connection.state[_RECORD]
 
 
-class Metrics(LeaseObserver):
+class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.scheduler = None  # set when the app starts; read at scrape time
@@ -132,17 +116,9 @@ class Metrics(LeaseObserver):
 
     # -- sources ---------------------------------------------------------------------
 
-    def leasing(self, spec: ModelSpec) -> None:
-        """The scheduler's LeaseObserver: a request asks for a model (known to the registry)."""
-        record = CURRENT_REQUEST.get()
-        if record is not None:
-            record.model = spec.id
-
-    def leased(self, spec: ModelSpec, worker, waited: float):
-        """... and holds a slot after `waited` seconds: its output is counted from now on."""
-        self.queue_wait.labels(spec.id).observe(waited)
-        record = CURRENT_REQUEST.get()
-        return worker if record is None else MeteredWorker(worker, record)
+    def on_queue_wait(self, model_id: str, seconds: float) -> None:
+        """The scheduler's hook: a lease got its slot after queueing `seconds`."""
+        self.queue_wait.labels(model_id).observe(seconds)
 
     def on_event(self, event: Event) -> None:
         match event.kind:
@@ -220,17 +196,18 @@ class _SchedulerGauges:
         return [running, waiting, loaded, pinned, rss, threads]
 
 
-def request_middleware(app):
-    """ASGI middleware (inside routing, so the route template is known): time each request,
-    count it in the app's metrics, and log one line for it. The line never holds headers."""
+def request_middleware(app, metrics: Metrics):
+    """ASGI middleware (inside routing, so the route template is known): open each request's
+    record, time the request, count it in `metrics`, and log one line for it. The line
+    never holds headers."""
 
     async def middleware(scope, receive, send):
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
         record = RequestRecord()
+        scope.setdefault("state", {})[_RECORD] = record  # for `request_record`
         status = 500  # unless a response starts
-        token = CURRENT_REQUEST.set(record)
 
         async def send_and_note_status(message):
             nonlocal status
@@ -241,12 +218,9 @@ def request_middleware(app):
         try:
             await app(scope, receive, send_and_note_status)
         finally:
-            CURRENT_REQUEST.reset(token)
             seconds = time.perf_counter() - record.started
             route = scope.get("path_template") or "unmatched"
-            metrics: Metrics | None = getattr(scope["app"].state, "metrics", None)
-            if metrics is not None:
-                metrics.on_request(scope["method"], route, status, record, seconds)
+            metrics.on_request(scope["method"], route, status, record, seconds)
             log_request(scope["method"], route, status, record, seconds)
 
     return middleware

@@ -70,7 +70,7 @@ Generate = Callable[[Emit], Awaitable[None]]
 _END = object()  # the generation finished
 _QUIET = object()  # nothing came for a keep-alive interval
 KEEPALIVE_COMMENT = b": keep-alive\n\n"  # SSE clients skip lines that start with a colon
-DEFAULT_KEEPALIVE = 5.0  # seconds; the app's `keepalive` state overrides it
+DEFAULT_KEEPALIVE = 5.0  # seconds; the routes pass the server's --keepalive
 HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
            (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
@@ -79,27 +79,21 @@ class EventStream(Response):
     """A route's streamed answer; see the module docstring for what it does."""
 
     def __init__(self, generate: Generate, choices: int, renderer: StreamRenderer,
-                 error_shape: ErrorShape, keepalive: float | None = None):
+                 error_shape: ErrorShape, keepalive: float = DEFAULT_KEEPALIVE):
         super().__init__(content=None, media_type="text/event-stream")
         self.generate = generate
         self.choices = choices
         self.renderer = renderer
         self.error_shape = error_shape
-        self.keepalive = keepalive  # seconds, 0 = never; None = the app's setting
+        self.keepalive = keepalive  # seconds, 0 = never
         self._heard = 0.0  # when the last item came out of the stream (anyio's clock)
 
     def to_asgi_response(self, *args, **kwargs):  # Litestar sends what this returns
         return self.serve
 
-    def _interval(self, scope: Scope) -> float:
-        if self.keepalive is not None:
-            return self.keepalive
-        state = getattr(scope.get("app"), "state", None)
-        return getattr(state, "keepalive", DEFAULT_KEEPALIVE)
-
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         choices = [Choice(i) for i in range(self.choices)]
-        interval = self._interval(scope)
+        interval = self.keepalive
         with errors.unwrapped():
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(wait_for_disconnect, receive, task_group.cancel_scope)

@@ -1,7 +1,7 @@
 """The scheduler's settings, and what it keeps for each model it has loaded or is loading.
 
 `Settings` are read at start; an `Entry` lives in `Scheduler.entries` from a model's load to
-its unload; a `LeaseObserver` (the metrics) is told about each lease.
+its unload.
 """
 
 from __future__ import annotations
@@ -41,17 +41,6 @@ class Settings:
     request_timeout: float = 300.0
     load_timeout: float = 600.0
     spare_workers: bool = False  # keep a started worker per plugin in use (scheduler)
-
-
-class LeaseObserver:
-    """Told about each lease (the metrics are one): `leasing` when a request asks for a model,
-    `leased` once it holds a slot, with the time it queued; `leased` may wrap the worker."""
-
-    def leasing(self, spec: ModelSpec) -> None:
-        pass
-
-    def leased(self, spec: ModelSpec, worker: WorkerProcess, waited: float) -> WorkerProcess:
-        return worker
 
 
 @dataclass(eq=False)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 import anyio
@@ -29,7 +30,7 @@ from anyio.abc import TaskGroup
 
 from llama_api import errors
 from llama_api.contract.records import ModelSpec
-from llama_api.scheduling.entries import Entry, LeaseObserver, Settings, available_cores
+from llama_api.scheduling.entries import Entry, Settings, available_cores
 from llama_api.scheduling.events import EventBus
 from llama_api.scheduling.memory import Footprint, MemoryBudget, describe
 from llama_api.scheduling.memory_watch import watch_memory
@@ -47,12 +48,14 @@ class Scheduler:
     tasks (idle unloads, the memory watch) and unloads every worker on exit."""
 
     def __init__(self, settings: Settings, events: EventBus | None = None,
-                 observer: LeaseObserver | None = None,
+                 on_queue_wait: Callable[[str, float], None] | None = None,
                  plugins=None):
         self.settings = settings
         self.memory = MemoryBudget.from_settings(settings, plugins)
         self.events = events or EventBus()
-        self.observer = observer or LeaseObserver()
+        # Told (model id, seconds) each time a lease gets its slot: how long it queued, a
+        # load's time left out. Only the scheduler knows that split (the metrics' histogram).
+        self.on_queue_wait = on_queue_wait
         self.entries: dict[str, Entry] = {}
         self.unloading: dict[str, Entry] = {}
         self.pinned: set[str] = set()  # model ids; a pin outlives unloads and crashes
@@ -156,7 +159,6 @@ class Scheduler:
     @asynccontextmanager
     async def lease(self, spec: ModelSpec):
         """Hold one slot of a loaded worker for `spec` for the duration of a request."""
-        self.observer.leasing(spec)
         started = time.perf_counter()
         loading = 0.0  # a load isn't queueing: the wait reported leaves it out
         for attempt in range(3):
@@ -176,8 +178,9 @@ class Scheduler:
                     if not entry.worker.alive and attempt < 2:
                         continue  # it died while we queued: this request never reached it
                     self._share_cores()
-                    yield self.observer.leased(spec, entry.worker,
-                                               time.perf_counter() - started - loading)
+                    if self.on_queue_wait is not None:
+                        self.on_queue_wait(spec.id, time.perf_counter() - started - loading)
+                    yield entry.worker
                     return
                 finally:
                     entry.last_used = time.monotonic()
