@@ -1,32 +1,19 @@
 """Fixtures for the core's tests: echo models in a folder, the app in-process over them, and a
-real server over them for what only a process shows (signals, crashes, shutdown, logs)."""
+real server over them for what only a process shows (signals, crashes, shutdown, logs).
+Helpers that are not fixtures live in support.py."""
 
 from __future__ import annotations
 
-import json
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from llama_api.testing import serve
-
-ECHO_MODELS = {
-    "fast": {},
-    "slow": {"delay": 0.05},
-    "slower": {"delay": 0.05},
-    "wide": {"delay": 0.05, "slots": 2},
-    "broken": {"fail_load": "weights are corrupt"},
-    "noisy": {"noisy": True},
-}
-
-
-def write_echo_models(folder: Path) -> Path:
-    """A models folder with echo models: fast, slow (0.05 s/token), two-slot, broken, noisy."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, options in ECHO_MODELS.items():
-        (folder / f"{name}.echo").write_text(json.dumps(options))
-    return folder
+# Under --import-mode=importlib pytest puts no test folder on sys.path: this one goes there,
+# for test modules to import support.py (and the other helper modules beside it).
+sys.path.insert(0, str(Path(__file__).parent))
+from support import echo_server, write_echo_models
 
 
 @pytest.fixture
@@ -91,18 +78,15 @@ def start_server(models_dir, events_file):
     """start_server(*args) runs a real server on the echo models (only the echo plugin);
     `address_space` bounds its processes' virtual memory (see `serve`)."""
 
-    @contextmanager
     def start(*args: str, env: dict | None = None, address_space: int | None = None):
-        environment = {"LLAMA_API_PLUGINS": "echo", "LLAMA_API_ECHO_EVENTS": str(events_file),
-                       **(env or {})}
-        with serve("--models-dir", str(models_dir), *args, env=environment,
-                   address_space=address_space) as server:
-            yield server
+        return echo_server(models_dir, *args, events=events_file, env=env,
+                           address_space=address_space)
 
     return start
 
 
 @pytest.fixture
 def server(start_server):
+    """A fresh real server on the echo models (`start_server()` with no options)."""
     with start_server() as running:
         yield running

@@ -5,8 +5,7 @@
 from __future__ import annotations
 
 import pytest
-
-from llama_api_echo import read_events
+from support import read_events
 
 ASK = [{"role": "user", "content": "hi ONCE"}]
 

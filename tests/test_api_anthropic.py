@@ -7,10 +7,10 @@ import json
 
 import msgspec
 import pytest
+from support import read_events
 
 from llama_api.api.anthropic import conversation
 from llama_api.api.schemas.anthropic import MessagesRequest
-from llama_api_echo import read_events
 
 MESSAGES = "/messages"
 TOOLS = [

@@ -8,9 +8,9 @@ import os
 import signal
 
 import pytest
+from support import read_events
 
 from llama_api.testing import serve, wait_for
-from llama_api_echo import read_events
 
 anthropic = pytest.importorskip("anthropic")
 

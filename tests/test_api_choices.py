@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from llama_api_echo import USER, read_events
+from support import USER, read_events
 
 
 def test_two_choices_overlap_on_a_two_slot_model(client, events_file):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from support import read_events
 
 from llama_api import errors
 from llama_api.api.chat import chat_requests
 from llama_api.api.completions import completion_requests
 from llama_api.api.schemas.openai import ChatCompletionRequest, CompletionRequest
 from llama_api.contract.records import ResponseFormat
-from llama_api_echo import read_events
 
 TOOLS = [{"type": "function", "function": {"name": "weather", "description": "d",
                                            "parameters": {"type": "object"}}},

@@ -9,8 +9,7 @@ import sqlite3
 
 import openai
 import pytest
-
-from llama_api_echo import read_events
+from support import read_events
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}

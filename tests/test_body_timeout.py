@@ -10,8 +10,7 @@ import time
 
 import httpx
 import pytest
-
-from llama_api_echo import USER
+from support import USER
 
 TIMEOUT_S = 1.0
 

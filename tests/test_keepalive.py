@@ -9,13 +9,13 @@ import anyio
 import msgspec
 import openai
 import pytest
+from support import USER
 
 from llama_api import errors
 from llama_api.api.chat import ChatChunks
 from llama_api.api.error_responses import OPENAI_ERRORS
 from llama_api.api.streaming import KEEPALIVE_COMMENT, EventStream
 from llama_api.contract.records import Delta
-from llama_api_echo import USER
 
 COMMENT = KEEPALIVE_COMMENT.decode().strip()
 

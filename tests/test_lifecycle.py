@@ -11,11 +11,11 @@ import time
 
 import httpx
 import pytest
+from support import USER
 
 from llama_api.testing import pid_exists, wait_for
 from llama_api.testing.processes import children, gone
 from llama_api.testing.server import held_request
-from llama_api_echo import USER
 
 
 def refused(url: str) -> bool:

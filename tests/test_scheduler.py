@@ -7,7 +7,6 @@ unload) and of queue bounds start their own.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -21,9 +20,9 @@ import anyio.lowlevel
 import httpx
 import openai
 import pytest
+from support import USER, chat, echo_server, model_status, read_events, wait_for_start
 
-from llama_api.testing import pid_exists, serve, wait_for
-from llama_api_echo import USER, chat, model_status, read_events, wait_for_start
+from llama_api.testing import pid_exists, wait_for
 
 # The models of the shared servers (as in conftest.py's models_dir).
 SHARED_MODELS = {"fast": {}, "slow": {"delay": 0.05}, "slower": {"delay": 0.05},
@@ -33,14 +32,9 @@ SHARED_MODELS = {"fast": {}, "slow": {"delay": 0.05}, "slower": {"delay": 0.05},
 @contextmanager
 def shared_server(folder: Path, *args: str):
     """A server on SHARED_MODELS in `folder`; yields (server, its events file)."""
-    models = folder / "models"
-    models.mkdir()
-    for name, options in SHARED_MODELS.items():
-        (models / f"{name}.echo").write_text(json.dumps(options))
-    events = folder / "events.jsonl"
-    env = {"LLAMA_API_PLUGINS": "echo", "LLAMA_API_ECHO_EVENTS": str(events)}
-    with serve("--models-dir", str(models), *args, env=env) as server:
-        yield server, events
+    with echo_server(folder / "models", *args, models=SHARED_MODELS,
+                     events=folder / "events.jsonl") as server:
+        yield server, server.events
 
 
 @pytest.fixture(scope="module")

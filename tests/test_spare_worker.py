@@ -7,10 +7,10 @@ import os
 import signal
 
 import httpx
+from support import USER, chat, read_events, wait_for_start
 
 from llama_api.testing import wait_for
 from llama_api.testing.processes import children, gone
-from llama_api_echo import USER, chat, read_events, wait_for_start
 
 
 def prepared(events_file) -> list[int]:

@@ -11,10 +11,10 @@ import threading
 import time
 
 import pytest
+from support import USER, read_events
 
 from llama_api.scheduling.entries import Settings
 from llama_api.testing import pid_exists, wait_for
-from llama_api_echo import USER, read_events
 
 # Echo options: `stall` pauses before token `stall_after`; an hour is a hang.
 HANGS_AFTER_2 = {"stall": 3600, "stall_after": 2}
