@@ -1,4 +1,8 @@
-"""Races and edge cases in scheduling, cancellation and the worker protocol.
+"""Races and edge cases in scheduling and cancellation: clients that hang up while their
+request is queued or its model loads, a shutdown mid-load, a frame or a spec the worker pipe
+can't carry, a backend that stalls mid-stream; and GET /admin/models/ID while models load and
+unload: never a 5xx, and each answer describes one consistent entry (the fuzzer once saw a
+500 there while its admin actions churned models).
 
 The tests that need a small queue and no fresh server share `queue_of_one`.
 """
@@ -8,18 +12,23 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import anyio
 import httpx
-import msgspec
 import pytest
+from support import USER, chat, echo_server, model_status, read_events, wait_for_start
 
-from llama_api.contract.records import Delta, Usage
-from llama_api.testing import pid_exists, serve, wait_for
+from llama_api.api.admin import model_status as admin_model_status
+from llama_api.contract.records import ModelSpec
+from llama_api.scheduling.entries import Entry, Settings
+from llama_api.scheduling.scheduler import Scheduler
+from llama_api.testing import pid_exists, wait_for
 from llama_api.testing.processes import children
 from llama_api.testing.server import held_request
-from llama_api.workers import protocol
-from llama_api_echo import USER, chat, model_status, read_events, wait_for_start
+from llama_api.workers.handle import WorkerProcess
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +38,9 @@ def queue_of_one(tmp_path_factory):
     models = {"fast": {}, "slow": {"delay": 0.05},
               # Two words come at once, then the backend pauses 1.5 s before the third.
               "stalling": {"stall": 1.5, "stall_after": 2}}
-    for name, options in models.items():
-        (folder / f"{name}.echo").write_text(json.dumps(options))
-    events = folder / "events.jsonl"
-    env = {"LLAMA_API_PLUGINS": "echo", "LLAMA_API_ECHO_EVENTS": str(events)}
-    with serve("--models-dir", str(folder), "--max-queue", "1", env=env) as server:
-        yield server, events
+    with echo_server(folder, "--max-queue", "1", models=models,
+                     events=folder / "events.jsonl") as server:
+        yield server, server.events
 
 
 def test_shutdown_while_a_model_loads_ends_its_worker(start_server, models_dir):
@@ -55,8 +61,6 @@ def test_shutdown_while_a_model_loads_ends_its_worker(start_server, models_dir):
 
 
 def test_streaming_client_that_hangs_up_while_queued_leaves_the_queue(queue_of_one):
-    from concurrent.futures import ThreadPoolExecutor
-
     server, events_file = queue_of_one
     chat(server, "slow", 1)
     events_file.unlink(missing_ok=True)
@@ -100,8 +104,6 @@ def test_a_frame_that_does_not_decode_fails_its_request_instead_of_hanging(queue
 
 
 def test_embeddings_client_that_hangs_up_while_queued_leaves_the_queue(queue_of_one):
-    from concurrent.futures import ThreadPoolExecutor
-
     server, events_file = queue_of_one
     chat(server, "slow", 1)
     events_file.unlink(missing_ok=True)
@@ -135,46 +137,78 @@ def test_a_streamed_token_is_not_held_back_while_the_backend_stalls(queue_of_one
     assert gap > 0.75, f"the second word waited for the third: {gap:.3f} s before it"
 
 
-def test_frames_split_anywhere_decode_the_same():
-    messages = [protocol.Deltas(id=1, deltas=[Delta(text="héllo " * 50)]),
-                protocol.Embedded(id=2, data=bytes(range(256)) * 300, count=1, dims=19200),
-                protocol.Deltas(id=1, deltas=[Delta(finish_reason="stop", usage=Usage())],
-                                done=True)]
-    stream = b"".join(protocol.encode(m) for m in messages)
-    for chunk_size in (1, 3, 4, 5, 1000, len(stream)):
-        reader = protocol.FrameReader()
-        bodies = []
-        for start in range(0, len(stream), chunk_size):
-            bodies += reader.feed(stream[start:start + chunk_size])
-        assert [protocol.from_worker_decoder.decode(b) for b in bodies] == messages
-    assert len(protocol.FrameReader().feed(stream[:-1])) == 2  # the last one is not whole yet
+# -- the admin API while models load and unload ------------------------------------------
+
+LOADS = 12  # hammer until the churn has loaded this many times (60 s at most)
 
 
-def test_a_blocking_reader_gets_the_same_frames_until_the_pipe_closes():
-    read_fd, write_fd = os.pipe()
-    frames = [protocol.encode(protocol.Cancel(id=n)) for n in range(1, 200)]
-    os.write(write_fd, b"".join(frames))
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb", buffering=0) as pipe:
-        got = [protocol.to_worker_decoder.decode(b) for b in protocol.read_frames(pipe.read, 7)]
-    assert got == [protocol.Cancel(id=n) for n in range(1, 200)]
+def consistency_problem(status: dict) -> str | None:
+    """Why this status contradicts itself (None when it doesn't)."""
+    state, pid, slots = status["state"], status["pid"], status["slots"]
+    if state in ("loaded", "unloading") and (pid is None or slots is None):
+        return f"{state} without a pid or slots"
+    if state in ("unloaded", "failed") and (pid is not None or slots is not None):
+        return f"{state} with a pid or slots"
+    if state == "loading" and slots is not None:
+        return "loading with slots"
+    return None
 
 
-def test_a_load_failure_is_its_own_message_and_answers_no_request():
-    body = protocol.encode(protocol.LoadFailed(kind="ModelLoadError", message="corrupt"))[4:]
-    message = protocol.from_worker_decoder.decode(body)
-    assert message == protocol.LoadFailed(kind="ModelLoadError", message="corrupt")
-    assert not hasattr(message, "id")
-    with pytest.raises(msgspec.ValidationError):  # a request failure always names its request
-        protocol.from_worker_decoder.decode(msgspec.msgpack.encode({"type": "Failed"}))
+def test_a_model_unloading_while_it_loads_again_is_shown_as_the_unloading_one():
+    spec = ModelSpec(id="m", backend="echo", path="m.echo", plugin="echo")
+    scheduler = Scheduler(Settings(max_workers=2))
+    leaving = Entry(spec=spec, process=WorkerProcess(spec, 1, on_exit=lambda _: None),
+                    slots=anyio.Semaphore(1))
+    leaving.process.pid = os.getpid()
+    leaving.ready.set()
+    coming = Entry(spec=spec, process=WorkerProcess(spec, 1, on_exit=lambda _: None))
+    scheduler.unloading[spec.id], scheduler.entries[spec.id] = leaving, coming
+    status = admin_model_status(spec, scheduler)
+    assert status["state"] == "unloading"
+    assert status["pid"] == os.getpid() and status["slots"] == 1
+    assert consistency_problem(status) is None
 
 
-def test_worker_log_lines_keep_their_level_and_their_lines():
-    import logging
+def test_model_status_never_fails_while_models_load_and_unload(start_app, models_dir):
+    (models_dir / "sluggish.echo").write_text(json.dumps({"load_delay": 0.05}))
+    problems: list[str] = []
+    actions = {"load": 0}
+    stop = threading.Event()
+    with start_app(scheduling=Settings(max_workers=2)) as client:
+        def churn(model: str) -> None:
+            while not stop.is_set():
+                for action, body in (("load", None), ("unload", {"force": True})):
+                    answer = client.post(f"/admin/models/{model}/{action}", json=body)
+                    if answer.status_code >= 500:
+                        problems.append(f"{action} {model}: {answer.status_code} {answer.text}")
+                    actions["load"] += action == "load"
 
-    traceback = "request 3 failed\nTraceback (most recent call last):\n  ...\nRuntimeError: x"
-    line = protocol.format_log_line(logging.ERROR, traceback)
-    assert "\n" not in line
-    assert protocol.parse_log_line(line) == (logging.ERROR, traceback)
-    assert protocol.parse_log_line("ggml_init: printed by a C library") == \
-        (logging.INFO, "ggml_init: printed by a C library")
+        def chat_meanwhile() -> None:  # requests that evict and reload models meanwhile
+            while not stop.is_set():
+                answer = client.post("/v1/chat/completions", json={
+                    "model": "sluggish", "messages": USER, "max_tokens": 2})
+                if answer.status_code >= 500:
+                    problems.append(f"chat: {answer.status_code} {answer.text}")
+
+        threads = [threading.Thread(target=churn, args=(model,)) for model in ("fast", "wide")]
+        threads.append(threading.Thread(target=chat_meanwhile))
+        for thread in threads:
+            thread.start()
+        try:
+            started = time.monotonic()
+            while actions["load"] < LOADS and time.monotonic() - started < 60:
+                for model in ("fast", "wide", "sluggish"):
+                    answer = client.get(f"/admin/models/{model}")
+                    if answer.status_code != 200:
+                        problems.append(f"GET {model}: {answer.status_code} {answer.text}")
+                    elif problem := consistency_problem(answer.json()):
+                        problems.append(f"GET {model}: {problem}: {answer.json()}")
+                listing = client.get("/admin/models")
+                if listing.status_code != 200:
+                    problems.append(f"GET /admin/models: {listing.status_code} {listing.text}")
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+    assert not problems, "\n".join(problems[:10])
+    assert actions["load"] >= LOADS, "the models hardly changed state: the test exercised nothing"
