@@ -1,4 +1,6 @@
-"""The thinking/answer split gives the same result for every way a text is cut into pieces."""
+"""Reasoning: the thinking/answer split gives the same result for every way a text is cut into
+pieces, and chat completions return the thinking apart from the answer (`reasoning_content`),
+plain and streamed, unless `reasoning_format` is none."""
 
 from __future__ import annotations
 
@@ -50,3 +52,40 @@ def test_no_part_of_a_tag_is_emitted_before_it_is_decided():
     assert splitter.feed("<thi") == ("", "")
     assert splitter.feed("nk>idea</th") == ("idea", "")
     assert splitter.feed("ink>done") == ("", "done")
+
+
+# -- over HTTP: chat completions --------------------------------------------------------
+
+THINKING = [{"role": "user", "content": "<think> weigh options </think> forty two"}]
+
+
+def test_reasoning_content_is_split_from_the_answer(api):
+    reply = api.chat.completions.create(model="fast", messages=THINKING, max_tokens=6)
+    message = reply.choices[0].message.model_dump()
+    assert message["reasoning_content"] == " weigh options "
+    assert message["content"] == " forty two"
+
+
+def test_streamed_reasoning_arrives_before_the_answer_and_never_in_content(api):
+    stream = api.chat.completions.create(model="slow", messages=THINKING, max_tokens=6,
+                                         stream=True)
+    reasoning, content, order = "", "", []
+    for chunk in stream:
+        delta = chunk.choices[0].delta.model_dump() if chunk.choices else {}
+        if delta.get("reasoning_content"):
+            reasoning += delta["reasoning_content"]
+            order.append("reasoning")
+        if delta.get("content"):
+            content += delta["content"]
+            order.append("content")
+    assert (reasoning, content) == (" weigh options ", " forty two")
+    assert "<think>" not in content and "</think>" not in content
+    assert order.index("content") > max(i for i, kind in enumerate(order) if kind == "reasoning")
+
+
+def test_reasoning_format_none_keeps_the_thinking_inline(api):
+    reply = api.chat.completions.create(model="fast", messages=THINKING, max_tokens=6,
+                                        extra_body={"reasoning_format": "none"})
+    message = reply.choices[0].message.model_dump()
+    assert message["content"] == "<think> weigh options </think> forty two"
+    assert not message.get("reasoning_content")

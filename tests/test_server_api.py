@@ -8,6 +8,7 @@ import base64
 import logging
 import struct
 
+import httpx
 import pytest
 
 
@@ -128,3 +129,12 @@ def test_a_backend_that_yields_nothing_still_ends_each_streamed_choice(api):
         assert [c.finish_reason for c in mine if c.finish_reason] == ["stop"]
     completion = list(api.completions.create(model="fast", prompt="SILENT", stream=True))
     assert [c.choices[0].finish_reason for c in completion] == ["stop"]
+
+
+def test_fill_in_the_middle_on_a_model_without_fim_tokens_is_a_400_naming_it(client):
+    reply = client.post(client.v1 + "/completions",
+                        json={"model": "fast", "prompt": "def f(", "suffix": "return x"})
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert error["param"] == "suffix" and "fast" in error["message"]
+    assert isinstance(reply, httpx.Response)
