@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
 from pathlib import Path
 
 import pytest
+
+# Under --import-mode=importlib pytest puts no test folder on sys.path: this one goes there,
+# for test modules to import exllama_fakes.py.
+sys.path.insert(0, str(Path(__file__).parent))
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
