@@ -65,7 +65,8 @@ class ErrorShape(Protocol):
     def event(self, exc: errors.LlamaApiError) -> Event: ...
 
 
-Generate = Callable[[Emit], Awaitable[None]]
+# Runs a request's generation, handing each choice's deltas to `emit` as they come.
+RunGeneration = Callable[[Emit], Awaitable[None]]
 
 _END = object()  # the generation finished
 _QUIET = object()  # nothing came for a keep-alive interval
@@ -78,7 +79,7 @@ HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"),
 class EventStream(Response):
     """A route's streamed answer; see the module docstring for what it does."""
 
-    def __init__(self, generate: Generate, choices: int, renderer: StreamRenderer,
+    def __init__(self, generate: RunGeneration, choices: int, renderer: StreamRenderer,
                  error_shape: ErrorShape, keepalive: float = DEFAULT_KEEPALIVE):
         super().__init__(content=None, media_type="text/event-stream")
         self.generate = generate
