@@ -1,7 +1,7 @@
 """Routes for operators: the admin API (models, load, unload, pin, events), /metrics, /ready.
 
 Who may call them is the app's guard's business (`access` in each route's opt: "admin",
-"metrics"); see `llama_api.api.app.access_guard`.
+"metrics"); see `llama_api.api.app.api_key_guard`.
 """
 
 from __future__ import annotations
