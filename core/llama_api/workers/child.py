@@ -8,7 +8,7 @@ any backend is imported, so C libraries that print can't corrupt the channel.
 Threads in a worker:
 - the main thread reads messages (`ChildWorker.serve`) and never runs model code: a load
   runs there before any request can arrive, everything else goes to the pool;
-- the request pool (`request-N`, as many threads as the model has slots) runs the hooks,
+- the request pool (`request_N`, as many threads as the model has slots) runs the hooks,
   one request per thread; a backend that batches (llama.cpp's batch engine) runs its own
   compute thread behind them;
 - the outbox thread writes coalesced deltas (`llama_api.workers.outbox`);

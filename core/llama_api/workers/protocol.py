@@ -1,8 +1,9 @@
 """The worker protocol: length-prefixed msgpack frames of tagged msgspec structs (no pickle).
 
-Server to worker: Load, Generate, Embed, Tokenize, Detokenize, Rerank, Cancel, Shutdown.
+Server to worker: Load, Generate, Embed, Tokenize, Detokenize, Rerank, Cancel, ThreadBudget,
+Shutdown.
 Worker to server: Progress, Loaded or LoadFailed, then Deltas, Embedded, Tokenized,
-Detokenized, Reranked, Failed.
+Detokenized, Reranked, Failed, and InfoChanged when the model's info changed.
 Every request message carries an id; the worker's answers carry the same id.
 
 Both ends frame with `encode` and `FrameReader`, which do no I/O: the server feeds the
