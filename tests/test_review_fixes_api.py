@@ -101,36 +101,3 @@ def test_more_dimensions_than_the_model_makes_is_a_400_naming_its_width(as_numpy
         as_served(embeddings, 9)
     assert info.value.param == "dimensions"
     assert "8-dimensional" in info.value.message
-
-
-# -- the embeddings plugin's estimate takes the core's GPU answer (review #3) ----------
-
-def test_the_embeddings_estimate_puts_auto_on_the_gpu_the_core_reports(tmp_path, monkeypatch):
-    pytest.importorskip("llama_api_embeddings")
-    import llama_api.scheduling.memory
-    import llama_api_embeddings as plugin
-    from llama_api.contract.records import ModelSpec
-
-    def no_detection():
-        raise AssertionError("the plugin detected the GPU itself")
-
-    monkeypatch.setattr(llama_api.scheduling.memory, "gpu_total", no_detection)
-    folder = tmp_path / "encoder"
-    folder.mkdir()
-    (folder / "config.json").write_text('{"model_type": "bert"}')
-    with open(folder / "model.safetensors", "wb") as f:
-        f.truncate(2**20)
-    spec = ModelSpec(id="enc", backend="transformers", path=str(folder),
-                     options={"device": "auto"})
-    host, gpu = plugin.estimate_memory(spec=spec, gpu=True)
-    assert gpu == 2**20 and host < 2**30
-    host, gpu = plugin.estimate_memory(spec=spec, gpu=False)
-    assert gpu == 0 and host > 2**20
-    # through pluggy, as the server calls it (pluggy before 1.7 dropped `gpu` while the
-    # plugin gave it a default): the GPU answer reaches the plugin either way
-    from llama_api.workers.plugins import Plugins
-
-    plugins = Plugins(only="embeddings")
-    assert not plugins.broken
-    assert plugins.estimate_memory(spec, True)[1] == 2**20
-    assert plugins.estimate_memory(spec, False) == (host, gpu)

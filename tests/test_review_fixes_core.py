@@ -1,10 +1,8 @@
-"""Fixes from the review of the core: the registry swapped while it is read, estimates off the
-event loop and kept, admin keys off the command line and secrets out of workers, one token-id
+"""Fixes from the review of the core: the registry swapped while it is read, admin keys off the command line and secrets out of workers, one token-id
 bound, a model's bad tool arguments, and the scheduler surviving a failed idle unload."""
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -16,11 +14,10 @@ import anyio
 import httpx
 import pytest
 
-from llama_api import errors, hookimpl
+from llama_api import errors
 from llama_api.api.state import server_state
-from llama_api.contract.records import GenerateRequest, ModelSpec
+from llama_api.contract.records import ModelSpec
 from llama_api.scheduling.entries import Settings
-from llama_api.scheduling.memory import Footprint, MemoryBudget
 from llama_api.scheduling.registry import Registry
 from llama_api.scheduling.scheduler import Scheduler
 from llama_api.workers.plugins import Plugins
@@ -116,65 +113,6 @@ def test_rescans_not_asked_for_by_admin_publish_model_events_too(client, models_
     assert ("model_added", "resolved") in seen and ("model_removed", "noisy") in seen
     assert client.post("/admin/rescan").json()["added"] == []
     assert [kind for kind, model in seen if model == "resolved"].count("model_added") == 1
-
-
-# -- memory estimates ----------------------------------------------------------------------
-
-class CountingEstimates:
-    """Sees every estimate the core asks for (then lets the echo plugin answer)."""
-
-    def __init__(self):
-        self.calls: list[tuple[str, bool, int]] = []  # model id, gpu, thread
-
-    @hookimpl(tryfirst=True)
-    def estimate_memory(self, spec, gpu):
-        self.calls.append((spec.id, gpu, threading.get_ident()))  # None: echo answers
-
-
-def counting_plugins(monkeypatch) -> tuple[Plugins, CountingEstimates]:
-    monkeypatch.setenv("LLAMA_API_PLUGINS", "echo")
-    plugins = Plugins()
-    counter = CountingEstimates()
-    plugins.pm.register(counter, name="counting-estimates")
-    return plugins, counter
-
-
-def test_an_estimate_is_kept_until_the_model_file_changes_and_is_told_of_the_gpu(
-        tmp_path, monkeypatch):
-    plugins, counter = counting_plugins(monkeypatch)
-    path = tmp_path / "m.echo"
-    path.write_text("{}" + " " * 1000)
-    spec = ModelSpec(id="m", backend="echo", path=str(path), plugin="echo")
-    budget = MemoryBudget(Footprint(2**40, 2**40), plugins)
-    first = budget.estimate(spec)
-    assert budget.estimate(spec) == first and len(counter.calls) == 1
-    assert counter.calls[0][1] is True  # a GPU budget: the plugin needn't look for one
-    path.write_text("{}" + " " * 5000)
-    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a clearly newer mtime
-    assert budget.estimate(spec).host == first.host + 4000
-    assert len(counter.calls) == 2
-    MemoryBudget(Footprint(2**40, 0), plugins).estimate(spec)
-    assert counter.calls[-1][1] is False  # no GPU budget
-
-
-def test_the_scheduler_estimates_off_the_event_loop_once_per_model(models_dir, monkeypatch):
-    plugins, counter = counting_plugins(monkeypatch)
-    spec = ModelSpec(id="fast", backend="echo", path=str(models_dir / "fast.echo"), plugin="echo")
-
-    async def main():
-        scheduler = Scheduler(Settings(max_workers=1), plugins=plugins)
-        async with scheduler.running():
-            loop_thread = threading.get_ident()
-            for _ in range(2):
-                async with scheduler.lease(spec) as worker:
-                    async for _ in worker.generate(GenerateRequest(prompt="hi", max_tokens=2)):
-                        pass
-                await scheduler.unload("fast")
-            return loop_thread
-
-    loop_thread = anyio.run(main)
-    assert [call[0] for call in counter.calls] == ["fast"]  # two loads, one estimate
-    assert counter.calls[0][2] != loop_thread
 
 
 # -- the scheduler's background work ------------------------------------------------------
