@@ -97,32 +97,3 @@ def test_a_stream_without_a_finish_reason_completes():
     events = stream_body(generate, ResponseEvents({"model": "m"}))
     assert events[-1]["type"] == "response.completed"
     assert events[-1]["response"]["output"][0]["status"] == "completed"
-
-
-def test_the_store_follows_previous_ids_and_a_missing_link_cuts_the_conversation(tmp_path):
-    from llama_api.api.responses_store import ResponseNotFound, ResponsesStore
-
-    store = ResponsesStore(tmp_path)
-
-    def said(text):
-        return {"type": "message", "role": "user", "content": [{"type": "input_text",
-                                                                 "text": text}]}
-
-    for n, previous in ((1, None), (2, "r1"), (3, "r2")):
-        store.put_blocking({"id": f"r{n}", "created_at": 1e10, "previous_response_id": previous,
-                            "output": [said(f"out{n}")]}, [said(f"in{n}")], None)
-
-    def texts(response_id):
-        items = anyio.run(store.conversation, response_id, None)
-        return [item["content"][0]["text"] for item in items]
-
-    assert texts("r3") == ["in1", "out1", "in2", "out2", "in3", "out3"]
-    anyio.run(store.delete, "r2", None)
-    assert texts("r3") == ["in3", "out3"]
-    try:
-        anyio.run(store.conversation, "r2", None)
-    except ResponseNotFound as exc:
-        assert exc.status == 404 and exc.param == "previous_response_id"
-    else:
-        raise AssertionError("a deleted response continued")
-    store.close()

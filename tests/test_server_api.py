@@ -4,12 +4,9 @@ The app runs in-process (Litestar's test client); its workers are real subproces
 
 from __future__ import annotations
 
-import base64
 import logging
-import struct
 
 import httpx
-import pytest
 
 
 def test_models_lists_every_discovered_model_and_whether_it_is_loaded(client):
@@ -67,32 +64,6 @@ def test_stop_string_across_tokens_is_never_streamed(api):
                                     stop=["a be"], stream=True)
     pieces = [c.choices[0].text for c in stream if c.choices]
     assert "".join(pieces) == "alph"
-
-
-def test_embeddings_float_and_base64_agree(client, api):
-    default = api.embeddings.create(model="fast", input=["hello there", "general"])
-    floats = api.embeddings.create(model="fast", input=["hello there", "general"],
-                                   encoding_format="float")
-    assert [d.index for d in default.data] == [0, 1]
-    for a, b in zip(default.data, floats.data):
-        assert a.embedding == pytest.approx(b.embedding)
-    raw = client.post(client.v1 + "/embeddings", json={
-        "model": "fast", "input": "hello there", "encoding_format": "base64"}).json()
-    decoded = struct.unpack("<8f", base64.b64decode(raw["data"][0]["embedding"]))
-    assert list(decoded) == pytest.approx(floats.data[0].embedding)
-    assert floats.usage.prompt_tokens == 3
-
-
-def test_dimensions_cut_and_renormalize_every_backend_s_vectors_or_name_the_width(client, api):
-    full = api.embeddings.create(model="fast", input="hello").data[0].embedding
-    short = api.embeddings.create(model="fast", input="hello", dimensions=3).data[0].embedding
-    norm = sum(x * x for x in full[:3]) ** 0.5
-    assert short == pytest.approx([x / norm for x in full[:3]], rel=1e-5)
-    too_wide = client.post(client.v1 + "/embeddings",
-                           json={"model": "fast", "input": "hello", "dimensions": 9})
-    assert too_wide.status_code == 400
-    error = too_wide.json()["error"]
-    assert error["param"] == "dimensions" and "8" in error["message"]
 
 
 def test_unknown_fields_are_ignored_and_nulls_count_as_absent(client):

@@ -1,5 +1,7 @@
-"""Fixes from the 2026-12 review on the API side: the responses store off the event loop,
-`dimensions` decided once in the worker, and the routes' shared paths."""
+"""The Responses API's store (SQLite): a conversation follows previous_response_id until a
+missing link cuts it; a stream's write never waits for a long read; the TTL prune and every
+write run in a thread, off the event loop. Who may read a stored response:
+test_responses_ownership.py; a full disk: test_faults.py."""
 
 from __future__ import annotations
 
@@ -7,12 +9,35 @@ import threading
 import time
 
 import anyio
-import pytest
 
-from llama_api import errors
-from llama_api.api.embeddings import rows_of, shortened
-from llama_api.api.responses_store import READ, ResponsesStore
-from llama_api.workers.child import vectors_to_bytes
+from llama_api.api.responses_store import READ, ResponseNotFound, ResponsesStore
+
+
+def test_the_store_follows_previous_ids_and_a_missing_link_cuts_the_conversation(tmp_path):
+    store = ResponsesStore(tmp_path)
+
+    def said(text):
+        return {"type": "message", "role": "user", "content": [{"type": "input_text",
+                                                                 "text": text}]}
+
+    for n, previous in ((1, None), (2, "r1"), (3, "r2")):
+        store.put_blocking({"id": f"r{n}", "created_at": 1e10, "previous_response_id": previous,
+                            "output": [said(f"out{n}")]}, [said(f"in{n}")], None)
+
+    def texts(response_id):
+        items = anyio.run(store.conversation, response_id, None)
+        return [item["content"][0]["text"] for item in items]
+
+    assert texts("r3") == ["in1", "out1", "in2", "out2", "in3", "out3"]
+    anyio.run(store.delete, "r2", None)
+    assert texts("r3") == ["in3", "out3"]
+    try:
+        anyio.run(store.conversation, "r2", None)
+    except ResponseNotFound as exc:
+        assert exc.status == 404 and exc.param == "previous_response_id"
+    else:
+        raise AssertionError("a deleted response continued")
+    store.close()
 
 
 def stored(n: int, created_at: float) -> dict:
@@ -67,37 +92,3 @@ def test_put_stores_in_a_thread(tmp_path):
     assert threads and threads[0] is not threading.main_thread()
     assert anyio.run(store.input_items, "r1", None) == [{"id": "i"}]
     store.close()
-
-
-# -- `dimensions`: the worker sends full-width vectors, the HTTP layer cuts them -----------
-
-def as_served(embeddings, dimensions) -> tuple[int, list[list[float]]]:
-    """The vectors a backend returned, through the pipe's bytes and the HTTP layer's cut."""
-    data, count, dims = vectors_to_bytes(embeddings)
-    assert len(data) == count * dims * 4
-    rows = shortened(rows_of(data, count, dims), dims, dimensions)
-    return len(rows[0]), [row.tolist() for row in rows]
-
-
-@pytest.mark.parametrize("as_numpy", [False, True], ids=["lists", "numpy"])
-def test_fewer_dimensions_cut_each_vector_and_renormalize_it(as_numpy):
-    rows = [[3.0, 4.0, 12.0], [0.0, 0.0, 5.0], [1.0, 1.0, 1.0]]
-    embeddings = pytest.importorskip("numpy").array(rows) if as_numpy else rows
-    dims, cut = as_served(embeddings, 2)
-    assert (len(cut), dims) == (3, 2)
-    assert cut[0] == pytest.approx([0.6, 0.8])
-    assert cut[1] == [0.0, 0.0]  # a zero vector stays zero, not NaN
-    assert cut[2] == pytest.approx([2 ** -0.5, 2 ** -0.5])
-    # the model's own width, or none asked: the vectors as the backend made them
-    for dimensions in (3, None):
-        assert as_served(embeddings, dimensions) == (3, rows)
-
-
-@pytest.mark.parametrize("as_numpy", [False, True], ids=["lists", "numpy"])
-def test_more_dimensions_than_the_model_makes_is_a_400_naming_its_width(as_numpy):
-    rows = [[0.5] * 8]
-    embeddings = pytest.importorskip("numpy").array(rows) if as_numpy else rows
-    with pytest.raises(errors.BadRequest) as info:
-        as_served(embeddings, 9)
-    assert info.value.param == "dimensions"
-    assert "8-dimensional" in info.value.message
