@@ -9,7 +9,8 @@ import msgspec
 import pytest
 from support import read_events
 
-from llama_api.api.anthropic import conversation
+from llama_api import errors
+from llama_api.api.anthropic import conversation, tool_input
 from llama_api.api.schemas.anthropic import MessagesRequest
 
 MESSAGES = "/messages"
@@ -292,6 +293,14 @@ def test_turns_become_the_cores_chat_messages():
         {"role": "user", "content": "thanks"},
         {"role": "assistant", "content": ""},
     ]
+
+
+def test_tool_arguments_that_are_not_an_object_are_a_503_naming_the_tool():
+    call = {"id": "c", "function": {"name": "get_weather", "arguments": "[1, 2]"}}
+    with pytest.raises(errors.BackendUnavailable, match="get_weather") as raised:
+        tool_input(call)
+    assert (raised.value.status, raised.value.code) == (503, "invalid_tool_arguments")
+    assert tool_input({"function": {"name": "f", "arguments": ""}}) == {}
 
 
 def test_count_tokens_is_the_messages_input_tokens(shared_client):

@@ -22,13 +22,14 @@ def decode(body: dict, type_):
     return msgspec.json.decode(msgspec.json.encode(body), type=type_)
 
 
-def chat(**fields):
+def normalized_chat(**fields):
+    """The requests a backend gets for a chat completion of `fields` (n fans out)."""
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **fields}
     return chat_requests(decode(body, ChatCompletionRequest))
 
 
 def test_content_parts_become_text_and_absent_fields_are_left_out():
-    [request] = chat(messages=[
+    [request] = normalized_chat(messages=[
         {"role": "system", "content": None},
         {"role": "user", "content": [{"type": "text", "text": "a "}, "b", {"type": "text"}]},
         {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
@@ -44,61 +45,64 @@ def test_content_parts_become_text_and_absent_fields_are_left_out():
 
 def test_a_non_text_part_is_not_supported_naming_the_message():
     with pytest.raises(errors.NotSupported) as info:
-        chat(messages=[{"role": "user", "content": "x"},
+        normalized_chat(messages=[{"role": "user", "content": "x"},
                        {"role": "user", "content": [{"type": "image_url", "image_url": {}}]}])
     assert info.value.param == "messages[1].content" and info.value.status == 400
 
 
 def test_tools_and_tool_choice_are_normalized():
-    [request] = chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "time"}})
+    [request] = normalized_chat(tools=TOOLS,
+                                tool_choice={"type": "function", "function": {"name": "time"}})
     assert request.tools == [
         {"type": "function", "function": {"name": "weather", "description": "d",
                                           "parameters": {"type": "object"}}},
         {"type": "function", "function": {"name": "time"}},
     ]
     assert (request.tool_choice, request.tool_name) == ("function", "time")
-    assert chat(tools=TOOLS, tool_choice="required")[0].tool_choice == "required"
-    assert chat(tools=TOOLS)[0].tool_choice is None
-    assert chat(tool_choice="none")[0].tools is None
+    assert normalized_chat(tools=TOOLS, tool_choice="required")[0].tool_choice == "required"
+    assert normalized_chat(tools=TOOLS)[0].tool_choice is None
+    assert normalized_chat(tool_choice="none")[0].tools is None
 
 
 def test_a_tool_choice_that_names_no_tool_is_refused():
     with pytest.raises(errors.BadRequest) as info:
-        chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "nope"}})
+        normalized_chat(tools=TOOLS,
+                        tool_choice={"type": "function", "function": {"name": "nope"}})
     assert info.value.param == "tool_choice" and "nope" in info.value.message
     with pytest.raises(errors.BadRequest) as info:
-        chat(tool_choice="required")
+        normalized_chat(tool_choice="required")
     assert info.value.param == "tool_choice"
 
 
 def test_legacy_functions_become_tools():
-    [request] = chat(functions=[{"name": "weather"}], function_call={"name": "weather"})
+    [request] = normalized_chat(functions=[{"name": "weather"}],
+                                function_call={"name": "weather"})
     assert request.tools == [{"type": "function", "function": {"name": "weather"}}]
     assert (request.tool_choice, request.tool_name) == ("function", "weather")
     with pytest.raises(errors.BadRequest) as info:
-        chat(functions=[{"name": "weather"}], function_call={"name": "other"})
+        normalized_chat(functions=[{"name": "weather"}], function_call={"name": "other"})
     assert info.value.param == "function_call"
 
 
 def test_response_format_becomes_one_struct_and_text_means_none():
     schema = {"type": "object"}
-    assert chat(response_format={"type": "text"})[0].response_format is None
-    assert chat(response_format={"type": "json_object"})[0].response_format == \
+    assert normalized_chat(response_format={"type": "text"})[0].response_format is None
+    assert normalized_chat(response_format={"type": "json_object"})[0].response_format == \
         ResponseFormat(type="json_object")
-    assert chat(response_format={"type": "json_schema", "json_schema": {
+    assert normalized_chat(response_format={"type": "json_schema", "json_schema": {
         "name": "x", "schema": schema}})[0].response_format == \
         ResponseFormat(type="json_schema", schema=schema)
 
 
 def test_sampling_fields_and_n_fan_out():
-    requests = chat(n=3, seed=7, stop="\n", max_completion_tokens=5, logprobs=True,
+    requests = normalized_chat(n=3, seed=7, stop="\n", max_completion_tokens=5, logprobs=True,
                     top_logprobs=2, logit_bias={"12": -100, "0": 3.5}, mirostat_mode=2)
     assert [r.seed for r in requests] == [7, 8, 9]
     first = requests[0]
     assert first.stop == ["\n"] and first.max_tokens == 5 and first.logprobs == 2
     assert first.logit_bias == {12: -100.0, 0: 3.5}
     assert first.extra == {"mirostat_mode": 2}
-    assert chat(stop=["", "x"])[0].stop == ["x"]
+    assert normalized_chat(stop=["", "x"])[0].stop == ["x"]
 
 
 def test_completion_prompts_fan_out_per_prompt_and_choice():
@@ -139,6 +143,20 @@ def test_out_of_range_fields_are_400_naming_the_field(shared_client, fields, par
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["param"] == param
     assert f"`{param}`" in reply.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body", [
+    {"prompt": [1, 2**31]},
+    {"prompt": [[5, 2**40]]},
+    {"prompt": "hi", "logit_bias": {str(2**31): 1}},
+])
+def test_a_token_id_past_32_bits_is_a_400_naming_the_field(shared_client, body):
+    reply = shared_client.post(shared_client.v1 + "/completions",
+                               json={"model": "fast", "max_tokens": 1, **body})
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"].startswith(("prompt", "logit_bias")), error
+    assert "2147483647" in error["message"]  # the schema's bound, not a backend's refusal
 
 
 def test_the_backend_receives_normalized_values(client, events_file):

@@ -1,5 +1,6 @@
-"""How the server starts and stops: API keys from several sources; SIGTERM/SIGINT mid-stream,
-the grace period, and no orphaned workers."""
+"""How the server starts and stops: SIGTERM/SIGINT mid-stream, the grace period, no orphaned
+workers (a worker watches its parent), and nothing left open when the start fails. Where the
+keys come from: test_keys.py."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 
 import httpx
 import pytest
 from support import USER
 
+from llama_api.scheduling.scheduler import Scheduler
 from llama_api.testing import pid_exists, wait_for
 from llama_api.testing.processes import children, gone
 from llama_api.testing.server import held_request
@@ -131,25 +134,20 @@ def test_a_parent_that_died_before_the_watch_began_is_noticed():
     assert result.returncode == 1 and time.monotonic() - started < 10
 
 
-def test_api_keys_come_from_the_flag_a_file_and_the_environment(start_server, tmp_path):
-    key_file = tmp_path / "keys.txt"
-    key_file.write_text("# the operators' keys\nsk-file-1\n\n  sk-file-2  \n")
-    keys = ["sk-flag", "sk-file-1", "sk-file-2", "sk-env-1", "sk-env-2"]
-    with start_server("--api-key", "sk-flag", "--api-key-file", str(key_file),
-                      env={"LLAMA_API_KEYS": "sk-env-1, sk-env-2,"}) as server:
-        for key in keys:
-            reply = httpx.get(server.v1 + "/models", headers={"Authorization": f"Bearer {key}"},
-                              timeout=30)
-            assert reply.status_code == 200, key
-        for header in ({}, {"Authorization": "Bearer # the operators' keys"}):
-            assert httpx.get(server.v1 + "/models", headers=header, timeout=30).status_code == 401
-    log = server.log()
-    assert "5 key(s)" in log
-    assert not [key for key in keys if key in log], "a key was written to the log"
+def test_the_responses_store_closes_when_the_scheduler_fails_to_start(start_app, monkeypatch):
+    from llama_api.api import responses_store
 
+    closed = []
+    real_close = responses_store.ResponsesStore.close
+    monkeypatch.setattr(responses_store.ResponsesStore, "close",
+                        lambda self: (closed.append(True), real_close(self)))
 
-def test_a_missing_key_file_is_refused_at_start(tmp_path):
-    missing = tmp_path / "no-such-keys.txt"
-    result = subprocess.run([sys.executable, "-m", "llama_api", "serve", "--api-key-file",
-                             str(missing)], check=False, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and str(missing) in result.stderr
+    def broken_running(self):
+        raise RuntimeError("no task group today")
+
+    monkeypatch.setattr(Scheduler, "running", broken_running)
+    # The test client may wrap it in an exception group.
+    with pytest.raises(BaseException) as raised, start_app():
+        pass
+    assert "no task group today" in "".join(traceback.format_exception(raised.value))
+    assert closed == [True]

@@ -239,35 +239,6 @@ def test_a_running_server_serves_a_pulled_model_without_restart(hub, start_serve
         assert reply.json()["model"] == "looked-up"
 
 
-def test_the_registry_rescans_a_changed_folder_and_models_toml_stays_authoritative(
-        tmp_path, monkeypatch):
-    from llama_api.scheduling.registry import Registry, in_hidden_folder
-    from llama_api.workers.plugins import Plugins
-
-    monkeypatch.setenv("LLAMA_API_PLUGINS", "echo")
-    folder = tmp_path / "models"
-    folder.mkdir()
-    (folder / "one.echo").write_text("{}")
-    (tmp_path / "configured.echo").write_text("{}")
-    config = tmp_path / "models.toml"
-    config.write_text('[models.two]\nbackend = "echo"\npath = "configured.echo"\n'
-                      "options = { delay = 0.5 }\n")
-    registry = Registry.build(Plugins(), folder, config)
-    assert set(registry.models) == {"one", "two"}
-
-    (folder / "two.echo").write_text("{}")  # the configured model's id
-    (folder / "three.echo").write_text("{}")
-    assert registry.resolve("three").path == str(folder / "three.echo")  # an unknown name: rescan
-    assert set(registry.models) == {"one", "two", "three"}
-    assert registry.models["two"].options == {"delay": 0.5}
-    (folder / "one.echo").unlink()
-    assert set(registry.models) == {"two", "three"}
-
-    assert in_hidden_folder(str(folder / ".pull" / "x.gguf"), folder)  # a pull in progress
-    assert not in_hidden_folder(str(folder / "ggml" / "x.gguf"), folder)
-    assert not in_hidden_folder("/elsewhere/.hidden/x.gguf", folder)
-
-
 def test_a_second_pull_of_a_file_being_downloaded_stops_instead_of_corrupting_it(hub, models):
     content = b"GGUF" + os.urandom(CHUNK + 2 * MiB)
     hub.add_repo("acme/busy-GGUF", {"busy.gguf": content})
