@@ -175,7 +175,7 @@ def test_the_readme_shows_the_example_plugin_that_runs():
     """The README's plugin example is the package `make test` installs and runs the
     conformance kit on, character for character."""
     readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```(?:python|toml)\n(.*?)```", readme, flags=re.S)
+    blocks = re.findall(r"```(?:python|toml)\n(.*?)```", readme, flags=re.DOTALL)
     source = (EXAMPLE / "llama_api_minimal" / "__init__.py").read_text()
     assert source in blocks, "README's plugin code differs from examples/plugin-minimal"
     entry_point = (EXAMPLE / "pyproject.toml").read_text().split("[project.entry-points")[1]
@@ -213,6 +213,6 @@ def test_the_contract_holds_under_the_oldest_pluggy_the_core_allows():
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
          "-k", "not oldest_pluggy", str(Path(__file__)),
          str(ROOT / "tests" / "test_echo_conformance.py"), str(EXAMPLE / "tests")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "skipped" not in run.stdout.splitlines()[-1]

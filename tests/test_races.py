@@ -28,7 +28,7 @@ from llama_api.scheduling.scheduler import Scheduler
 from llama_api.testing import pid_exists, wait_for
 from llama_api.testing.processes import children
 from llama_api.testing.server import held_request
-from llama_api.workers.handle import WorkerProcess
+from llama_api.workers.handle import WorkerHandle
 
 
 @pytest.fixture(scope="module")
@@ -157,11 +157,11 @@ def consistency_problem(status: dict) -> str | None:
 def test_a_model_unloading_while_it_loads_again_is_shown_as_the_unloading_one():
     spec = ModelSpec(id="m", backend="echo", path="m.echo", plugin="echo")
     scheduler = Scheduler(Settings(max_workers=2))
-    leaving = Entry(spec=spec, process=WorkerProcess(spec, 1, on_exit=lambda _: None),
+    leaving = Entry(spec=spec, handle=WorkerHandle(spec, 1, on_exit=lambda _: None),
                     slots=anyio.Semaphore(1))
-    leaving.process.pid = os.getpid()
+    leaving.handle.pid = os.getpid()
     leaving.ready.set()
-    coming = Entry(spec=spec, process=WorkerProcess(spec, 1, on_exit=lambda _: None))
+    coming = Entry(spec=spec, handle=WorkerHandle(spec, 1, on_exit=lambda _: None))
     scheduler.unloading[spec.id], scheduler.entries[spec.id] = leaving, coming
     status = admin_model_status(spec, scheduler)
     assert status["state"] == "unloading"

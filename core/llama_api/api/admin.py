@@ -47,8 +47,8 @@ def model_status(spec: ModelSpec, scheduler: Scheduler) -> dict[str, Any]:
     # in `entries`, with another process and no slots yet.
     entry: Entry | None = (scheduler.unloading if state == "unloading"
                            else scheduler.entries).get(spec.id)
-    process = entry.process if entry is not None else None
-    worker = entry.worker if entry is not None else None
+    process = entry.handle if entry is not None else None
+    worker = process if entry is not None and entry.loaded else None
     status: dict[str, Any] = {
         "id": spec.id,
         "backend": spec.backend,

@@ -185,10 +185,10 @@ class _SchedulerGauges:
                 running.add_metric([model_id], entry.in_use)
                 waiting.add_metric([model_id], entry.queued)
                 loaded.add_metric([model_id], 1)
-                held = memory.rss(entry.worker.pid) if entry.worker.pid else None
+                held = memory.rss(entry.handle.pid) if entry.handle.pid else None
                 if held is not None:
                     rss.add_metric([model_id], held)
-                now = entry.worker.info.get("n_threads")
+                now = entry.handle.info.get("n_threads")
                 if isinstance(now, int):
                     threads.add_metric([model_id], now)
             for model_id in sorted(scheduler.pinned):

@@ -18,9 +18,9 @@ def model_card(spec: ModelSpec, entry: Entry | None) -> dict:
         "aliases": spec.aliases,
         "meta": spec.meta,
     }
-    if entry is not None and entry.worker is not None:
-        card["worker"] = {"pid": entry.worker.pid, "slots": entry.worker.slots,
-                          "info": entry.worker.info}
+    if entry is not None and entry.loaded:
+        card["worker"] = {"pid": entry.handle.pid, "slots": entry.handle.slots,
+                          "info": entry.handle.info}
     return card
 
 
@@ -33,5 +33,5 @@ def model_list(specs: dict[str, ModelSpec], scheduler: Scheduler) -> dict:
 def health(scheduler: Scheduler, plugins: Plugins) -> dict:
     loaded = scheduler.loaded()
     return {"status": "ok", "loaded": sorted(loaded),
-            "workers": {m: e.worker.pid for m, e in loaded.items()},
+            "workers": {m: e.handle.pid for m, e in loaded.items()},
             "plugins": plugins.names(), "broken_plugins": plugins.broken}

@@ -15,7 +15,7 @@ import anyio
 from llama_api import errors
 from llama_api.contract.records import ModelSpec
 from llama_api.scheduling.memory import Footprint
-from llama_api.workers.handle import WorkerProcess
+from llama_api.workers.handle import WorkerHandle
 
 
 def available_cores() -> int:
@@ -53,23 +53,24 @@ class Entry:
     slots: anyio.Semaphore | None = None
     users: int = 0  # requests that hold or wait for this model's slots
     last_used: float = field(default_factory=time.monotonic)
-    process: WorkerProcess | None = None  # the process, from its start
+    handle: WorkerHandle | None = None  # the worker, from its start (see `loaded`)
     load_seconds: float | None = None
     memory: Footprint = field(default_factory=Footprint)  # estimated, then measured once loaded
 
     @property
-    def worker(self) -> WorkerProcess | None:
-        """The process once it has loaded the model; None while loading or after a failure."""
-        return self.process if self.ready.is_set() and self.error is None else None
+    def loaded(self) -> bool:
+        """Whether `handle`'s worker has loaded the model (False while it loads, after a
+        failure, and before it started)."""
+        return self.handle is not None and self.ready.is_set() and self.error is None
 
     @property
     def state(self) -> str:
-        return "loaded" if self.worker is not None else "loading"
+        return "loaded" if self.loaded else "loading"
 
     @property
     def in_use(self) -> int:
         """Slots held by requests now (0 until loaded)."""
-        return self.worker.slots - self.slots.value if self.worker is not None else 0
+        return self.handle.slots - self.slots.value if self.loaded else 0
 
     @property
     def queued(self) -> int:

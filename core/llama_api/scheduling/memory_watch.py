@@ -29,9 +29,9 @@ async def watch_memory(scheduler) -> None:
     first_seen: dict[int, int] = {}  # pid -> its size when first seen loaded
     while True:
         await anyio.sleep(CHECK_EVERY)
-        workers = [entry.worker for entry in (*scheduler.entries.values(),
+        workers = [entry.handle for entry in (*scheduler.entries.values(),
                                               *scheduler.unloading.values())
-                   if entry.worker is not None and entry.worker.alive]
+                   if entry.loaded and entry.handle.alive]
         if not workers:
             first_seen = {}
             continue

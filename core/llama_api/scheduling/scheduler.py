@@ -34,7 +34,7 @@ from llama_api.scheduling.entries import Entry, Settings, available_cores
 from llama_api.scheduling.events import EventBus
 from llama_api.scheduling.memory import Footprint, MemoryBudget, describe
 from llama_api.scheduling.memory_watch import watch_memory
-from llama_api.workers.handle import WorkerProcess
+from llama_api.workers.handle import WorkerHandle
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class Scheduler:
         self._waiting = 0
         self._changed = anyio.Event()
         self._task_group: TaskGroup | None = None
-        self.spares: dict[str, WorkerProcess] = {}  # plugin -> a started worker, no model yet
+        self.spares: dict[str, WorkerHandle] = {}  # plugin -> a started worker, no model yet
         self._spares_wanted: set[str] = set()  # plugins whose spare starts once all is idle
 
     def _share_cores(self) -> None:
@@ -73,7 +73,7 @@ class Scheduler:
         their threads at run time take the hint; --threads fixes the count instead)."""
         if self.settings.threads_per_worker or self._task_group is None:
             return
-        busy = [e.worker for e in self.entries.values() if e.worker is not None and e.in_use]
+        busy = [e.handle for e in self.entries.values() if e.loaded and e.in_use]
         share = max(1, available_cores() // max(1, len(busy)))
         for worker in busy:
             if worker.thread_budget != share:
@@ -125,13 +125,13 @@ class Scheduler:
                 or any(entry.users for entry in self.entries.values())):
             return
         for plugin in sorted(self._spares_wanted - set(self.spares)):
-            spare = WorkerProcess.spare(plugin, self.threads_per_worker,
+            spare = WorkerHandle.spare(plugin, self.threads_per_worker,
                                         on_exit=self._worker_exited)
             self.spares[plugin] = spare
             self._task_group.start_soon(self._spawn_spare, spare)
         self._spares_wanted.clear()
 
-    async def _spawn_spare(self, spare: WorkerProcess) -> None:
+    async def _spawn_spare(self, spare: WorkerHandle) -> None:
         try:
             await spare.spawn(self._task_group)
         except (OSError, errors.LlamaApiError) as exc:  # loads then start their own workers
@@ -142,7 +142,7 @@ class Scheduler:
         if self.spares.get(spare.spec.plugin) is not spare:  # shut down while it started
             await spare.stop()
 
-    def _take_spare(self, plugin: str) -> WorkerProcess | None:
+    def _take_spare(self, plugin: str) -> WorkerHandle | None:
         """The plugin's spare once its process is up; None if there is none, or it is still
         starting (a new worker is then as quick), or it died (it is reaped)."""
         spare = self.spares.get(plugin)
@@ -175,12 +175,12 @@ class Scheduler:
                 else:
                     await entry.slots.acquire()
                 try:
-                    if not entry.worker.alive and attempt < 2:
+                    if not entry.handle.alive and attempt < 2:
                         continue  # it died while we queued: this request never reached it
                     self._share_cores()
                     if self.on_queue_wait is not None:
                         self.on_queue_wait(spec.id, time.perf_counter() - started - loading)
-                    yield entry.worker
+                    yield entry.handle
                     return
                 finally:
                     entry.last_used = time.monotonic()
@@ -258,7 +258,7 @@ class Scheduler:
         """What the models hold (those being unloaded too): measured once loaded (RSS, read
         now, in a thread: it walks /proc), else estimated."""
         held = [*self.entries.values(), *self.unloading.values()]
-        loaded = [(entry, entry.worker.pid) for entry in held if entry.worker is not None]
+        loaded = [(entry, entry.handle.pid) for entry in held if entry.loaded]
 
         def measure_all() -> list[Footprint]:
             return [self.memory.measure(pid, entry.memory) for entry, pid in loaded]
@@ -291,11 +291,11 @@ class Scheduler:
         worker = self._take_spare(entry.spec.plugin)
         spare = worker is not None
         if worker is None:
-            worker = WorkerProcess(entry.spec, self.threads_per_worker,
+            worker = WorkerHandle(entry.spec, self.threads_per_worker,
                                    on_exit=self._worker_exited)
         worker.request_timeout = self.settings.request_timeout
         worker.load_timeout = self.settings.load_timeout
-        entry.process = worker
+        entry.handle = worker
         estimate = entry.memory
         try:
             if spare:
@@ -345,23 +345,23 @@ class Scheduler:
         """End the entry's worker; `reason`: "request", "idle", "evicted" or "shutdown"."""
         if self.entries.get(entry.spec.id) is entry:
             del self.entries[entry.spec.id]
-        if entry.worker is None:
+        if not entry.loaded:
             return
         self._stopping += 1
         self.unloading[entry.spec.id] = entry
         try:
-            await entry.worker.stop()
+            await entry.handle.stop()
         finally:
             self._stopping -= 1
             if self.unloading.get(entry.spec.id) is entry:
                 del self.unloading[entry.spec.id]
             self._notify()
         log.info("unloaded model %s (%s)", entry.spec.id, reason)
-        self.events.publish("unloaded", entry.spec.id, reason=reason, pid=entry.worker.pid)
+        self.events.publish("unloaded", entry.spec.id, reason=reason, pid=entry.handle.pid)
 
-    def _worker_exited(self, worker: WorkerProcess) -> None:
+    def _worker_exited(self, worker: WorkerHandle) -> None:
         entry = self.entries.get(worker.spec.id)
-        if entry is not None and entry.process is worker:
+        if entry is not None and entry.handle is worker:
             log.error("worker for %s (pid %s) died; it will be reloaded on the next request. "
                       "Its last lines:\n%s", worker.spec.id, worker.pid,
                       "\n".join(f"  {line}" for line in worker.last_lines) or "  (none)")
@@ -445,4 +445,4 @@ class Scheduler:
     # -- status ----------------------------------------------------------------------
 
     def loaded(self) -> dict[str, Entry]:
-        return {model_id: e for model_id, e in self.entries.items() if e.worker is not None}
+        return {model_id: e for model_id, e in self.entries.items() if e.loaded}

@@ -48,7 +48,7 @@ from llama_api.contract.records import (
     TokenizeRequest,
 )
 from llama_api.testing.processes import pid_exists
-from llama_api.workers.handle import WorkerProcess
+from llama_api.workers.handle import WorkerHandle
 from llama_api.workers.plugins import Plugins
 
 
@@ -57,7 +57,7 @@ async def running_worker(spec: ModelSpec, n_threads: int = 1):
     """A loaded worker for the duration of the block; stopped (and reaped) after."""
     with errors.unwrapped():  # show the test the error itself
         async with anyio.create_task_group() as task_group:
-            worker = WorkerProcess(spec, n_threads, on_exit=lambda _: None)
+            worker = WorkerHandle(spec, n_threads, on_exit=lambda _: None)
             await worker.start(task_group)
             try:
                 yield worker
@@ -66,7 +66,7 @@ async def running_worker(spec: ModelSpec, n_threads: int = 1):
             task_group.cancel_scope.cancel()
 
 
-async def generate_all(worker: WorkerProcess, request: GenerateRequest):
+async def generate_all(worker: WorkerHandle, request: GenerateRequest):
     deltas = [delta async for delta in worker.generate(request)]
     return "".join(d.text for d in deltas), deltas
 
@@ -77,9 +77,9 @@ class SharedWorkers:
 
     def __init__(self, portal: anyio.from_thread.BlockingPortal):
         self._portal = portal
-        self._running: dict[bytes, tuple[WorkerProcess, object]] = {}
+        self._running: dict[bytes, tuple[WorkerHandle, object]] = {}
 
-    def worker(self, spec: ModelSpec) -> WorkerProcess:
+    def worker(self, spec: ModelSpec) -> WorkerHandle:
         """A loaded worker for `spec`: the one kept from an earlier test if it still runs."""
         key = msgspec.json.encode(spec)
         kept = self._running.get(key)

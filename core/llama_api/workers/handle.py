@@ -48,10 +48,12 @@ def error_from(failed: protocol.Failed) -> errors.LlamaApiError:
     return cls(failed.message, param=failed.param, code=failed.code)
 
 
-class WorkerProcess:
-    """One model in one subprocess. Requests are multiplexed over its pipes by id."""
+class WorkerHandle:
+    """The server's handle on one worker process (one model): start it, send it requests
+    (multiplexed over its pipes by id), read its answers, stop it. `child.ChildWorker` is the
+    other end."""
 
-    def __init__(self, spec: ModelSpec, n_threads: int, on_exit: Callable[[WorkerProcess], None]):
+    def __init__(self, spec: ModelSpec, n_threads: int, on_exit: Callable[[WorkerHandle], None]):
         self.spec = spec
         self.n_threads = n_threads
         self.on_exit = on_exit
@@ -79,7 +81,7 @@ class WorkerProcess:
     # -- lifecycle -------------------------------------------------------------------
 
     @classmethod
-    def spare(cls, plugin: str, n_threads: int, on_exit: Callable[[WorkerProcess], None]):
+    def spare(cls, plugin: str, n_threads: int, on_exit: Callable[[WorkerHandle], None]):
         """A worker for `plugin` with no model yet: `spawn` it now (the interpreter starts
         and imports the plugin's libraries), `load(spec)` it when a model is asked for."""
         return cls(ModelSpec(id=f"(spare {plugin} worker)", backend="", path="", plugin=plugin),

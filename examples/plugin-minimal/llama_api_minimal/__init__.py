@@ -8,6 +8,7 @@ import hashlib
 import math
 import random
 import time
+from itertools import pairwise
 from pathlib import Path
 
 from llama_api import errors
@@ -34,7 +35,7 @@ class WordChain:
         if len(words) < 2:
             raise errors.ModelLoadError(f"{Path(spec.path).name} has fewer than two words")
         self.following: dict[str, list[str]] = {}
-        for word, after in zip(words, words[1:]):
+        for word, after in pairwise(words):
             self.following.setdefault(word, []).append(after)
         self.start = words[0]
         # seconds per word: a real model takes time per token, so streams are visible
