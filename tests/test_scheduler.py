@@ -22,7 +22,11 @@ import openai
 import pytest
 from support import USER, chat, echo_server, model_status, read_events, wait_for_start
 
+from llama_api.contract.records import ModelSpec
+from llama_api.scheduling.entries import Settings
+from llama_api.scheduling.scheduler import Scheduler
 from llama_api.testing import pid_exists, wait_for
+from llama_api.workers.plugins import Plugins
 
 # The models of the shared servers (as in conftest.py's models_dir).
 SHARED_MODELS = {"fast": {}, "slow": {"delay": 0.05}, "slower": {"delay": 0.05},
@@ -59,7 +63,7 @@ def spans(events: list[dict]) -> dict[str, tuple[float, float]]:
 
 
 class FakeWorker:
-    """Stands in for WorkerProcess in scheduler-only tests; `script` says how each start goes."""
+    """Stands in for WorkerHandle in scheduler-only tests; `script` says how each start goes."""
 
     script: ClassVar[list[str]] = []
     started: ClassVar[list[FakeWorker]] = []
@@ -90,7 +94,7 @@ def run_scheduler(monkeypatch, script, body, **settings):
     """Run `body(scheduler)` on a real Scheduler whose workers are FakeWorkers."""
     from llama_api.scheduling import scheduler as scheduler_module
 
-    monkeypatch.setattr(scheduler_module, "WorkerProcess", FakeWorker)
+    monkeypatch.setattr(scheduler_module, "WorkerHandle", FakeWorker)
     FakeWorker.script, FakeWorker.started = list(script), []
 
     async def main():
@@ -308,6 +312,34 @@ def test_client_timeout_on_a_plain_request_cancels_it_too(one_worker):
     cancelled = next(e for e in read_events(events_file) if e["event"] == "cancelled")
     assert cancelled["produced"] < 200  # stopped long before 400 tokens (~20 s)
     assert chat(server, "slow", 2).status_code == 200
+
+
+def test_a_failing_idle_unload_is_logged_and_the_scheduler_goes_on(models_dir, monkeypatch,
+                                                                   caplog):
+    monkeypatch.setenv("LLAMA_API_PLUGINS", "echo")
+    spec = ModelSpec(id="fast", backend="echo", path=str(models_dir / "fast.echo"), plugin="echo")
+
+    async def main():
+        scheduler = Scheduler(Settings(idle_timeout=0.3), plugins=Plugins())
+        real_unload, attempts = scheduler._unload, []
+
+        async def unload_failing_once(entry, reason="request"):
+            attempts.append(reason)
+            if len(attempts) == 1:
+                raise RuntimeError("the worker would not stop")
+            await real_unload(entry, reason)
+
+        scheduler._unload = unload_failing_once
+        async with scheduler.running():
+            async with scheduler.lease(spec):
+                pass
+            with anyio.fail_after(10):
+                while "fast" in scheduler.entries or len(attempts) < 2:
+                    await anyio.sleep(0.05)
+            return attempts
+
+    assert anyio.run(main)[:2] == ["idle", "idle"]  # tried again after the failure
+    assert "unloading idle model fast failed" in caplog.text
 
 
 def test_shutdown_ends_every_worker(start_server):
