@@ -16,8 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent))  # node_clients.py and support.py sit beside it
 from node_clients import (
+    AGENT,
     FIXTURES,
     claude_command,
     claude_env,
@@ -26,10 +27,8 @@ from node_clients import (
     recording_proxy,
     run_client,
 )
+from support import echo_server
 
-from llama_api.testing import serve
-
-AGENT = {"max_prompt": 100_000, "default_max_tokens": 50_000}
 HEADERS = ("anthropic-beta", "anthropic-version", "user-agent", "originator",
            "x-codex-beta-features", "content-type")
 
@@ -57,11 +56,8 @@ def main() -> None:
     FIXTURES.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "models").mkdir()
-        (folder / "models" / "agent.echo").write_text(json.dumps(AGENT))
-        env = {"LLAMA_API_PLUGINS": "echo"}
         os.environ.setdefault("XDG_DATA_HOME", str(folder / "data"))
-        with serve("--models-dir", str(folder / "models"), env=env) as server:
+        with echo_server(folder / "models", models={"agent": AGENT}) as server:
             index = (capture(folder, "claude_code", claude_command, claude_env, "/v1/messages",
                              server)
                      + capture(folder, "codex", codex_command, codex_env, "/v1/responses",

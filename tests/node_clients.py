@@ -24,6 +24,9 @@ NODE_DIR = Path(__file__).parent / "node"
 INSTALLED = NODE_DIR / "node_modules" / ".installed"  # the Makefile's stamp after `npm ci`
 BIN = NODE_DIR / "node_modules" / ".bin"
 FIXTURES = Path(__file__).parent / "fixtures" / "client_requests"
+# The echo model a coding agent talks to: room for its prompts (an agent's system prompt has
+# thousands of words) and for its long answers.
+AGENT = {"max_prompt": 100_000, "default_max_tokens": 50_000}
 
 
 def require_node_clients() -> str:

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 
 import pytest
-from support import read_events
+from support import echo_server, read_events
 
-from llama_api.testing import serve, wait_for
+from llama_api.testing import wait_for
 
 anthropic = pytest.importorskip("anthropic")
 
@@ -20,43 +19,41 @@ TOOLS = [{"name": "get_weather", "description": "Weather in a city",
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def anthropic_server(tmp_path_factory):
+    """A server on fast and slow echo models that takes the API key KEY."""
     folder = tmp_path_factory.mktemp("anthropic")
-    models = folder / "models"
-    models.mkdir()
-    for name, options in {"fast": {}, "slow": {"delay": 0.05}}.items():
-        (models / f"{name}.echo").write_text(json.dumps(options))
-    events = folder / "events.jsonl"
-    env = {"LLAMA_API_PLUGINS": "echo", "LLAMA_API_ECHO_EVENTS": str(events)}
-    with serve("--models-dir", str(models), "--api-key", KEY, env=env) as running:
-        running.events = events
+    with echo_server(folder / "models", "--api-key", KEY,
+                     models={"fast": {}, "slow": {"delay": 0.05}},
+                     events=folder / "events.jsonl") as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    return anthropic.Anthropic(base_url=server.url, api_key=KEY, max_retries=0, timeout=60)
+def sdk(anthropic_server):
+    """The anthropic package's client of `anthropic_server`, with its key."""
+    return anthropic.Anthropic(base_url=anthropic_server.url, api_key=KEY, max_retries=0,
+                               timeout=60)
 
 
 def user(text):
     return [{"role": "user", "content": text}]
 
 
-def test_create_text_max_tokens_and_end_turn(client):
-    message = client.messages.create(model="fast", max_tokens=5, system="be brief",
-                                     messages=user("tick tock"))
+def test_create_text_max_tokens_and_end_turn(sdk):
+    message = sdk.messages.create(model="fast", max_tokens=5, system="be brief",
+                                  messages=user("tick tock"))
     assert message.type == "message" and message.role == "assistant" and message.model == "fast"
     assert [block.type for block in message.content] == ["text"]
     assert message.content[0].text == "be brief tick tock be"
     assert message.stop_reason == "max_tokens" and message.stop_sequence is None
     assert (message.usage.input_tokens, message.usage.output_tokens) == (4, 5)
-    ended = client.messages.create(model="fast", max_tokens=50, messages=user("stop here ONCE"))
+    ended = sdk.messages.create(model="fast", max_tokens=50, messages=user("stop here ONCE"))
     assert ended.stop_reason == "end_turn" and ended.content[0].text == "stop here ONCE"
 
 
-def test_stream_text_is_the_deltas_and_the_final_message_parses(client):
-    with client.messages.stream(model="fast", max_tokens=7, messages=user("one two three"),
-                                extra_body={"temperature": 0.2, "top_k": 5}) as stream:
+def test_stream_text_is_the_deltas_and_the_final_message_parses(sdk):
+    with sdk.messages.stream(model="fast", max_tokens=7, messages=user("one two three"),
+                             extra_body={"temperature": 0.2, "top_k": 5}) as stream:
         pieces = list(stream.text_stream)
         final = stream.get_final_message()
     assert len(pieces) > 1
@@ -66,22 +63,22 @@ def test_stream_text_is_the_deltas_and_the_final_message_parses(client):
     assert final.id.startswith("msg_")
 
 
-def test_tool_use_created_and_streamed(client):
-    message = client.messages.create(model="fast", max_tokens=50, messages=user("CALL it"),
-                                     tools=TOOLS, tool_choice={"type": "any"})
+def test_tool_use_created_and_streamed(sdk):
+    message = sdk.messages.create(model="fast", max_tokens=50, messages=user("CALL it"),
+                                  tools=TOOLS, tool_choice={"type": "any"})
     assert message.stop_reason == "tool_use"
     [call] = message.content
     assert (call.type, call.name, call.input) == ("tool_use", "get_weather", {"words": 2})
-    with client.messages.stream(model="fast", max_tokens=50, messages=user("CALL it"),
-                                tools=TOOLS, tool_choice={"type": "tool", "name": "get_weather"}
-                                ) as stream:
+    with sdk.messages.stream(model="fast", max_tokens=50, messages=user("CALL it"),
+                             tools=TOOLS, tool_choice={"type": "tool", "name": "get_weather"}
+                             ) as stream:
         final = stream.get_final_message()
     [call] = final.content
     assert (call.type, call.name, call.input) == ("tool_use", "get_weather", {"words": 2})
     assert final.stop_reason == "tool_use"
     # The answer goes back as a tool_result turn, which the server takes (without tools
     # this time, or the echo model would call again).
-    reply = client.messages.create(model="fast", max_tokens=50, messages=[
+    reply = sdk.messages.create(model="fast", max_tokens=50, messages=[
         *user("CALL it"),
         {"role": "assistant", "content": [call.model_dump()]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
@@ -90,7 +87,7 @@ def test_tool_use_created_and_streamed(client):
     assert reply.stop_reason == "end_turn" and reply.content[0].text == "CALL it sunny ONCE"
 
 
-def test_bad_input_raises_the_sdks_bad_request_error(client):
+def test_bad_input_raises_the_sdks_bad_request_error(sdk):
     cases = [
         {"extra_body": {"temperature": 1.5}},
         {"messages": [{"role": "user", "content": [{"type": "image", "source": {
@@ -99,35 +96,35 @@ def test_bad_input_raises_the_sdks_bad_request_error(client):
     ]
     for case in cases:
         with pytest.raises(anthropic.BadRequestError) as raised:
-            client.messages.create(**{"model": "fast", "max_tokens": 5, "messages": user("hi"),
-                                      **case})
+            sdk.messages.create(**{"model": "fast", "max_tokens": 5, "messages": user("hi"),
+                                   **case})
         assert raised.value.body["error"]["type"] == "invalid_request_error"
     with pytest.raises(anthropic.BadRequestError, match="max_tokens"):
-        client.post("/v1/messages", cast_to=object,
-                    body={"model": "fast", "messages": user("hi")})
+        sdk.post("/v1/messages", cast_to=object,
+                 body={"model": "fast", "messages": user("hi")})
 
 
-def test_unknown_model_and_wrong_key(client, server):
+def test_unknown_model_and_wrong_key(sdk, anthropic_server):
     with pytest.raises(anthropic.NotFoundError) as raised:
-        client.messages.create(model="nope", max_tokens=5, messages=user("hi"))
+        sdk.messages.create(model="nope", max_tokens=5, messages=user("hi"))
     assert raised.value.body["error"]["type"] == "not_found_error"
-    stranger = anthropic.Anthropic(base_url=server.url, api_key="sk-wrong", max_retries=0)
+    stranger = anthropic.Anthropic(base_url=anthropic_server.url, api_key="sk-wrong", max_retries=0)
     with pytest.raises(anthropic.AuthenticationError) as raised:
         stranger.messages.create(model="fast", max_tokens=5, messages=user("hi"))
     assert raised.value.body == {"type": "error", "error": {
         "type": "authentication_error",
         "message": raised.value.body["error"]["message"]}}
-    bearer = anthropic.Anthropic(base_url=server.url, auth_token=KEY, max_retries=0)
+    bearer = anthropic.Anthropic(base_url=anthropic_server.url, auth_token=KEY, max_retries=0)
     assert bearer.messages.create(model="fast", max_tokens=2, messages=user("hi")).content
 
 
-def test_a_worker_dying_mid_stream_is_an_error_event(client, server):
-    with client.messages.stream(model="slow", max_tokens=400, messages=user("a b c")) as stream:
+def test_a_worker_dying_mid_stream_is_an_error_event(sdk, anthropic_server):
+    with sdk.messages.stream(model="slow", max_tokens=400, messages=user("a b c")) as stream:
         events = iter(stream)
         while next(events).type != "content_block_delta":
             pass
         def starts():
-            return [e for e in read_events(server.events)
+            return [e for e in read_events(anthropic_server.events)
                     if e["event"] == "start" and e["model"] == "slow"]
 
         assert wait_for(starts)
@@ -139,9 +136,9 @@ def test_a_worker_dying_mid_stream_is_an_error_event(client, server):
     assert raised.value.body["error"]["type"] == "api_error"
 
 
-def test_count_tokens(client):
-    counted = client.messages.count_tokens(model="fast", system="be brief",
-                                           messages=user("tick tock"), tools=TOOLS)
-    used = client.messages.create(model="fast", max_tokens=1, system="be brief",
-                                  messages=user("tick tock"), tools=TOOLS).usage.input_tokens
+def test_count_tokens(sdk):
+    counted = sdk.messages.count_tokens(model="fast", system="be brief",
+                                        messages=user("tick tock"), tools=TOOLS)
+    used = sdk.messages.create(model="fast", max_tokens=1, system="be brief",
+                               messages=user("tick tock"), tools=TOOLS).usage.input_tokens
     assert counted.input_tokens == used == 4

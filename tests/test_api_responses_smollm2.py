@@ -36,30 +36,30 @@ def start(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(start):
+def smollm2_server(start):
     with start() as running:
         yield running
 
 
 @pytest.fixture(scope="module")
-def client(server):
-    return openai.OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
+def oai(smollm2_server):
+    return openai.OpenAI(base_url=smollm2_server.v1, api_key="unused", max_retries=0, timeout=120)
 
 
-def test_an_answer_that_makes_sense(client):
-    response = client.responses.create(model=MODEL, temperature=0, max_output_tokens=40,
-                                       instructions="Answer in one short sentence.",
-                                       input="How many legs does a dog have?")
+def test_an_answer_that_makes_sense(oai):
+    response = oai.responses.create(model=MODEL, temperature=0, max_output_tokens=40,
+                                    instructions="Answer in one short sentence.",
+                                    input="How many legs does a dog have?")
     assert "4" in response.output_text or "four" in response.output_text.lower()
     assert response.status == "completed"
     assert response.usage.input_tokens > 10 and response.usage.output_tokens > 2
 
 
-def test_the_stream_equals_the_plain_answer(client):
+def test_the_stream_equals_the_plain_answer(oai):
     request = {"model": MODEL, "temperature": 0, "max_output_tokens": 12,
                "input": "Write a long story about a cat."}
-    plain = client.responses.create(**request)
-    with client.responses.stream(**request) as stream:
+    plain = oai.responses.create(**request)
+    with oai.responses.stream(**request) as stream:
         events = list(stream)
     deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     assert events[-1].type == "response.incomplete"  # the SDK has no final response then
@@ -69,14 +69,14 @@ def test_the_stream_equals_the_plain_answer(client):
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_forced_function_call_has_json_arguments(client, stream):
+def test_a_forced_function_call_has_json_arguments(oai, stream):
     request = {"model": MODEL, "temperature": 0, "max_output_tokens": 60, "tools": [WEATHER],
                "tool_choice": "required", "input": "What is the weather like in Paris?"}
     if stream:
-        with client.responses.stream(**request) as events:
+        with oai.responses.stream(**request) as events:
             response = events.get_final_response()
     else:
-        response = client.responses.create(**request)
+        response = oai.responses.create(**request)
     calls = [item for item in response.output if item.type == "function_call"]
     assert calls and calls[0].name == "get_weather"
     assert isinstance(json.loads(calls[0].arguments)["city"], str)

@@ -10,20 +10,17 @@ import time
 
 import httpx
 import pytest
-from support import USER
+from support import USER, echo_server
 
 TIMEOUT_S = 1.0
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from llama_api.testing import serve
-
-    folder = tmp_path_factory.mktemp("body-timeout")
-    (folder / "fast.echo").write_text("{}")
-    (folder / "slow.echo").write_text(json.dumps({"delay": 0.05}))
-    with serve("--models-dir", str(folder), "--body-timeout", str(TIMEOUT_S),
-               env={"LLAMA_API_PLUGINS": "echo"}) as running:
+def body_timeout_server(tmp_path_factory):
+    """A server on fast and slow echo models with --body-timeout TIMEOUT_S."""
+    models = tmp_path_factory.mktemp("body-timeout")
+    with echo_server(models, "--body-timeout", str(TIMEOUT_S),
+                     models={"fast": {}, "slow": {"delay": 0.05}}) as running:
         yield running
 
 
@@ -55,8 +52,8 @@ def parse(raw: bytes) -> tuple[int, dict[str, str], bytes]:
 
 
 @pytest.mark.parametrize("sent", [b"", b'{"model": "fa'], ids=["nothing", "half"])
-def test_a_body_that_stops_arriving_gets_408_and_a_closed_connection(server, sent):
-    with connect(server) as sock:
+def test_a_body_that_stops_arriving_gets_408_and_a_closed_connection(body_timeout_server, sent):
+    with connect(body_timeout_server) as sock:
         started = time.monotonic()
         sock.sendall(head("/v1/chat/completions", 1000) + sent)
         raw = read_until_closed(sock)  # returns: the server closed the connection
@@ -70,8 +67,8 @@ def test_a_body_that_stops_arriving_gets_408_and_a_closed_connection(server, sen
     assert TIMEOUT_S <= waited < TIMEOUT_S + 3
 
 
-def test_a_byte_at_a_time_is_cut_at_the_first_long_gap_in_anthropic_shape(server):
-    with connect(server) as sock:
+def test_a_byte_at_a_time_is_cut_at_the_first_long_gap_in_anthropic_shape(body_timeout_server):
+    with connect(body_timeout_server) as sock:
         sock.sendall(head("/v1/messages", 500))
         for byte in b'{"mod':  # each byte well within the bound, then nothing
             time.sleep(TIMEOUT_S / 8)
@@ -86,11 +83,11 @@ def test_a_byte_at_a_time_is_cut_at_the_first_long_gap_in_anthropic_shape(server
     assert TIMEOUT_S * 0.9 <= waited < TIMEOUT_S + 3
 
 
-def test_a_body_whose_pieces_keep_coming_is_served_past_the_timeout(server):
+def test_a_body_whose_pieces_keep_coming_is_served_past_the_timeout(body_timeout_server):
     body = json.dumps({"model": "fast", "messages": USER, "max_tokens": 2}).encode()
     size = len(body) // 8 + 1
     pieces = [body[i:i + size] for i in range(0, len(body), size)]  # 8: 2 s in all
-    with connect(server) as sock:
+    with connect(body_timeout_server) as sock:
         started = time.monotonic()
         # The client's Connection: close makes the server close after its answer.
         sock.sendall(head("/v1/chat/completions", len(body), "Connection: close\r\n"))
@@ -104,9 +101,10 @@ def test_a_body_whose_pieces_keep_coming_is_served_past_the_timeout(server):
     assert b"chat.completion" in answer
 
 
-def test_a_request_that_runs_longer_than_the_bound_once_its_body_came_is_not_cut(server):
+def test_a_request_that_runs_longer_than_the_bound_once_its_body_came_is_not_cut(
+        body_timeout_server):
     # 40 tokens at 0.05 s each: 2 s of generation, twice the bound, after the body came.
-    answer = httpx.post(server.v1 + "/chat/completions", timeout=30, json={
+    answer = httpx.post(body_timeout_server.v1 + "/chat/completions", timeout=30, json={
         "model": "slow", "messages": [{"role": "user", "content": " ".join(["w"] * 40)}],
         "max_tokens": 40, "stream": True})
     assert answer.status_code == 200

@@ -10,16 +10,9 @@ offered, once."""
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
-
 import pytest
-
-from llama_api.testing import serve
-
-sys.path.insert(0, str(Path(__file__).parent))  # node_clients.py sits beside this file
 from node_clients import (
+    AGENT,
     claude_command,
     claude_env,
     codex_command,
@@ -28,26 +21,25 @@ from node_clients import (
     require_node_clients,
     run_client,
 )
+from support import echo_server, sse
 
 TIMEOUT = 120  # seconds a CLI may take for its turn (it takes a few on echo)
-AGENT = {"max_prompt": 100_000, "default_max_tokens": 50_000}
 ASKED = "then say pelican ONCE"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def agent_server(tmp_path_factory):
+    """A server on the echo model `agent` (AGENT: room for an agent's long prompts)."""
     require_node_clients()
     folder = tmp_path_factory.mktemp("agents")
-    (folder / "models").mkdir()
-    (folder / "models" / "agent.echo").write_text(json.dumps(AGENT))
-    env = {"LLAMA_API_PLUGINS": "echo", "LLAMA_API_ECHO_EVENTS": str(folder / "events.jsonl")}
-    with serve("--models-dir", str(folder / "models"), env=env) as running:
+    with echo_server(folder / "models", models={"agent": AGENT},
+                     events=folder / "events.jsonl") as running:
         yield running
 
 
 @pytest.fixture
-def proxy(server):
-    with recording_proxy(server.url) as recording:
+def proxy(agent_server):
+    with recording_proxy(agent_server.url) as recording:
         yield recording
 
 
@@ -62,14 +54,9 @@ def served(proxy, route: str) -> list:
     return posts
 
 
-def sse_events(answer: bytes) -> list[dict]:
-    return [json.loads(line[5:]) for line in answer.decode().splitlines()
-            if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]")]
-
-
 # Claude Code
 
-def test_claude_code_prints_the_models_answer_and_exits_0(server, proxy, tmp_path):
+def test_claude_code_prints_the_models_answer_and_exits_0(agent_server, proxy, tmp_path):
     finished = run_client(claude_command(f"Say hello, {ASKED}"),
                           claude_env(proxy.url, "agent", tmp_path / "home"), tmp_path, TIMEOUT)
     posts = served(proxy, "/v1/messages")
@@ -78,13 +65,14 @@ def test_claude_code_prints_the_models_answer_and_exits_0(server, proxy, tmp_pat
     assert {r.body["model"] for r in posts} == {"agent"}
 
 
-def test_claude_code_runs_the_called_tools_and_sends_their_results_back(server, proxy, tmp_path):
+def test_claude_code_runs_the_called_tools_and_sends_their_results_back(
+        agent_server, proxy, tmp_path):
     finished = run_client(claude_command(f"CALL your tools, {ASKED}"),
                           claude_env(proxy.url, "agent", tmp_path / "home"), tmp_path, TIMEOUT)
     posts = served(proxy, "/v1/messages")
     first = posts[0]
     offered = {tool["name"] for tool in first.body["tools"]}
-    uses = [event["content_block"] for event in sse_events(first.answer)
+    uses = [event["content_block"] for _, event in sse(first.answer)
             if event.get("type") == "content_block_start"
             and event["content_block"]["type"] == "tool_use"]
     assert {use["name"] for use in uses} == offered  # echo calls each tool once
@@ -103,7 +91,7 @@ def test_claude_code_runs_the_called_tools_and_sends_their_results_back(server, 
 
 # Codex
 
-def test_codex_exec_prints_the_models_answer_and_exits_0(server, proxy, tmp_path):
+def test_codex_exec_prints_the_models_answer_and_exits_0(agent_server, proxy, tmp_path):
     finished = run_client(codex_command(f"Say hello, {ASKED}"),
                           codex_env(proxy.url, "agent", tmp_path / "home"), tmp_path, TIMEOUT)
     posts = served(proxy, "/v1/responses")
@@ -123,12 +111,13 @@ def function_names(tools: list[dict]) -> set[tuple[str | None, str]]:
     return names
 
 
-def test_codex_exec_runs_the_called_tools_and_sends_their_outputs_back(server, proxy, tmp_path):
+def test_codex_exec_runs_the_called_tools_and_sends_their_outputs_back(
+        agent_server, proxy, tmp_path):
     finished = run_client(codex_command(f"CALL your tools, {ASKED}"),
                           codex_env(proxy.url, "agent", tmp_path / "home"), tmp_path, TIMEOUT)
     posts = served(proxy, "/v1/responses")
     first = posts[0]
-    calls = [event["item"] for event in sse_events(first.answer)
+    calls = [event["item"] for _, event in sse(first.answer)
              if event.get("type") == "response.output_item.done"
              and event["item"]["type"] == "function_call"]
     # every function is called, a namespace's members with their namespace

@@ -7,16 +7,9 @@ after a tool result it answers in words."""
 
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
-
 import pytest
-
-from llama_api.testing import serve
-
-sys.path.insert(0, str(Path(__file__).parent))  # node_clients.py sits beside this file
 from node_clients import NODE_DIR, require_node_clients, run_script
+from support import echo_server
 
 SCRIPTS = NODE_DIR / "sdk"
 
@@ -27,12 +20,11 @@ def node():
 
 
 @pytest.fixture(scope="module")
-def server(node, tmp_path_factory):
+def sdk_server(node, tmp_path_factory):
+    """A server on the echo model `fast`."""
     folder = tmp_path_factory.mktemp("node-sdks")
-    (folder / "models").mkdir()
-    (folder / "models" / "fast.echo").write_text(json.dumps({}))
-    env = {"LLAMA_API_PLUGINS": "echo", "LLAMA_API_ECHO_EVENTS": str(folder / "events.jsonl")}
-    with serve("--models-dir", str(folder / "models"), env=env) as running:
+    with echo_server(folder / "models", models={"fast": {}},
+                     events=folder / "events.jsonl") as running:
         yield running
 
 
@@ -41,8 +33,8 @@ def run(node, script: str, server, tmp_path) -> dict[str, dict]:
     return {result.pop("case"): result for result in results}
 
 
-def test_openai_chat_completions_plain_streamed_and_tool_calls(node, server, tmp_path):
-    cases = run(node, "openai_chat.mjs", server, tmp_path)
+def test_openai_chat_completions_plain_streamed_and_tool_calls(node, sdk_server, tmp_path):
+    cases = run(node, "openai_chat.mjs", sdk_server, tmp_path)
     assert cases["plain"] == {"text": "hello from node ONCE", "finish": "stop", "usage": {
         "prompt_tokens": 4, "completion_tokens": 4, "total_tokens": 8}}
     streamed = cases["stream"]
@@ -55,8 +47,8 @@ def test_openai_chat_completions_plain_streamed_and_tool_calls(node, server, tmp
     assert cases["tool_result"] == {"text": "CALL it sunny ONCE", "finish": "stop"}
 
 
-def test_openai_responses_plain_streamed_and_function_calls(node, server, tmp_path):
-    cases = run(node, "openai_responses.mjs", server, tmp_path)
+def test_openai_responses_plain_streamed_and_function_calls(node, sdk_server, tmp_path):
+    cases = run(node, "openai_responses.mjs", sdk_server, tmp_path)
     plain = cases["plain"]
     assert (plain["text"], plain["status"]) == ("hello from node ONCE", "completed")
     assert (plain["usage"]["input_tokens"], plain["usage"]["output_tokens"]) == (4, 4)
@@ -70,8 +62,8 @@ def test_openai_responses_plain_streamed_and_function_calls(node, server, tmp_pa
     assert cases["tool_result"] == {"text": "CALL it sunny ONCE", "status": "completed"}
 
 
-def test_anthropic_sdk_messages_plain_streamed_and_tool_use(node, server, tmp_path):
-    cases = run(node, "anthropic_messages.mjs", server, tmp_path)
+def test_anthropic_sdk_messages_plain_streamed_and_tool_use(node, sdk_server, tmp_path):
+    cases = run(node, "anthropic_messages.mjs", sdk_server, tmp_path)
     plain = cases["plain"]
     assert plain["content"] == [{"type": "text", "text": "be brief hello from node ONCE"}]
     assert plain["stop"] == "end_turn"

@@ -12,14 +12,12 @@ Anthropic's `{"type": "error", "error": {...}}` on /v1/messages). The routes com
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import time
 
 import httpx
 import pytest
-
-from llama_api.testing import serve
+from support import echo_server
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, seed, settings
@@ -76,12 +74,9 @@ STREAM_READ_BYTES = 256 * 1024
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz")
-    (folder / "models").mkdir()
-    for name, options in FUZZ_MODELS.items():
-        (folder / "models" / f"{name}.echo").write_text(json.dumps(options))
-    env = {"LLAMA_API_PLUGINS": "echo", "LLAMA_API_ECHO_EVENTS": str(folder / "events.jsonl")}
-    with serve("--models-dir", str(folder / "models"), "--max-workers", "2",
-               env=env) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+    with echo_server(folder / "models", "--max-workers", "2", models=FUZZ_MODELS,
+                     events=folder / "events.jsonl") as server, \
+            httpx.Client(base_url=server.url, timeout=30) as client:
         yield client
 
 

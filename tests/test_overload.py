@@ -16,8 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support import echo_server, read_events
 
-from llama_api.testing import pid_exists, serve, wait_for
+from llama_api.testing import pid_exists, wait_for
 
 CLIENTS = 200
 QUEUE = 32
@@ -41,18 +42,15 @@ def children(pid: int) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def overload_server(tmp_path_factory):
+    """A server with --max-queue QUEUE and two workers on a one-slot model, a four-slot one and
+    MANY to evict in a loop."""
     folder = tmp_path_factory.mktemp("overload")
-    models = folder / "models"
-    models.mkdir()
-    (models / "one.echo").write_text(json.dumps({"delay": 0.01}))  # one slot
-    (models / "roomy.echo").write_text(json.dumps({"delay": 0.005, "slots": 4}))
-    for name in MANY:
-        (models / f"{name}.echo").write_text(json.dumps({"delay": 0.005}))
-    env = {"LLAMA_API_PLUGINS": "echo", "LLAMA_API_ECHO_EVENTS": str(folder / "events.jsonl")}
-    with serve("--models-dir", str(models), "--max-queue", str(QUEUE), "--max-workers", "2",
-               env=env) as running:
-        running.events = folder / "events.jsonl"
+    models = {"one": {"delay": 0.01},  # one slot
+              "roomy": {"delay": 0.005, "slots": 4},
+              **{name: {"delay": 0.005} for name in MANY}}
+    with echo_server(folder / "models", "--max-queue", str(QUEUE), "--max-workers", "2",
+                     models=models, events=folder / "events.jsonl") as running:
         yield running
 
 
@@ -96,20 +94,20 @@ async def crowd(server, model: str, stream: bool, clients: int = CLIENTS):
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
-def test_200_clients_on_one_slot(server, stream):
-    served_before = httpx.post(server.v1 + "/chat/completions", timeout=30, json={
+def test_200_clients_on_one_slot(overload_server, stream):
+    served_before = httpx.post(overload_server.v1 + "/chat/completions", timeout=30, json={
         "model": "one", "messages": PROMPT, "max_tokens": 4})
     assert served_before.status_code == 200
-    before = rss(server.process.pid)
+    before = rss(overload_server.process.pid)
     started = time.monotonic()
-    results = asyncio.run(crowd(server, "one", stream))
+    results = asyncio.run(crowd(overload_server, "one", stream))
     took = time.monotonic() - started
     lost = [r for r in results if isinstance(r, BaseException)]
     answers = [r for r in results if not isinstance(r, BaseException)]
     accepted = [a for a in answers if a.status == 200]
     refused = [a for a in answers if a.status == 429]
     others = [a for a in answers if a.status not in (200, 429)]
-    growth = rss(server.process.pid) - before
+    growth = rss(overload_server.process.pid) - before
     figure("stream" if stream else "plain", len(results), len(refused),
            sum(a.status >= 500 for a in answers), len(lost),
            f", {len(accepted)} served, {took:.1f}s, server RSS +{growth / 2**20:.1f} MB")
@@ -129,7 +127,7 @@ def test_200_clients_on_one_slot(server, stream):
           f"the last served request at {last_served:.2f}s")
     assert median_refusal < last_served
     assert growth < RSS_GROWTH_LIMIT
-    after = httpx.post(server.v1 + "/chat/completions", timeout=30, json={
+    after = httpx.post(overload_server.v1 + "/chat/completions", timeout=30, json={
         "model": "one", "messages": PROMPT, "max_tokens": 4})
     assert after.status_code == 200 and after.json()["choices"][0]["message"]["content"] == \
         EXPECTED
@@ -143,9 +141,9 @@ async def hang_up_halfway(client: httpx.AsyncClient, model: str) -> None:
                 return  # gone after the first chunk
 
 
-def test_clients_that_hang_up_halfway_free_their_slot_and_place(server):
+def test_clients_that_hang_up_halfway_free_their_slot_and_place(overload_server):
     async def run():
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        async with httpx.AsyncClient(base_url=overload_server.url, timeout=60) as client:
             results = await asyncio.gather(*(hang_up_halfway(client, "roomy") for _ in range(40)),
                                            return_exceptions=True)
         return [r for r in results if isinstance(r, BaseException)]
@@ -155,17 +153,17 @@ def test_clients_that_hang_up_halfway_free_their_slot_and_place(server):
     assert not statuses, statuses[:3]
 
     def idle() -> bool:
-        model = httpx.get(server.url + "/admin/models/roomy", timeout=10).json()
+        model = httpx.get(overload_server.url + "/admin/models/roomy", timeout=10).json()
         return model["slots_in_use"] == 0 and model["queued"] == 0
 
     assert wait_for(idle, timeout=15), "slots or places still held after the clients left"
     figure("hang-ups", 40, len(errors), 0, 0)
-    after = httpx.post(server.v1 + "/chat/completions", timeout=30, json={
+    after = httpx.post(overload_server.v1 + "/chat/completions", timeout=30, json={
         "model": "roomy", "messages": PROMPT, "max_tokens": 4})
     assert after.json()["choices"][0]["message"]["content"] == EXPECTED
 
 
-def test_a_slow_reader_does_not_hold_up_other_clients(server):
+def test_a_slow_reader_does_not_hold_up_other_clients(overload_server):
     async def slow_reader(client):
         body = {"model": "roomy", "messages": PROMPT * 20, "max_tokens": 900, "stream": True}
         async with client.stream("POST", "/v1/chat/completions", json=body) as response:
@@ -181,17 +179,17 @@ def test_a_slow_reader_does_not_hold_up_other_clients(server):
         return results, time.monotonic() - started
 
     async def run():
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as slow, \
-                httpx.AsyncClient(base_url=server.url, timeout=60) as quick:
+        async with httpx.AsyncClient(base_url=overload_server.url, timeout=60) as slow, \
+                httpx.AsyncClient(base_url=overload_server.url, timeout=60) as quick:
             reading = asyncio.create_task(slow_reader(slow))
             results, took = await others(quick)
             reading.cancel()
             return results, took
 
     deadline = time.monotonic() + 8
-    before = rss(server.process.pid)
+    before = rss(overload_server.process.pid)
     results, took = asyncio.run(run())
-    growth = rss(server.process.pid) - before
+    growth = rss(overload_server.process.pid) - before
     figure("slow reader", 7, 0, 0, 0, f", others served in {took:.1f}s, "
            f"server RSS +{growth / 2**20:.1f} MB")
     assert all(a.status == 200 and a.text == EXPECTED for a in results)
@@ -199,7 +197,7 @@ def test_a_slow_reader_does_not_hold_up_other_clients(server):
     assert growth < RSS_GROWTH_LIMIT
 
 
-def test_eviction_in_a_loop_loses_nothing_and_leaves_no_worker(server):
+def test_eviction_in_a_loop_loses_nothing_and_leaves_no_worker(overload_server):
     seen_pids: set[int] = set()
     counts = {"requests": 0, "ok": 0}
 
@@ -214,18 +212,18 @@ def test_eviction_in_a_loop_loses_nothing_and_leaves_no_worker(server):
             assert response.status_code == 200, response.text
             assert response.json()["choices"][0]["message"]["content"] == words
             counts["ok"] += 1
-            seen_pids.update(children(server.process.pid))
+            seen_pids.update(children(overload_server.process.pid))
 
     async def run():
-        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+        async with httpx.AsyncClient(base_url=overload_server.url, timeout=60) as client:
             await asyncio.wait_for(asyncio.gather(*(client_loop(client, random.Random(i))
                                                     for i in range(6))),
                                    timeout=EVICTION_SECONDS + 60)  # a deadlock fails here
 
     stop_at = time.monotonic() + EVICTION_SECONDS
     asyncio.run(run())
-    live = children(server.process.pid)
-    starts = {e["pid"] for e in map(json.loads, server.events.read_text().splitlines())
+    live = children(overload_server.process.pid)
+    starts = {e["pid"] for e in read_events(overload_server.events)
               if e["event"] == "start" and e["model"] in MANY}
     figure("eviction", counts["requests"], 0, 0, counts["requests"] - counts["ok"],
            f", {len(starts)} worker processes over {EVICTION_SECONDS:.0f}s")

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))  # hub_standin.py sits beside this file
 from hub_standin import HubStandIn
 
 from llama_api.testing import wait_for
