@@ -1,6 +1,7 @@
 """What the core's tests share, written once: echo models and a real server on them, requests
-to a server (a real one from `serve`, or the in-process app of the conftest fixtures), and
-reading what comes back (server-sent events, the events the echo workers record).
+to a server (a real one from `serve`, or the in-process app of the conftest fixtures), a
+stream served without HTTP, and reading what comes back (server-sent events, the events the
+echo workers record).
 
 Test modules import it as `support` (tests/conftest.py puts this folder on sys.path)."""
 
@@ -11,6 +12,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import anyio
 import httpx
 
 from llama_api.testing import serve
@@ -109,6 +111,32 @@ def wait_for_start(events_file, model: str, count: int = 1, timeout: float = 15)
             return True
         time.sleep(0.05)
     return False
+
+
+def drive(stream) -> list[tuple[float, dict]]:
+    """Serve a streaming response (an ASGI app, such as llama_api.api.streaming.EventStream)
+    as an ASGI server would, the client staying to the end: each message it sent, with the
+    seconds from the start until it was sent."""
+    sent = []
+
+    async def receive():
+        await anyio.sleep_forever()  # the client stays
+
+    async def send(message):
+        sent.append((anyio.current_time(), message))
+
+    async def main():
+        started = anyio.current_time()
+        await stream.serve({"type": "http"}, receive, send)
+        return started
+
+    started = anyio.run(main)
+    return [(at - started, message) for at, message in sent]
+
+
+def body_of(sent: list[tuple[float, dict]]) -> bytes:
+    """The body of what `drive` saw sent (every message after the start)."""
+    return b"".join(message.get("body", b"") for _, message in sent[1:])
 
 
 def as_text(body) -> str:

@@ -7,7 +7,7 @@ import json
 
 import msgspec
 import pytest
-from support import read_events
+from support import read_events, sse
 
 from llama_api import errors
 from llama_api.api.anthropic import conversation, tool_input
@@ -36,15 +36,6 @@ def anthropic_error(response, status: int, type_: str) -> str:
     assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
     assert body["error"]["type"] == type_
     return body["error"]["message"]
-
-
-def sse(response) -> list[tuple[str, dict]]:
-    """(event name, data) pairs of a server-sent-events body."""
-    events = []
-    for frame in response.text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in frame.splitlines())
-        events.append((lines["event"], json.loads(lines["data"])))
-    return events
 
 
 def test_a_message_with_system_and_text_blocks(shared_client):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import anyio
 import msgspec
 import pytest
+from support import body_of, drive
 
 from llama_api import errors
 from llama_api.api.chat import ChatChunks, chat_response
@@ -103,17 +103,9 @@ class NamedErrors:
 
 def run_stream(generate, choices=1, renderer=None, error_shape=None):
     """Drive an EventStream as an ASGI server would; returns (start message, body)."""
-    sent = []
-
-    async def receive():
-        await anyio.sleep_forever()  # the client stays
-
-    async def send(message):
-        sent.append(message)
-
-    stream = EventStream(generate, choices, renderer or NamedEvents(), error_shape or NamedErrors())
-    anyio.run(stream.serve, {"type": "http"}, receive, send)
-    return sent[0], b"".join(m.get("body", b"") for m in sent[1:])
+    sent = drive(EventStream(generate, choices, renderer or NamedEvents(),
+                             error_shape or NamedErrors()))
+    return sent[0][1], body_of(sent)
 
 
 def test_a_stream_with_named_events_closes_every_unfinished_choice():

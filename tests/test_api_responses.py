@@ -9,7 +9,7 @@ import sqlite3
 
 import openai
 import pytest
-from support import read_events
+from support import read_events, sse
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}
@@ -33,15 +33,6 @@ def http(data_home, shared_client):  # data_home first: the app reads XDG_DATA_H
 @pytest.fixture(scope="module")
 def oai(http):
     return openai.OpenAI(base_url=http.v1, api_key="unused", http_client=http, max_retries=0)
-
-
-def sse(body: str) -> list[tuple[str, dict]]:
-    """(event name, data) of each server-sent event."""
-    events = []
-    for block in body.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        events.append((lines["event"], json.loads(lines["data"])))
-    return events
 
 
 def test_create_answers_in_openai_shape_and_keeps_it_under_the_default_data_dir(oai, data_home):

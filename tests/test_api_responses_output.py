@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-import anyio
+from support import body_of, drive, sse
 
 from llama_api import errors
 from llama_api.api.responses import ResponseErrors
@@ -16,18 +14,8 @@ from llama_api.contract.records import Delta, ToolCallDelta, Usage
 
 def stream_body(generate, events: ResponseEvents) -> list[dict]:
     """Drive an EventStream as an ASGI server would; the events' data, in order."""
-    sent = []
-
-    async def receive():
-        await anyio.sleep_forever()
-
-    async def send(message):
-        sent.append(message)
-
-    anyio.run(EventStream(generate, 1, events, ResponseErrors(events)).serve,
-              {"type": "http"}, receive, send)
-    body = b"".join(m.get("body", b"") for m in sent[1:]).decode()
-    return [json.loads(block.split("data: ", 1)[1]) for block in body.strip().split("\n\n")]
+    sent = drive(EventStream(generate, 1, events, ResponseErrors(events)))
+    return [data for _, data in sse(body_of(sent))]
 
 
 def test_a_new_kind_of_output_closes_the_item_before_it():

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from support import USER
 
 CHAT = "/chat/completions"
-USER = [{"role": "user", "content": "hi"}]
 
 BAD_REQUESTS = [
     (CHAT, {"messages": USER}, 400, "model"),

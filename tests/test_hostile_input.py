@@ -14,9 +14,9 @@ import time
 
 import httpx
 import pytest
+from support import USER
 
 CHAT = "/v1/chat/completions"
-USER = [{"role": "user", "content": "hello there"}]
 RESULTS = {"cases": 0, "4xx": 0, "5xx": 0}
 
 

@@ -9,7 +9,7 @@ import anyio
 import msgspec
 import openai
 import pytest
-from support import USER
+from support import USER, body_of, drive, sse_blocks
 
 from llama_api import errors
 from llama_api.api.chat import ChatChunks
@@ -21,32 +21,13 @@ COMMENT = KEEPALIVE_COMMENT.decode().strip()
 
 
 def run_stream(generate, keepalive: float):
-    """Drive an EventStream as an ASGI server would: (status, body, seconds when each body
-    part was sent)."""
-    sent = []
-
-    async def receive():
-        await anyio.sleep_forever()  # the client stays
-
-    async def send(message):
-        sent.append((anyio.current_time(), message))
-
-    async def main():
-        started = anyio.current_time()
-        stream = EventStream(generate, 1, ChatChunks("id", "m", 1, False), OPENAI_ERRORS,
-                             keepalive=keepalive)
-        await stream.serve({"type": "http"}, receive, send)
-        return started
-
-    started = anyio.run(main)
-    status = sent[0][1]
+    """Drive an EventStream as an ASGI server would: (status, body, seconds until the status
+    was sent)."""
+    sent = drive(EventStream(generate, 1, ChatChunks("id", "m", 1, False), OPENAI_ERRORS,
+                             keepalive=keepalive))
+    answered_at, status = sent[0]
     assert status["type"] == "http.response.start"
-    parts = [(at - started, m.get("body", b"")) for at, m in sent[1:]]
-    return status["status"], b"".join(body for _, body in parts), sent[0][0] - started
-
-
-def chunks(body: bytes) -> list[str]:
-    return [event for event in body.decode().split("\n\n") if event]
+    return status["status"], body_of(sent), answered_at
 
 
 def test_a_quiet_start_commits_to_200_after_one_interval_then_sends_comments():
@@ -59,7 +40,7 @@ def test_a_quiet_start_commits_to_200_after_one_interval_then_sends_comments():
     status, body, answered_at = run_stream(generate, keepalive=0.5)
     assert status == 200
     assert 0.45 <= answered_at < 1.5  # after one interval, long before the first delta
-    events = chunks(body)
+    events = sse_blocks(body)
     first_data = next(i for i, event in enumerate(events) if event.startswith("data: "))
     assert first_data >= 3 and set(events[:first_data]) == {COMMENT}
     assert events[-1] == "data: [DONE]"
@@ -74,7 +55,7 @@ def test_a_quiet_gap_mid_stream_gets_comments_too():
 
     status, body, answered_at = run_stream(generate, keepalive=1.0)
     assert status == 200 and answered_at < 0.5  # the first delta came at once, not after 1 s
-    events = chunks(body)
+    events = sse_blocks(body)
     texts = [i for i, event in enumerate(events) if '"content":"a"' in event or
              '"content":"b"' in event]
     assert len(texts) == 2 and COMMENT in events[texts[0]:texts[1]]
@@ -87,7 +68,7 @@ def test_an_error_after_the_interval_is_the_routes_error_event_in_a_200():
 
     status, body, _ = run_stream(generate, keepalive=0.5)
     assert status == 200
-    events = chunks(body)
+    events = sse_blocks(body)
     assert events[0] == COMMENT
     error = msgspec.json.decode(events[-1][6:])["error"]
     assert error["code"] == "model_load_failed" and "corrupt" in error["message"]
@@ -110,7 +91,7 @@ def test_keepalive_0_waits_for_the_first_delta_and_sends_no_comment():
 
     status, body, answered_at = run_stream(generate, keepalive=0)
     assert status == 200 and answered_at >= 0.29
-    assert COMMENT not in chunks(body)
+    assert COMMENT not in sse_blocks(body)
 
 
 # -- through the app, with real workers -----------------------------------------------
@@ -128,7 +109,7 @@ def test_a_slow_load_streams_comments_then_the_normal_stream(keepalive_app):
     with client.stream("POST", "/v1/chat/completions", json={
             "model": "sleepy", "messages": USER, "max_tokens": 4, "stream": True}) as response:
         assert response.status_code == 200
-        events = chunks(response.read())
+        events = sse_blocks(response.read())
     first_data = next(i for i, event in enumerate(events) if event.startswith("data: "))
     assert first_data >= 2 and set(events[:first_data]) == {COMMENT}
     text = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content", "")
@@ -147,7 +128,7 @@ def test_an_anthropic_stream_keeps_its_named_events_around_the_comments(keepaliv
     response = keepalive_app.post("/v1/messages", json={
         "model": "pondering", "max_tokens": 3, "stream": True, "messages": USER})
     assert response.status_code == 200
-    events = chunks(response.content)
+    events = sse_blocks(response.content)
     assert events[0].startswith("event: message_start") and COMMENT in events
     assert events[-1].startswith("event: message_stop")
 

@@ -9,13 +9,9 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+from support import chat
 
 GIB = 2**30
-
-
-def chat(server, model: str, content: str, **fields) -> httpx.Response:
-    return httpx.post(server.v1 + "/chat/completions", timeout=60, json={
-        "model": model, "messages": [{"role": "user", "content": content}], **fields})
 
 
 def first_event(server, kind: str, trigger) -> tuple[dict, object]:
@@ -37,12 +33,12 @@ def first_event(server, kind: str, trigger) -> tuple[dict, object]:
 def test_a_worker_past_the_memory_limit_is_killed_and_the_others_serve_on(start_server):
     with start_server("--max-memory", "600M", "--max-workers", "2",
                       address_space=3 * GIB) as server:
-        assert chat(server, "slow", "warm up", max_tokens=1).status_code == 200
+        assert chat(server, "slow", 1, content="warm up").status_code == 200
 
         def grow_beside_a_stream():
             with ThreadPoolExecutor(1) as pool:  # 40 tokens at 0.05 s: ~2 s beside the growth
-                beside = pool.submit(chat, server, "slow", "a b c", max_tokens=40)
-                grown = chat(server, "fast", "GROW")
+                beside = pool.submit(chat, server, "slow", 40, content="a b c")
+                grown = chat(server, "fast", None, content="GROW")
                 return grown, beside.result()
 
         event, (grown, beside) = first_event(server, "memory_exceeded", grow_beside_a_stream)
@@ -59,4 +55,4 @@ def test_a_worker_past_the_memory_limit_is_killed_and_the_others_serve_on(start_
         assert beside.json()["usage"]["completion_tokens"] == 40
         assert f"pid {event['pid']}) grew to" in server.log()  # and logged
         # The killed model loads again on the next request.
-        assert chat(server, "fast", "again", max_tokens=2).status_code == 200
+        assert chat(server, "fast", 2, content="again").status_code == 200

@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from support import USER, read_events
+from support import USER, chat, read_events, sse_blocks
 
 from llama_api.scheduling.entries import Settings
 from llama_api.testing import pid_exists, wait_for
@@ -28,15 +28,6 @@ def hanging_models(models_dir):
     return models_dir
 
 
-def chat(client, model, **extra):
-    return client.post("/v1/chat/completions",
-                       json={"model": model, "messages": USER, "max_tokens": 6, **extra})
-
-
-def events_of(body: bytes) -> list[str]:
-    return [event for event in body.decode().split("\n\n") if event]
-
-
 def killed_pid(message: str) -> int:
     return int(re.search(r"\(pid (\d+)\)", message).group(1))
 
@@ -46,7 +37,7 @@ def test_a_hung_generation_is_killed_and_the_next_request_works(hanging_models, 
     settings = Settings(request_timeout=1.0)
     with caplog.at_level(logging.ERROR), start_app(scheduling=settings) as client:
         started = time.monotonic()
-        response = chat(client, "hangs")
+        response = chat(client, "hangs", 6)
         took = time.monotonic() - started
         assert response.status_code == 503
         error = response.json()["error"]
@@ -60,14 +51,14 @@ def test_a_hung_generation_is_killed_and_the_next_request_works(hanging_models, 
         assert "hangs" not in client.get("/health").json()["workers"]  # the model was let go
 
         # Another model gets the one worker slot (--max-workers 1) and answers.
-        assert chat(client, "fast").json()["choices"][0]["message"]["content"] == \
+        assert chat(client, "fast", 6).json()["choices"][0]["message"]["content"] == \
             "tick tock tick tock tick tock"
 
         # Streamed: two tokens, then OpenAI's error event; a new worker served it.
         with client.stream("POST", "/v1/chat/completions", json={
                 "model": "hangs", "messages": USER, "max_tokens": 6, "stream": True}) as stream:
             assert stream.status_code == 200
-            events = events_of(stream.read())
+            events = sse_blocks(stream.read())
         error = json.loads(events[-1][6:])["error"]
         assert error["code"] == "worker_timeout"
         assert killed_pid(error["message"]) != pid
@@ -86,7 +77,7 @@ def test_a_slow_worker_that_keeps_sending_and_a_queued_request_are_not_killed(st
         answers = []
 
         def ask():
-            answers.append(chat(client, "slow", max_tokens=30))
+            answers.append(chat(client, "slow", 30))
 
         threads = [threading.Thread(target=ask) for _ in range(2)]
         started = time.monotonic()
@@ -105,7 +96,7 @@ def test_a_hung_load_is_killed_and_reported(hanging_models, start_app, caplog):
     # The limit holds for the `fast` load at the end too: a process start, seconds on a busy host.
     settings = Settings(load_timeout=3.0)
     with caplog.at_level(logging.ERROR), start_app(scheduling=settings, keepalive=30) as client:
-        response = chat(client, "hangs-loading")
+        response = chat(client, "hangs-loading", 6)
         assert response.status_code == 503
         error = response.json()["error"]
         assert error["code"] == "worker_timeout" and "--load-timeout" in error["message"]
@@ -113,7 +104,7 @@ def test_a_hung_load_is_killed_and_reported(hanging_models, start_app, caplog):
         assert not pid_exists(pid)  # killed and reaped before the answer
         assert any("--load-timeout" in r.getMessage() and str(pid) in r.getMessage()
                    for r in caplog.records if r.levelno == logging.ERROR)
-        assert chat(client, "fast").status_code == 200
+        assert chat(client, "fast", 6).status_code == 200
 
 
 @pytest.mark.parametrize("route, body, last_event", [
@@ -127,7 +118,7 @@ def test_a_load_that_fails_after_the_keepalive_interval_is_each_apis_error_event
     with start_app(scheduling=settings, keepalive=0.2) as client:
         response = client.post(route, json={"model": "hangs-loading", "stream": True, **body})
     assert response.status_code == 200  # committed while the load went on
-    events = events_of(response.content)
+    events = sse_blocks(response.content)
     assert ": keep-alive" in events
     assert events[-1].startswith(last_event)
     assert "worker_timeout" in events[-1] or "--load-timeout" in events[-1]
