@@ -21,6 +21,16 @@ def load(spec: ModelSpec):
 
 
 @pytest.fixture(scope="session")
+def load_gguf():
+    """load_gguf(path, model_id, **options) -> the GGUF at `path` loaded in-process with two
+    sequences and one thread (`options` may say otherwise); unload it when done."""
+    def load_path(path, model_id, **options):
+        return load(ModelSpec(id=model_id, backend="llamacpp", path=str(path),
+                              options={"n_parallel": 2, "threads": 1, **options}))
+    return load_path
+
+
+@pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("gguf")
     write_tiny_gguf(folder / "tiny.gguf")

@@ -8,7 +8,7 @@ from itertools import pairwise
 
 import pytest
 
-from llama_api.contract.records import GenerateRequest, LoadContext, ModelSpec
+from llama_api.contract.records import GenerateRequest
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 
@@ -18,19 +18,13 @@ from llama_api_llamacpp.tiny import EXACT_OPTIONS
 LONG = "The quick brown fox jumps over the lazy dog near the river bank. " * 80
 
 
-def load(path, model_id, **options):
-    spec = ModelSpec(id=model_id, backend="llamacpp", path=str(path),
-                     options={"n_parallel": 2, "threads": 1, **options})
-    return plugin.load_model(spec=spec, context=LoadContext(n_threads=1)).model
-
-
 def text_of(model, prompt, max_tokens):
     return "".join(d.text for d in model.generate(GenerateRequest(
         prompt=prompt, max_tokens=max_tokens, temperature=0.0), threading.Event()))
 
 
-def test_chunked_prompt_gives_the_same_greedy_output(tiny_path, tiny_plain):
-    model = load(tiny_path, "tiny-chunks", prefill_chunk=16, **EXACT_OPTIONS)
+def test_chunked_prompt_gives_the_same_greedy_output(tiny_path, tiny_plain, load_gguf):
+    model = load_gguf(tiny_path, "tiny-chunks", prefill_chunk=16, **EXACT_OPTIONS)
     try:
         assert model.engine.prefill_chunk == 16 and model.info["prefill_chunk"] == 16
         alone = text_of(tiny_plain, LONG[:1200], 20)
@@ -48,8 +42,9 @@ def test_chunked_prompt_gives_the_same_greedy_output(tiny_path, tiny_plain):
 
 
 @pytest.mark.serial  # alone: it compares gaps between tokens
-def test_a_long_prompt_mid_stream_delays_the_stream_by_about_one_chunk(smollm2_spec):
-    model = load(smollm2_spec.path, "smol-chunks", prefill_chunk=64, n_ctx=2048)
+def test_a_long_prompt_mid_stream_delays_the_stream_by_about_one_chunk(smollm2_spec,
+                                                                        load_gguf):
+    model = load_gguf(smollm2_spec.path, "smol-chunks", prefill_chunk=64, n_ctx=2048)
     try:
         n_prompt = len(model.prompt_tokens(LONG))
         assert n_prompt > 600

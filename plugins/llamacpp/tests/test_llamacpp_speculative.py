@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from llama_api.contract.records import GenerateRequest, LoadContext, ModelSpec
+from llama_api.contract.records import GenerateRequest
 from llama_api_llamacpp.speculative import NgramDrafter
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
@@ -32,21 +32,15 @@ def test_a_draft_is_what_followed_the_newest_ngram_before():
     assert NgramDrafter([256, 1, 0, 9, 1, 0], max_draft=2).draft() == [9, 1]
 
 
-def load(path, model_id, **options):
-    spec = ModelSpec(id=model_id, backend="llamacpp", path=str(path),
-                     options={"n_parallel": 2, "threads": 1, **options})
-    return plugin.load_model(spec=spec, context=LoadContext(n_threads=1)).model
-
-
 def run(model, prompt, **fields):
     deltas = list(model.generate(GenerateRequest(prompt=prompt, **fields), threading.Event()))
     return "".join(d.text for d in deltas), deltas[-1].usage, deltas[-1].finish_reason
 
 
 @pytest.fixture(scope="module")
-def tiny_pair(tiny_path):
-    plain = load(tiny_path, "tiny-plain2", **EXACT_OPTIONS)
-    spec = load(tiny_path, "tiny-spec", speculative="ngram", draft_tokens=4, **EXACT_OPTIONS)
+def tiny_pair(tiny_path, load_gguf):
+    plain = load_gguf(tiny_path, "tiny-plain2", **EXACT_OPTIONS)
+    spec = load_gguf(tiny_path, "tiny-spec", speculative="ngram", draft_tokens=4, **EXACT_OPTIONS)
     yield plain, spec
     plugin.unload_model(model=plain)
     plugin.unload_model(model=spec)
@@ -77,12 +71,12 @@ def test_stop_strings_and_limits_with_drafts(tiny_pair):
             run(plain, PROMPTS[3], max_tokens=limit, temperature=0.0)
 
 
-def test_smollm2_greedy_output_follows_plain_decoding(smollm2_spec):
+def test_smollm2_greedy_output_follows_plain_decoding(smollm2_spec, load_gguf):
     """On real weights llama.cpp's logits depend a little on the batch's shape (several
     tokens per step): a near tie can go the other way, as it does for two concurrent
     requests against one alone. So: the same text for a long stretch, most drafts kept."""
-    plain = load(smollm2_spec.path, "smol-plain", n_ctx=1024)
-    spec = load(smollm2_spec.path, "smol-spec", n_ctx=1024, speculative="ngram")
+    plain = load_gguf(smollm2_spec.path, "smol-plain", n_ctx=1024)
+    spec = load_gguf(smollm2_spec.path, "smol-spec", n_ctx=1024, speculative="ngram")
     try:
         code = "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n"
         for prompt in (EDIT, "Once upon a time", code):
