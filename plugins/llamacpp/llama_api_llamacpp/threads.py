@@ -14,6 +14,11 @@ steps twice as slow as before it (another process took a core) tries one fewer a
 however long the wait, and keeps it if it is a little faster; if not, the slower time is the
 new usual one. Steps shorter than 2 ms are not worth tuning (tiny models): the count stays
 as it started.
+
+Only decode steps tune it. A prompt is read in chunks of hundreds of tokens whose time grows
+with the context before them (each chunk attends to all of it): read as contention, that
+growth made the tuner try one thread fewer again and again during a long prompt, at half
+speed each time. Prompt chunks run with the count decode steps chose.
 """
 
 from __future__ import annotations
@@ -34,6 +39,9 @@ SLOWDOWN = 2.0  # a step this many times its usual time means the load changed
 SLOW_RUN = 3  # that many such steps in a row: try one thread fewer now
 FIRST_WAIT = 1.0  # seconds before a candidate is tried (again, after a win)
 MAX_WAIT = 30.0  # the longest wait, after repeated losses
+# Steps of more tokens than this read a prompt (decode steps hold one token per stream, and
+# a few drafted ones): not tuned.
+MAX_TUNED_TOKENS = 64
 
 
 def machine_cores() -> int:
@@ -93,6 +101,11 @@ class ThreadTuner:
             self._recent.clear()
             self._usual.clear()
             self._apply(self.current)
+            return
+        if shape > MAX_TUNED_TOKENS:
+            if self._probe is not None:  # a candidate is never left to read a prompt
+                self._probe = None
+                self._apply(self.current)
             return
         recent = self._recent.get(shape)
         if self._probe is not None:

@@ -75,6 +75,29 @@ def test_fixed_threads_and_tiny_steps_are_never_tuned():
     assert tiny.threads == 1
 
 
+def test_a_long_prompt_on_an_idle_machine_keeps_every_thread():
+    """Prompt chunks of 512 tokens, each slower than the last as the context grows (here
+    1.25x per chunk, 40 chunks: 3 minutes): not contention, so no thread is tried away."""
+    clock, applied = Clock(), []
+    tuner = ThreadTuner(2, 2, applied.append, clock=clock)
+    drive(tuner, clock, lambda n: 0.030, 20)  # a few decode steps first
+    for chunk in range(40):
+        seconds = 0.2 * 1.25 ** min(chunk, 12)
+        clock.now += seconds
+        tuner.observe(seconds, 512)
+    assert applied == [] and tuner.threads == 2
+
+
+def test_a_candidate_count_is_dropped_when_a_prompt_chunk_comes():
+    clock, applied = Clock(), []
+    tuner = ThreadTuner(2, 2, applied.append, clock=clock)
+    drive(tuner, clock, lambda n: 0.030, 200)  # long enough for a try of 1 thread
+    while tuner.threads == 2:
+        drive(tuner, clock, lambda n: 0.030, 1)
+    tuner.observe(0.5, 300)  # a prompt arrived mid-try
+    assert tuner.threads == 2 and applied[-1] == 2
+
+
 def test_threads_option(tiny_path):
     import llama_api_llamacpp as plugin
 
