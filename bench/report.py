@@ -55,6 +55,9 @@ def goals(figures: dict[str, Figure]) -> list[tuple[str, str, bool | None]]:
         return f"raw load + {spare:.2f} s with --spare-worker ({plain:.2f} s without)", spare <= 0.3
     check("cold_start", "Cold start: TTFT <= raw load + 0.3 s", cold)
     check("overhead_rate", "Per-request overhead: rate >= llama-server's", ratio_at_least(API, 1.0))
+    for size in (512, 2048, 4096, 8000):
+        check(f"prefill_{size}", f"Prompt processing, ~{size} tokens: >= 1.0x llama-server",
+              ratio_at_least(API, 1.0))
     check("speculative", "Speculative (n-gram), repeating a given text: >= 1.3x tokens/s",
           ratio_at_least(NGRAM, 1.3))
     return found
