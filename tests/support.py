@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -87,8 +88,36 @@ def chat(target, model: str, max_tokens: int | None = 10, *, content: str | None
 
 
 def model_status(target, model: str) -> dict:
-    """What GET /admin/models/<model> of `target` says."""
-    return request(target, "GET", f"/admin/models/{model}", timeout=10).json()
+    """What GET /admin/models/<model> of `target` says (a 200, or the test fails)."""
+    reply = request(target, "GET", f"/admin/models/{model}", timeout=10)
+    assert reply.status_code == 200, reply.text
+    return reply.json()
+
+
+def admin_events(server, trigger, until, headers: dict | None = None) -> tuple[list, object]:
+    """Subscribe to a real server's /admin/events, run `trigger()` once subscribed, and read
+    events until `until(events so far)` is true: (the events, what `trigger` returned). Each
+    event's name is its data's `type`."""
+    events = []
+    with httpx.stream("GET", server.url + "/admin/events", timeout=30,
+                      headers=headers) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = response.iter_lines()
+        assert next(lines) == ": connected"  # subscribed: nothing from now on is missed
+        with ThreadPoolExecutor(1) as pool:
+            done = pool.submit(trigger)
+            name = None
+            for line in lines:
+                if line.startswith("event: "):
+                    name = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    event = json.loads(line.removeprefix("data: "))
+                    assert event["type"] == name
+                    events.append(event)
+                    if until(events):
+                        return events, done.result()
+    raise AssertionError(f"the event stream ended after {events}")
 
 
 def read_events(path) -> list[dict]:

@@ -7,22 +7,12 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from support import chat, model_status
+
 from llama_api.scheduling.entries import Settings
 from llama_api.testing import pid_exists, wait_for
-from llama_api_echo import USER
 
 API, ADMIN = {"Authorization": "Bearer api-key"}, {"Authorization": "Bearer admin-key"}
-
-
-def chat(client, model: str, max_tokens: int = 2, headers=None):
-    return client.post(client.v1 + "/chat/completions", headers=headers or {},
-                       json={"model": model, "messages": USER, "max_tokens": max_tokens})
-
-
-def status(client, model: str) -> dict:
-    reply = client.get(f"/admin/models/{model}")
-    assert reply.status_code == 200, reply.text
-    return reply.json()
 
 
 def act(client, model: str, action: str, body=None, headers=None):
@@ -60,8 +50,8 @@ def test_models_go_from_unloaded_to_loaded_to_unloaded(client):
     assert {m["id"]: m["state"] for m in listing["models"]} == {
         "broken": "unloaded", "fast": "unloaded", "noisy": "unloaded", "slow": "unloaded",
         "slower": "unloaded", "wide": "unloaded"}
-    assert chat(client, "fast").status_code == 200
-    fast = status(client, "fast")
+    assert chat(client, "fast", 2).status_code == 200
+    fast = model_status(client, "fast")
     assert fast["state"] == "loaded" and fast["pinned"] is False and fast["error"] is None
     assert pid_exists(fast["pid"])
     assert fast["rss_bytes"] > 1_000_000  # a Python process holds megabytes
@@ -77,8 +67,8 @@ def test_models_go_from_unloaded_to_loaded_to_unloaded(client):
 
 
 def test_a_failed_load_is_failed_with_its_error_until_a_load_succeeds(client):
-    assert chat(client, "broken").status_code == 503
-    broken = status(client, "broken")
+    assert chat(client, "broken", 2).status_code == 503
+    broken = model_status(client, "broken")
     assert broken["state"] == "failed"
     assert "weights are corrupt" in broken["error"]
     reply = act(client, "broken", "load")
@@ -91,8 +81,8 @@ def test_a_model_is_loading_while_it_loads(client, models_dir):
     with ThreadPoolExecutor(1) as pool:
         loading = pool.submit(act, client, "heavy", "load")
         # "loading" starts before the process is spawned; once spawned, its pid shows.
-        assert wait_for(lambda: status(client, "heavy")["pid"] is not None, timeout=10)
-        during = status(client, "heavy")
+        assert wait_for(lambda: model_status(client, "heavy")["pid"] is not None, timeout=10)
+        during = model_status(client, "heavy")
         assert during["state"] == "loading" and during["slots"] is None
         assert pid_exists(during["pid"])
         if during["progress"] is not None:  # the worker's last progress frame
@@ -108,46 +98,46 @@ def test_a_pinned_model_is_not_evicted_and_a_full_server_answers_409(start_app):
         pinned = act(client, "fast", "load", {"pin": True})
         assert pinned.status_code == 200, pinned.text
         assert pinned.json()["pinned"] is True and pinned.json()["state"] == "loaded"
-        refused = chat(client, "slow")
+        refused = chat(client, "slow", 2)
         assert refused.status_code == 409
         error = refused.json()["error"]
         assert error["code"] == "all_models_pinned" and "fast" in error["message"]
         assert act(client, "slow", "load").status_code == 409
-        assert status(client, "fast")["state"] == "loaded"
+        assert model_status(client, "fast")["state"] == "loaded"
         assert act(client, "fast", "unpin").json()["pinned"] is False
-        assert chat(client, "slow").status_code == 200  # now fast may be evicted
-        assert status(client, "fast")["state"] == "unloaded"
+        assert chat(client, "slow", 2).status_code == 200  # now fast may be evicted
+        assert model_status(client, "fast")["state"] == "unloaded"
 
 
 def test_a_pinned_model_outlives_its_idle_timeout(start_app):
     with start_app(scheduling=Settings(max_workers=2, idle_timeout=0.5)) as client:
         assert act(client, "fast", "pin").json()["pinned"] is True
-        assert chat(client, "fast").status_code == 200  # loads on its next use, pinned
-        assert chat(client, "slow").status_code == 200
-        assert wait_for(lambda: status(client, "slow")["state"] == "unloaded", timeout=10)
+        assert chat(client, "fast", 2).status_code == 200  # loads on its next use, pinned
+        assert chat(client, "slow", 2).status_code == 200
+        assert wait_for(lambda: model_status(client, "slow")["state"] == "unloaded", timeout=10)
         time.sleep(1)  # twice fast's idle timeout, and the scheduler looks every 0.25 s
-        assert status(client, "fast")["state"] == "loaded"
+        assert model_status(client, "fast")["state"] == "loaded"
         act(client, "fast", "unpin")
-        assert wait_for(lambda: status(client, "fast")["state"] == "unloaded", timeout=10)
+        assert wait_for(lambda: model_status(client, "fast")["state"] == "unloaded", timeout=10)
 
 
 def test_unloading_a_busy_model_is_refused_unless_forced(client):
-    chat(client, "slow")
+    chat(client, "slow", 2)
     with ThreadPoolExecutor(1) as pool:
         busy = pool.submit(chat, client, "slow", 200)  # ~10 s, unless the forced unload cuts it
-        assert wait_for(lambda: status(client, "slow")["slots_in_use"] == 1, timeout=10)
+        assert wait_for(lambda: model_status(client, "slow")["slots_in_use"] == 1, timeout=10)
         refused = act(client, "slow", "unload")
         assert refused.status_code == 409
         assert refused.json()["error"]["code"] == "model_busy"
         # The refusal left the running request alone: still loaded, still generating.
-        after = status(client, "slow")
+        after = model_status(client, "slow")
         assert (after["state"], after["slots_in_use"]) == ("loaded", 1), after
         assert not busy.done()
         assert act(client, "slow", "unload", {"force": True}).json()["state"] == "unloaded"
         cut = busy.result()
     # The worker stopped the generation it was running: the answer ends early.
     assert cut.status_code != 200 or cut.json()["usage"]["completion_tokens"] < 200
-    chat(client, "slow")  # idle now: a plain unload is not refused
+    chat(client, "slow", 2)  # idle now: a plain unload is not refused
     assert act(client, "slow", "unload").json()["state"] == "unloaded"
 
 
@@ -180,4 +170,4 @@ def test_rescan_finds_new_and_removed_models_at_once(client, models_dir):
     assert (body["added"], body["removed"]) == (["newcomer"], ["noisy"])
     assert "newcomer" in body["models"] and "noisy" not in body["models"]
     assert client.post("/admin/rescan").json()["added"] == []  # nothing changed since
-    assert chat(client, "newcomer").status_code == 200
+    assert chat(client, "newcomer", 2).status_code == 200

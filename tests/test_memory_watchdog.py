@@ -5,29 +5,11 @@ regression fails here instead of waking the kernel's OOM killer."""
 
 from __future__ import annotations
 
-import json
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
-from support import chat
+from support import admin_events, chat
 
 GIB = 2**30
-
-
-def first_event(server, kind: str, trigger) -> tuple[dict, object]:
-    """Subscribe to /admin/events, run `trigger()`, return the first `kind` event and what
-    `trigger` returned."""
-    with httpx.stream("GET", server.url + "/admin/events", timeout=30) as response:
-        lines = response.iter_lines()
-        assert next(lines) == ": connected"
-        with ThreadPoolExecutor(1) as pool:
-            done = pool.submit(trigger)
-            for line in lines:
-                if line.startswith("data: "):
-                    event = json.loads(line.removeprefix("data: "))
-                    if event["type"] == kind:
-                        return event, done.result()
-    raise AssertionError(f"no {kind} event")
 
 
 def test_a_worker_past_the_memory_limit_is_killed_and_the_others_serve_on(start_server):
@@ -41,7 +23,9 @@ def test_a_worker_past_the_memory_limit_is_killed_and_the_others_serve_on(start_
                 grown = chat(server, "fast", None, content="GROW")
                 return grown, beside.result()
 
-        event, (grown, beside) = first_event(server, "memory_exceeded", grow_beside_a_stream)
+        events, (grown, beside) = admin_events(
+            server, grow_beside_a_stream, lambda events: events[-1]["type"] == "memory_exceeded")
+        event = events[-1]
 
         assert grown.status_code == 503, grown.text
         error = grown.json()["error"]

@@ -9,10 +9,10 @@ import os
 import signal
 
 from prometheus_client.parser import text_string_to_metric_families
+from support import USER, chat
 
 from llama_api.scheduling.entries import Settings
 from llama_api.testing import wait_for
-from llama_api_echo import USER
 
 API, ADMIN = {"Authorization": "Bearer api-key"}, {"Authorization": "Bearer admin-key"}
 
@@ -33,11 +33,6 @@ def value(samples, name: str, **labels) -> float:
     """The sum of `name`'s samples whose labels include `labels`."""
     return sum(s.value for s in samples.get(name, [])
                if all(s.labels.get(k) == v for k, v in labels.items()))
-
-
-def chat(client, model: str, max_tokens: int = 3, **extra):
-    return client.post(client.v1 + "/chat/completions",
-                       json={"model": model, "messages": USER, "max_tokens": max_tokens, **extra})
 
 
 def test_requests_tokens_and_latencies_are_counted_by_route_and_model(client):
@@ -102,7 +97,7 @@ def test_a_worker_s_info_follows_what_the_backend_says_while_it_serves(client):
     from llama_api.testing import wait_for
 
     for _ in range(2):
-        assert chat(client, "fast").status_code == 200
+        assert chat(client, "fast", 3).status_code == 200
 
     def served():
         return client.get(client.v1 + "/models/fast").json()["worker"]["info"]["served"]
@@ -113,7 +108,7 @@ def test_a_worker_s_info_follows_what_the_backend_says_while_it_serves(client):
 
 
 def test_a_client_string_never_becomes_a_label(client):
-    assert chat(client, "made-up-model-xyz").status_code == 404
+    assert chat(client, "made-up-model-xyz", 3).status_code == 404
     reply = client.get("/v1/models/another-made-up-name")
     assert reply.status_code == 404
     text = client.get("/metrics").text
@@ -125,13 +120,13 @@ def test_a_client_string_never_becomes_a_label(client):
 
 def test_loads_failures_evictions_unloads_and_crashes(start_app):
     with start_app(scheduling=Settings(max_workers=1)) as client:
-        assert chat(client, "broken").status_code == 503
-        assert chat(client, "fast").status_code == 200
-        assert chat(client, "slow").status_code == 200  # evicts fast
+        assert chat(client, "broken", 3).status_code == 503
+        assert chat(client, "fast", 3).status_code == 200
+        assert chat(client, "slow", 3).status_code == 200  # evicts fast
         pid = client.get("/health").json()["workers"]["slow"]
         os.kill(pid, signal.SIGKILL)
         assert wait_for(lambda: client.get("/health").json()["loaded"] == [])
-        assert chat(client, "fast").status_code == 200
+        assert chat(client, "fast", 3).status_code == 200
         assert client.post("/admin/models/fast/unload").status_code == 200
         m = scrape(client)
     assert value(m, "llama_api_model_loads_total", model="broken", result="failed") == 1
@@ -147,7 +142,7 @@ def test_loads_failures_evictions_unloads_and_crashes(start_app):
 
 def test_each_app_counts_only_its_own_requests(start_app):
     with start_app() as first:
-        chat(first, "fast")
+        chat(first, "fast", 3)
         with start_app() as second:
             assert value(scrape(second), "llama_api_requests_total",
                          route="/v1/chat/completions") == 0

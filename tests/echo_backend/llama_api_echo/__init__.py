@@ -39,8 +39,8 @@ document by the share of the query's words it holds (case-insensitive); option
 `rerank: false` makes a model that can't rerank.
 Set LLAMA_API_ECHO_EVENTS to a file path to have the worker append one JSON line per
 event (prepared: a worker started, before any model; start, end, cancelled) with its
-model, pid and time; `start` also holds what the
-core handed the backend (`request`: the normalized fields tests check).
+model, pid and time; `start` also holds what the core handed the backend (`request`: the
+normalized fields tests check). Tests read them with tests/support.py's read_events.
 """
 
 from __future__ import annotations
@@ -80,48 +80,6 @@ def record(event: str, model: EchoModel | None, **fields) -> None:
                            "time": time.time(), **fields})
         with open(path, "a") as f:
             f.write(line + "\n")
-
-
-def read_events(path) -> list[dict]:
-    """The events the workers recorded, oldest first; a line still being written waits for
-    the next read (tests poll this while workers append)."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    text = path.read_text()
-    complete = text[:text.rfind("\n") + 1]
-    return [json.loads(line) for line in complete.splitlines() if line.strip()]
-
-
-def wait_for_start(events_file, model: str, count: int = 1) -> bool:
-    """Wait (up to 15 s) until `count` generations of `model` have started."""
-    # Its own loop, not llama_api.testing.wait_for: that package imports the server side,
-    # which a backend must not (the import contracts in pyproject.toml).
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if sum(e["event"] == "start" and e["model"] == model
-               for e in read_events(events_file)) >= count:
-            return True
-        time.sleep(0.05)
-    return False
-
-
-USER = [{"role": "user", "content": "tick tock"}]
-
-
-def chat(server, model: str, max_tokens: int = 10, **extra):
-    """POST a chat request for `model` to a test server; returns the httpx response."""
-    import httpx
-
-    return httpx.post(server.v1 + "/chat/completions", timeout=60,
-                      json={"model": model, "messages": USER, "max_tokens": max_tokens, **extra})
-
-
-def model_status(server, model: str) -> dict:
-    """What a test server's /admin/models/<model> says."""
-    import httpx
-
-    return httpx.get(server.url + f"/admin/models/{model}", timeout=10).json()
 
 
 class EchoModel:
