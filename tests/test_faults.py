@@ -191,7 +191,7 @@ def test_a_crash_is_logged_with_the_worker_s_last_lines(client, caplog):
     assert "noise on stdout while generating" in report  # what the worker printed last
 
 
-# -- a full disk while the responses store writes ----------------------------------------
+# -- a full disk while the responses store writes ------------------------------------------
 
 FILE_LIMIT = 1 << 20  # bytes any file of the server may reach
 # Prompt words are tokens (the echo model takes at most 1000), so a big store is long words.

@@ -62,7 +62,7 @@ def report(client) -> None:
               f"measured RSS {format_size(entry.memory.host)} (pid {entry.handle.pid})")
 
 
-# -- sizes and limits ------------------------------------------------------------------
+# -- sizes and limits ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, size", [
     ("8G", 8 * 2**30), ("512M", 512 * MiB), ("1.5GiB", int(1.5 * 2**30)), ("20gb", 20 * 2**30),
@@ -115,7 +115,7 @@ def test_fits_counts_both_limits_and_zero_means_unlimited():
     assert MemoryBudget(Footprint(0, 0)).fits(Footprint(10**15, 10**15), [])
 
 
-# -- scheduling with real echo workers ----------------------------------------------------
+# -- scheduling with real echo workers -----------------------------------------------------
 
 def test_the_least_recently_used_model_is_evicted_when_memory_is_short(
         memory_models, start_app):

@@ -23,7 +23,7 @@ from llama_api.workers.plugins import Plugins
 MiB = 2**20
 
 
-# -- the core's estimates -------------------------------------------------------------------
+# -- the core's estimates ------------------------------------------------------------------
 
 class CountingPlugins(Plugins):
     """The echo plugin, seeing every estimate the core asks it for."""
@@ -91,7 +91,7 @@ def test_plugins_hear_of_a_gpu_even_when_its_memory_is_unlimited(monkeypatch):
     assert memory.MemoryBudget.from_settings(Settings(max_gpu_memory=0)).gpu is False
 
 
-# -- the embeddings plugin's estimates (no torch: file sizes only) -----------------------
+# -- the embeddings plugin's estimates (no torch: file sizes only) -------------------------
 
 def test_an_encoder_is_estimated_from_its_safetensors_and_dtype(tmp_path):
     pytest.importorskip("llama_api_embeddings")
@@ -146,7 +146,7 @@ def test_the_embeddings_estimate_puts_auto_on_the_gpu_the_core_reports(tmp_path,
     assert plugins.estimate_memory(spec, False) == (host, gpu)
 
 
-# -- llama.cpp's estimates ------------------------------------------------------------------
+# -- llama.cpp's estimates -----------------------------------------------------------------
 
 def test_offloaded_layers_move_their_share_to_the_gpu(tmp_path):
     pytest.importorskip("llama_cpp")

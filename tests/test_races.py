@@ -137,7 +137,7 @@ def test_a_streamed_token_is_not_held_back_while_the_backend_stalls(queue_of_one
     assert gap > 0.75, f"the second word waited for the third: {gap:.3f} s before it"
 
 
-# -- the admin API while models load and unload ------------------------------------------
+# -- the admin API while models load and unload --------------------------------------------
 
 LOADS = 12  # hammer until the churn has loaded this many times (60 s at most)
 

@@ -54,7 +54,7 @@ def test_no_part_of_a_tag_is_emitted_before_it_is_decided():
     assert splitter.feed("ink>done") == ("", "done")
 
 
-# -- over HTTP: chat completions --------------------------------------------------------
+# -- over HTTP: chat completions -----------------------------------------------------------
 
 THINKING = [{"role": "user", "content": "<think> weigh options </think> forty two"}]
 
