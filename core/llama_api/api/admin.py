@@ -146,6 +146,11 @@ class AdminController(Controller):
         added, removed = await anyio.to_thread.run_sync(registry.rescan)
         return json_response({"added": added, "removed": removed, "models": sorted(registry.known)})
 
+    @get("/requests", responses=openapi.errors(*ADMIN),
+         summary="The last API requests answered, newest first (no prompt, answer or header)")
+    async def recent_requests(self, server: Server) -> Response:
+        return json_response({"requests": server.metrics.recent.newest_first()})
+
     @get("/events", responses=openapi.errors(*ADMIN), media_type=openapi.EVENT_STREAM,
          summary="Server-sent events: loads, unloads, evictions, crashes, pins")
     async def events(self, server: Server) -> ServerSentEvent:

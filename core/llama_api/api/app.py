@@ -28,6 +28,7 @@ from llama_api.api.metrics import Metrics, request_middleware
 from llama_api.api.responses_store import ResponsesStore, default_data_dir
 from llama_api.api.routes import ROUTES
 from llama_api.api.state import PROVIDE_SERVER, ServerState, server_state
+from llama_api.api.web import web_routes
 from llama_api.scheduling.entries import Settings
 from llama_api.scheduling.events import EventBus
 from llama_api.scheduling.registry import Registry
@@ -55,6 +56,8 @@ class ServerConfig:
     cors_origins: list[str] = field(default_factory=list)
     # The longest wait for the next piece of a request body; then 408 (0: no bound).
     body_timeout: float = DEFAULT_BODY_TIMEOUT
+    # The web page at / (serve --no-ui: off, / answers the JSON index alone).
+    ui: bool = True
 
 
 def cors_config(origins: list[str]) -> CORSConfig | None:
@@ -177,7 +180,7 @@ def create_app(config: ServerConfig | None = None, plugins: Plugins | None = Non
             responses.close()
 
     return Litestar(
-        route_handlers=[*ROUTES, *OPERATOR_ROUTES],
+        route_handlers=[*ROUTES, *OPERATOR_ROUTES, *web_routes(config.ui)],
         dependencies={"server": PROVIDE_SERVER},  # a handler's `server: Server` parameter
         middleware=[DefineMiddleware(request_middleware, metrics=metrics),
                     DefineMiddleware(BodyTimeoutMiddleware, seconds=config.body_timeout)],

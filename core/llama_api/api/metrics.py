@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 
+from llama_api.api.activity import RecentRequests
 from llama_api.contract.records import Delta
 from llama_api.scheduling import memory
 from llama_api.scheduling.events import Event
@@ -82,6 +83,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.scheduler = None  # set when the app starts; read at scrape time
+        self.recent = RecentRequests()  # GET /admin/requests
         r = self.registry
         self.requests = Counter("llama_api_requests", "HTTP requests answered",
                                 ["method", "route", "model", "status"], registry=r)
@@ -137,6 +139,8 @@ class Metrics:
     def on_request(self, method: str, route: str, status: int, record: RequestRecord,
                    seconds: float) -> None:
         model = record.model
+        self.recent.add(method, route, status, model, record.prompt_tokens,
+                        record.completion_tokens, record.first_token, seconds)
         self.requests.labels(method, route, model, str(status)).inc()
         self.duration.labels(route, model).observe(seconds)
         if not model:

@@ -254,10 +254,6 @@ async def health(server: Server) -> dict:
     return models.health(server.scheduler, server.plugins)
 
 
-@route("/", http_method=GET_OR_HEAD, opt={"public": True}, summary="What this server is")
-async def index() -> dict:
-    return {"name": "llama-api", "api": "/v1", "health": "/health", "schema": "/schema"}
-
-
+# `/` (the JSON index, or the web page) is api/web.py's.
 ROUTES = [OpenAIController, AnthropicController, ResponsesController, tokenize, detokenize,
-          rerank, health, index]
+          rerank, health]

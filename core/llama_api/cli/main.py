@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                        help="let web pages from ORIGIN (e.g. http://localhost:3000, or *) "
                             "call the API; repeat for several (default: CORS off)")
+    serve.add_argument("--no-ui", action="store_true",
+                       help="serve no web page at / (API clients get its JSON index either way)")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"], help="(default: %(default)s)")
     serve.add_argument("--log-format", default="text", choices=["text", "json"],
@@ -269,6 +271,7 @@ def serve(args) -> int:
         keepalive=args.keepalive,
         cors_origins=args.cors_origin,
         body_timeout=args.body_timeout,
+        ui=not args.no_ui,
     )
     from llama_api.scheduling.registry import read_config
     from llama_api.workers.plugins import Plugins
