@@ -67,7 +67,7 @@ def test_messages_count_as_many_tokens_as_the_chat_request_reads(shared_client):
     ({"model": "fast", "prompt": "a", "tools": [{"type": "function",
                                                  "function": {"name": "f"}}]}, "tools"),
     ({"model": "fast", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages[0].content"),
+        {"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages[0].content[0]"),
     ({"model": "fast", "prompt": 5}, "prompt"),
     ({"prompt": "a"}, "model"),
 ])

@@ -10,7 +10,8 @@ How Anthropic's turns become the core's chat messages:
 - a user's `tool_result` blocks become `tool` messages, before the turn's text, as chat
   templates expect them right after the assistant's calls; `is_error` prefixes "Error: ";
 - `thinking` blocks of earlier turns are left out, as Anthropic leaves them out of context;
-- images and documents are refused with a 400.
+- image blocks (base64 or url sources) stand where they are as image markers
+  (`llama_api.api.images`); documents, and images inside tool results, are refused (400).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from llama_api import errors
 from llama_api.api.choices import Choice, new_id
+from llama_api.api.images import place
 from llama_api.api.schemas.anthropic import (
     DocumentBlock,
     ImageBlock,
@@ -52,8 +54,10 @@ BLOCK_SEPARATOR = "\n\n"
 def message_request(body: MessagesRequest) -> GenerateRequest:
     tools, tool_choice, tool_name = tool_fields(body)
     one_call = bool(body.tool_choice and body.tool_choice.disable_parallel_tool_use)
+    images: list = []  # ImageSources until routes' `images.prepare`
     return GenerateRequest(
-        messages=conversation(body),
+        messages=conversation(body, images),
+        images=images,
         max_tokens=body.max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
@@ -69,15 +73,17 @@ def message_request(body: MessagesRequest) -> GenerateRequest:
     )
 
 
-def conversation(body: MessagesInput) -> list[dict[str, Any]]:
-    """The request's turns as the core's chat messages (see the module docstring)."""
+def conversation(body: MessagesInput, images: list | None = None) -> list[dict[str, Any]]:
+    """The request's turns as the core's chat messages (see the module docstring); image
+    blocks are kept in `images` (None: a list of its own, for a caller that reads text)."""
+    images = [] if images is None else images
     messages = []
     if body.system:
         system = (body.system if isinstance(body.system, str)
                   else BLOCK_SEPARATOR.join(block.text for block in body.system))
         messages.append({"role": "system", "content": system})
     for i, message in enumerate(body.messages):
-        messages.extend(turn_messages(i, message))
+        messages.extend(turn_messages(i, message, images))
     return messages
 
 
@@ -88,7 +94,17 @@ def refuse_media(block, where: str) -> None:
                            "and thinking blocks are supported.", param=where)
 
 
-def turn_messages(i: int, message: Message) -> list[dict[str, Any]]:
+def image_marker(block: ImageBlock, where: str, images: list) -> str:
+    source = block.source or {}
+    if source.get("type") == "base64" and isinstance(source.get("data"), str):
+        return place(images, where, data=source["data"], media_type=source.get("media_type"))
+    if source.get("type") == "url" and isinstance(source.get("url"), str):
+        return place(images, where, url=source["url"])
+    raise BadRequest(f"`{where}.source` must be a base64 or url image source.",
+                     param=f"{where}.source")
+
+
+def turn_messages(i: int, message: Message, images: list) -> list[dict[str, Any]]:
     if isinstance(message.content, str):
         return [{"role": message.role, "content": message.content}]
     texts: list[str] = []
@@ -96,6 +112,9 @@ def turn_messages(i: int, message: Message) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     for j, block in enumerate(message.content):
         where = f"messages[{i}].content[{j}]"
+        if isinstance(block, ImageBlock):
+            texts.append(image_marker(block, where, images))
+            continue
         refuse_media(block, where)
         if isinstance(block, TextBlock):
             texts.append(block.text)
@@ -170,7 +189,8 @@ def count_tokens_request(body: MessagesInput) -> TokenizeRequest:
     """What the model reads for these turns and tools: its chat template, generation prompt
     and special tokens included, so the count is the message's `input_tokens`."""
     tools, _, _ = tool_fields(body)
-    return TokenizeRequest(messages=conversation(body), tools=tools)
+    images: list = []  # ImageSources until the route's `images.prepare`
+    return TokenizeRequest(messages=conversation(body, images), tools=tools, images=images)
 
 
 def count_tokens_response(result: TokenizeResult) -> dict[str, int]:

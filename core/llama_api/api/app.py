@@ -24,6 +24,7 @@ from llama_api import errors
 from llama_api.api.admin import OPERATOR_ROUTES
 from llama_api.api.body_timeout import DEFAULT_BODY_TIMEOUT, BodyTimeoutMiddleware
 from llama_api.api.error_responses import EXCEPTION_HANDLERS
+from llama_api.api.images import ImageSettings
 from llama_api.api.metrics import Metrics, request_middleware
 from llama_api.api.responses_store import ResponsesStore, default_data_dir
 from llama_api.api.routes import ROUTES
@@ -58,6 +59,8 @@ class ServerConfig:
     body_timeout: float = DEFAULT_BODY_TIMEOUT
     # The web page at / (serve --no-ui: off, / answers the JSON index alone).
     ui: bool = True
+    # Bounds on images in requests; `allow_urls`: fetch http(s) image URLs.
+    images: ImageSettings = field(default_factory=ImageSettings)
 
 
 def cors_config(origins: list[str]) -> CORSConfig | None:
@@ -171,7 +174,7 @@ def create_app(config: ServerConfig | None = None, plugins: Plugins | None = Non
                     api_keys=[key.encode() for key in config.api_keys],
                     admin_keys=[key.encode() for key in config.admin_keys],
                     metrics_auth=config.metrics_auth, models_dir=config.models_dir,
-                    keepalive=config.keepalive,
+                    keepalive=config.keepalive, images=config.images,
                 ).attach(app)
                 scheduler.keep_spares(spec.plugin for spec in models.values())
                 log.info("ready in %.2fs", time.perf_counter() - started)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from llama_api.api.choices import Choice
+from llama_api.api.images import place
 from llama_api.api.openai_common import (
     OpenAIChunks,
     openai_response,
@@ -35,7 +36,8 @@ from llama_api.errors import BadRequest, NotSupported
 
 def chat_requests(body: ChatCompletionRequest) -> list[GenerateRequest]:
     """One GenerateRequest per choice, every field normalized for the backend."""
-    messages = [message_dict(i, message) for i, message in enumerate(body.messages)]
+    images: list = []  # ImageSources until routes' `images.prepare`
+    messages = [message_dict(i, message, images) for i, message in enumerate(body.messages)]
     tools, tool_choice, tool_name = tool_fields(body)
     if body.top_logprobs and not body.logprobs:
         raise BadRequest("`top_logprobs` needs `logprobs: true`.", param="top_logprobs")
@@ -53,15 +55,18 @@ def chat_requests(body: ChatCompletionRequest) -> list[GenerateRequest]:
             response_format=response_format(body),
             split_reasoning=body.reasoning_format != "none",
             think=think_for(body.reasoning_effort),
+            images=images,
             **{**fields, "seed": vary_seed(fields["seed"], j)},
         )
         for j in range(body.n or 1)
     ]
 
 
-def message_dict(i: int, message: ChatMessage) -> dict[str, Any]:
-    """A message as the backend gets it: `content` is text, absent fields are left out."""
-    result: dict[str, Any] = {"role": message.role, "content": message_text(i, message.content)}
+def message_dict(i: int, message: ChatMessage, images: list) -> dict[str, Any]:
+    """A message as the backend gets it: `content` is text (an image part: its marker, the
+    part kept in `images`), absent fields are left out."""
+    result: dict[str, Any] = {"role": message.role,
+                              "content": message_text(i, message.content, images)}
     for name in ("name", "tool_calls", "tool_call_id"):
         value = getattr(message, name)
         if value is not None:
@@ -69,18 +74,21 @@ def message_dict(i: int, message: ChatMessage) -> dict[str, Any]:
     return result
 
 
-def message_text(i: int, content) -> str:
-    """A string, or the text parts joined; other parts (images, audio) are refused."""
+def message_text(i: int, content, images: list) -> str:
+    """A string, or the parts joined (images as markers); other parts (audio) are refused."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
     texts = []
-    for part in content:
+    for j, part in enumerate(content):
         if isinstance(part, str):
             texts.append(part)
         elif part.type == "text":
             texts.append(part.text or "")
+        elif part.type == "image_url" and part.image_url is not None:
+            url = part.image_url if isinstance(part.image_url, str) else part.image_url.url
+            texts.append(place(images, f"messages[{i}].content[{j}]", url=url))
         else:
             raise NotSupported(f"`messages[{i}].content` has a {part.type!r} part; only text "
                                "parts are supported.", param=f"messages[{i}].content")

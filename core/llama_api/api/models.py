@@ -16,6 +16,8 @@ def model_card(spec: ModelSpec, entry: Entry | None) -> dict:
         "owned_by": spec.backend,
         "loaded": entry is not None,
         "aliases": spec.aliases,
+        # What it takes besides text: "vision" (images) for a GGUF with its projector.
+        "capabilities": spec.meta.get("capabilities", []),
         "meta": spec.meta,
     }
     if entry is not None and entry.loaded:

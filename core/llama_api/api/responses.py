@@ -15,6 +15,7 @@ from typing import Any
 
 from llama_api import errors
 from llama_api.api.error_responses import RESPONSES_ERRORS
+from llama_api.api.images import place
 from llama_api.api.openai_common import think_for
 from llama_api.api.responses_output import ResponseEvents, openai_id, text_part
 from llama_api.api.responses_store import ResponsesStore
@@ -73,13 +74,22 @@ def offered_tools(body: ResponseRequest) -> list[tuple[ResponsesTool, str | None
 LEFT_OUT: set[tuple[str, str]] = set()  # (model, tool type) pairs logged already
 
 
-def part_texts(param: str, parts: str | list[InputContentPart] | None) -> list[str]:
+def part_texts(param: str, parts: str | list[InputContentPart] | None,
+               images: bool = False) -> list:
+    """The parts' texts; with `images`, an `input_image` part as its item part (a dict)."""
     if parts is None:
         return []
     if isinstance(parts, str):
         return [parts]
-    texts = []
+    texts: list = []
     for j, part in enumerate(parts):
+        if images and part.type == "input_image":
+            if not part.image_url:
+                raise NotSupported(f"`{param}[{j}]` has no `image_url` (file ids are not "
+                                   "supported).", param=f"{param}[{j}]")
+            texts.append({"type": "input_image", "image_url": part.image_url,
+                          "detail": part.detail or "auto"})
+            continue
         if part.type not in TEXT_PART_TYPES:
             raise NotSupported(f"`{param}[{j}]` is an {part.type!r} part; only text parts "
                                "are supported.", param=f"{param}[{j}]")
@@ -89,8 +99,8 @@ def part_texts(param: str, parts: str | list[InputContentPart] | None) -> list[s
 
 def message_item(role: str, texts: list[str], item_id: str | None = None) -> dict[str, Any]:
     kind = "message" if role == "assistant" else "input"
-    parts = [text_part(kind, text) if kind == "message" else {"type": "input_text", "text": text}
-             for text in texts]
+    parts = [text if isinstance(text, dict) else text_part(kind, text) if kind == "message"
+             else {"type": "input_text", "text": text} for text in texts]
     return {"id": item_id or openai_id("msg"), "type": "message", "role": role,
             "status": "completed", "content": parts}
 
@@ -107,8 +117,8 @@ def canonical_item(i: int, item: InputItem) -> dict[str, Any]:
 
     kind = item.type or "message"
     if kind == "message":
-        return message_item(required("role"), part_texts(f"{param}.content", item.content),
-                            item.id)
+        return message_item(required("role"), part_texts(
+            f"{param}.content", item.content, images=item.role != "assistant"), item.id)
     if kind == "function_call":
         return {"id": item.id or openai_id("fc"), "type": "function_call",
                 "status": "completed", "call_id": required("call_id"),
@@ -132,15 +142,22 @@ def input_items(body: ResponseRequest) -> list[dict[str, Any]]:
     return [canonical_item(i, item) for i, item in enumerate(body.input)]
 
 
-def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def chat_messages(items: list[dict[str, Any]], images: list,
+                  first_input: int = 0) -> list[dict[str, Any]]:
     """Items (input and earlier output) as the chat messages a backend reads.
 
     Function calls join the assistant message before them; the model's earlier thinking
-    (reasoning items) is not part of the next prompt, as chat templates drop it too."""
+    (reasoning items) is not part of the next prompt, as chat templates drop it too.
+    Image parts become markers, kept in `images`, named `input[i]` from `first_input` on
+    (before it: items of earlier responses, named by id)."""
     messages: list[dict[str, Any]] = []
-    for item in items:
+    for k, item in enumerate(items):
         if item["type"] == "message":
-            text = "".join(part.get("text", "") for part in item["content"])
+            where = f"input[{k - first_input}]" if k >= first_input else item["id"]
+            text = "".join(
+                place(images, f"{where}.content[{j}]", url=part["image_url"])
+                if part.get("type") == "input_image" else part.get("text", "")
+                for j, part in enumerate(item["content"]))
             messages.append({"role": item["role"], "content": text})
         elif item["type"] == "function_call":
             call = {"id": item["call_id"], "type": "function",
@@ -199,9 +216,10 @@ def generate_request(body: ResponseRequest, history: list[dict[str, Any]],
                      offered: list[tuple[ResponsesTool, str | None]]) -> GenerateRequest:
     """The one GenerateRequest: instructions, the earlier turns, then this input."""
     messages = [{"role": "system", "content": body.instructions}] if body.instructions else []
-    messages += chat_messages([*history, *items])
+    images: list = []  # ImageSources until routes' `images.prepare`
+    messages += chat_messages([*history, *items], images, first_input=len(history))
     tools, tool_choice, tool_name = tool_fields(body, offered)
-    return GenerateRequest(messages=messages, max_tokens=body.max_output_tokens,
+    return GenerateRequest(messages=messages, images=images, max_tokens=body.max_output_tokens,
                            temperature=body.temperature, top_p=body.top_p, tools=tools,
                            tool_choice=tool_choice, tool_name=tool_name,
                            parallel_tool_calls=body.parallel_tool_calls is not False,

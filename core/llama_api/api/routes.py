@@ -17,7 +17,16 @@ from typing import Annotated, Literal, TypeVar
 from litestar import Controller, Request, Response, delete, get, post, route
 from litestar.params import Body, FromPath, FromQuery, QueryParameter
 
-from llama_api.api import anthropic, chat, completions, embeddings, models, openapi, responses
+from llama_api.api import (
+    anthropic,
+    chat,
+    completions,
+    embeddings,
+    images,
+    models,
+    openapi,
+    responses,
+)
 from llama_api.api import rerank as reranking
 from llama_api.api import tokenize as tokenizing
 from llama_api.api.choices import Choice, Emit, generate_choices, new_id, total_usage
@@ -60,6 +69,8 @@ async def generation(request: Request, server: ServerState, model: str,
     spec = await server.registry.find(model)  # 404 before any work
     record = request_record(request)
     record.model = spec.id
+    for each in requests:  # the choices share one image list: read once
+        await images.prepare(each, spec, server.images)
 
     async def run(emit: Emit) -> None:
         async def counted(index: int, delta: Delta) -> None:
@@ -87,10 +98,13 @@ async def generation(request: Request, server: ServerState, model: str,
 
 
 async def on_worker(request: Request, server: ServerState, model: str,
-                    call: Callable[[object], Awaitable[T]]) -> T:
-    """`await call(worker)` on a leased worker for `model` (a non-generating request)."""
+                    call: Callable[[object], Awaitable[T]], with_images=None) -> T:
+    """`await call(worker)` on a leased worker for `model` (a non-generating request);
+    `with_images`: the request whose images are read first (TokenizeRequest)."""
     spec = await server.registry.find(model)  # 404 before any work
     request_record(request).model = spec.id
+    if with_images is not None:
+        await images.prepare(with_images, spec, server.images)
 
     async def work():  # a client that hangs up while queued gives up its place
         async with server.scheduler.lease(spec) as worker:
@@ -176,7 +190,8 @@ class AnthropicController(Controller):
                            data: Annotated[MessagesInput, Body()]) -> Response:
         tokenize_request = anthropic.count_tokens_request(data)
         result = await on_worker(request, server, data.model,
-                                 lambda worker: worker.tokenize(tokenize_request))
+                                 lambda worker: worker.tokenize(tokenize_request),
+                                 with_images=tokenize_request)
         return json_response(anthropic.count_tokens_response(result))
 
 
@@ -225,7 +240,8 @@ async def tokenize(request: Request, server: Server,
                    data: Annotated[TokenizeBody, Body()]) -> Response:
     tokenize_request = tokenizing.tokenize_request(data)
     result = await on_worker(request, server, data.model,
-                             lambda worker: worker.tokenize(tokenize_request))
+                             lambda worker: worker.tokenize(tokenize_request),
+                             with_images=tokenize_request)
     return json_response(tokenizing.tokenize_response(tokenize_request, result))
 
 

@@ -8,13 +8,14 @@ code Litestar calls without dependency injection (the guard) reads it with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from litestar import Litestar, Request
 from litestar.di import Provide
 
+from llama_api.api.images import ImageSettings
 from llama_api.api.metrics import Metrics
 from llama_api.api.responses_store import ResponsesStore
 from llama_api.scheduling.events import EventBus
@@ -40,6 +41,7 @@ class ServerState:
     metrics_auth: Literal["admin", "api", "none"]
     models_dir: Path | None
     keepalive: float  # seconds of quiet before a stream sends an SSE comment; 0 = never
+    images: ImageSettings = field(default_factory=ImageSettings)  # bounds, URL fetching
 
     def attach(self, app: Litestar) -> None:
         app.state[_KEY] = self

@@ -23,8 +23,9 @@ def tokenize_request(body: TokenizeBody) -> TokenizeRequest:
     if body.tools and body.messages is None:
         raise BadRequest("`tools` go with `messages`.", param="tools")
     messages = tools = None
+    images: list = []  # ImageSources until the route's `images.prepare`
     if body.messages is not None:
-        messages = [message_dict(i, message) for i, message in enumerate(body.messages)]
+        messages = [message_dict(i, message, images) for i, message in enumerate(body.messages)]
         tools = [tool_dict(tool.function) for tool in body.tools] if body.tools else None
     return TokenizeRequest(
         text=texts[0] if texts else None,
@@ -33,6 +34,7 @@ def tokenize_request(body: TokenizeBody) -> TokenizeRequest:
         add_special_tokens=body.add_special_tokens is not False,
         parse_special=body.parse_special is not False,
         with_pieces=bool(body.with_pieces),
+        images=images,
     )
 
 

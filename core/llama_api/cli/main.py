@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grace-period", type=seconds, default=10.0, metavar="SECONDS",
                        help="on SIGTERM or Ctrl-C, let running requests finish for this long "
                             "before they are cut off and the workers end (default: %(default)s)")
+    serve.add_argument("--allow-image-urls", action="store_true",
+                       help="fetch http(s) image URLs in requests to vision models (bounded "
+                            "in size and time; off: images come as data: URLs or base64)")
     serve.add_argument("--keepalive", type=seconds, default=5.0, metavar="SECONDS",
                        help="a stream with nothing to send this long (waiting for a load, a "
                             "slot, a long prompt) sends an SSE comment; 0 = never "
@@ -234,6 +237,7 @@ def serve(args) -> int:
     import uvicorn
 
     from llama_api.api.app import ServerConfig, create_app
+    from llama_api.api.images import ImageSettings
     from llama_api.api.responses_store import default_data_dir
     from llama_api.scheduling.entries import Settings
     from llama_api.scheduling.registry import ConfigError
@@ -269,6 +273,7 @@ def serve(args) -> int:
         data_dir=args.data_dir or default_data_dir(),
         responses_ttl=args.responses_ttl,
         keepalive=args.keepalive,
+        images=ImageSettings(allow_urls=args.allow_image_urls),
         cors_origins=args.cors_origin,
         body_timeout=args.body_timeout,
         ui=not args.no_ui,

@@ -8,11 +8,13 @@ that passes between the core and a backend (and over the worker pipe).
 
 from llama_api.contract.hookspecs import CONTRACT_VERSION, hookimpl
 from llama_api.contract.records import (
+    IMAGE_MARKER,
     BackendInfo,
     Delta,
     EmbedRequest,
     EmbedResult,
     GenerateRequest,
+    ImageInput,
     LoadContext,
     LoadedModel,
     ModelSpec,
@@ -27,8 +29,8 @@ from llama_api.contract.records import (
 )
 
 __all__ = [
-    "CONTRACT_VERSION", "BackendInfo", "Delta", "EmbedRequest", "EmbedResult",
-    "GenerateRequest", "LoadContext", "LoadedModel", "ModelSpec", "RerankRequest",
+    "CONTRACT_VERSION", "IMAGE_MARKER", "BackendInfo", "Delta", "EmbedRequest", "EmbedResult",
+    "GenerateRequest", "ImageInput", "LoadContext", "LoadedModel", "ModelSpec", "RerankRequest",
     "RerankResult", "TokenLogprob", "TokenizeRequest", "TokenizeResult", "ToolCallDelta",
     "TopLogprob", "Usage", "hookimpl",
 ]

@@ -1,9 +1,15 @@
-"""The hooks a backend plugin implements: contract version 1.
+"""The hooks a backend plugin implements: contract version 1 (1.1).
 
 A plugin is a module (or object) named by an entry point in the `llama_api` group. It
 declares the contract it was written for as `LLAMA_API_CONTRACT = "1.0"` (major.minor);
 one written for another major version is listed as broken, with that reason, and is never
 called.
+
+Version 1.1 added images: `GenerateRequest.images` and `TokenizeRequest.images` (decoded
+RGB `ImageInput`s, each placed by an `IMAGE_MARKER` in a message's content) and the
+"vision" entry of `ModelSpec.meta["capabilities"]`. The core sends images only to models
+whose spec lists "vision", so a plugin written for 1.0 never receives one; the core answers
+400 `NotSupported` naming the model instead.
 
 Where hooks run:
 - `register_backends`, `discover_models` and `estimate_memory` run in the server process,
@@ -33,7 +39,7 @@ import pluggy
 # The contract this core speaks. A plugin declaring another major version is refused;
 # a newer minor version of the same major is accepted (it may rely on hooks this core
 # lacks, which pluggy then never calls).
-CONTRACT_VERSION = "1.0"
+CONTRACT_VERSION = "1.1"
 
 hookspec = pluggy.HookspecMarker("llama_api")
 hookimpl = pluggy.HookimplMarker("llama_api")

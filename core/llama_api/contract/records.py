@@ -28,6 +28,8 @@ class ModelSpec(msgspec.Struct, kw_only=True):
     idle_timeout: float | None = None
     slots: int | None = None
     # What discovery learned about the model (architecture, context length, ...).
+    # `capabilities` (a list of strings, contract 1.1): "vision" for a model that takes
+    # images; the core sends images to no other model, and shows the list in /v1/models.
     meta: dict[str, Any] = {}
     # The entry point name of the plugin that serves it (filled by the core).
     plugin: str = ""
@@ -60,6 +62,22 @@ class LoadContext(msgspec.Struct, kw_only=True):
     def report(self, message: str, fraction: float | None = None) -> None:
         if self.progress is not None:
             self.progress(message, fraction)
+
+
+class ImageInput(msgspec.Struct, kw_only=True):
+    """A decoded image (contract 1.1): `width` x `height` pixels, RGB, 3 bytes each, row by
+    row. The core decoded and bounded it (llama_api.api.images); `digest` (sha256 of the
+    pixels, hex) tells images apart without comparing pixels, e.g. for prompt caches."""
+
+    width: int
+    height: int
+    rgb: bytes
+    digest: str
+
+
+# Where each image of a request sits (contract 1.1): this text, in a message's `content`,
+# once per image, in the order of the request's `images` (llama.cpp mtmd's default marker).
+IMAGE_MARKER = "<__media__>"
 
 
 # What `tool_choice` asks of the model: "function" forces `tool_name`.
@@ -129,6 +147,10 @@ class GenerateRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     thinking_budget: int | None = None
     # Extra backend-specific sampling fields the client sent (mirostat, grammar, ...).
     extra: dict[str, Any] = {}
+    # Contract 1.1: the images of `messages`, each where an IMAGE_MARKER stands in a
+    # `content`. The core sends images only to models whose spec lists the "vision"
+    # capability (`ModelSpec.meta["capabilities"]`); other backends never see this field.
+    images: list[ImageInput] = []
 
 
 class TopLogprob(msgspec.Struct, array_like=True):
@@ -207,6 +229,7 @@ class TokenizeRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     add_special_tokens: bool = True
     parse_special: bool = True  # `text` as a completion prompt reads it (messages: never)
     with_pieces: bool = False
+    images: list[ImageInput] = []  # contract 1.1: as GenerateRequest.images
 
 
 class TokenizeResult(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -31,6 +31,8 @@ class ConfiguredModel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     options: dict[str, Any] = {}
     idle_timeout: float | None = None
     slots: int | None = None
+    # A vision model's projector GGUF (llama.cpp's mmproj): passed as the `mmproj` option.
+    mmproj: str = ""
 
 
 def read_config(path: Path, backends: dict[str, str]) -> list[ModelSpec]:
@@ -64,17 +66,30 @@ def read_config(path: Path, backends: dict[str, str]) -> list[ModelSpec]:
         if model_path and not Path(model_path).expanduser().is_absolute():
             candidate = path.parent / model_path
             model_path = str(candidate) if candidate.exists() else model_path
+        options, meta = dict(model.options), {}
+        if model.mmproj:
+            options["mmproj"] = str(beside_config(path, model.mmproj))
+            meta = {"capabilities": ["vision"], "mmproj": options["mmproj"]}
         specs.append(ModelSpec(
             id=model_id,
             backend=model.backend,
             path=str(Path(model_path).expanduser()) if model_path else "",
             aliases=model.aliases,
-            options=model.options,
+            options=options,
+            meta=meta,
             idle_timeout=model.idle_timeout,
             slots=model.slots,
             plugin=backends[model.backend],
         ))
     return specs
+
+
+def beside_config(config: Path, name: str) -> Path:
+    """A relative path in models.toml is read from the file's folder when it is there."""
+    path = Path(name).expanduser()
+    if not path.is_absolute() and (config.parent / path).exists():
+        return config.parent / path
+    return path
 
 
 class Catalog(NamedTuple):

@@ -106,11 +106,17 @@ Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 ToolName = Annotated[str, Meta(pattern=r"^[a-zA-Z0-9_-]{1,64}(?!\n)$")]
 
 
+class ImageURL(msgspec.Struct, kw_only=True):
+    url: str
+    detail: str | None = None
+
+
 class ContentPart(msgspec.Struct, kw_only=True):
-    """One part of a message's content; only text parts are served."""
+    """One part of a message's content: text, or an image (`image_url`, for vision models)."""
 
     type: str
     text: str | None = None
+    image_url: ImageURL | str | None = None
 
 
 class ChatMessage(msgspec.Struct, kw_only=True):

@@ -22,10 +22,13 @@ InputRole = Literal["user", "assistant", "system", "developer"]
 
 
 class InputContentPart(msgspec.Struct, kw_only=True):
-    """`input_text` / `output_text` parts are served; others (images, files) are refused."""
+    """`input_text` / `output_text` parts, and `input_image` (a URL) for vision models;
+    others (files) are refused."""
 
     type: str
     text: str | None = None
+    image_url: str | None = None
+    detail: str | None = None
 
 
 class InputItem(msgspec.Struct, kw_only=True):
