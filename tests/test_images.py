@@ -122,3 +122,15 @@ def test_a_fetch_reads_at_most_the_byte_limit(monkeypatch):
     monkeypatch.setattr(images.urllib.request, "build_opener", lambda *handlers: Opener())
     with pytest.raises(BadRequest, match="larger than 10 bytes"):
         from_url("http://localhost/big.png", "p", ImageSettings(allow_urls=True, max_bytes=10))
+
+
+def test_models_toml_mmproj_makes_a_vision_model(tmp_path):
+    from llama_api.scheduling.registry import read_config
+
+    (tmp_path / "mmproj-seer.gguf").write_bytes(b"GGUF")
+    config = tmp_path / "models.toml"
+    config.write_text('[models.seer]\nbackend = "llamacpp"\npath = "seer.gguf"\n'
+                      'mmproj = "mmproj-seer.gguf"\n[models.plain]\nbackend = "llamacpp"\n')
+    seer, plain = read_config(config, {"llamacpp": "llamacpp"})
+    assert images.takes_images(seer) and not images.takes_images(plain)
+    assert seer.options["mmproj"] == str(tmp_path / "mmproj-seer.gguf")
