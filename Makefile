@@ -38,7 +38,7 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF $(if $(filter x86_64,$(shell uname -m)),	
 
 TEST_TOOLS := pytest pytest-timeout pytest-xdist httpx "openai>=1.40" "gguf>=0.10" sentence-transformers \
               jsonschema ruff anthropic prometheus-client schemathesis hypothesis \
-              "import-linter>=2.1"
+              "import-linter>=2.1" playwright
 
 PLUGINS := plugins/llamacpp plugins/embeddings plugins/exllama
 # The oldest pluggy the core allows: tests/test_plugin_contract.py runs the contract's tests
@@ -48,9 +48,15 @@ $(if $(OLDEST_PLUGGY),,$(error could not read pluggy's lower bound from core/pyp
 # Node clients of the tests: installed from tests/node/package-lock.json (see below).
 NODE_DIR     := tests/node
 NODE_CLIENTS := $(NODE_DIR)/node_modules/.installed
+# The web page's libraries (core/web/package-lock.json): `make web` copies their built files
+# into core/llama_api/web/vendor/ (committed: serving the page needs no Node); the browser
+# tests take axe-core from there, and drive Debian's chromium (Playwright's own browser
+# download is not used).
+WEB_DIR     := core/web
+WEB_MODULES := $(WEB_DIR)/node_modules/.installed
 SOURCES := core/pyproject.toml $(foreach p,$(PLUGINS),$(p)/pyproject.toml) $(CONSTRAINTS)
 
-.PHONY: serve test lint bench constraints setup setup-test clean
+.PHONY: serve test lint bench constraints setup setup-test clean web chromium
 
 serve: $(VENV)/.serve
 	$(VENV)/bin/llama-api serve --host $(HOST) --port $(PORT) --models-dir models \
@@ -67,7 +73,7 @@ test: export PYTHONDONTWRITEBYTECODE :=
 # The set-up installed every test dependency: a test that pytest.importorskip() would skip
 # fails instead (conftest.py), so that a broken install can't pass as skips.
 test: export LLAMA_API_STRICT_SKIPS := 1
-test: lint $(NODE_CLIENTS)
+test: lint $(NODE_CLIENTS) $(WEB_MODULES) chromium $(VENV)/.playwright
 	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile -m "not serial"
 	$(PY) -m pytest -m serial $(SERIAL_TESTS)
 
@@ -96,7 +102,7 @@ constraints: $(VENV)/.test
 	touch $(VENV)/.serve $(VENV)/.test
 
 setup: $(VENV)/.serve
-setup-test: $(VENV)/.test $(NODE_CLIENTS)
+setup-test: $(VENV)/.test $(NODE_CLIENTS) $(WEB_MODULES) chromium $(VENV)/.playwright
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -135,6 +141,34 @@ $(NODE_CLIENTS): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 	  cd $(NODE_DIR) && npm ci --no-audit --no-fund && touch node_modules/.installed; \
 	else \
 	  echo "node or npm is missing (and can't be installed here): the Node client tests skip"; \
+	fi
+
+web: $(WEB_MODULES)
+	cd $(WEB_DIR) && node build.mjs
+
+$(WEB_MODULES): $(WEB_DIR)/package.json $(WEB_DIR)/package-lock.json $(NODE_CLIENTS)
+	@if command -v npm >/dev/null; then \
+	  cd $(WEB_DIR) && npm ci --no-audit --no-fund && touch node_modules/.installed; \
+	else \
+	  echo "npm is missing (and can't be installed here): the web page's axe-core check skips"; \
+	fi
+
+# Playwright for the browser tests, also in a venv set up before they existed.
+$(VENV)/.playwright: $(VENV)/.test
+	$(PIP_INSTALL) playwright
+	touch $@
+
+# Debian's chromium for the browser tests (tests/test_web_*.py): as root, installed when
+# missing; otherwise those tests skip, naming it.
+chromium:
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    { apt-get update && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y --no-install-recommends chromium; } \
+	    || echo "could not install Debian's chromium"; \
+	  else \
+	    echo "chromium is missing (apt-get install chromium, as root): the browser tests skip"; \
+	  fi; \
 	fi
 
 clean:

@@ -123,6 +123,8 @@ def test_metrics_draw_tokens_per_second_ttft_and_queue_depth(operator, web_serve
                            timeout=15_000)
     assert "tokens/s" in page.inner_text("#latest-rate")
     assert page.locator(".u-legend").first.inner_text().count("fast") == 1
+    if page.is_visible("#notice"):  # the refused unload of the test before
+        page.click("#notice-close")
     shot(page, "metrics-light")
     assert tab.errors == [] or all("401" in e for e in tab.errors)  # the refused calls
 
