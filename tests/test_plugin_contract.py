@@ -1,6 +1,7 @@
-"""The plugin contract (llama_api.contract): how plugins are found, refused and called.
+"""Plugins and their contract (llama_api.contract): how they are found (a worker imports its
+plugin from the entry point the server hands it, without a scan), refused and called.
 
-Plugins here are real distributions: a module and a `.dist-info` folder with an entry
+Plugins made here are real distributions: a module and a `.dist-info` folder with an entry
 point, on a temporary `sys.path` entry (and PYTHONPATH, for the worker processes).
 """
 
@@ -21,7 +22,8 @@ from llama_api import errors
 from llama_api.contract import CONTRACT_VERSION, ModelSpec
 from llama_api.testing.conformance import running_worker
 from llama_api.workers import plugins as plugin_loading
-from llama_api.workers.plugins import Plugins
+from llama_api.workers import protocol
+from llama_api.workers.plugins import Plugins, entry_point_value
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "plugin-minimal"
@@ -38,6 +40,40 @@ def register_backends():
     return [BackendInfo(name="{name}")]
 '''
 
+
+# -- finding plugins ------------------------------------------------------------------------
+
+def test_the_server_knows_each_plugins_entry_point():
+    assert entry_point_value("echo") == "llama_api_echo"
+    assert entry_point_value("no-plugin-by-this-name") is None
+
+
+def test_a_plugin_loads_from_its_entry_point_alone():
+    plugins = Plugins(only="echo", value="llama_api_echo")
+    assert plugins.names() == ["echo"]
+    assert plugins.backends() == {"echo": "echo"}
+    assert plugins.broken == {}
+
+
+def test_an_entry_point_that_fails_to_import_is_broken():
+    plugins = Plugins(only="gone", value="llama_api_no_such_module:plugin")
+    assert plugins.names() == []
+    assert "No module named 'llama_api_no_such_module'" in plugins.broken["gone"]
+
+
+def test_a_worker_given_a_broken_entry_point_answers_a_load_failure():
+    done = subprocess.run(
+        [sys.executable, "-m", "llama_api.workers.child", "gone", "llama_api_no_such_module"],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=60, check=True)
+    frames = list(protocol.FrameReader().feed(done.stdout))
+    assert len(frames) == 1
+    failed = protocol.from_worker_decoder.decode(frames[0])
+    assert isinstance(failed, protocol.LoadFailed)
+    assert failed.kind == "ModelLoadError"
+    assert "llama_api_no_such_module" in failed.message
+
+
+# -- the contract ---------------------------------------------------------------------------
 
 @pytest.fixture
 def install(tmp_path, monkeypatch):
