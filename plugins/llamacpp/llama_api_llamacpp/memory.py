@@ -8,6 +8,8 @@ layers offloaded (`n_gpu_layers`, when the core says the server has a GPU):
 - compute buffers, per llama.cpp context: the attention scores and mask of one
   micro-batch over the whole cache (none with flash attention), or the logits of one
   micro-batch, whichever is larger (llama.cpp reuses the memory between them);
+- a vision model's projector (mmproj): its file's size, and as much again for the image
+  encoder's compute buffer (an allowance: it grows with the encoder's image size);
 - llama.cpp's libraries in the worker.
 These are upper bounds: llama.cpp reserves compute buffers that short prompts never touch.
 """
@@ -81,11 +83,13 @@ def estimate(spec, gpu: bool) -> tuple[int, int]:
     plain_ubatch = min(int(params.get("n_ubatch") or N_UBATCH),
                        int(params.get("n_batch") or N_UBATCH), plain_ctx)
     compute = compute_bytes(plain_ctx, plain_ubatch, n_head, n_vocab, flash)
-    if opts.n_parallel > 1:  # ... and the batch engine's, over every sequence's cache
+    if opts.uses_engine:  # ... and the batch engine's, over every sequence's cache
         per_token = kv_cache // max(1, opts.n_ctx * opts.n_parallel)
         kv_cache += per_token * plain_ctx
         compute += compute_bytes(opts.n_ctx * opts.n_parallel, N_UBATCH, n_head, n_vocab, flash)
 
+    if opts.mmproj:  # on the GPU with the model's layers, as mtmd's use_gpu follows them
+        weights += 2 * Path(opts.mmproj).stat().st_size
     share = offloaded_share(int(params.get("n_gpu_layers", -1)), n_layer, gpu)
     kv_share = share if params.get("offload_kqv", True) else 0.0
     on_gpu = weights * share + kv_cache * kv_share + compute * share

@@ -48,7 +48,7 @@ PASSTHROUGH = {
 OWN = {"n_ctx", "n_threads", "n_threads_batch", "n_gpu_layers", "embedding", "pooling",
        "normalize", "chat_template", "chat_format", "verbose", "sampling", "max_tokens",
        "n_parallel", "kv_cache_mb", "kv_unified", "reasoning_tags", "threads",
-       "prefill_chunk", "speculative", "draft_tokens", "flash_attn"}
+       "prefill_chunk", "speculative", "draft_tokens", "flash_attn", "mmproj"}
 # The context the plain `Llama` object keeps when the batch engine makes its own.
 ENGINE_SIDE_CTX = 256
 
@@ -77,6 +77,13 @@ class LoadOptions:
     max_threads: int = 1
     n_threads_batch: int | None = None  # set: prompt chunks keep this count
     flash_attn: str = "auto"  # "auto" (llama.cpp decides per device), "on" or "off"
+    mmproj: str | None = None  # a vision model's projector GGUF (vision.py)
+
+    @property
+    def uses_engine(self) -> bool:
+        """The batch engine decodes (several sequences, or images: the plain path has
+        no way to feed image embeddings)."""
+        return self.n_parallel > 1 or self.mmproj is not None
 
 
 def auto_parallel(kv_per_token: int | None, n_ctx: int, budget_mb: float) -> int:
@@ -145,7 +152,8 @@ def parse_options(spec, kv: dict, meta: dict, n_threads: int | None) -> LoadOpti
         # Non-causal models read a whole input in one micro-batch.
         params.setdefault("n_batch", n_ctx)
         params.setdefault("n_ubatch", params["n_batch"])
-    if n_parallel > 1:  # the batch engine makes its own context; keep this one small
+    mmproj = str(Path(opts["mmproj"]).expanduser()) if opts.get("mmproj") else None
+    if n_parallel > 1 or mmproj:  # the batch engine makes its own context; keep this small
         params["n_ctx"] = ENGINE_SIDE_CTX
 
     chat_template = _chat_template(opts, kv)
@@ -173,6 +181,7 @@ def parse_options(spec, kv: dict, meta: dict, n_threads: int | None) -> LoadOpti
         max_threads=machine_cores() if threads_auto else threads,
         n_threads_batch=int(opts["n_threads_batch"]) if opts.get("n_threads_batch") else None,
         flash_attn=_flash_attn(spec.id, opts.get("flash_attn", "auto")),
+        mmproj=mmproj,
     )
 
 

@@ -16,11 +16,15 @@ from llama_api.contract.records import TokenizeResult
 def tokenize(model, request) -> TokenizeResult:
     if request.messages is not None:
         prompt = model.prompts.render(request.messages, request.tools)
-        tokens = model.chat_tokens(prompt, add_bos=request.add_special_tokens)
+        tokens = model.chat_items(prompt, getattr(request, "images", None),
+                                  add_bos=request.add_special_tokens)
     else:
         tokens = model.prompt_tokens(request.text or "", special=request.parse_special,
                                      add_bos=request.add_special_tokens)
-    pieces = [spelling(model, token) for token in tokens] if request.with_pieces else None
+    # An image's positions count as the tokens the model reads; their id is -1 (no token).
+    tokens = [token if isinstance(token, int) else -1 for token in tokens]
+    pieces = [spelling(model, token) if token >= 0 else "<image>" for token in tokens
+              ] if request.with_pieces else None
     return TokenizeResult(tokens=tokens, pieces=pieces, max_model_len=model.n_ctx)
 
 
