@@ -134,3 +134,37 @@ def test_models_toml_mmproj_makes_a_vision_model(tmp_path):
     seer, plain = read_config(config, {"llamacpp": "llamacpp"})
     assert images.takes_images(seer) and not images.takes_images(plain)
     assert seer.options["mmproj"] == str(tmp_path / "mmproj-seer.gguf")
+
+
+def test_an_allowed_fetch_reads_http_and_never_follows_a_redirect_to_another_scheme():
+    import http.server
+    import threading
+
+    png = encoded(Image.new("RGB", (3, 3)), "PNG")
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/cat.png":
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(png)))
+                self.end_headers()
+                self.wfile.write(png)
+            else:
+                self.send_response(302)
+                self.send_header("Location", "ftp://127.0.0.1/cat.png")  # urllib follows ftp
+                self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_port}"
+    allowed = ImageSettings(allow_urls=True, fetch_timeout=5)
+    try:
+        assert from_url(base + "/cat.png", "p", allowed) == png
+        with pytest.raises(BadRequest, match="redirect to ftp: refused"):
+            from_url(base + "/elsewhere", "p", allowed)
+    finally:
+        server.shutdown()
+        server.server_close()
