@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,8 +74,34 @@ def import_mtmd():
         raise errors.ModelLoadError(
             "this llama-cpp-python was built without llama.cpp's multimodal library (mtmd), "
             "which vision models need: rebuild it with CMAKE_ARGS=-DLLAVA_BUILD=ON "
-            f"(`make install-llamacpp`, or `llama-api install llamacpp`): {exc}") from exc
+            "(`make setup` does; pip reuses a cached wheel: add --no-cache-dir "
+            f"--force-reinstall --no-binary llama_cpp_python): {exc}") from exc
     return mtmd_cpp
+
+
+_log_callback = None  # kept alive: llama.cpp holds the pointer
+
+
+def _warnings_only(mtmd) -> None:
+    """mtmd logs every image it reads at INFO, a dozen lines a request, into the worker's
+    log: keep its warnings and errors (why a projector failed to load, say)."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import llama_cpp
+
+    last = [0]
+
+    def forward(level, text, user_data):
+        if level != 5:  # 5: the previous line goes on
+            last[0] = level
+        if last[0] >= 3:  # warn, error: to stderr, which the server logs
+            sys.stderr.write(text.decode("utf-8", errors="replace"))
+            sys.stderr.flush()
+
+    _log_callback = llama_cpp.llama_log_callback(forward)
+    mtmd.mtmd_log_set(_log_callback, None)
+    mtmd.mtmd_helper_log_set(_log_callback, None)
 
 
 class Vision:
@@ -88,6 +115,7 @@ class Vision:
         self.path = Path(path)
         if not self.path.is_file():
             raise errors.ModelLoadError(f"{model_id}: projector file not found: {path}")
+        _warnings_only(mtmd)
         params = mtmd.mtmd_context_params_default()
         params.use_gpu = use_gpu
         params.n_threads = max(1, n_threads)
