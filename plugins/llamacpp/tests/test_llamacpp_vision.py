@@ -154,13 +154,17 @@ def test_the_prefix_cache_never_matches_across_images(vision):
     assert engine.reused_tokens - before > first_image + IMAGE_TOKENS
 
 
-def test_two_concurrent_requests_with_different_images_answer_as_each_alone(vision):
-    alone = [ask(vision, [RED], max_tokens=24)[0], ask(vision, [BLUE], max_tokens=24)[0]]
+def test_concurrent_requests_with_different_images_or_none_answer_as_each_alone(vision):
+    def one(picture):
+        if picture is None:  # text only, in the same batches
+            return ask(vision, [], text="hello world", max_tokens=24)[0]
+        return ask(vision, [picture], max_tokens=24)[0]
+
+    pictures = [RED, BLUE, None]
+    alone = [one(picture) for picture in pictures]
     for _ in range(2):
-        with ThreadPoolExecutor(2) as pool:
-            together = list(pool.map(lambda img: ask(vision, [img], max_tokens=24)[0],
-                                     [RED, BLUE]))
-        assert together == alone
+        with ThreadPoolExecutor(3) as pool:
+            assert list(pool.map(one, pictures)) == alone
 
 
 def test_a_cancelled_image_request_ends_and_the_next_one_answers(vision):
