@@ -32,8 +32,9 @@ TENSORFLOW ?= $(call pin,tensorflow)
 TORCH_INDEX_URL ?=
 # llama-cpp-python compiles llama.cpp for this machine's CPU (-march=native), with its
 # multimodal library (mtmd: images for vision GGUFs; VISION=OFF leaves it out, ~10% of
-# the compile and 4 MB of the 24 MB wheel). On x86 without AMX: some VMs report AMX but fault on its first tile
-# instruction (SIGILL in every prompt of a quantized model); AMX only speeds up prompts.
+# the compile and 4 MB of the 24 MB wheel). On x86 without AMX: some VMs report AMX but
+# fault on its first tile instruction (SIGILL in every prompt of a quantized model); AMX
+# only speeds up prompts.
 VISION ?= ON
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 export CMAKE_ARGS ?= -DLLAVA_BUILD=$(VISION) $(if $(filter x86_64,$(shell uname -m)),	"-DCMAKE_C_FLAGS=$(NO_AMX)" "-DCMAKE_CXX_FLAGS=$(NO_AMX)")
