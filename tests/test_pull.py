@@ -33,8 +33,14 @@ def models(tmp_path) -> Path:
     return tmp_path / "models"
 
 
+# Not handed to the pull: a token of the machine's, and an offline switch this test process
+# may have picked up (the embeddings backend sets one where another test module loads a model
+# in this process), which would keep the pull from the stand-in Hub.
+LEFT_OUT = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
 def pull_command(hub, models, *args, token=None):
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    env = {k: v for k, v in os.environ.items() if k not in LEFT_OUT}
     env.update(HF_ENDPOINT=hub.endpoint, HF_HOME=str(models.parent / "hf-home"),
                HF_HUB_DISABLE_TELEMETRY="1")
     if token is not None:
