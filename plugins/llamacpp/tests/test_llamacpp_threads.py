@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from llama_api.contract.records import GenerateRequest, LoadContext, ModelSpec
-from llama_api_llamacpp.threads import FIRST_WAIT, ThreadTuner, machine_cores
+from llama_api_llamacpp.threads import FIRST_WAIT, WIN, ThreadTuner, machine_cores
 
 
 class Clock:
@@ -150,7 +150,7 @@ def cores_in_use(seconds: float = 1.0) -> float:
 
 @pytest.mark.serial  # alone: it times decoding with one core taken
 @pytest.mark.skipif(machine_cores() < 2, reason="needs 2 cores")
-def test_with_a_core_taken_auto_threads_fall_to_one_and_are_not_slower(smollm2_spec):
+def test_with_a_core_taken_auto_threads_try_one_keep_the_faster_and_are_not_slower(smollm2_spec):
     pytest.importorskip("llama_cpp")
     import llama_api_llamacpp as plugin
     from llama_api_llamacpp.gguf_meta import read_kv
@@ -178,7 +178,14 @@ def test_with_a_core_taken_auto_threads_fall_to_one_and_are_not_slower(smollm2_s
         fixed_rate = tokens_per_second(fixed, 12, eos)
         tokens_per_second(auto, 64, eos)  # it finds its count
         auto_rate = tokens_per_second(auto, 48, eos)
-        assert auto.threads.current == 1 and auto.info["n_threads"] == 1, auto.threads.tries
+        tries = list(auto.threads.tries)
+        assert any(count == 1 for count, _ratio, _won in tries), tries  # it tried one thread
+        if auto.threads.current != 1:
+            # Hosts differ in what one taken core costs two threads (3-10x on a quiet one;
+            # some CI hosts measured 1 thread only ~15% faster): the count stays at 2 only
+            # when every try of 1 fell short of the margin a switch needs.
+            assert all(not won and ratio > WIN for _count, ratio, won in tries), tries
+        assert auto.info["n_threads"] == auto.threads.current
         assert auto.lib.llama_n_threads(auto.engine.ctx) == auto.threads.threads
         # It chose 1 thread because its steps measured faster; how much faster depends on the
         # host (3-10x on a quiet one): that ratio is the benchmark's contention figure, not a
