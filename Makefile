@@ -41,7 +41,7 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=$(VISION) $(if $(filter x86_64,$(shell uname 
 
 TEST_TOOLS := pytest pytest-timeout pytest-xdist httpx "openai>=1.40" "gguf>=0.10" sentence-transformers \
               jsonschema ruff anthropic prometheus-client schemathesis hypothesis \
-              "import-linter>=2.1" playwright
+              "import-linter>=2.1" playwright ray
 
 PLUGINS := plugins/llamacpp plugins/embeddings plugins/exllama
 # The oldest pluggy the core allows: tests/test_plugin_contract.py runs the contract's tests

@@ -57,10 +57,12 @@ def test_the_client_loads_lists_and_unloads(admin_server):
     out = io.StringIO()
     assert admin_client.ps_command(admin_server.url, KEY, out=out) == 0
     header, *rows = [re.split(r"\s{2,}", line) for line in out.getvalue().splitlines()]
-    assert header == ["MODEL", "STATE", "PID", "MEMORY", "SLOTS", "QUEUED", "PINNED", "LAST USED"]
+    assert header == ["MODEL", "STATE", "NODE", "PID", "MEMORY", "SLOTS", "QUEUED", "PINNED",
+                      "LAST USED"]
     fast = next(row for row in rows if row[0] == "fast")
-    assert fast[1] == "loaded" and fast[2] == str(admin_server.health()["workers"]["fast"])
-    assert fast[4] == "0/1" and fast[6] == "yes" and fast[3].endswith("iB")
+    assert fast[1] == "loaded" and fast[2] == "local"
+    assert fast[3] == str(admin_server.health()["workers"]["fast"])
+    assert fast[5] == "0/1" and fast[7] == "yes" and fast[4].endswith("iB")
     out = io.StringIO()
     assert admin_client.unload_command(admin_server.url, "fast", KEY, out=out) == 0
     assert out.getvalue() == "fast unloaded\n"

@@ -68,9 +68,10 @@ class FakeWorker:
     script: ClassVar[list[str]] = []
     started: ClassVar[list[FakeWorker]] = []
 
-    def __init__(self, spec, n_threads, on_exit):
-        self.spec, self.on_exit = spec, on_exit
+    def __init__(self, spec, n_threads, on_exit, open_process=None, node=""):
+        self.spec, self.on_exit, self.node = spec, on_exit, node
         self.slots, self.info, self.pid, self.alive = 1, {}, 0, False
+        self.local = not node
         self.thread_budget = n_threads
 
     async def share_cores(self, threads):

@@ -56,8 +56,11 @@ def model_status(spec: ModelSpec, scheduler: Scheduler) -> dict[str, Any]:
         "pinned": spec.id in scheduler.pinned,
         "error": scheduler.failures.get(spec.id) if state == "failed" else None,
         "progress": None,
-        "pid": process.pid if process is not None else None,
-        "rss_bytes": memory.rss(process.pid) if process and process.pid else None,
+        # Where its worker runs: "local", or a Ray node (`name/id6`) with --ray.
+        "node": (entry.node.label or "local") if entry is not None else None,
+        "pid": process.pid if process is not None else None,  # on that node
+        # Measured here; a remote worker's memory is not (its node counts its estimate).
+        "rss_bytes": memory.rss(process.pid) if process and process.pid and process.local else None,
         "gpu_memory_bytes": None,  # not measured yet
         "slots": None,
         "slots_in_use": None,

@@ -146,7 +146,10 @@ def publish_model_changes(events: EventBus):
     return on_change
 
 
-def create_app(config: ServerConfig | None = None, plugins: Plugins | None = None) -> Litestar:
+def create_app(config: ServerConfig | None = None, plugins: Plugins | None = None,
+               placement=None) -> Litestar:
+    """The server. `placement`: where workers run (`llama_api.scheduling.placement`); this
+    machine when None, a connected `llama_api.cluster.placement.RayPlacement` with --ray."""
     config = config or ServerConfig()
     plugins = plugins or Plugins()
 
@@ -158,14 +161,16 @@ def create_app(config: ServerConfig | None = None, plugins: Plugins | None = Non
         started = time.perf_counter()
         events = EventBus()
         events.listen(metrics.on_event)
-        registry = Registry.build(plugins, config.models_dir, config.config)
+        registry = Registry.build(plugins, config.models_dir, config.config,
+                                  remote=placement is not None)
         registry.on_change = publish_model_changes(events)
         responses = ResponsesStore(config.data_dir, config.responses_ttl)
         try:
             models = registry.known  # just scanned
             log.info("%d model(s) available: %s", len(models), ", ".join(models) or "none")
             scheduling = Scheduler(config.scheduling, events=events,
-                                   on_queue_wait=metrics.on_queue_wait, plugins=plugins)
+                                   on_queue_wait=metrics.on_queue_wait, plugins=plugins,
+                                   placement=placement)
             async with scheduling.running() as scheduler:
                 metrics.scheduler = scheduler
                 ServerState(

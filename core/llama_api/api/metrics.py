@@ -180,6 +180,9 @@ class _SchedulerGauges:
         rss = GaugeMetricFamily("llama_api_worker_rss_bytes",
                                 "Resident memory of the model's worker and its children",
                                 labels=["model"])
+        node = GaugeMetricFamily("llama_api_model_node",
+                                 "1 for each loaded model, labelled with the node its worker "
+                                 "runs on (local, or a Ray node)", labels=["model", "node"])
         threads = GaugeMetricFamily("llama_api_worker_threads",
                                     "Compute threads the model's worker runs with now "
                                     "(backends that choose them at run time)", labels=["model"])
@@ -189,7 +192,8 @@ class _SchedulerGauges:
                 running.add_metric([model_id], entry.in_use)
                 waiting.add_metric([model_id], entry.queued)
                 loaded.add_metric([model_id], 1)
-                held = memory.rss(entry.handle.pid) if entry.handle.pid else None
+                node.add_metric([model_id, entry.node.label or "local"], 1)
+                held = memory.rss(entry.handle.pid) if entry.measurable else None
                 if held is not None:
                     rss.add_metric([model_id], held)
                 now = entry.handle.info.get("n_threads")
@@ -197,7 +201,7 @@ class _SchedulerGauges:
                     threads.add_metric([model_id], now)
             for model_id in sorted(scheduler.pinned):
                 pinned.add_metric([model_id], 1)
-        return [running, waiting, loaded, pinned, rss, threads]
+        return [running, waiting, loaded, pinned, node, rss, threads]
 
 
 def request_middleware(app, metrics: Metrics):

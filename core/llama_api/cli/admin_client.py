@@ -88,7 +88,7 @@ def ago(timestamp: float | None) -> str:
 
 def ps_table(models: list[dict[str, Any]]) -> str:
     """The models that hold or are getting a worker (and failed loads), one row each."""
-    rows = [["MODEL", "STATE", "PID", "MEMORY", "SLOTS", "QUEUED", "PINNED", "LAST USED"]]
+    rows = [["MODEL", "STATE", "NODE", "PID", "MEMORY", "SLOTS", "QUEUED", "PINNED", "LAST USED"]]
     for m in models:
         if m["state"] == "unloaded" and not m["pinned"]:
             continue
@@ -96,7 +96,7 @@ def ps_table(models: list[dict[str, Any]]) -> str:
         if state == "loading" and m.get("progress") and m["progress"].get("fraction") is not None:
             state = f"loading {m['progress']['fraction']:.0%}"
         slots = "-" if m["slots"] is None else f"{m['slots_in_use']}/{m['slots']}"
-        rows.append([m["id"], state, str(m["pid"] or "-"), ("-" if m["rss_bytes"] is None else format_size(m["rss_bytes"])), slots,
+        rows.append([m["id"], state, m.get("node") or "-", str(m["pid"] or "-"), ("-" if m["rss_bytes"] is None else format_size(m["rss_bytes"])), slots,
                      "-" if m["queued"] is None else str(m["queued"]),
                      "yes" if m["pinned"] else "no", ago(m["last_used"])])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep one worker process per plugin in use started ahead, its "
                             "libraries imported, so that a model not loaded yet starts in its "
                             "load time alone (costs an idle process each)")
+    serve.add_argument("--ray", metavar="ADDRESS", default=None,
+                       help="run model workers on the nodes of a Ray cluster: its head's "
+                            "HOST:PORT, 'auto' (RAY_ADDRESS, or a cluster started on this "
+                            "machine) or 'local' (start a one-node cluster); needs "
+                            "pip install 'llama-api[ray]'. --max-workers and --max-memory "
+                            "then apply per node")
     serve.add_argument("--max-memory", type=memory_size, default=None, metavar="SIZE",
                        help="host RAM all workers may hold, e.g. 8G; idle models are unloaded "
                             "to make room (default: 90%% of RAM; 0: no limit)")
@@ -284,7 +290,7 @@ def serve(args) -> int:
     plugins = Plugins()  # once: the app serves with these
     if args.config is not None:  # fail fast, before binding the port
         try:
-            read_config(args.config, plugins.backends())
+            read_config(args.config, plugins.backends(), remote=args.ray is not None)
         except ConfigError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -293,12 +299,38 @@ def serve(args) -> int:
     if config.admin_keys:
         logging.getLogger("llama_api.cli.main").info("admin keys required: %d key(s)",
                                                 len(config.admin_keys))
-    app = create_app(config, plugins)
-    run_until_signalled(uvicorn.Config(
+    placement = None
+    if args.ray is not None:  # fail fast too: Ray itself retries a wrong address for minutes
+        placement = join_cluster(args.ray, args.max_memory)
+        if placement is None:
+            return 2
+    app = create_app(config, plugins, placement)
+    try:
+        run_until_signalled(uvicorn.Config(
         app, host=args.host, port=args.port, log_level=args.log_level, log_config=None,
         access_log=args.log_level == "debug", timeout_graceful_shutdown=args.grace_period,
-    ))
+        ))
+    finally:
+        if placement is not None:
+            placement.close()
     return 0
+
+
+def join_cluster(address: str, max_memory: int | None):
+    """The Ray placement for `serve --ray ADDRESS`, connected; None (and the reason printed)
+    when Ray isn't installed or the cluster can't be joined."""
+    try:
+        from llama_api.cluster.placement import ClusterError, RayPlacement
+    except ImportError as exc:
+        print(f"error: --ray needs Ray ({exc}); pip install 'llama-api[ray]'", file=sys.stderr)
+        return None
+    placement = RayPlacement(max_memory)
+    try:
+        placement.connect(address)
+    except ClusterError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    return placement
 
 
 def collect_api_keys(flags: list[str], key_file: Path | None, from_env: str | None) -> list[str]:

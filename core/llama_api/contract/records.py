@@ -27,6 +27,11 @@ class ModelSpec(msgspec.Struct, kw_only=True):
     # Serving options; None means "use the server default".
     idle_timeout: float | None = None
     slots: int | None = None
+    # Where it may run on a Ray cluster (`serve --ray`; ignored otherwise): GPUs and custom
+    # resources its worker needs from a node, or one node by name or id.
+    num_gpus: float = 0
+    resources: dict[str, float] = {}
+    node: str = ""
     # What discovery learned about the model (architecture, context length, ...).
     # `capabilities` (a list of strings, contract 1.1): "vision" for a model that takes
     # images; the core sends images to no other model, and shows the list in /v1/models.

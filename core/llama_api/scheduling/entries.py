@@ -15,6 +15,7 @@ import anyio
 from llama_api import errors
 from llama_api.contract.records import ModelSpec
 from llama_api.scheduling.memory import Footprint
+from llama_api.scheduling.placement import LOCAL, Node
 from llama_api.workers.handle import WorkerHandle
 
 
@@ -56,6 +57,12 @@ class Entry:
     handle: WorkerHandle | None = None  # the worker, from its start (see `loaded`)
     load_seconds: float | None = None
     memory: Footprint = field(default_factory=Footprint)  # estimated, then measured once loaded
+    node: Node = LOCAL  # where its worker runs
+
+    @property
+    def measurable(self) -> bool:
+        """Whether its memory can be read here (its worker is a local process, loaded)."""
+        return self.loaded and self.handle.local
 
     @property
     def loaded(self) -> bool:

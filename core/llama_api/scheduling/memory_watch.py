@@ -31,7 +31,7 @@ async def watch_memory(scheduler) -> None:
         await anyio.sleep(CHECK_EVERY)
         workers = [entry.handle for entry in (*scheduler.entries.values(),
                                               *scheduler.unloading.values())
-                   if entry.loaded and entry.handle.alive]
+                   if entry.measurable and entry.handle.alive]
         if not workers:
             first_seen = {}
             continue

@@ -33,10 +33,16 @@ class ConfiguredModel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     slots: int | None = None
     # A vision model's projector GGUF (llama.cpp's mmproj): passed as the `mmproj` option.
     mmproj: str = ""
+    # Placement on a Ray cluster (serve --ray).
+    num_gpus: float = 0
+    resources: dict[str, float] = {}
+    node: str = ""
 
 
-def read_config(path: Path, backends: dict[str, str]) -> list[ModelSpec]:
-    """Read `[models.<id>]` tables from a models.toml file."""
+def read_config(path: Path, backends: dict[str, str], remote: bool = False) -> list[ModelSpec]:
+    """Read `[models.<id>]` tables from a models.toml file. With `remote` (a Ray cluster's
+    nodes run the workers), a backend this machine lacks is taken as the plugin of that
+    name: the cluster's nodes say whether one of them has it."""
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
@@ -55,6 +61,8 @@ def read_config(path: Path, backends: dict[str, str]) -> list[ModelSpec]:
             model = msgspec.convert(table, ConfiguredModel)
         except msgspec.ValidationError as exc:
             raise ConfigError(f"{where}: {exc}") from None
+        if model.backend not in backends and remote:
+            backends = {**backends, model.backend: model.backend}
         if model.backend not in backends:
             known = ", ".join(sorted(backends)) or "none installed"
             raise ConfigError(f"{where}: field `backend`: unknown backend {model.backend!r} (known: {known})")
@@ -62,6 +70,8 @@ def read_config(path: Path, backends: dict[str, str]) -> list[ModelSpec]:
             raise ConfigError(f"{where}: field `slots`: must be at least 1")
         if model.idle_timeout is not None and model.idle_timeout < 0:
             raise ConfigError(f"{where}: field `idle_timeout`: must be 0 (never) or more seconds")
+        if model.num_gpus < 0 or any(amount < 0 for amount in model.resources.values()):
+            raise ConfigError(f"{where}: fields `num_gpus` and `resources`: must not be negative")
         model_path = model.path
         if model_path and not Path(model_path).expanduser().is_absolute():
             candidate = path.parent / model_path
@@ -79,6 +89,9 @@ def read_config(path: Path, backends: dict[str, str]) -> list[ModelSpec]:
             meta=meta,
             idle_timeout=model.idle_timeout,
             slots=model.slots,
+            num_gpus=model.num_gpus,
+            resources=model.resources,
+            node=model.node,
             plugin=backends[model.backend],
         ))
     return specs
@@ -135,8 +148,10 @@ class Registry:
         self.on_change = on_change
 
     @classmethod
-    def build(cls, plugins: Plugins, models_dir: Path | None, config: Path | None) -> Registry:
-        configured = read_config(config, plugins.backends()) if config is not None else []
+    def build(cls, plugins: Plugins, models_dir: Path | None, config: Path | None,
+              remote: bool = False) -> Registry:
+        configured = (read_config(config, plugins.backends(), remote) if config is not None
+                      else [])
         source = Source(plugins, Path(models_dir or "models"), configured)
         return cls(source.specs(), source)
 

@@ -12,16 +12,18 @@
 - A pinned model is never evicted nor unloaded for idleness; when every worker holds a
   pinned model, a request for another one is refused with 409 instead of waiting forever.
 - Loads, unloads, evictions and crashes are published as events (`llama_api.scheduling.events`).
-- With `spare_workers`, one process per plugin in use is started ahead, its libraries
-  imported; a model's load takes it, so a cold start costs the load alone. Another spare
-  starts when no request is running (its start would take cores from them). Spares hold no
-  model: they don't count against `max_workers` or the memory limit.
+- Placement (`llama_api.scheduling.placement`): a worker runs on a node, this machine by
+  default or a node of a Ray cluster (`serve --ray`); max_workers, memory and eviction
+  apply per node, and a request evicts only on a node that could take its model.
+- With `spare_workers`, a started worker per plugin waits for a model
+  (`llama_api.scheduling.spares`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
@@ -34,6 +36,8 @@ from llama_api.scheduling.entries import Entry, Settings, available_cores
 from llama_api.scheduling.events import EventBus
 from llama_api.scheduling.memory import Footprint, MemoryBudget, describe
 from llama_api.scheduling.memory_watch import watch_memory
+from llama_api.scheduling.placement import LOCAL, LocalPlacement, Node
+from llama_api.scheduling.spares import Spares
 from llama_api.workers.handle import WorkerHandle
 
 log = logging.getLogger(__name__)
@@ -41,17 +45,18 @@ log = logging.getLogger(__name__)
 
 class Scheduler:
     """Owns the worker processes: starts, leases and unloads them by the rules above, and
-    shares the cores among the busy ones. It keeps an `Entry` per model (`entries`), the
-    spares and the pins. `lease(spec)` loads a model if need be, queues for a slot and yields
+    shares each node's cores among its busy ones. It keeps an `Entry` per model (`entries`),
+    the spares and the pins. `lease(spec)` loads a model if need be, queues for a slot and yields
     its worker; `load`, `unload`, `pin`, `unpin` serve the admin routes. All of it runs on the
     event loop (state changes between awaits, no locks); `running()` runs the background
     tasks (idle unloads, the memory watch) and unloads every worker on exit."""
 
     def __init__(self, settings: Settings, events: EventBus | None = None,
                  on_queue_wait: Callable[[str, float], None] | None = None,
-                 plugins=None):
+                 plugins=None, placement=None):
         self.settings = settings
         self.memory = MemoryBudget.from_settings(settings, plugins)
+        self.placement = placement or LocalPlacement(self.memory, available_cores())
         self.events = events or EventBus()
         # Told (model id, seconds) each time a lease gets its slot: how long it queued, a
         # load's time left out. Only the scheduler knows that split (the metrics' histogram).
@@ -60,12 +65,13 @@ class Scheduler:
         self.unloading: dict[str, Entry] = {}
         self.pinned: set[str] = set()  # model ids; a pin outlives unloads and crashes
         self.failures: dict[str, str] = {}  # model id -> why its last load failed
-        self._stopping = 0  # workers being unloaded still count against max_workers
+        self._stopping: Counter[Node] = Counter()  # being unloaded, still counted, per node
         self._waiting = 0
         self._changed = anyio.Event()
         self._task_group: TaskGroup | None = None
-        self.spares: dict[str, WorkerHandle] = {}  # plugin -> a started worker, no model yet
-        self._spares_wanted: set[str] = set()  # plugins whose spare starts once all is idle
+        # Spares run here: none with a cluster's placement.
+        self.spares = Spares(settings.spare_workers and isinstance(self.placement, LocalPlacement),
+                             self.threads_per_worker(LOCAL), on_exit=self._worker_exited)
 
     def _share_cores(self) -> None:
         """Busy workers share the machine's cores; idle ones need none. So a lone stream may
@@ -73,17 +79,17 @@ class Scheduler:
         their threads at run time take the hint; --threads fixes the count instead)."""
         if self.settings.threads_per_worker or self._task_group is None:
             return
-        busy = [e.handle for e in self.entries.values() if e.loaded and e.in_use]
-        share = max(1, available_cores() // max(1, len(busy)))
-        for worker in busy:
-            if worker.thread_budget != share:
-                self._task_group.start_soon(worker.share_cores, share)
+        busy = [e for e in self.entries.values() if e.loaded and e.in_use]
+        on_node = Counter(entry.node for entry in busy)
+        for entry in busy:
+            share = max(1, self.placement.cores(entry.node) // on_node[entry.node])
+            if entry.handle.thread_budget != share:
+                self._task_group.start_soon(entry.handle.share_cores, share)
 
-    @property
-    def threads_per_worker(self) -> int:
+    def threads_per_worker(self, node: Node) -> int:
         if self.settings.threads_per_worker:
             return self.settings.threads_per_worker
-        return max(1, available_cores() // max(1, self.settings.max_workers))
+        return max(1, self.placement.cores(node) // max(1, self.settings.max_workers))
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -102,57 +108,23 @@ class Scheduler:
                 task_group.cancel_scope.cancel()
 
     async def unload_all(self) -> None:
-        spares, self.spares = list(self.spares.values()), {}
-        self.settings.spare_workers = False  # none started from here on
-        self._spares_wanted.clear()
         async with anyio.create_task_group() as task_group:
+            self.spares.stop_all(task_group)
             for entry in list(self.entries.values()):
                 task_group.start_soon(self._unload, entry, "shutdown")
-            for spare in spares:
-                task_group.start_soon(spare.stop)
 
     # -- spare workers ---------------------------------------------------------------
 
     def keep_spares(self, plugins) -> None:
         """Start a spare worker for each of these plugins (with `spare_workers` on), and
         another one after each load, once no request runs."""
-        if self.settings.spare_workers:
-            self._spares_wanted.update(plugin for plugin in plugins if plugin)
-            self._start_spares_when_idle()
+        self.spares.want(plugins)
+        self._start_spares_when_idle()
 
     def _start_spares_when_idle(self) -> None:
-        if (not self._spares_wanted or self._task_group is None
-                or any(entry.users for entry in self.entries.values())):
-            return
-        for plugin in sorted(self._spares_wanted - set(self.spares)):
-            spare = WorkerHandle.spare(plugin, self.threads_per_worker,
-                                        on_exit=self._worker_exited)
-            self.spares[plugin] = spare
-            self._task_group.start_soon(self._spawn_spare, spare)
-        self._spares_wanted.clear()
-
-    async def _spawn_spare(self, spare: WorkerHandle) -> None:
-        try:
-            await spare.spawn(self._task_group)
-        except (OSError, errors.LlamaApiError) as exc:  # loads then start their own workers
-            log.warning("could not start a spare %s worker: %s", spare.spec.plugin, exc)
-            if self.spares.get(spare.spec.plugin) is spare:
-                del self.spares[spare.spec.plugin]
-            return
-        if self.spares.get(spare.spec.plugin) is not spare:  # shut down while it started
-            await spare.stop()
-
-    def _take_spare(self, plugin: str) -> WorkerHandle | None:
-        """The plugin's spare once its process is up; None if there is none, or it is still
-        starting (a new worker is then as quick), or it died (it is reaped)."""
-        spare = self.spares.get(plugin)
-        if spare is None or spare.pid is None:
-            return None
-        del self.spares[plugin]
-        if not spare.alive:
-            self._task_group.start_soon(spare.stop)
-            return None
-        return spare
+        if (self.spares.pending and self._task_group is not None
+                and not any(entry.users for entry in self.entries.values())):
+            self.spares.start_wanted(self._task_group)
 
     # -- leasing ---------------------------------------------------------------------
 
@@ -200,29 +172,30 @@ class Scheduler:
             if entry is not None:
                 entry.users += 1
                 return entry
+            # A plugin's estimate reads files (and may run nvidia-smi), a cluster's nodes
+            # are asked for: off the event loop.
             if need is None:
-                # A plugin's estimate reads files (and may run nvidia-smi): off the event loop.
                 need = await anyio.to_thread.run_sync(self.memory.estimate, spec)
-                self.memory.refuse_if_never_fits(spec.id, need)
-                continue  # another request may have started this model meanwhile
-            if len(self.entries) + self._stopping < self.settings.max_workers:
-                held = await self._memory_held()
-                if spec.id in self.entries:
-                    continue  # started by another request while we measured
-                if (len(self.entries) + self._stopping < self.settings.max_workers
-                        and self.memory.fits(need, held)):
-                    entry = Entry(spec=spec, users=1, memory=need)
-                    self.entries[spec.id] = entry
-                    self._task_group.start_soon(self._load, entry)
-                    return entry
-            victim = self._least_recently_used_idle()
+            nodes = await anyio.to_thread.run_sync(self.placement.candidates, spec)
+            self.placement.refuse_if_never_fits(spec, need, nodes)
+            if spec.id in self.entries:
+                continue  # another request started this model meanwhile
+            node = await self._node_with_room(spec, need, nodes)
+            if spec.id in self.entries:
+                continue  # started by another request while we measured
+            if node is not None:
+                entry = Entry(spec=spec, users=1, memory=need, node=node)
+                self.entries[spec.id] = entry
+                self._task_group.start_soon(self._load, entry)
+                return entry
+            victim = self._least_recently_used_idle(nodes)
             if victim is not None:
                 log.info("unloading %s (holding %s) to make room for %s", victim.spec.id,
                          describe(victim.memory), spec.id)
                 await self._unload(victim, "evicted")
                 continue
-            self._refuse_if_pinned_hold_the_memory(spec, need)
-            self._refuse_if_all_pinned(spec)
+            self._refuse_if_pinned_hold_the_memory(spec, need, nodes)
+            self._refuse_if_all_pinned(spec, nodes)
             await self._wait(self._changed.wait)
 
     async def _wait(self, wait) -> None:
@@ -238,44 +211,70 @@ class Scheduler:
         finally:
             self._waiting -= 1
 
-    def _least_recently_used_idle(self) -> Entry | None:
+    async def _node_with_room(self, spec: ModelSpec, need: Footprint,
+                              nodes: list[Node]) -> Node | None:
+        """The first of `nodes` with a worker to spare, the model's resources and memory."""
+        open_nodes = [node for node in nodes if self._workers_on(node) < self.settings.max_workers
+                      and self.placement.free(node, spec)]
+        if not open_nodes:
+            return None
+        held = await self._memory_held()
+        for node in open_nodes:
+            if (self._workers_on(node) < self.settings.max_workers
+                    and self.placement.budget(node).fits(need, held.get(node, []))):
+                return node
+        return None
+
+    def _workers_on(self, node: Node) -> int:
+        return sum(entry.node == node for entry in self.entries.values()) + self._stopping[node]
+
+    def _least_recently_used_idle(self, nodes: list[Node] | None = None) -> Entry | None:
+        """The idle unpinned model used least recently (on one of `nodes`): the one to evict."""
         idle = [e for e in self.entries.values()
-                if e.users == 0 and e.ready.is_set() and e.spec.id not in self.pinned]
+                if e.users == 0 and e.ready.is_set() and e.spec.id not in self.pinned
+                and (nodes is None or e.node in nodes)]
         return min(idle, key=lambda e: e.last_used, default=None)
 
-    def _refuse_if_all_pinned(self, spec: ModelSpec) -> None:
-        """Waiting can't help when every worker holds a loaded pinned model: say so."""
-        if self._stopping or not self.entries:
+    def _refuse_if_all_pinned(self, spec: ModelSpec, nodes: list[Node]) -> None:
+        """Waiting can't help when every worker on the model's nodes holds a pinned model."""
+        held = [e for e in self.entries.values() if e.node in nodes]
+        if any(self._stopping[node] for node in nodes) or not held:
             return
-        if all(e.spec.id in self.pinned and e.ready.is_set() for e in self.entries.values()):
+        if all(e.spec.id in self.pinned and e.ready.is_set() for e in held):
+            names = ", ".join(sorted(e.spec.id for e in held))
             raise errors.Conflict(
-                f"Cannot load model {spec.id!r}: all {len(self.entries)} worker(s) hold pinned "
-                f"models ({', '.join(sorted(self.entries))}) and --max-workers is "
+                f"Cannot load model {spec.id!r}: all {len(held)} worker(s) hold pinned "
+                f"models ({names}) and --max-workers is "
                 f"{self.settings.max_workers}. Unpin or unload one (POST /admin/models/ID/unpin).",
                 code="all_models_pinned")
 
-    async def _memory_held(self) -> list[Footprint]:
-        """What the models hold (those being unloaded too): measured once loaded (RSS, read
-        now, in a thread: it walks /proc), else estimated."""
+    async def _memory_held(self) -> dict[Node, list[Footprint]]:
+        """What the models hold on each node (those being unloaded too): measured once
+        loaded here (RSS, read in a thread: it walks /proc), else estimated."""
         held = [*self.entries.values(), *self.unloading.values()]
-        loaded = [(entry, entry.handle.pid) for entry in held if entry.loaded]
+        loaded = [(entry, entry.handle.pid) for entry in held if entry.measurable]
 
         def measure_all() -> list[Footprint]:
             return [self.memory.measure(pid, entry.memory) for entry, pid in loaded]
 
         for (entry, _), measured in zip(loaded, await anyio.to_thread.run_sync(measure_all)):
             entry.memory = measured
-        return [entry.memory for entry in held]
+        by_node: dict[Node, list[Footprint]] = {}
+        for entry in held:
+            by_node.setdefault(entry.node, []).append(entry.memory)
+        return by_node
 
-    def _refuse_if_pinned_hold_the_memory(self, spec: ModelSpec, need: Footprint) -> None:
-        """Waiting can't help when the loaded pinned models alone leave too little room."""
-        pinned = [e.memory for e in self.entries.values()
-                  if e.spec.id in self.pinned and e.ready.is_set()]
-        if pinned and not self.memory.fits(need, pinned):
+    def _refuse_if_pinned_hold_the_memory(self, spec: ModelSpec, need: Footprint,
+                                          nodes: list[Node]) -> None:
+        """Waiting can't help when on each of the model's nodes pinned models fill memory."""
+        pinned = {node: [e.memory for e in self.entries.values() if e.node == node
+                         and e.spec.id in self.pinned and e.ready.is_set()] for node in nodes}
+        if nodes and all(pinned[node] and not self.placement.budget(node).fits(need, pinned[node])
+                         for node in nodes):
             raise errors.Conflict(
                 f"Cannot load model {spec.id!r} (estimated {describe(need)}): the pinned models "
-                f"hold {describe(sum(pinned, Footprint()))} of the limit "
-                f"{describe(self.memory.limits)}. Unpin or unload one "
+                f"hold {describe(sum(pinned[nodes[0]], Footprint()))} of the limit "
+                f"{describe(self.placement.budget(nodes[0]).limits)}. Unpin or unload one "
                 "(POST /admin/models/ID/unpin).", code="pinned_models_hold_memory")
 
     def _notify(self) -> None:
@@ -288,11 +287,13 @@ class Scheduler:
         started = time.perf_counter()
         log.info("loading model %s (backend %s)", entry.spec.id, entry.spec.backend)
         self.events.publish("loading", entry.spec.id, backend=entry.spec.backend)
-        worker = self._take_spare(entry.spec.plugin)
+        worker = (self.spares.take(entry.spec.plugin, self._task_group)
+                  if entry.node == LOCAL else None)
         spare = worker is not None
         if worker is None:
-            worker = WorkerHandle(entry.spec, self.threads_per_worker,
-                                   on_exit=self._worker_exited)
+            worker = WorkerHandle(entry.spec, self.threads_per_worker(entry.node),
+                                  on_exit=self._worker_exited, node=entry.node.label,
+                                  open_process=self.placement.opener(entry.spec, entry.node))
         worker.request_timeout = self.settings.request_timeout
         worker.load_timeout = self.settings.load_timeout
         entry.handle = worker
@@ -303,8 +304,9 @@ class Scheduler:
                 await worker.load(entry.spec)
             else:
                 await worker.start(self._task_group)
-            measured = await anyio.to_thread.run_sync(self.memory.measure, worker.pid,
-                                                      estimate, True)
+            measured = (await anyio.to_thread.run_sync(self.memory.measure, worker.pid,
+                                                       estimate, True)
+                        if worker.local else estimate)
         except anyio.get_cancelled_exc_class():
             await worker.stop()  # shutdown while loading: end the process, don't wait on it
             raise
@@ -347,12 +349,12 @@ class Scheduler:
             del self.entries[entry.spec.id]
         if not entry.loaded:
             return
-        self._stopping += 1
+        self._stopping[entry.node] += 1
         self.unloading[entry.spec.id] = entry
         try:
             await entry.handle.stop()
         finally:
-            self._stopping -= 1
+            self._stopping[entry.node] -= 1
             if self.unloading.get(entry.spec.id) is entry:
                 del self.unloading[entry.spec.id]
             self._notify()

@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
 import msgspec
@@ -43,6 +43,20 @@ log = logging.getLogger("llama_api.workers.handle")
 SERVER_SECRETS = ("LLAMA_API_KEYS", "LLAMA_API_ADMIN_KEY")
 
 
+OpenProcess = Callable[[list[str], dict[str, str]], Awaitable[anyio.abc.Process]]
+
+
+async def open_local_process(command: list[str], worker_env: dict[str, str]) -> anyio.abc.Process:
+    """The worker as a child process of the server, with piped stdin, stdout and stderr; its
+    environment is the server's, less the server's secrets, plus `worker_env` (where the
+    server's environment doesn't set those names already)."""
+    env = {name: value for name, value in os.environ.items() if name not in SERVER_SECRETS}
+    for name, value in worker_env.items():
+        env.setdefault(name, value)
+    return await anyio.open_process(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=env)
+
+
 def error_from(failed: protocol.Failed) -> errors.LlamaApiError:
     cls = errors.ERROR_KINDS.get(failed.kind, errors.LlamaApiError)
     return cls(failed.message, param=failed.param, code=failed.code)
@@ -53,8 +67,13 @@ class WorkerHandle:
     (multiplexed over its pipes by id), read its answers, stop it. `child.ChildWorker` is the
     other end."""
 
-    def __init__(self, spec: ModelSpec, n_threads: int, on_exit: Callable[[WorkerHandle], None]):
+    def __init__(self, spec: ModelSpec, n_threads: int, on_exit: Callable[[WorkerHandle], None],
+                 open_process: OpenProcess | None = None, node: str = ""):
         self.spec = spec
+        # How the process starts: here (the default), or on a node of a Ray cluster
+        # (`llama_api.cluster`), named by `node`; both give the same pipes.
+        self.open_process = open_process or open_local_process
+        self.node = node
         self.n_threads = n_threads
         self.on_exit = on_exit
         self.slots = 1
@@ -80,6 +99,11 @@ class WorkerHandle:
 
     # -- lifecycle -------------------------------------------------------------------
 
+    @property
+    def local(self) -> bool:
+        """Whether the process runs on this machine (its pid is one of ours)."""
+        return not self.node
+
     @classmethod
     def spare(cls, plugin: str, n_threads: int, on_exit: Callable[[WorkerHandle], None]):
         """A worker for `plugin` with no model yet: `spawn` it now (the interpreter starts
@@ -96,30 +120,24 @@ class WorkerHandle:
 
     async def spawn(self, task_group: TaskGroup) -> None:
         """Start the process; it imports its plugin and waits for a model."""
-        env = {name: value for name, value in os.environ.items() if name not in SERVER_SECRETS}
         # One thread budget for every threading library the backend may use.
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                     "RAYON_NUM_THREADS"):
-            env.setdefault(name, str(self.n_threads))
-        env["PYTHONUNBUFFERED"] = "1"
+        worker_env = {name: str(self.n_threads) for name in (
+            "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")}
+        worker_env["PYTHONUNBUFFERED"] = "1"
         # The worker logs what the server would show of it, and no more.
-        env.setdefault("LLAMA_API_WORKER_LOG_LEVEL",
-                       logging.getLevelName(self.log.getEffectiveLevel()))
+        worker_env["LLAMA_API_WORKER_LOG_LEVEL"] = logging.getLevelName(
+            self.log.getEffectiveLevel())
         # Scanned once per server (in a thread: it reads every distribution's metadata).
         entry_point = await anyio.to_thread.run_sync(entry_point_value, self.spec.plugin)
-        self._process = await anyio.open_process(
+        self._process = await self.open_process(
             [sys.executable, "-m", "llama_api.workers.child", self.spec.plugin,
-             *([entry_point] if entry_point else [])],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
+             *([entry_point] if entry_point else [])], worker_env)
         self.pid = self._process.pid
         self.alive = True
         task_group.start_soon(self._read_frames)
         task_group.start_soon(self._drain_stderr)
-        self.log.info("started worker pid=%s threads=%s", self.pid, self.n_threads)
+        self.log.info("started worker pid=%s threads=%s%s", self.pid, self.n_threads,
+                      f" on node {self.node}" if self.node else "")
 
     async def load(self, spec: ModelSpec) -> None:
         """Have the spawned process load `spec`; raises ModelLoadError on failure."""
@@ -280,7 +298,10 @@ class WorkerHandle:
         return f"the worker for model {self.spec.id!r} stopped unexpectedly ({self._exit_how()})"
 
     def _exit_how(self) -> str:
-        """How the process ended: 'exit code N' or 'signal N'."""
+        """How the process ended: 'exit code N', 'signal N', or how its node was lost."""
+        lost = getattr(self._process, "lost", None)  # a remote process's node went away
+        if lost:
+            return lost
         code = self._process.returncode if self._process else None
         return f"exit code {code}" if code is None or code >= 0 else f"signal {-code}"
 

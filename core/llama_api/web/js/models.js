@@ -40,6 +40,7 @@ function row(model) {
     h("th", { scope: "row" }, model.id),
     h("td", {}, model.backend),
     stateCell(model),
+    h("td", {}, model.node ?? "–"),
     h("td", {}, fmt.bytes(model.rss_bytes)),
     h("td", {}, model.slots == null ? "–" : `${model.slots_in_use}/${model.slots}`),
     h("td", {}, model.queued ?? "–"),
@@ -88,7 +89,7 @@ export function setup(node) {
   section = node;
   table = h("table", { class: "models" },
     h("caption", { class: "visually-hidden" }, "Models"),
-    h("thead", {}, h("tr", {}, ["Model", "Backend", "State", "Memory", "Slots in use", "Queued", "Pinned", "Last used", "Actions"]
+    h("thead", {}, h("tr", {}, ["Model", "Backend", "State", "Node", "Memory", "Slots in use", "Queued", "Pinned", "Last used", "Actions"]
       .map((name) => h("th", { scope: "col" }, name)))),
     h("tbody"));
   clear(section,
