@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bench import packages
 from bench.context import API
+from bench.figures_ray import RAY
 from bench.figures_service import COLD, COLD_SPARE, RAW
 from bench.figures_speculative import NGRAM
 from bench.results import Figure, fmt, spread
@@ -60,6 +61,10 @@ def goals(figures: dict[str, Figure]) -> list[tuple[str, str, bool | None]]:
               ratio_at_least(API, 1.0))
     check("speculative", "Speculative (n-gram), repeating a given text: >= 1.3x tokens/s",
           ratio_at_least(NGRAM, 1.3))
+    check("ray_one_stream", "The Ray hop, one stream (tiny GGUF): >= 0.95x the local worker",
+          ratio_at_least(RAY, 0.95))
+    check("ray_four_streams", "The Ray hop, four streams (tiny GGUF): >= 0.95x the local worker",
+          ratio_at_least(RAY, 0.95))
     return found
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from bench import (
     figures_decode,
     figures_prefill,
+    figures_ray,
     figures_service,
     figures_speculative,
     report,
@@ -35,7 +36,8 @@ FIGURES = {1: figures_decode.one_stream, 2: figures_decode.concurrency,
            3: figures_decode.contention, 4: figures_decode.two_models,
            5: figures_service.cold_start, 6: figures_service.embeddings,
            7: figures_service.overhead, 8: figures_decode.n_choices,
-           9: figures_speculative.speculative, 10: figures_prefill.prefill}
+           9: figures_speculative.speculative, 10: figures_prefill.prefill,
+           11: figures_ray.ray_hop}
 
 
 def parse_args(argv):
@@ -48,7 +50,7 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=None,
                         help="compute threads for llama-server, llama_cpp.server and in-process "
                              "(default: llama-server's own default; the cores for the others)")
-    parser.add_argument("--figures", default="1,2,3,4,5,6,7,8,9,10",
+    parser.add_argument("--figures", default="1,2,3,4,5,6,7,8,9,10,11",
                         help="which figures, e.g. 1,3")
     parser.add_argument("--llama-server", type=Path, default=None,
                         help="a llama-server binary to use instead of building one")

@@ -40,6 +40,12 @@ backend = "echo"
 path = "{folder}/slow.echo"
 resources = {{pool = 1}}
 
+[models.spread]
+backend = "echo"
+path = "{folder}/slow.echo"
+resources = {{pool = 1}}
+replicas = 2
+
 [models.needs-a-tpu]
 backend = "echo"
 path = "{folder}/slow.echo"
@@ -158,6 +164,33 @@ def test_a_model_no_node_can_take_is_a_503_that_says_why(server, model, named):
     assert answer.status_code == 503, answer.text
     message = answer.json()["error"]["message"]
     assert named in message and model in message
+
+
+def test_two_replicas_on_two_nodes_share_four_streams(server, cluster):
+    results = []
+
+    def run() -> None:
+        results.append(stream_chat(server, "spread", max_tokens=60))
+
+    streams = [threading.Thread(target=run) for _ in range(4)]
+    for thread in streams:
+        thread.start()
+    for thread in streams:
+        thread.join(60)
+    assert len(results) == 4 and all(done for _, done in results)
+    for events, _ in results:
+        words = sum(len((data["choices"][0]["delta"].get("content") or "").split())
+                    for _, data in events if data.get("choices"))
+        assert words == 60
+    replicas = model_status(server, "spread")["replicas"]
+    assert [replica["id"] for replica in replicas] == ["spread", "spread#2"]
+    assert all(replica["state"] == "loaded" for replica in replicas), replicas
+    assert {replica["node"] for replica in replicas} == {
+        label_of(cluster.nodes["a"]), label_of(cluster.nodes["b"])}
+    # Each started the generations it was given: the four streams were shared.
+    started = [e["model"] for e in read_events(cluster.events) if e["event"] == "start"
+               and e["model"] in ("spread", "spread#2")]
+    assert sorted(set(started)) == ["spread", "spread#2"] and len(started) == 4
 
 
 def test_a_killed_server_leaves_no_worker_actor_behind(cluster, tmp_path):

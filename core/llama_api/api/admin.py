@@ -23,7 +23,7 @@ from llama_api.api.http import GET_OR_HEAD, json_response
 from llama_api.api.metrics import CONTENT_TYPE
 from llama_api.api.state import Server
 from llama_api.contract.records import ModelSpec
-from llama_api.scheduling import memory
+from llama_api.scheduling import memory, replicas
 from llama_api.scheduling.entries import Entry
 from llama_api.scheduling.scheduler import Scheduler
 
@@ -73,7 +73,18 @@ def model_status(spec: ModelSpec, scheduler: Scheduler) -> dict[str, Any]:
         status["progress"] = {"message": progress.message, "fraction": progress.fraction}
     if worker is not None:
         status.update(slots=worker.slots, slots_in_use=entry.in_use, queued=entry.queued)
+    if spec.replicas > 1:  # each replica's worker, the model's own first
+        status["replicas"] = [replica_status(replica.id, scheduler)
+                              for replica in replicas.replica_specs(spec)]
     return status
+
+
+def replica_status(replica_id: str, scheduler: Scheduler) -> dict[str, Any]:
+    entry = scheduler.entries.get(replica_id)
+    return {"id": replica_id, "state": scheduler.state_of(replica_id),
+            "node": (entry.node.label or "local") if entry is not None else None,
+            "pid": entry.handle.pid if entry is not None and entry.handle else None,
+            "slots_in_use": entry.in_use if entry is not None else None}
 
 
 def decode_options(body: bytes, type_):

@@ -32,6 +32,8 @@ class ModelSpec(msgspec.Struct, kw_only=True):
     num_gpus: float = 0
     resources: dict[str, float] = {}
     node: str = ""
+    # Workers that serve it at once, each loaded on demand (llama_api.scheduling.replicas).
+    replicas: int = 1
     # What discovery learned about the model (architecture, context length, ...).
     # `capabilities` (a list of strings, contract 1.1): "vision" for a model that takes
     # images; the core sends images to no other model, and shows the list in /v1/models.

@@ -37,6 +37,7 @@ class ConfiguredModel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     num_gpus: float = 0
     resources: dict[str, float] = {}
     node: str = ""
+    replicas: int = 1
 
 
 def read_config(path: Path, backends: dict[str, str], remote: bool = False) -> list[ModelSpec]:
@@ -70,6 +71,8 @@ def read_config(path: Path, backends: dict[str, str], remote: bool = False) -> l
             raise ConfigError(f"{where}: field `slots`: must be at least 1")
         if model.idle_timeout is not None and model.idle_timeout < 0:
             raise ConfigError(f"{where}: field `idle_timeout`: must be 0 (never) or more seconds")
+        if model.replicas < 1:
+            raise ConfigError(f"{where}: field `replicas`: must be at least 1")
         if model.num_gpus < 0 or any(amount < 0 for amount in model.resources.values()):
             raise ConfigError(f"{where}: fields `num_gpus` and `resources`: must not be negative")
         model_path = model.path
@@ -92,6 +95,7 @@ def read_config(path: Path, backends: dict[str, str], remote: bool = False) -> l
             num_gpus=model.num_gpus,
             resources=model.resources,
             node=model.node,
+            replicas=model.replicas,
             plugin=backends[model.backend],
         ))
     return specs

@@ -32,6 +32,7 @@ from anyio.abc import TaskGroup
 
 from llama_api import errors
 from llama_api.contract.records import ModelSpec
+from llama_api.scheduling import pins, replicas
 from llama_api.scheduling.entries import Entry, Settings, available_cores
 from llama_api.scheduling.events import EventBus
 from llama_api.scheduling.memory import Footprint, MemoryBudget, describe
@@ -65,7 +66,7 @@ class Scheduler:
         self.unloading: dict[str, Entry] = {}
         self.pinned: set[str] = set()  # model ids; a pin outlives unloads and crashes
         self.failures: dict[str, str] = {}  # model id -> why its last load failed
-        self._stopping: Counter[Node] = Counter()  # being unloaded, still counted, per node
+        self.stopping: Counter[Node] = Counter()  # being unloaded, still counted, per node
         self._waiting = 0
         self._changed = anyio.Event()
         self._task_group: TaskGroup | None = None
@@ -134,7 +135,7 @@ class Scheduler:
         started = time.perf_counter()
         loading = 0.0  # a load isn't queueing: the wait reported leaves it out
         for attempt in range(3):
-            entry = await self._claim(spec)
+            entry = await self._claim(replicas.choose(spec, self.entries))
             try:
                 if not entry.ready.is_set():
                     load_started = time.perf_counter()
@@ -180,7 +181,8 @@ class Scheduler:
             self.placement.refuse_if_never_fits(spec, need, nodes)
             if spec.id in self.entries:
                 continue  # another request started this model meanwhile
-            node = await self._node_with_room(spec, need, nodes)
+            node = await self._node_with_room(spec, need,
+                                              replicas.spread(spec, nodes, self.entries))
             if spec.id in self.entries:
                 continue  # started by another request while we measured
             if node is not None:
@@ -194,8 +196,8 @@ class Scheduler:
                          describe(victim.memory), spec.id)
                 await self._unload(victim, "evicted")
                 continue
-            self._refuse_if_pinned_hold_the_memory(spec, need, nodes)
-            self._refuse_if_all_pinned(spec, nodes)
+            pins.refuse_if_pinned_hold_the_memory(self, spec, need, nodes)
+            pins.refuse_if_all_pinned(self, spec, nodes)
             await self._wait(self._changed.wait)
 
     async def _wait(self, wait) -> None:
@@ -226,7 +228,7 @@ class Scheduler:
         return None
 
     def _workers_on(self, node: Node) -> int:
-        return sum(entry.node == node for entry in self.entries.values()) + self._stopping[node]
+        return sum(entry.node == node for entry in self.entries.values()) + self.stopping[node]
 
     def _least_recently_used_idle(self, nodes: list[Node] | None = None) -> Entry | None:
         """The idle unpinned model used least recently (on one of `nodes`): the one to evict."""
@@ -234,19 +236,6 @@ class Scheduler:
                 if e.users == 0 and e.ready.is_set() and e.spec.id not in self.pinned
                 and (nodes is None or e.node in nodes)]
         return min(idle, key=lambda e: e.last_used, default=None)
-
-    def _refuse_if_all_pinned(self, spec: ModelSpec, nodes: list[Node]) -> None:
-        """Waiting can't help when every worker on the model's nodes holds a pinned model."""
-        held = [e for e in self.entries.values() if e.node in nodes]
-        if any(self._stopping[node] for node in nodes) or not held:
-            return
-        if all(e.spec.id in self.pinned and e.ready.is_set() for e in held):
-            names = ", ".join(sorted(e.spec.id for e in held))
-            raise errors.Conflict(
-                f"Cannot load model {spec.id!r}: all {len(held)} worker(s) hold pinned "
-                f"models ({names}) and --max-workers is "
-                f"{self.settings.max_workers}. Unpin or unload one (POST /admin/models/ID/unpin).",
-                code="all_models_pinned")
 
     async def _memory_held(self) -> dict[Node, list[Footprint]]:
         """What the models hold on each node (those being unloaded too): measured once
@@ -263,19 +252,6 @@ class Scheduler:
         for entry in held:
             by_node.setdefault(entry.node, []).append(entry.memory)
         return by_node
-
-    def _refuse_if_pinned_hold_the_memory(self, spec: ModelSpec, need: Footprint,
-                                          nodes: list[Node]) -> None:
-        """Waiting can't help when on each of the model's nodes pinned models fill memory."""
-        pinned = {node: [e.memory for e in self.entries.values() if e.node == node
-                         and e.spec.id in self.pinned and e.ready.is_set()] for node in nodes}
-        if nodes and all(pinned[node] and not self.placement.budget(node).fits(need, pinned[node])
-                         for node in nodes):
-            raise errors.Conflict(
-                f"Cannot load model {spec.id!r} (estimated {describe(need)}): the pinned models "
-                f"hold {describe(sum(pinned[nodes[0]], Footprint()))} of the limit "
-                f"{describe(self.placement.budget(nodes[0]).limits)}. Unpin or unload one "
-                "(POST /admin/models/ID/unpin).", code="pinned_models_hold_memory")
 
     def _notify(self) -> None:
         self._changed.set()
@@ -349,12 +325,12 @@ class Scheduler:
             del self.entries[entry.spec.id]
         if not entry.loaded:
             return
-        self._stopping[entry.node] += 1
+        self.stopping[entry.node] += 1
         self.unloading[entry.spec.id] = entry
         try:
             await entry.handle.stop()
         finally:
-            self._stopping[entry.node] -= 1
+            self.stopping[entry.node] -= 1
             if self.unloading.get(entry.spec.id) is entry:
                 del self.unloading[entry.spec.id]
             self._notify()
@@ -416,8 +392,12 @@ class Scheduler:
                            "retry when it is idle, or unload with {\"force\": true}.",
                            code="model_busy")
         self.unpin(model_id)
+        others = [e for e in list(self.entries.values()) if e.spec.id != model_id  # replicas
+                  and replicas.model_of(e.spec) == model_id and (force or not e.users)]
+        for other in others:
+            await self._unload(other, "request")
         if entry is None:
-            return False
+            return bool(others)
         await self._unload(entry, "request")
         return True
 
