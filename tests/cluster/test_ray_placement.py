@@ -193,6 +193,18 @@ def test_two_replicas_on_two_nodes_share_four_streams(server, cluster):
     assert sorted(set(started)) == ["spread", "spread#2"] and len(started) == 4
 
 
+def test_ray_auto_joins_the_cluster_ray_address_names(cluster, tmp_path):
+    write_echo_models(tmp_path, {"slow": {"delay": 0.02}})
+    (tmp_path / "models.toml").write_text(
+        f'[models.found]\nbackend = "echo"\npath = "{tmp_path}/slow.echo"\n')
+    with echo_server(tmp_path / "none", "--ray", "auto", "--config", str(tmp_path / "models.toml"),
+                     env={"RAY_ADDRESS": cluster.address}) as found:
+        answer = chat(found, "found", max_tokens=2)
+        assert answer.status_code == 200, answer.text
+        nodes = [cluster.cluster.head_node, *cluster.nodes.values()]
+        assert node_of(found, "found") in [label_of(node) for node in nodes]
+
+
 def test_a_killed_server_leaves_no_worker_actor_behind(cluster, tmp_path):
     write_echo_models(tmp_path, {"slow": {"delay": 0.02}})
     (tmp_path / "models.toml").write_text(

@@ -76,7 +76,7 @@ class RayPlacement:
         if address not in ("local", "auto"):
             check_reachable(address)
         try:
-            ray.init(address=None if address == "local" else address, namespace=NAMESPACE,
+            ray.init(address=address, namespace=NAMESPACE,  # "local": a new cluster, always
                      include_dashboard=False, log_to_driver=False, configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ClusterError(f"could not join the Ray cluster at {address!r}: {exc}") from None
@@ -169,10 +169,11 @@ class RayPlacement:
         return used
 
     def budget(self, node: Node) -> MemoryBudget:
-        """The node's memory limit: --max-memory, else Ray's `memory` resource of it (GPU
-        memory is not known per node: not limited)."""
+        """The node's memory limit: --max-memory (0: none), else Ray's `memory` resource of
+        it (GPU memory is not known per node: not limited)."""
         if node.id not in self._budgets:
-            host = self.max_memory or int(node.resources.get("memory", 0))
+            host = (int(node.resources.get("memory", 0)) if self.max_memory is None
+                    else self.max_memory)  # 0: no limit
             self._budgets[node.id] = MemoryBudget(Footprint(host, 0), gpu=False)
         return self._budgets[node.id]
 
