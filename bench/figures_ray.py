@@ -32,8 +32,11 @@ def ray_hop(bench: Bench) -> list[Figure]:
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={
         "num_cpus": bench.threads, "include_dashboard": False})
     folder = models_dir("tiny", {TINY: tiny})
-    compared = {LOCAL: servers.llama_api(folder, name=LOCAL),
-                RAY: servers.llama_api(folder, "--ray", cluster.address, name=RAY)}
+    # Threads fixed alike: the thread tuner's choices (it may try 1 thread on a busy core)
+    # would vary between the two more than the hop does.
+    threads = ("--threads", str(bench.threads))
+    compared = {LOCAL: servers.llama_api(folder, *threads, name=LOCAL),
+                RAY: servers.llama_api(folder, *threads, "--ray", cluster.address, name=RAY)}
     one = Figure("ray_one_stream", "11. The Ray hop: one stream's decode rate (tiny GGUF)",
                  "tok/s", LOCAL)
     four = Figure("ray_four_streams", f"11. The Ray hop: {STREAMS} concurrent streams, "
@@ -66,8 +69,7 @@ def ray_hop(bench: Bench) -> list[Figure]:
             server.stop()
         cluster.shutdown()
     note = (f"{TOKENS} tokens per answer; both servers up at once, rounds alternating; the "
-            f"Ray node has {bench.threads} CPUs, the worker the same thread budget as the "
-            "local one")
+            f"Ray node has {bench.threads} CPUs; both workers run `--threads {bench.threads}`")
     one.note = four.note = note
     bench.log(f"ray hop: one stream {one.ratio(RAY):.2f}x, {STREAMS} streams "
               f"{four.ratio(RAY):.2f}x of the local worker")
