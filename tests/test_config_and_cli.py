@@ -64,6 +64,9 @@ def test_an_alias_never_hides_another_models_id():
     ('[models.c]\nbackend = "echo"\ncolour = "red"\n', ["models.toml", "'c'", "colour"]),
     ('[models.d]\npath = "x"\n', ["models.toml", "'d'", "backend"]),
     ('[models.e]\nbackend = "echo"\nslots = 0\n', ["models.toml", "'e'", "slots"]),
+    ('[models.f]\nbackend = "echo"\nmax_tokens = 0\n', ["models.toml", "'f'", "max_tokens"]),
+    ('[models.g]\nbackend = "echo"\nreplicas = 0\n', ["models.toml", "'g'", "replicas"]),
+    ('[models.h]\nbackend = "echo"\nresources = {gpu_box = -1}\n', ["'h'", "resources"]),
     ("[models\n", ["models.toml", "TOML"]),
 ])
 def test_invalid_config_names_file_model_and_field(tmp_path, body, expected):
@@ -82,6 +85,30 @@ def test_serve_refuses_an_invalid_config_with_a_clear_message(tmp_path, models_d
     assert result.returncode == 2
     assert "models.toml" in result.stderr and "'x'" in result.stderr and "slots" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_models_max_tokens_caps_every_answer_and_is_the_default(start_app, tmp_path,
+                                                                  models_dir):
+    config = write(tmp_path / "models.toml", f"""
+        [models.capped]
+        backend = "echo"
+        path = "{models_dir / 'fast.echo'}"
+        max_tokens = 3
+    """)
+    words = "a b c d e f g h"
+    with start_app(config=config) as client:
+        for asked in (50, None, 2):
+            body = {"model": "capped", "prompt": words, **({"max_tokens": asked} if asked else {})}
+            reply = client.post("/v1/completions", json=body).json()
+            expected = min(asked or 3, 3)
+            assert reply["usage"]["completion_tokens"] == expected
+            assert reply["choices"][0]["text"].split() == words.split()[:expected]
+            assert reply["choices"][0]["finish_reason"] == "length"
+        # Anthropic clients send max_tokens 32000: the answer stops at the cap too.
+        reply = client.post("/v1/messages", json={
+            "model": "capped", "max_tokens": 32000,
+            "messages": [{"role": "user", "content": words}]}).json()
+        assert reply["usage"]["output_tokens"] == 3 and reply["stop_reason"] == "max_tokens"
 
 
 def test_configured_model_is_served_under_its_alias(start_app, tmp_path, models_dir):

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import msgspec
 
 from llama_api import errors
 from llama_api.contract.records import Delta, GenerateRequest, ModelSpec, TokenLogprob, Usage
@@ -32,8 +33,12 @@ async def generate_choices(scheduler: Scheduler, spec: ModelSpec,
     The first lease loads the model and says how many slots it has; up to
     min(choices, slots) - 1 more leases then queue FIFO like any request. Each lease takes
     the next choice nobody started, so a choice starts as soon as one of them is free.
-    Leases still queued when every choice has started are given up.
+    Leases still queued when every choice has started are given up. A model's `max_tokens`
+    caps each choice's (and is the default where the request names none).
     """
+    if spec.max_tokens is not None:
+        requests = [msgspec.structs.replace(request, max_tokens=min(
+            request.max_tokens or spec.max_tokens, spec.max_tokens)) for request in requests]
     pending = deque(enumerate(requests))
     queued: set[anyio.CancelScope] = set()
 

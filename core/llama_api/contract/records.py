@@ -27,6 +27,9 @@ class ModelSpec(msgspec.Struct, kw_only=True):
     # Serving options; None means "use the server default".
     idle_timeout: float | None = None
     slots: int | None = None
+    # The most tokens any answer may have, and the default when a request names none (as
+    # llama-server's --n-predict): a client asking for 32,000 gets this many.
+    max_tokens: int | None = None
     # Where it may run on a Ray cluster (`serve --ray`; ignored otherwise): GPUs and custom
     # resources its worker needs from a node, or one node by name or id.
     num_gpus: float = 0

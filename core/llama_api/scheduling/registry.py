@@ -31,6 +31,7 @@ class ConfiguredModel(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     options: dict[str, Any] = {}
     idle_timeout: float | None = None
     slots: int | None = None
+    max_tokens: int | None = None
     # A vision model's projector GGUF (llama.cpp's mmproj): passed as the `mmproj` option.
     mmproj: str = ""
     # Placement on a Ray cluster (serve --ray).
@@ -71,6 +72,8 @@ def read_config(path: Path, backends: dict[str, str], remote: bool = False) -> l
             raise ConfigError(f"{where}: field `slots`: must be at least 1")
         if model.idle_timeout is not None and model.idle_timeout < 0:
             raise ConfigError(f"{where}: field `idle_timeout`: must be 0 (never) or more seconds")
+        if model.max_tokens is not None and model.max_tokens < 1:
+            raise ConfigError(f"{where}: field `max_tokens`: must be at least 1")
         if model.replicas < 1:
             raise ConfigError(f"{where}: field `replicas`: must be at least 1")
         if model.num_gpus < 0 or any(amount < 0 for amount in model.resources.values()):
@@ -92,6 +95,7 @@ def read_config(path: Path, backends: dict[str, str], remote: bool = False) -> l
             meta=meta,
             idle_timeout=model.idle_timeout,
             slots=model.slots,
+            max_tokens=model.max_tokens,
             num_gpus=model.num_gpus,
             resources=model.resources,
             node=model.node,
