@@ -125,6 +125,35 @@ def test_a_worker_that_dies_right_after_loading_is_not_kept(monkeypatch):
         "a dead worker was kept as the model's worker"
 
 
+def test_requests_arriving_together_start_different_replicas(monkeypatch):
+    from llama_api.contract.records import ModelSpec
+
+    spec = ModelSpec(id="m", backend="echo", replicas=2)
+
+    async def body(scheduler):
+        held, release = [], anyio.Event()
+
+        async def request():
+            async with scheduler.lease(spec) as worker:
+                held.append(worker.spec.id)
+                await release.wait()
+
+        async with anyio.create_task_group() as group:
+            for _ in range(3):
+                group.start_soon(request)
+            while len(held) < 2:
+                await anyio.sleep(0.01)
+            await anyio.sleep(0.05)  # the third waits for a slot, on the replica least used
+            first_two = sorted(held)
+            release.set()
+        return first_two, sorted(held)
+
+    first_two, all_three = run_scheduler(monkeypatch, ["ok"] * 4, body, max_workers=2)
+    assert first_two == ["m", "m#2"]
+    assert len(all_three) == 3 and set(all_three) == {"m", "m#2"}
+    assert len(FakeWorker.started) == 2
+
+
 def test_two_models_generate_in_parallel_with_two_workers(two_workers):
     server, events_file = two_workers
     # Load both first, so the measured window is generation only.

@@ -46,6 +46,11 @@ path = "{folder}/slow.echo"
 resources = {{pool = 1}}
 replicas = 2
 
+[models.pinned-to-b]
+backend = "echo"
+path = "{folder}/slow.echo"
+node = "{node_b}"
+
 [models.needs-a-tpu]
 backend = "echo"
 path = "{folder}/slow.echo"
@@ -61,7 +66,8 @@ path = "{folder}/slow.echo"
 def server(cluster, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ray-models")
     write_echo_models(folder, {"slow": {"delay": 0.02}})
-    (folder / "models.toml").write_text(MODELS_TOML.format(folder=folder))
+    (folder / "models.toml").write_text(MODELS_TOML.format(
+        folder=folder, node_b=cluster.nodes["b"].node_id))
     with echo_server(folder / "none", "--ray", cluster.address, "--config",
                      str(folder / "models.toml"), "--max-workers", "2") as running:
         yield running
@@ -103,6 +109,9 @@ def test_models_land_on_the_nodes_their_resources_ask_for(server, cluster):
         assert answer.json()["choices"][0]["message"]["content"] == "tick tock tick tock"
     assert node_of(server, "on-a") == label_of(cluster.nodes["a"])
     assert node_of(server, "on-b") == label_of(cluster.nodes["b"])
+    # `node = "<id>"` pins a model to that node.
+    assert chat(server, "pinned-to-b", max_tokens=2).status_code == 200
+    assert node_of(server, "pinned-to-b") == label_of(cluster.nodes["b"])
     # Each worker runs in an actor named after its model, in the server's namespace.
     names = ray.util.list_named_actors(all_namespaces=True)
     assert any(entry["name"].startswith("llama-api/on-a/") and entry["namespace"] == "llama-api"
@@ -191,6 +200,30 @@ def test_two_replicas_on_two_nodes_share_four_streams(server, cluster):
     started = [e["model"] for e in read_events(cluster.events) if e["event"] == "start"
                and e["model"] in ("spread", "spread#2")]
     assert sorted(set(started)) == ["spread", "spread#2"] and len(started) == 4
+
+
+def test_memory_limits_apply_per_node_and_evict_only_there(cluster, tmp_path):
+    # Each model's estimate is its file's size plus a bare worker (~74 MiB here), against
+    # --max-memory 100M per node: one fits on a node, two on two nodes.
+    nodes = {"big1": "a", "big2": "a", "big3": "b"}
+    for name in nodes:
+        (tmp_path / f"{name}.echo").write_text("{}" + " " * (50 << 20))
+    (tmp_path / "models.toml").write_text("".join(
+        f'[models.{name}]\nbackend = "echo"\npath = "{tmp_path}/{name}.echo"\n'
+        f'node = "{cluster.nodes[node].node_id}"\n' for name, node in nodes.items()))
+    with echo_server(tmp_path / "none", "--ray", cluster.address, "--config",
+                     str(tmp_path / "models.toml"), "--max-workers", "2",
+                     "--max-memory", "100M") as roomy:
+        for name in ("big3", "big1"):  # 148 MiB in all, but 74 on each node
+            answer = chat(roomy, name, max_tokens=2)
+            assert answer.status_code == 200, answer.text
+            assert model_status(roomy, name)["state"] == "loaded"
+        big3_pid = model_status(roomy, "big3")["pid"]
+        assert chat(roomy, "big2", max_tokens=2).status_code == 200  # node a: big1 goes
+        assert model_status(roomy, "big1")["state"] == "unloaded"
+        assert node_of(roomy, "big2") == label_of(cluster.nodes["a"])
+        big3 = model_status(roomy, "big3")
+        assert big3["state"] == "loaded" and big3["pid"] == big3_pid
 
 
 def test_ray_auto_joins_the_cluster_ray_address_names(cluster, tmp_path):

@@ -7,6 +7,8 @@ loaded yet, else waits on the one with the fewest requests (least loaded first).
 
 from __future__ import annotations
 
+from collections import Counter
+
 import msgspec
 
 from llama_api.contract.records import ModelSpec
@@ -28,20 +30,24 @@ def model_of(spec: ModelSpec) -> str:
     return spec.meta.get(REPLICA_OF, spec.id)
 
 
-def choose(spec: ModelSpec, entries: dict) -> ModelSpec:
-    """The replica of `spec` a new request goes to (the rules in the module docstring)."""
+def choose(spec: ModelSpec, entries: dict, claiming: Counter) -> ModelSpec:
+    """The replica of `spec` a new request goes to (the rules in the module docstring).
+    `claiming`: requests per model id still finding room for it (no entry yet): such a
+    replica is taken, so that requests arriving together start different replicas."""
     replicas = replica_specs(spec)
     if len(replicas) == 1:
         return spec
-    present = [(replica, entries[replica.id]) for replica in replicas if replica.id in entries]
-    free = [(entry.slots.value, -index, replica) for index, (replica, entry) in enumerate(present)
-            if entry.loaded and entry.slots.value > 0]
+    free = [(entries[r.id].slots.value, -index, r) for index, r in enumerate(replicas)
+            if r.id in entries and entries[r.id].loaded and entries[r.id].slots.value > 0]
     if free:
         return max(free)[2]
-    missing = [replica for replica in replicas if replica.id not in entries]
-    if missing:
-        return missing[0]
-    return min(present, key=lambda pair: pair[1].users)[0]
+
+    def users(replica: ModelSpec) -> int:
+        entry = entries.get(replica.id)
+        return (entry.users if entry is not None else 0) + claiming[replica.id]
+
+    missing = [replica for replica in replicas if not users(replica)]
+    return missing[0] if missing else min(replicas, key=users)
 
 
 def spread(spec: ModelSpec, nodes: list, entries: dict) -> list:

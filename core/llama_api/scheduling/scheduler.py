@@ -67,6 +67,7 @@ class Scheduler:
         self.pinned: set[str] = set()  # model ids; a pin outlives unloads and crashes
         self.failures: dict[str, str] = {}  # model id -> why its last load failed
         self.stopping: Counter[Node] = Counter()  # being unloaded, still counted, per node
+        self.claiming: Counter[str] = Counter()  # requests finding room for a model, by id
         self._waiting = 0
         self._changed = anyio.Event()
         self._task_group: TaskGroup | None = None
@@ -135,7 +136,12 @@ class Scheduler:
         started = time.perf_counter()
         loading = 0.0  # a load isn't queueing: the wait reported leaves it out
         for attempt in range(3):
-            entry = await self._claim(replicas.choose(spec, self.entries))
+            replica = replicas.choose(spec, self.entries, self.claiming)
+            self.claiming[replica.id] += 1
+            try:
+                entry = await self._claim(replica)
+            finally:
+                self.claiming[replica.id] -= 1
             try:
                 if not entry.ready.is_set():
                     load_started = time.perf_counter()
