@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from support import chat, echo_server
 
-from llama_api.testing.requirements import require_installed
+from llama_api.testing.requirements import missing, require_installed
 from llama_api.testing.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,16 +24,14 @@ CLUSTER_TESTS_TIMEOUT = 600  # seconds; they take about a minute
 
 def require_network_namespaces() -> None:
     """`unshare -n` needs root (or user namespaces) and util-linux; `ip` brings loopback up."""
-    missing = [tool for tool in ("unshare", "ip") if shutil.which(tool) is None]
-    if missing:
-        reason = f"{' and '.join(missing)} not found"
+    absent = [tool for tool in ("unshare", "ip") if shutil.which(tool) is None]
+    if absent:
+        reason = f"{' and '.join(absent)} not found"
     elif subprocess.run(["unshare", "-n", "true"], check=False, capture_output=True).returncode:
         reason = "unshare -n is not permitted here (it needs root)"
     else:
         return
-    if os.environ.get("LLAMA_API_STRICT_SKIPS"):
-        pytest.fail(f"the Ray cluster tests need a network namespace: {reason}")
-    pytest.skip(f"the Ray cluster tests need a network namespace: {reason}")
+    missing(f"the Ray cluster tests need a network namespace: {reason}")
 
 
 def test_the_cluster_tests_pass_on_a_real_ray_cluster_in_a_network_namespace():

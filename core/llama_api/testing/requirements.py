@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from importlib import metadata
+from typing import NoReturn
 
 import pytest
 
@@ -21,8 +22,13 @@ def require_installed(distribution: str) -> None:
     try:
         metadata.distribution(distribution)
     except metadata.PackageNotFoundError:
-        message = f"{distribution} is not installed (pip install --no-deps {distribution})"
-        if os.environ.get(STRICT_SKIPS):
-            pytest.fail(f"{message}; {STRICT_SKIPS} is set (`make test`): the set-up installs "
-                        "it", pytrace=False)
-        pytest.skip(message)
+        missing(f"{distribution} is not installed (pip install --no-deps {distribution})")
+
+
+def missing(message: str) -> NoReturn:
+    """Skip the test, saying what it lacks; under `make test` fail instead: the set-up
+    provides everything a test needs."""
+    if os.environ.get(STRICT_SKIPS):
+        pytest.fail(f"{message}; {STRICT_SKIPS} is set (`make test`): the set-up provides it",
+                    pytrace=False)
+    pytest.skip(message)

@@ -8,8 +8,10 @@ import httpx
 import pytest
 
 import llama_api_llamacpp as plugin
+from llama_api import errors
 from llama_api.contract.records import GenerateRequest, LoadContext, ModelSpec
 from llama_api.testing import require_installed, serve
+from llama_api.testing.requirements import missing
 from llama_api_llamacpp.tiny import EXACT_OPTIONS, write_tiny_bert_gguf, write_tiny_gguf
 
 # Tests share two cores with other suites: one thread is far steadier than two.
@@ -28,6 +30,18 @@ def load_gguf():
         return load(ModelSpec(id=model_id, backend="llamacpp", path=str(path),
                               options={"n_parallel": 2, "threads": 1, **options}))
     return load_path
+
+
+@pytest.fixture(scope="session")
+def mtmd():
+    """llama-cpp-python's multimodal library, which the vision tests need: `make` builds
+    llama-cpp-python with it; elsewhere its absence skips them."""
+    from llama_api_llamacpp.vision import import_mtmd
+
+    try:
+        import_mtmd()
+    except errors.ModelLoadError as exc:
+        missing(str(exc))
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ projector (tiny_vision.py), through the plugin's hooks and its batch engine."""
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +18,6 @@ from llama_api.contract.records import (
     ModelSpec,
     TokenizeRequest,
 )
-from llama_api.testing.requirements import STRICT_SKIPS
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 pytest.importorskip("PIL", reason="Pillow is not installed")
@@ -28,14 +26,9 @@ import llama_api_llamacpp as plugin
 from llama_api_llamacpp.memory import estimate
 from llama_api_llamacpp.tiny import EXACT_OPTIONS
 from llama_api_llamacpp.tiny_vision import IMAGE_TOKENS, write_tiny_vision_model
-from llama_api_llamacpp.vision import ImageSlot, import_mtmd
+from llama_api_llamacpp.vision import ImageSlot
 
-try:
-    import_mtmd()
-except errors.ModelLoadError as exc:  # `make` builds llama-cpp-python with it: no skip there
-    if os.environ.get(STRICT_SKIPS):
-        raise
-    pytest.skip(str(exc), allow_module_level=True)
+pytestmark = pytest.mark.usefixtures("mtmd")  # conftest.py: skips without the library
 
 
 def image(color, size=(40, 32), stripes=0) -> ImageInput:

@@ -15,19 +15,11 @@ anthropic = pytest.importorskip("anthropic")
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
 pytest.importorskip("PIL", reason="Pillow is not installed")
 
-from llama_api import errors
 from llama_api.testing import serve
-from llama_api.testing.requirements import STRICT_SKIPS
 from llama_api_llamacpp.tiny import write_tiny_gguf
 from llama_api_llamacpp.tiny_vision import png_image, write_tiny_vision_model
-from llama_api_llamacpp.vision import import_mtmd
 
-try:
-    import_mtmd()
-except errors.ModelLoadError as exc:  # `make` builds llama-cpp-python with it: no skip there
-    if os.environ.get(STRICT_SKIPS):
-        raise
-    pytest.skip(str(exc), allow_module_level=True)
+pytestmark = pytest.mark.usefixtures("mtmd")  # conftest.py: skips without the library
 
 VISION, TEXT = "tiny-vision", "tiny-text"
 RED = png_image((250, 10, 10))
