@@ -31,7 +31,8 @@ def require_network_namespaces() -> None:
         reason = "unshare -n is not permitted here (it needs root)"
     else:
         return
-    missing(f"the Ray cluster tests need a network namespace: {reason}")
+    missing(f"the Ray cluster tests need a network namespace: {reason}",
+            "`make test` runs as root in CI, where `unshare -n` works")
 
 
 def test_the_cluster_tests_pass_on_a_real_ray_cluster_in_a_network_namespace():

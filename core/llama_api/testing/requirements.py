@@ -25,10 +25,10 @@ def require_installed(distribution: str) -> None:
         missing(f"{distribution} is not installed (pip install --no-deps {distribution})")
 
 
-def missing(message: str) -> NoReturn:
-    """Skip the test, saying what it lacks; under `make test` fail instead: the set-up
-    provides everything a test needs."""
+def missing(message: str, provided: str = "the set-up installs it") -> NoReturn:
+    """Skip the test, saying what it lacks; under `make test` fail instead, saying how the
+    set-up `provided` it."""
     if os.environ.get(STRICT_SKIPS):
-        pytest.fail(f"{message}; {STRICT_SKIPS} is set (`make test`): the set-up provides it",
+        pytest.fail(f"{message}; {STRICT_SKIPS} is set (`make test`): {provided}",
                     pytrace=False)
     pytest.skip(message)

@@ -41,7 +41,7 @@ def mtmd():
     try:
         import_mtmd()
     except errors.ModelLoadError as exc:
-        missing(str(exc))
+        missing(str(exc), "the set-up builds llama-cpp-python with it")
 
 
 @pytest.fixture(scope="session")
