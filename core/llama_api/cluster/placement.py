@@ -128,13 +128,11 @@ class RayPlacement:
             raise errors.BackendUnavailable(
                 f"no node of the Ray cluster has the {spec.plugin!r} plugin that model "
                 f"{spec.id!r} needs (pip install it on a node)", code="no_node")
-        wanted = self.demands(spec)
-        fitting = [node for node in nodes if all(
-            node.resources.get(name, 0) >= amount for name, amount in wanted.items())]
+        fitting = [node for node in nodes if self.has_room(node, spec, used={})]
         if not fitting:
             raise errors.BackendUnavailable(
                 f"no node of the Ray cluster has the resources model {spec.id!r} asks for "
-                f"({wanted})", code="no_node")
+                f"({self.demands(spec)})", code="no_node")
         with self._lock:
             workers = [placed_on for placed_on, _ in self._placed.values()]
         return sorted(fitting, key=lambda node: workers.count(node.id))
@@ -143,6 +141,10 @@ class RayPlacement:
         """Whether `node` has the resources `spec` asks for, beside this server's workers."""
         with self._lock:
             used = self._used_on(node.id)
+        return self.has_room(node, spec, used)
+
+    def has_room(self, node: Node, spec: ModelSpec, used: dict[str, float]) -> bool:
+        """Whether `node`'s resources, less `used`, hold what `spec` asks for."""
         return all(node.resources.get(name, 0) - used.get(name, 0) >= amount
                    for name, amount in self.demands(spec).items())
 

@@ -60,6 +60,3 @@ class LocalPlacement:
 
     def opener(self, spec: ModelSpec, node: Node):
         return None  # WorkerHandle's default: a local process
-
-    def close(self) -> None:
-        pass
